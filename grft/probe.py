@@ -1,0 +1,238 @@
+"""The gradient probe (Algorithm 1, lines 1-5): accumulate ``H = dL/dW`` and rank its slices.
+
+The default probe loss is supervised contrastive (SCL, Khosla et al. 2020) on the L2-normalised
+input of the head, so the randomly initialised head does not steer the choice (paper §3.1).
+With ``subsets=n`` the batches are split into n random parts, each part's loss is measured, and
+the gradient is taken on the part with the smallest loss (§4.4.6). Under torch.distributed the
+per-part losses and the gradients are summed over ranks before ranking, so every rank selects the
+same slices from the whole data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GRFTConfig
+from .layers import SlicedLayer
+from .selection import LayerSelection, Selection, as_matrix, check_k, rank
+from .targets import Architecture, detect_architecture, eligible_layers
+
+LossFn = Callable[[nn.Module, object], torch.Tensor]
+Progress = Callable[[Iterable, str, Optional[int]], Iterable]
+
+
+def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Khosla et al. (2020), Eq. 2, averaged over anchors that have a positive.
+
+    features ``[n, d]`` (normalised here), labels ``[n]``. Each anchor's positives are the other
+    samples with its label; its denominator runs over every other sample.
+    """
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    z = F.normalize(features.to(dtype), dim=1)
+    n = z.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = (z @ z.t() / temperature).masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    counts = positives.sum(dim=1)
+    has_positive = counts > 0
+    if not bool(has_positive.any()):
+        raise ValueError(
+            "the SCL probe found no positive pair in a batch: give two augmented views per image "
+            "(inputs as a [view1, view2] pair) or batches with repeated labels"
+        )
+    mean_log_prob_pos = log_prob.masked_fill(~positives, 0.0).sum(dim=1)[has_positive] / counts[has_positive]
+    return -mean_log_prob_pos.mean()
+
+
+def split_batch(batch: object) -> tuple[object, torch.Tensor]:
+    """``(inputs, labels)`` from a ``(inputs, labels, ...)`` sequence or a dict with ``labels``."""
+    if isinstance(batch, dict):
+        if "labels" not in batch:
+            raise ValueError("a dict batch must carry its targets under 'labels'")
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return inputs, batch["labels"]
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError("a batch must be (inputs, labels) or a dict with 'labels'")
+
+
+def to_device(obj: object, device: torch.device) -> object:
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def call_model(model: nn.Module, inputs: object) -> object:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def scl_probe_loss(arch: Architecture, temperature: float) -> LossFn:
+    """SCL on the head's (pooled) input; a ``[view1, view2]`` input pair gives two views per image."""
+
+    def loss(model: nn.Module, batch: object) -> torch.Tensor:
+        inputs, labels = split_batch(batch)
+        captured: list[torch.Tensor] = []
+        head = model.get_submodule(arch.head)
+        handle = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+        try:
+            if isinstance(inputs, (list, tuple)):
+                views = list(inputs)
+                call_model(model, torch.cat(views))
+                labels = labels.repeat(len(views))
+            else:
+                call_model(model, inputs)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise ValueError(f"the head {arch.head!r} ran {len(captured)} times in one forward; expected once")
+        features = captured[0]
+        if arch.pool is not None:
+            features = arch.pool(features, inputs)
+        return supervised_contrastive_loss(features.flatten(1), labels, temperature)
+
+    return loss
+
+
+@contextlib.contextmanager
+def _gradients_on(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
+    """Only the eligible weights require grad while probing; everything is restored after."""
+    saved = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for layer in layers.values():
+            layer.weight.requires_grad_(True)
+            if isinstance(layer, SlicedLayer):
+                layer.grft_probing = True
+        yield
+    finally:
+        for layer in layers.values():
+            layer.weight.grad = None
+            if isinstance(layer, SlicedLayer):
+                layer.grft_probing = False
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+            p.grad = grads[p]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _walk(batches: Iterable, progress: Optional[Progress], desc: str, total: Optional[int]) -> Iterable:
+    return progress(batches, desc, total) if progress is not None else batches
+
+
+def _choose_part(model, batches, loss_fn, device, subsets, seed, progress) -> tuple[Optional[set[int]], int]:
+    """Measure every batch's loss, split positions into random parts, return the lowest-loss part."""
+    if iter(batches) is batches:
+        raise ValueError("subsets > 1 walks the batches twice: pass a list or a DataLoader, not an iterator")
+    losses = []
+    with torch.no_grad():
+        for batch in _walk(batches, progress, "probe: subset losses", None):
+            losses.append(float(loss_fn(model, to_device(batch, device))))
+    n = len(losses)
+    if n == 0:
+        raise ValueError("the probe got no batches: the data loader is empty")
+    if n < subsets:
+        raise ValueError(f"subsets={subsets} needs at least that many probe batches, got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = [order[i::subsets] for i in range(subsets)]
+    part_loss = torch.tensor([sum(losses[j] for j in part.tolist()) / len(part) for part in parts], dtype=torch.float64)
+    if _distributed():
+        part_loss = part_loss.to(device)
+        dist.all_reduce(part_loss)
+        part_loss = part_loss.cpu()
+    chosen = int(part_loss.argmin())
+    return set(parts[chosen].tolist()), n
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    batches: Iterable,
+    config: GRFTConfig,
+    loss_fn: Optional[LossFn] = None,
+    arch: Optional[Architecture] = None,
+    progress: Optional[Progress] = None,
+) -> dict[str, torch.Tensor]:
+    """``H`` per eligible matrix: the probe loss's gradient summed over the chosen batches.
+
+    Returns full-size gradients: this is the one place they exist, before training starts.
+    """
+    arch = arch or detect_architecture(model)
+    layers = eligible_layers(model, arch)
+    if not layers:
+        raise ValueError("model has no eligible layer (nn.Linear or nn.Conv2d with groups=1 outside the head)")
+    for name, layer in layers.items():
+        check_k(config.selection, config.k, tuple(as_matrix(layer.weight).shape), name)
+    loss_fn = loss_fn or scl_probe_loss(arch, config.temperature)
+    device = next(model.parameters()).device
+    with _gradients_on(model, layers):
+        keep, total = None, None
+        if config.subsets > 1:
+            keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
+        used = 0
+        for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
+            if keep is not None and position not in keep:
+                continue
+            loss = loss_fn(model, to_device(batch, device))
+            if not torch.isfinite(loss):
+                raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
+            loss.backward()
+            used += 1
+        if used == 0:
+            raise ValueError("the probe got no batches: the data loader is empty")
+        if total is not None and position + 1 != total:
+            raise ValueError("the batches changed length between the two probe passes; pass a fixed list or loader")
+        grads = {}
+        for name, layer in layers.items():
+            g = layer.weight.grad
+            grads[name] = torch.zeros_like(layer.weight) if g is None else g.detach()
+    if _distributed():
+        for g in grads.values():
+            dist.all_reduce(g)
+    if all(not bool(g.any()) for g in grads.values()):
+        raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
+    return grads
+
+
+def rank_gradients(grads: dict[str, torch.Tensor], config: GRFTConfig) -> Selection:
+    """Eq. 4-5 for every matrix."""
+    layers = {
+        name: LayerSelection(rank(g, config.selection, config.k).cpu(), tuple(as_matrix(g).shape))
+        for name, g in grads.items()
+    }
+    return Selection(config.selection, config.k, layers)
+
+
+def select(
+    model: nn.Module,
+    batches: Iterable,
+    config: GRFTConfig,
+    loss_fn: Optional[LossFn] = None,
+    arch: Optional[Architecture] = None,
+    progress: Optional[Progress] = None,
+) -> Selection:
+    """Probe ``model`` on ``batches`` and return the slices to train.
+
+    batches: any iterable of ``(inputs, labels)`` or dicts with ``labels`` (a DataLoader or a list);
+    with ``subsets > 1`` it is walked twice and must yield the same batches in the same order.
+    loss_fn: ``loss_fn(model, batch) -> scalar``; ``None`` is the paper's SCL probe.
+    progress: optional ``progress(iterable, description, total) -> iterable`` (a progress bar).
+    Works on a plain model or on one already attached with placeholder slices.
+    """
+    grads = accumulate_gradients(model, batches, config, loss_fn, arch, progress)
+    return rank_gradients(grads, config)

@@ -1,0 +1,52 @@
+"""Trainable share of a model, counted the way the paper's Table 8 counts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import GRFTConfig
+from .layers import SlicedLayer, slice_shape
+from .selection import as_matrix, check_k
+from .targets import Architecture, detect_architecture, eligible_layers
+
+
+@dataclass(frozen=True)
+class ParamReport:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total
+
+    def __str__(self) -> str:
+        return f"trainable {self.trainable:,} / {self.total:,} = {self.percent:.2f}%"
+
+
+def base_parameter_count(model: nn.Module) -> int:
+    """Parameters of the model itself: a GRFT delta duplicates entries of its weight, so it is left out."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.endswith("grft_delta"))
+
+
+def param_report(model: nn.Module, config: GRFTConfig | None = None, arch: Architecture | None = None) -> ParamReport:
+    """Trainable / total parameters.
+
+    On a tuned model (after ``attach``) it counts what requires grad. On a plain model it needs
+    ``config`` and counts what ``attach`` would train: slices + eligible biases + head. Works on the
+    meta device, so the paper-size models need no memory.
+    """
+    if any(isinstance(m, SlicedLayer) for m in model.modules()):
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return ParamReport(trainable, base_parameter_count(model))
+    if config is None:
+        raise ValueError("param_report on a model without GRFT layers needs the GRFTConfig it would use")
+    arch = arch or detect_architecture(model)
+    trainable = sum(p.numel() for p in model.get_submodule(arch.head).parameters())
+    for name, layer in eligible_layers(model, arch).items():
+        shape = tuple(as_matrix(layer.weight).shape)
+        check_k(config.selection, config.k, shape, name)
+        rows, cols = slice_shape(config.selection, config.k, shape)
+        trainable += rows * cols + (layer.bias.numel() if layer.bias is not None else 0)
+    return ParamReport(trainable, base_parameter_count(model))
