@@ -1,0 +1,31 @@
+"""Datasets in the on-disk layouts the PEFT community uses, built per task from its Hydra config.
+
+``build_datasets(dataset_cfg, data_dir, inputs)`` dispatches on ``dataset_cfg["family"]`` to the
+family's module (``grft.data.<family>.build``), which returns ``DataSplits``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Mapping
+
+from .splits import DataSplits, InputSpec
+
+FAMILIES = {
+    "digits": "grft.data.digits",
+    "vtab": "grft.data.vtab",
+    "fgvc": "grft.data.fgvc",
+    "glue": "grft.data.glue",
+}
+
+
+def build_datasets(dataset_cfg: Mapping, data_dir: str | Path, inputs: InputSpec) -> DataSplits:
+    family = dataset_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    module = importlib.import_module(FAMILIES[family])
+    return module.build(dataset_cfg, Path(data_dir), inputs)
+
+
+__all__ = ["DataSplits", "InputSpec", "build_datasets", "FAMILIES"]

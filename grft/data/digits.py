@@ -1,0 +1,81 @@
+"""The embedded default task: scikit-learn's bundled 8x8 digits, split for a transfer experiment.
+
+Source task: classify digits ``source_classes`` (a small ViT is pre-trained on it and cached).
+Target task: the other digits, with only ``train_per_class`` labelled images per class; the rest
+are the test set. Nothing is downloaded: the images ship inside scikit-learn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .splits import DataSplits, InputSpec
+from .views import Transformed, TwoViews
+
+
+def digit_tensors(classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[n, 1, 8, 8]`` in [0, 1] and labels re-indexed to ``0..len(classes)-1``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    targets = torch.tensor(digits.target)
+    keep = torch.isin(targets, torch.tensor(list(classes)))
+    remap = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([remap[int(t)] for t in targets[keep]])
+    return images[keep], labels
+
+
+def split_per_class(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of ``per_class`` random items of each class, and of all the others."""
+    g = torch.Generator().manual_seed(seed)
+    train = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        train.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    train = torch.cat(train).sort().values
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[train] = False
+    return train, rest.nonzero().flatten()
+
+
+class _Normalise:
+    def __init__(self, inputs: InputSpec, augment: bool):
+        self.mean = torch.tensor(inputs.mean[:1]).view(1, 1, 1)
+        self.std = torch.tensor(inputs.std[:1]).view(1, 1, 1)
+        self.size = inputs.img_size
+        self.augment = augment
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.augment:  # a random shift of up to one pixel, the digits' natural jitter
+            padded = torch.nn.functional.pad(image, (1, 1, 1, 1))
+            dy, dx = torch.randint(0, 3, (2,)).tolist()
+            image = padded[:, dy:dy + 8, dx:dx + 8]
+        if self.size != image.shape[-1]:
+            image = torch.nn.functional.interpolate(image[None], size=self.size, mode="nearest")[0]
+        return (image - self.mean) / self.std
+
+
+def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
+    classes = list(cfg.get("target_classes", range(10)))
+    images, labels = digit_tensors(classes)
+    train_idx, test_idx = split_per_class(labels, int(cfg.get("train_per_class", 40)), int(cfg.get("split_seed", 0)))
+    raw_train = TensorDataset(images[train_idx], labels[train_idx])
+    raw_test = TensorDataset(images[test_idx], labels[test_idx])
+    train_tf, eval_tf = _Normalise(inputs, augment=True), _Normalise(inputs, augment=False)
+    return DataSplits(
+        train=Transformed(raw_train, train_tf),
+        probe=TwoViews(raw_train, train_tf),
+        test=Transformed(raw_test, eval_tf),
+        num_classes=len(classes),
+    )
+
+
+def source_dataset(cfg: Mapping, inputs: InputSpec) -> Dataset:
+    """The pre-training task: every image of ``source_classes``, augmented."""
+    images, labels = digit_tensors(list(cfg["source_classes"]))
+    return Transformed(TensorDataset(images, labels), _Normalise(inputs, augment=True))

@@ -1,0 +1,65 @@
+"""What ``python run.py`` does: run the configured task, then any side-by-side baselines."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .runner import run_task
+from .settings import ConfigError, run_key
+
+log = logging.getLogger("grft")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def with_method(cfg: DictConfig, name: str) -> DictConfig:
+    """The same task with another method (its config group file, as ``method=<name>`` would give)."""
+    path = CONF_DIR / "method" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+        raise ConfigError(f"baselines: method {name!r} is unknown; known: {', '.join(known)}")
+    other = copy.deepcopy(cfg)
+    with open_dict(other):
+        other.method = OmegaConf.load(path)
+        other.baselines = []
+    return other
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs) / str(cfg.dataset.name) / str(cfg.method.name) / run_key(cfg)
+
+
+def print_comparison(records: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{records[0]['task']}: test accuracy and trainable share")
+    for column in ("method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    for r in records:
+        label = r["method"] + (f" ({r['selection']}, k={r['k']})" if r["method"] == "grft" else "")
+        table.add_row(label, f"{100 * r['metrics']['test_acc']:.1f}", f"{r['params']['pct']:.2f}",
+                      f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}")
+    Console().print(table)
+
+
+def main(cfg: DictConfig, run_dir: Path) -> dict:
+    try:
+        record = run_task(cfg, run_dir)
+        records = [record]
+        for name in cfg.baselines:
+            other = with_method(cfg, name)
+            records.append(run_task(other, run_dir_of(other)))
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("GRFT_TRACEBACK"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if len(records) > 1 and all(records):
+        print_comparison(records)
+    return record

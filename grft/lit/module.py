@@ -1,0 +1,225 @@
+"""The LightningModule every method trains under: same loss, schedule, metrics and checkpoints.
+
+Order of events (why it is this way): Lightning builds the optimizer and the DDP wrapper before
+``on_fit_start``. So ``configure_model`` lets the method allocate what will train (GRFT: zero
+slices with placeholder indices), and ``on_fit_start`` runs the probe that fills them in, unless a
+restored checkpoint already carries a selection.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..methods import Method
+from ..models import ModelBundle
+from ..probe import call_model, split_batch
+from .ema import TrainableEMA
+from .metrics import TaskMetrics
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and protocol settings (paper §4.1 and the reference protocol)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam (paper, vision) | adamw (paper, GLUE)
+    warmup_epochs: float = 10.0
+    min_lr_ratio: float = 0.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema_decay: Optional[float] = None
+    seed: int = 0
+    metrics: tuple[str, ...] = ("acc",)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FineTuneModule(L.LightningModule):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        method: Method,
+        num_classes: int,
+        settings: TrainSettings,
+        probe_loader: Optional[Callable[[], Any]] = None,
+        progress: Optional[Callable] = None,
+    ):
+        super().__init__()
+        self.bundle = bundle
+        self.method = method
+        self.num_classes = num_classes
+        self.settings = settings
+        self.probe_loader = probe_loader
+        self.progress = progress
+        self.model: Optional[nn.Module] = None
+        self.probe_info: dict = {}
+        self.probe_seconds: Optional[float] = None
+        self.ema: Optional[TrainableEMA] = None
+        self.metrics = nn.ModuleDict({s: TaskMetrics(num_classes, settings.metrics) for s in ("val", "test")})
+        self.mixup = self._make_mixup()
+        # Checkpoints keep only what training changes; frozen weights are rebuilt from the config.
+        self.strict_loading = False
+
+    # --- building -------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = self.method.prepare(self.bundle)
+            if self.settings.ema_decay:
+                self.ema = TrainableEMA(self.model, self.settings.ema_decay)
+
+    def _make_mixup(self):
+        s = self.settings
+        if not (s.mixup or s.cutmix):
+            return None
+        from timm.data import Mixup
+
+        return Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.label_smoothing,
+                     num_classes=self.num_classes)
+
+    # --- probe ----------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if not self.method.needs_probe(self.model):
+            return
+        if self.probe_loader is None:
+            raise ValueError(f"method {self.method.name} needs a probe loader")
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.train()
+        self.probe_info = self.method.probe(self.model, self.probe_loader(), self.progress)
+        self.model.train(was_training)
+        self.probe_seconds = time.perf_counter() - start
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({"probe_s": self.probe_seconds}, step=0)
+
+    # --- steps ----------------------------------------------------------------------------------
+    def forward(self, inputs: Any) -> torch.Tensor:
+        out = call_model(self.model, inputs)
+        return out.logits if hasattr(out, "logits") else out
+
+    def on_train_epoch_start(self) -> None:
+        # The epoch's randomness (shuffle, augmentation, dropout, worker seeds) depends on
+        # (seed, epoch) alone, so a run resumed at an epoch boundary continues exactly.
+        seed = (self.settings.seed * 100_003 + self.current_epoch) % (2**31)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, labels = split_batch(batch)
+        if self.mixup is not None and torch.is_tensor(inputs):
+            inputs, soft = self.mixup(inputs, labels)
+            logits = self(inputs)
+            task_loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            logits = self(inputs)
+            task_loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.settings.label_smoothing)
+        extra = self.method.extra_loss(self.model)
+        loss = task_loss if extra is None else task_loss + extra
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                "lower lr, check the data, or resume from the last checkpoint with other settings"
+            )
+        self.log("train/loss", task_loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
+        if extra is not None:
+            self.log("train/penalty", extra.detach(), on_step=False, on_epoch=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.method.before_optimizer_step(self.model)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _evaluate(self, batch: Any, stage: str) -> None:
+        inputs, labels = split_batch(batch)
+        logits = self(inputs)
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, sync_dist=True)
+        self.metrics[stage].update(logits.float(), labels)
+
+    def _log_metrics(self, stage: str) -> None:
+        for name, value in self.metrics[stage].compute().items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "acc", sync_dist=True)
+        self.metrics[stage].reset()
+
+    def on_validation_epoch_start(self):
+        self._use_ema(True)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._log_metrics("val")
+        self._use_ema(False)
+
+    def on_test_epoch_start(self):
+        self._use_ema(True)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._log_metrics("test")
+        self._use_ema(False)
+
+    def _use_ema(self, on: bool) -> None:
+        """Evaluate with the EMA weights (reference FGVC protocol) and train with the live ones."""
+        if self.ema is not None and self.ema.swapped != on:
+            self.ema.swap(self.model)
+
+    # --- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        s = self.settings
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"method {self.method.name} left no parameter trainable")
+        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        if s.optimizer not in optimizers:
+            raise ValueError(f"optimizer must be one of {', '.join(optimizers)}; got {s.optimizer!r}")
+        optimizer = optimizers[s.optimizer](params, lr=s.lr, weight_decay=s.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        warmup = int(round(total * min(s.warmup_epochs, epochs) / epochs))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, s.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.method.checkpoint_keys(self.model)
+        if keep is not None:
+            state = checkpoint["state_dict"]
+            prefixed = {f"model.{k}" for k in keep}
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in prefixed or not k.startswith("model.")}
+        if self.ema is not None:
+            checkpoint["grft_ema"] = self.ema.state_dict()
+        checkpoint["grft_probe_s"] = self.probe_seconds
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None and "grft_ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["grft_ema"])
+        self.probe_seconds = checkpoint.get("grft_probe_s")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """LR factor: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio`` at the end."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -1,0 +1,20 @@
+"""A rich progress bar for the probe, shown on the main process only."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+
+def rich_progress(enabled: bool = True):
+    def wrap(iterable: Iterable, description: str, total: Optional[int] = None) -> Iterable:
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        if not enabled or rank_zero_only.rank != 0:
+            return iterable
+        from rich.progress import track
+
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        return track(iterable, description=description, total=total, transient=True)
+
+    return wrap

@@ -1,0 +1,24 @@
+"""Fine-tuning methods by name (Hydra ``method=<name>``); ``grft`` is the default."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Method, MethodSettings
+
+METHODS = {
+    "grft": "grft.methods.grft:GRFTMethod",
+    "full": "grft.methods.simple:FullMethod",
+    "linear": "grft.methods.simple:LinearMethod",
+}
+
+
+def make_method(settings: MethodSettings) -> Method:
+    if settings.name not in METHODS:
+        raise ValueError(f"method {settings.name!r} is unknown; known: {', '.join(sorted(METHODS))}")
+    module_name, _, class_name = METHODS[settings.name].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(settings)
+
+
+__all__ = ["METHODS", "Method", "MethodSettings", "make_method"]

@@ -1,0 +1,41 @@
+"""Models by family, built from their Hydra config: timm ViTs, Hugging Face Llamas, the digits ViT.
+
+``build_model(model_cfg, num_classes, pretrained=..., tiny=...)`` dispatches on
+``model_cfg["family"]`` to ``grft.models.<family>.build``. ``tiny=True`` builds a small random
+model of the same family (for ``debug=smoke`` and tests): same layer types, same names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import nn
+
+from ..data.splits import InputSpec
+from ..targets import Architecture
+
+FAMILIES = {
+    "vit": "grft.models.vit",
+    "llama": "grft.models.llama",
+    "digits_vit": "grft.models.digits",
+}
+
+
+@dataclass
+class ModelBundle:
+    model: nn.Module
+    arch: Architecture
+    inputs: InputSpec
+
+
+def build_model(model_cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False) -> ModelBundle:
+    family = model_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"model family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    module = importlib.import_module(FAMILIES[family])
+    return module.build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
+
+
+__all__ = ["FAMILIES", "ModelBundle", "build_model"]
