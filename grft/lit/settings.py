@@ -18,7 +18,10 @@ from ..methods import MethodSettings
 from .module import TrainSettings
 
 # Keys that change where or how a run is shown or launched, not what it computes.
-NOT_IN_KEY = ("paths", "logger", "data_dir", "num_workers", "force", "baselines", "progress", "model.cache_dir")
+NOT_IN_KEY = (
+    "paths", "logger", "data_dir", "num_workers", "force", "baselines", "progress", "tags", "trace_memory_every",
+    "model.cache_dir",
+)
 
 
 class ConfigError(ValueError):
