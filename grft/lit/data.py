@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..data.splits import DataSplits
+from .sampling import EpochSeededSampler, SeededItems
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -29,7 +30,11 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.train, self.batch_size, shuffle=True)
+        sampler = EpochSeededSampler(len(self.splits.train), self.seed, self._current_epoch)
+        return self._loader(SeededItems(self.splits.train, self.seed), self.batch_size, shuffle=False, sampler=sampler)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def val_dataloader(self):
         if self.splits.val is None:

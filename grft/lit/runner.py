@@ -57,8 +57,8 @@ def _selection_facts(method, model, run_dir: Path) -> dict:
     return {"selection_file": path.name}
 
 
-def run_task(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train, test and record one run; returns the record."""
+def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = None) -> dict:
+    """Train, test and record one run; returns the record (empty on ranks other than 0)."""
     run_dir = Path(run_dir)
     previous = read_record(run_dir)
     if previous and previous.get("done") and not cfg.force:
@@ -83,8 +83,10 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
         progress=rich_progress(bool(cfg.progress)),
     )
     monitor = ResourceMonitor(trace_path=run_dir / "memory.csv", trace_every=int(cfg.trace_memory_every))
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    callbacks = [checkpoints, monitor]
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="epoch{epoch}", save_top_k=1, save_last="link", auto_insert_metric_name=False
+    )
+    callbacks = [checkpoints, monitor, *(extra_callbacks or [])]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.RichProgressBar())
     trainer = L.Trainer(
