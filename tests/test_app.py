@@ -24,7 +24,7 @@ register_resolvers()
 
 def make_cfg(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["debug=smoke", f"paths.runs={tmp_path}", "baselines=[]", *overrides])
+        return compose("config", overrides=["debug=smoke", f"paths.runs={tmp_path}", "baselines=null", *overrides])
 
 
 def run(tmp_path: Path, *overrides: str, callbacks=None) -> tuple[dict, Path]:
@@ -53,7 +53,7 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
 def test_run_py_entry_point_and_output_dir(tmp_path):
     env = {**os.environ, "GRFT_RUNS": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "run.py", "debug=smoke", "baselines=[]", "k=1"],
+        [sys.executable, "run.py", "debug=smoke", "baselines=null", "k=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,7 +63,7 @@ def test_run_py_entry_point_and_output_dir(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # Hydra's own output lives in the run dir
     # Re-launching the same command finds the finished run and does not train again.
     again = subprocess.run(
-        [sys.executable, "run.py", "debug=smoke", "baselines=[]", "k=1"],
+        [sys.executable, "run.py", "debug=smoke", "baselines=null", "k=1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 0 and "already done" in again.stderr + again.stdout

@@ -17,8 +17,11 @@ log = logging.getLogger("grft")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def with_method(cfg: DictConfig, name: str) -> DictConfig:
-    """The same task with another method (its config group file, as ``method=<name>`` would give)."""
+def with_method(cfg: DictConfig, name: str, overrides: dict | None = None) -> DictConfig:
+    """The same task with another method (its config group file, as ``method=<name>`` would give).
+
+    ``overrides``: top-level keys that differ for this method (e.g. its own learning rate).
+    """
     path = CONF_DIR / "method" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
@@ -26,8 +29,19 @@ def with_method(cfg: DictConfig, name: str) -> DictConfig:
     other = copy.deepcopy(cfg)
     with open_dict(other):
         other.method = OmegaConf.load(path)
-        other.baselines = []
+        other.baselines = None
+        for key, value in (overrides or {}).items():
+            if key not in other:
+                raise ConfigError(f"baselines.{name}.{key}: no such top-level key")
+            other[key] = value
     return other
+
+
+def baseline_specs(baselines) -> list[tuple[str, dict]]:
+    """``[linear, full]`` or ``{linear: {lr: 3e-2}, full: {lr: 3e-3}}`` as (name, overrides) pairs."""
+    if isinstance(baselines, DictConfig):
+        return [(name, OmegaConf.to_container(o or {}, resolve=True)) for name, o in baselines.items()]
+    return [(str(name), {}) for name in baselines]
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -52,8 +66,8 @@ def main(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         record = run_task(cfg, run_dir)
         records = [record]
-        for name in cfg.baselines:
-            other = with_method(cfg, name)
+        for name, overrides in baseline_specs(cfg.baselines or []):
+            other = with_method(cfg, name, overrides)
             records.append(run_task(other, run_dir_of(other)))
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if os.environ.get("GRFT_TRACEBACK"):
