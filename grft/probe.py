@@ -137,27 +137,37 @@ def _walk(batches: Iterable, progress: Optional[Progress], desc: str, total: Opt
 
 
 def _choose_part(model, batches, loss_fn, device, subsets, seed, progress) -> tuple[Optional[set[int]], int]:
-    """Measure every batch's loss, split positions into random parts, return the lowest-loss part."""
+    """Measure every batch's loss, split positions into random parts, return the lowest-loss part.
+
+    Returns the local positions of the chosen part's batches and the local batch count. Under
+    torch.distributed, rank r must hold batches r, r+W, r+2W, ... of one global sequence (W ranks;
+    grft.lit's probe loader shards that way): the losses are gathered in that global order, so
+    every rank picks the same part as a single process walking all batches would.
+    """
     if iter(batches) is batches:
         raise ValueError("subsets > 1 walks the batches twice: pass a list or a DataLoader, not an iterator")
-    losses = []
+    local = []
     with torch.no_grad():
         for batch in _walk(batches, progress, "probe: subset losses", None):
-            losses.append(float(loss_fn(model, to_device(batch, device))))
+            local.append(float(loss_fn(model, to_device(batch, device))))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+    per_rank = [local]
+    if world > 1:
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, local)
+    losses = {r + j * world: loss for r, rank_losses in enumerate(per_rank) for j, loss in enumerate(rank_losses)}
     n = len(losses)
     if n == 0:
         raise ValueError("the probe got no batches: the data loader is empty")
     if n < subsets:
         raise ValueError(f"subsets={subsets} needs at least that many probe batches, got {n}")
+    if sorted(losses) != list(range(n)):
+        raise ValueError("probe batches are not sharded round-robin across ranks (rank r: batches r, r+W, ...)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts = [order[i::subsets] for i in range(subsets)]
-    part_loss = torch.tensor([sum(losses[j] for j in part.tolist()) / len(part) for part in parts], dtype=torch.float64)
-    if _distributed():
-        part_loss = part_loss.to(device)
-        dist.all_reduce(part_loss)
-        part_loss = part_loss.cpu()
-    chosen = int(part_loss.argmin())
-    return set(parts[chosen].tolist()), n
+    parts = [order[i::subsets].tolist() for i in range(subsets)]
+    part_loss = [sum(losses[j] for j in part) / len(part) for part in parts]
+    chosen = set(parts[min(range(subsets), key=part_loss.__getitem__)])
+    return {j for j in range(len(local)) if rank + j * world in chosen}, len(local)
 
 
 def accumulate_gradients(
@@ -193,6 +203,10 @@ def accumulate_gradients(
                 raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
             loss.backward()
             used += 1
+        if _distributed():  # a rank may hold none of the chosen part's batches; the whole job may not
+            count = torch.tensor([used], device=device)
+            dist.all_reduce(count)
+            used = int(count)
         if used == 0:
             raise ValueError("the probe got no batches: the data loader is empty")
         if total is not None and position + 1 != total:

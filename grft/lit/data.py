@@ -6,10 +6,12 @@ from typing import Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data.splits import DataSplits
 from .sampling import EpochSeededSampler, SeededItems
+
+PROBE_EPOCH = -1  # the probe's augmentation stream, apart from every training epoch's
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -39,25 +41,47 @@ class TaskDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if self.splits.val is None:
             return []
-        return self._loader(self.splits.val, self.eval_batch_size, shuffle=False)
+        return self._loader(self.splits.val, self.eval_batch_size, shuffle=False, sampler=shard_without_padding(self.splits.val))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.test, self.eval_batch_size, shuffle=False)
+        return self._loader(self.splits.test, self.eval_batch_size, shuffle=False, sampler=shard_without_padding(self.splits.test))
 
     def probe_dataloader(self, max_batches: Optional[int] = None, batch_size: Optional[int] = None) -> DataLoader:
         """The probe walks the training set in one seeded random order, the same on every pass.
 
         A fixed order matters for ``subsets > 1``, which measures each part's loss and then takes
-        gradients on the best part in a second pass. Under DDP each rank probes its own shard and
-        the gradients are summed across ranks.
+        gradients on the best part in a second pass. Under DDP rank r probes batches r, r+W, ...
+        of that one sequence and the gradients are summed across ranks: the selection equals a
+        single process's on the same data.
         """
         batch_size = batch_size or self.batch_size
         dataset = self.splits.probe
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        # Keys (PROBE_EPOCH, index): each item's two views are seeded by the item alone, so both
+        # probe passes, and every rank layout, see the same augmented images.
+        keys = [(PROBE_EPOCH, i) for i in order]
+        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
         if max_batches is not None:
-            order = order[: max_batches * batch_size]
-        subset = Subset(dataset, order)
-        sampler = None
+            batches = batches[:max_batches]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = DistributedSampler(subset, shuffle=False, drop_last=False)
-        return self._loader(subset, batch_size, shuffle=False, sampler=sampler)
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            batches = batches[rank::world]
+        return DataLoader(SeededItems(dataset, self.seed), batch_sampler=batches, num_workers=self.num_workers,
+                          collate_fn=self.splits.collate_fn, pin_memory=torch.cuda.is_available())
+
+
+class _UnpaddedShard(DistributedSampler):
+    """Rank r evaluates items r, r+W, ...: every item exactly once (Lightning's default sampler
+    pads the shards with repeated items, which would count some test images twice)."""
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def shard_without_padding(dataset: Dataset) -> Optional[DistributedSampler]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return _UnpaddedShard(dataset, shuffle=False)
+    return None

@@ -51,7 +51,8 @@ class ResourceMonitor(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.fit_seconds += time.perf_counter() - self._fit_start
-        self.write_trace()
+        if trainer.is_global_zero:
+            self.write_trace()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sync(pl_module)

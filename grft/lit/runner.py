@@ -50,6 +50,13 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return made
 
 
+def cluster_plugins() -> list:
+    """Under SLURM, submitit (hydra/launcher=slurm) requeues pre-empted jobs; Lightning must not too."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
 def _selection_facts(method, model, run_dir: Path) -> dict:
     if method.name != "grft":
         return {}
@@ -91,6 +98,7 @@ def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = N
         callbacks.append(L.pytorch.callbacks.RichProgressBar())
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
+        plugins=cluster_plugins(),
         default_root_dir=str(run_dir),
         callbacks=callbacks,
         logger=make_loggers(cfg, run_dir) or False,

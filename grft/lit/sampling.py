@@ -21,7 +21,8 @@ from torch.utils.data import Dataset, Sampler
 
 def mix(*values: int) -> int:
     """A 31-bit seed from several integers (stable across processes, unlike ``hash``)."""
-    return int(np.random.SeedSequence(list(values)).generate_state(1)[0] & 0x7FFFFFFF)
+    entropy = [v & 0xFFFFFFFFFFFFFFFF for v in values]  # SeedSequence takes non-negative ints
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 @contextmanager
