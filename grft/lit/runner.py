@@ -73,6 +73,12 @@ def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = N
         return previous
 
     method = make_method(method_settings(cfg))
+    strategy = str(cfg.trainer.get("strategy", "auto")).lower()
+    if any(name in strategy for name in ("fsdp", "deepspeed")):
+        raise ConfigError(
+            f"trainer.strategy={strategy} shards weights; the slice layers write into their frozen weight in place "
+            "and need whole weights on every rank: use trainer=ddp"
+        )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tiny = bool(cfg.model.get("tiny", False))
     bundle = build_model(cfg.model, int(cfg.dataset.num_classes), pretrained=not tiny, tiny=tiny)
