@@ -74,7 +74,7 @@ def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = N
 
     method = make_method(method_settings(cfg))
     strategy = str(cfg.trainer.get("strategy", "auto")).lower()
-    if any(name in strategy for name in ("fsdp", "deepspeed")):
+    if method.name == "grft" and any(name in strategy for name in ("fsdp", "deepspeed")):
         raise ConfigError(
             f"trainer.strategy={strategy} shards weights; the slice layers write into their frozen weight in place "
             "and need whole weights on every rank: use trainer=ddp"
