@@ -16,7 +16,7 @@ from torch import nn
 from .config import GRFTConfig
 from .layers import SlicedLayer, make_sliced
 from .selection import Selection, as_matrix, check_k
-from .targets import Architecture, detect_architecture, eligible_layers, in_prefixes, regular_prefixes
+from .targets import Architecture, detect_architecture, eligible_layers, regular_prefixes
 
 HEAD_ANCHORS = ("grft_weight_start", "grft_bias_start")
 

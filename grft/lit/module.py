@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import lightning as L
@@ -42,7 +42,6 @@ class TrainSettings:
     ema_decay: Optional[float] = None
     seed: int = 0
     metrics: tuple[str, ...] = ("acc",)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class FineTuneModule(L.LightningModule):
@@ -63,7 +62,6 @@ class FineTuneModule(L.LightningModule):
         self.probe_loader = probe_loader
         self.progress = progress
         self.model: Optional[nn.Module] = None
-        self.probe_info: dict = {}
         self.probe_seconds: Optional[float] = None
         self.ema: Optional[TrainableEMA] = None
         self.metrics = nn.ModuleDict({s: TaskMetrics(num_classes, settings.metrics) for s in ("val", "test")})
@@ -96,7 +94,7 @@ class FineTuneModule(L.LightningModule):
         start = time.perf_counter()
         was_training = self.model.training
         self.model.train()
-        self.probe_info = self.method.probe(self.model, self.probe_loader(), self.progress)
+        self.method.probe(self.model, self.probe_loader(), self.progress)
         self.model.train(was_training)
         self.probe_seconds = time.perf_counter() - start
         if self.trainer.is_global_zero:

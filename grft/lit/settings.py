@@ -52,19 +52,20 @@ def register_resolvers() -> None:
 def grft_config(cfg: DictConfig) -> GRFTConfig:
     try:
         return GRFTConfig(
-            k=_whole(cfg.k, "k"),
+            k=_whole(cfg.k),
             selection=str(cfg.selection.kind),
             norm=str(cfg.norm.kind),
             lam=float(cfg["lambda"]),
             regular_layers=cfg.regular_layers,
-            subsets=_whole(cfg.subsets, "subsets"),
+            subsets=_whole(cfg.subsets),
             seed=int(cfg.seed),
         )
     except ValueError as err:
         raise ConfigError(str(err).replace("lam (lambda)", "lambda")) from None
 
 
-def _whole(value: Any, key: str) -> Any:
+def _whole(value: Any) -> Any:
+    """Hydra hands ``k=2.0`` or ``k='2'`` through as given; whole numbers become ints."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
