@@ -87,13 +87,20 @@ def _loadmat(path: Path) -> dict:
     return io.loadmat(str(path), squeeze_me=True)
 
 
+def _flat(value) -> list:
+    """A squeezed .mat field as a flat list (a one-element field comes back as a scalar)."""
+    import numpy as np
+
+    return list(np.atleast_1d(value).reshape(-1))
+
+
 def read_flowers(folder: Path) -> tuple[Split, Split, Split]:
     """Official train / val / test of Oxford Flowers 102 (paths relative to the folder: ``jpg/...``)."""
-    labels = _loadmat(folder / "imagelabels.mat")["labels"].reshape(-1)
+    labels = _flat(_loadmat(folder / "imagelabels.mat")["labels"])
     ids = _loadmat(folder / "setid.mat")
 
     def split(key: str) -> Split:
-        return {f"jpg/image_{int(i):05d}.jpg": int(labels[int(i) - 1]) for i in ids[key].reshape(-1)}
+        return {f"jpg/image_{int(i):05d}.jpg": int(labels[int(i) - 1]) for i in _flat(ids[key])}
 
     return split("trnid"), split("valid"), split("tstid")
 
@@ -103,7 +110,7 @@ def read_dogs(folder: Path) -> tuple[Split, Split]:
 
     def split(name: str) -> Split:
         mat = _loadmat(folder / name)
-        return {str(f): int(c) for f, c in zip(mat["file_list"].reshape(-1), mat["labels"].reshape(-1))}
+        return {str(f): int(c) for f, c in zip(_flat(mat["file_list"]), _flat(mat["labels"]))}
 
     return split("train_list.mat"), split("test_list.mat")
 
@@ -114,7 +121,7 @@ def read_cars(folder: Path) -> tuple[Split, Split]:
                        if p.is_file()), folder / "cars_test_annos_withlabels.mat")
 
     def split(path: Path, images: str) -> Split:
-        annotations = _loadmat(path)["annotations"].reshape(-1)
+        annotations = _flat(_loadmat(path)["annotations"])
         return {f"{images}/{a['fname']}": int(a["class"]) for a in annotations}
 
     return split(folder / "devkit" / "cars_train_annos.mat", "cars_train"), split(test_annos, "cars_test")

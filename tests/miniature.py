@@ -54,6 +54,7 @@ def write_fgvc(data_dir: Path, folder: str, image_root: str, class_ids: list, pe
     return {"root": root, **splits}
 
 
+# Row counts are multiples of the smoke batch size (4): the SCL probe needs a repeated label in every batch.
 GLUE_ROWS = {
     "cola": ("CoLA", None, [
         "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.",
@@ -61,6 +62,9 @@ GLUE_ROWS = {
         'cj99\t1\t\tShe said "hello" to them.',
         "bc01\t0\t*\tHarry coughed himself .",
         "bc01\t1\t\tWe believed John to be a fountain in the park.",
+        "ks08\t0\t*\tThey drank the pub.",
+        "ks08\t1\t\tThe professor talked us into a stupor.",
+        "r-67\t0\t*\tJohn whined Mary.",
     ]),
     "mrpc": ("MRPC", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", [
         "1\t702876\t702977\tAmrozi accused his brother .\tReferring to him as only \"the witness\" , Amrozi accused his brother .",
