@@ -88,11 +88,13 @@ def glue_expected(task: str) -> tuple[list, list]:
     for row in rows:
         f = row.split("\t")
         if task == "cola":
-            texts.append(f[3]), labels.append(int(f[1]))
+            text, label = f[3], int(f[1])
         elif task == "mrpc":
-            texts.append((f[3], f[4])), labels.append(int(f[0]))
+            text, label = (f[3], f[4]), int(f[0])
         else:
-            texts.append((f[1], f[2])), labels.append(0 if f[3] == "entailment" else 1)
+            text, label = (f[1], f[2]), 0 if f[3] == "entailment" else 1
+        texts.append(text)
+        labels.append(label)
     return texts, labels
 
 

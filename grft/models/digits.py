@@ -33,7 +33,7 @@ def make_vit(cfg: Mapping, num_classes: int):
 
 def source_checkpoint(cfg: Mapping) -> Path:
     """The cached source-task weights, trained here on first use (a few seconds on a CPU)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from ..data.digits import source_dataset
 
