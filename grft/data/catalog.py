@@ -107,6 +107,7 @@ def missing(task_name: str, family: str, data_dir, folder, what: str) -> DataMis
     fetch = known.prep_command(str(data_dir)) if known else f"python -m data_prep.{family} --data-dir {data_dir}"
     return DataMissingError(
         f"{task_name}: {folder} is incomplete: {what}. Fetch and convert it with `{fetch}` "
-        f"(or `make data-{family} DATA_DIR={data_dir}`), or point data_dir at the folder that holds "
+        f"(or `make data-{family} DATA_DIR={data_dir}{f' TASKS={task_name}' if known else ''}`), "
+        f"or point data_dir at the folder that holds "
         f"{FAMILY_ROOTS.get(family, family)}/"
     )
