@@ -23,6 +23,10 @@ FAMILIES = {
 }
 
 
+class ModelUnavailableError(FileNotFoundError):
+    """Pre-trained weights cannot be loaded (no file, no hub access); the message says how to provide them."""
+
+
 @dataclass
 class ModelBundle:
     model: nn.Module
@@ -38,4 +42,4 @@ def build_model(model_cfg: Mapping, num_classes: int, *, pretrained: bool = True
     return module.build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
 
 
-__all__ = ["FAMILIES", "ModelBundle", "build_model"]
+__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "build_model"]

@@ -1,0 +1,137 @@
+"""What the image families share: a dataset of (file, label) items and the protocol's transforms.
+
+Transforms (torchvision, on PIL images), selected by name from the dataset config:
+- ``resize``: direct resize to ``img_size x img_size`` (VTAB-1k reference protocol, no augmentation);
+- ``crop_flip``: RandomResizedCrop + horizontal flip (FGVC reference training);
+- ``resize_crop``: resize the short side to ``floor(img_size / crop_pct)``, center crop (FGVC
+  reference evaluation: crop_pct 0.9 gives 248 -> 224);
+- ``contrast``: the probe's views (crop, flip, colour jitter, greyscale), as in the contrastive
+  augmentation of the reference code's gradient probe.
+All end with ToTensor + Normalize(mean, std) of the model's ``InputSpec``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+from torch.utils.data import Dataset
+
+from .catalog import missing
+from .splits import DataSplits, InputSpec
+from .views import Transformed, TwoViews
+
+TRANSFORMS = ("resize", "crop_flip", "resize_crop", "contrast")
+
+
+class CorruptImageError(ValueError):
+    """An image file exists but cannot be decoded; the message names the file."""
+
+
+class ImageItems(Dataset):
+    """``(PIL RGB image, label)`` for a list of ``(relative path, label)`` under ``root``."""
+
+    def __init__(self, root: Path, items: Sequence[tuple[str, int]]):
+        self.root = Path(root)
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.items]
+
+    def path(self, i: int) -> Path:
+        return self.root / self.items[i][0]
+
+    def __getitem__(self, i: int):
+        return load_rgb(self.path(i)), self.items[i][1]
+
+
+def load_rgb(path: Path):
+    """Decode an image fully (PIL is lazy) so a corrupt file fails here, named, not in a worker."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise CorruptImageError(f"cannot read image {path}: {err.__class__.__name__}: {err}. "
+                                "Replace the file (re-run the data_prep command of its family)") from err
+
+
+def check_files_exist(dataset: ImageItems, task: str, family: str, data_dir: Path, folder: Path, split: str) -> None:
+    """Listed images that are absent: the folder is incomplete (an error naming the first few)."""
+    absent = [str(dataset.items[i][0]) for i in range(len(dataset)) if not dataset.path(i).is_file()]
+    if absent:
+        shown = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+        raise missing(task, family, data_dir, folder, f"{len(absent)} image(s) listed in the {split} split are absent ({shown})")
+
+
+def check_labels(labels: Sequence[int], num_classes: int, where: str) -> None:
+    bad = sorted({label for label in labels if not 0 <= label < num_classes})
+    if bad:
+        raise ValueError(f"{where}: labels {bad[:5]} are outside 0..{num_classes - 1}; "
+                         f"dataset.num_classes={num_classes} does not match these files")
+
+
+def make_transform(kind: str, inputs: InputSpec, crop_pct: float = 0.9) -> Callable:
+    from torchvision import transforms as T
+
+    size = inputs.img_size
+    interpolation = T.InterpolationMode(inputs.interpolation)
+    tail = [T.ToTensor(), T.Normalize(inputs.mean, inputs.std)]
+    if kind == "resize":
+        head = [T.Resize((size, size), interpolation=interpolation)]
+    elif kind == "crop_flip":
+        head = [T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip()]
+    elif kind == "resize_crop":
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"dataset.transform.crop_pct must be in (0, 1]; got {crop_pct}")
+        head = [T.Resize(math.floor(size / crop_pct), interpolation=interpolation), T.CenterCrop(size)]
+    elif kind == "contrast":
+        head = [
+            T.RandomResizedCrop(size, interpolation=interpolation),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+        ]
+    else:
+        raise ValueError(f"dataset.transform: {kind!r} is unknown; known: {', '.join(TRANSFORMS)}")
+    return T.Compose(head + tail)
+
+
+def require_images(cfg: Mapping, inputs: InputSpec) -> None:
+    if inputs.kind != "image":
+        raise ValueError(f"dataset {cfg.get('name')} is an image task but the model takes {inputs.kind!r} inputs; "
+                         "choose an image model (e.g. model=vit_b16_in21k)")
+
+
+def image_splits(
+    cfg: Mapping,
+    inputs: InputSpec,
+    train: ImageItems,
+    test: ImageItems,
+    val: Optional[ImageItems] = None,
+    defaults: Mapping[str, object] = (),
+) -> DataSplits:
+    """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
+    options = {**dict(defaults), **dict(cfg.get("transform") or {})}
+    crop_pct = float(options.get("crop_pct", 0.9))
+    train_tf = make_transform(str(options["train"]), inputs, crop_pct)
+    eval_tf = make_transform(str(options["eval"]), inputs, crop_pct)
+    probe_kind = str(options.get("probe", "contrast"))
+    probe_tf = train_tf if probe_kind == "train" else make_transform(probe_kind, inputs, crop_pct)
+    num_classes = int(cfg["num_classes"])
+    return DataSplits(
+        train=Transformed(train, train_tf),
+        probe=TwoViews(train, probe_tf),
+        test=Transformed(test, eval_tf),
+        val=Transformed(val, eval_tf) if val is not None else None,
+        num_classes=num_classes,
+        metrics=tuple(cfg.get("metrics") or ("acc",)),
+    )
