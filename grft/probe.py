@@ -11,6 +11,7 @@ same slices from the whole data.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -23,7 +24,12 @@ from .layers import SlicedLayer
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
 from .targets import Architecture, detect_architecture, eligible_layers
 
-LossFn = Callable[[nn.Module, object], torch.Tensor]
+# loss_fn(model, batch) -> scalar, or None to skip a batch that carries no signal for the probe.
+LossFn = Callable[[nn.Module, object], Optional[torch.Tensor]]
+NO_SIGNAL = (
+    "no probe batch gave the SCL loss a positive pair: give two augmented views per image "
+    "(inputs as a [view1, view2] pair) or batches with repeated labels"
+)
 Progress = Callable[[Iterable, str, Optional[int]], Iterable]
 
 
@@ -99,9 +105,15 @@ def scl_probe_loss(arch: Architecture, temperature: float) -> LossFn:
         features = captured[0]
         if arch.pool is not None:
             features = arch.pool(features, inputs)
+        if not has_positive_pair(labels):
+            return None  # e.g. a short last batch of distinct labels: nothing to contrast
         return supervised_contrastive_loss(features.flatten(1), labels, temperature)
 
     return loss
+
+
+def has_positive_pair(labels: torch.Tensor) -> bool:
+    return labels.numel() > labels.unique().numel()
 
 
 @contextlib.contextmanager
@@ -149,7 +161,8 @@ def _choose_part(model, batches, loss_fn, device, subsets, seed, progress) -> tu
     local = []
     with torch.no_grad():
         for batch in _walk(batches, progress, "probe: subset losses", None):
-            local.append(float(loss_fn(model, to_device(batch, device))))
+            loss = loss_fn(model, to_device(batch, device))
+            local.append(None if loss is None else float(loss))
     rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
     per_rank = [local]
     if world > 1:
@@ -165,9 +178,15 @@ def _choose_part(model, batches, loss_fn, device, subsets, seed, progress) -> tu
         raise ValueError("probe batches are not sharded round-robin across ranks (rank r: batches r, r+W, ...)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts = [order[i::subsets].tolist() for i in range(subsets)]
-    part_loss = [sum(losses[j] for j in part) / len(part) for part in parts]
+    part_loss = [_mean([losses[j] for j in part if losses[j] is not None]) for part in parts]
+    if all(math.isinf(v) for v in part_loss):
+        raise ValueError(NO_SIGNAL)
     chosen = set(parts[min(range(subsets), key=part_loss.__getitem__)])
     return {j for j in range(len(local)) if rank + j * world in chosen}, len(local)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.inf
 
 
 def accumulate_gradients(
@@ -194,11 +213,14 @@ def accumulate_gradients(
         keep, total = None, None
         if config.subsets > 1:
             keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
-        used = 0
+        used = skipped = 0
         for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
             if keep is not None and position not in keep:
                 continue
             loss = loss_fn(model, to_device(batch, device))
+            if loss is None:
+                skipped += 1
+                continue
             if not torch.isfinite(loss):
                 raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
             loss.backward()
@@ -208,7 +230,7 @@ def accumulate_gradients(
             dist.all_reduce(count)
             used = int(count)
         if used == 0:
-            raise ValueError("the probe got no batches: the data loader is empty")
+            raise ValueError(NO_SIGNAL if skipped else "the probe got no batches: the data loader is empty")
         if total is not None and position + 1 != total:
             raise ValueError("the batches changed length between the two probe passes; pass a fixed list or loader")
         grads = {}

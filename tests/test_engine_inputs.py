@@ -189,3 +189,13 @@ def test_llama_probe_pools_the_last_attended_token():
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     pooled = grft.pool_last_token(hidden, {"attention_mask": mask})
     assert pooled.flatten().tolist() == [1.0, 7.0]
+
+
+def test_a_batch_without_positive_pairs_is_skipped_not_fatal():
+    model = make_tiny_vit()
+    good = image_batches(n_batches=2)
+    lonely = (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))  # a short last batch of distinct labels
+    cfg = grft.GRFTConfig(k=2)
+    assert grft.select(model, [*good, lonely], cfg) == grft.select(model, good, cfg)
+    subsets = grft.GRFTConfig(k=2, subsets=3)
+    assert grft.select(model, [*good, lonely], subsets) is not None
