@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import grft
 from conftest import image_batches, make_tiny_vit
 from grft.methods import MethodSettings, make_method
-from grft.methods.gps import apply_masks, build_masks, load_gps, model_masks
+from grft.methods.gps import build_masks, load_gps, model_masks
 from grft.models import ModelBundle
 from grft.targets import detect_architecture
 
@@ -98,7 +98,7 @@ def test_three_adam_steps_move_exactly_the_selected_entries():
     masks = {n: m.clone() for n, m in model_masks(model).items()}
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    for t, (x, y) in enumerate(image_batches(n_batches=3, seed=7)):
+    for x, y in image_batches(n_batches=3, seed=7):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -196,3 +196,9 @@ def test_ignored_grft_keys_are_announced(caplog):
     with caplog.at_level("WARNING", logger="grft"):
         gps(subsets=2, lam=1e-3).prepare(ModelBundle(model, detect_architecture(model), None))
     assert "gps ignores" in caplog.text
+
+
+def test_k_larger_than_a_row_is_refused_before_training():
+    model = make_tiny_vit()
+    with pytest.raises(ValueError, match=r"k=25 is larger than the 24 entries per row .* of blocks.0.attn.qkv"):
+        gps(k=25).prepare(ModelBundle(model, detect_architecture(model), None))

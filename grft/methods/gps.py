@@ -41,7 +41,7 @@ from torch import nn
 from ..config import GRFTConfig
 from ..models import ModelBundle
 from ..probe import accumulate_gradients
-from ..selection import as_matrix, compact_index, rank
+from ..selection import as_matrix, check_k, compact_index, rank
 from ..targets import Architecture, detect_architecture, eligible_layers
 from .base import Method, NoOptions, Progress, freeze_all, unfreeze
 
@@ -91,6 +91,8 @@ class GPSMethod(Method):
         layers = eligible_layers(model, bundle.arch)
         if not layers:
             raise ValueError("gps: the model has no eligible layer (nn.Linear or nn.Conv2d outside the head)")
+        for name, layer in layers.items():
+            check_k("sparse", grft.k, tuple(as_matrix(layer.weight).shape), name)
         freeze_all(model)
         for layer in layers.values():
             layer.weight.requires_grad_(True)
