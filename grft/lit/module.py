@@ -181,6 +181,7 @@ class FineTuneModule(L.LightningModule):
     # --- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         s = self.settings
+        self.method.check_training(s)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"method {self.method.name} left no parameter trainable")

@@ -10,6 +10,13 @@ METHODS = {
     "grft": "grft.methods.grft:GRFTMethod",
     "full": "grft.methods.simple:FullMethod",
     "linear": "grft.methods.simple:LinearMethod",
+    "bias": "grft.methods.simple:BiasMethod",
+    "lora": "grft.methods.lora:LoRAMethod",
+    "gps": "grft.methods.gps:GPSMethod",
+    "adapter": "grft.methods.additive:AdapterMethod",
+    "vpt_shallow": "grft.methods.additive:VPTShallowMethod",
+    "vpt_deep": "grft.methods.additive:VPTDeepMethod",
+    "ssf": "grft.methods.additive:SSFMethod",
 }
 
 

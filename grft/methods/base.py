@@ -8,7 +8,7 @@ so every method runs under the same data, schedule and evaluation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -53,6 +53,16 @@ class Method:
     def configure(self, bundle: ModelBundle) -> nn.Module:
         raise NotImplementedError
 
+    def options_as(self, cls: type) -> Any:
+        """The method's Hydra options as the dataclass ``cls``; an unknown key is an error naming the allowed ones."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(self.settings.options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"method {self.name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}"
+            )
+        return cls(**self.settings.options)
+
     # --- before training ------------------------------------------------------------------------
     def needs_probe(self, model: nn.Module) -> bool:
         return False
@@ -62,6 +72,13 @@ class Method:
         return {}
 
     # --- training -------------------------------------------------------------------------------
+    def check_training(self, settings: Any) -> None:
+        """Reject optimisation settings the method cannot honour (called when the optimizer is built).
+
+        ``settings`` carries at least ``optimizer`` and ``weight_decay``. GPS, for one, needs weight
+        decay 0: decay would move the entries its masks freeze.
+        """
+
     def extra_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
         return None
 
@@ -69,10 +86,30 @@ class Method:
         """Edit gradients after backward, before the step (GPS applies its masks here)."""
 
     # --- reporting and saving -------------------------------------------------------------------
+    def gradient_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Parameter name -> 0/1 mask of the entries that may change; parameters not listed change in full.
+
+        Only a method that trains part of a tensor by masking its gradient (GPS) returns any.
+        """
+        return {}
+
     def param_report(self, model: nn.Module) -> ParamReport:
-        """Parameters the method updates / parameters of the original model (with its new head)."""
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return ParamReport(trainable, self.base_parameter_count or sum(p.numel() for p in model.parameters()))
+        """The Params column, one definition for every method.
+
+        trainable: the entries training can change: every parameter that requires grad, counted in
+        full, or by its gradient mask where the method has one (GPS). total: the parameters of the
+        original model with its new head, counted in ``prepare`` before the method adds anything
+        (LoRA matrices, adapters, prompts, GRFT slices are not in it).
+        """
+        if self.base_parameter_count is None:
+            raise ValueError(f"method {self.name}: param_report needs prepare(bundle) to have run (it counts the original model)")
+        masks = self.gradient_masks(model)
+        trainable = sum(
+            int(masks[name].count_nonzero()) if name in masks else p.numel()
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        )
+        return ParamReport(trainable, self.base_parameter_count)
 
     def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
         """Write what the method trained (small file); ``None`` if the method has no adapter format."""
@@ -90,6 +127,11 @@ class Method:
         """
         keys = {n for n, p in model.named_parameters() if p.requires_grad}
         return keys
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none (its Hydra group holds only ``name``)."""
 
 
 def freeze_all(model: nn.Module) -> None:

@@ -13,13 +13,14 @@ from ..penalty import penalty
 from ..probe import select
 from ..tuner import apply_selection, attach, has_selection
 from ..models import ModelBundle
-from .base import Method, Progress
+from .base import Method, NoOptions, Progress
 
 
 class GRFTMethod(Method):
     name = "grft"
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
+        self.options_as(NoOptions)
         # Placeholders now (zeros, shape from k); the probe fills them in on_fit_start.
         return attach(bundle.model, None, self.settings.grft, bundle.arch)
 

@@ -1,11 +1,11 @@
-"""The two reference points every table needs: all parameters (full) and the head alone (linear)."""
+"""Methods that only choose which existing parameters train: all (full), the head (linear), biases (bias)."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from ..models import ModelBundle
-from .base import Method, freeze_all, unfreeze
+from .base import Method, NoOptions, freeze_all, unfreeze
 
 
 class FullMethod(Method):
@@ -14,6 +14,7 @@ class FullMethod(Method):
     name = "full"
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
+        self.options_as(NoOptions)
         unfreeze(bundle.model)
         return bundle.model
 
@@ -27,6 +28,32 @@ class LinearMethod(Method):
     name = "linear"
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
+        self.options_as(NoOptions)
         freeze_all(bundle.model)
         unfreeze(bundle.model.get_submodule(bundle.arch.head))
         return bundle.model
+
+
+class BiasMethod(Method):
+    """BitFit (Ben Zaken et al. 2022): every bias of the backbone (linear, conv and norm layers) and the head."""
+
+    name = "bias"
+
+    def configure(self, bundle: ModelBundle) -> nn.Module:
+        self.options_as(NoOptions)
+        model, head = bundle.model, bundle.arch.head
+        freeze_all(model)
+        biases = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias" and not _in(n, head)]
+        if not biases:
+            raise ValueError(
+                f"method bias: the model has no bias outside its head {head!r} (Llama layers have none), so it "
+                "would train the head alone; use linear for that, or lora, grft, gps"
+            )
+        for p in biases:
+            p.requires_grad_(True)
+        unfreeze(model.get_submodule(head))
+        return model
+
+
+def _in(name: str, module: str) -> bool:
+    return name.startswith(module + ".")
