@@ -38,9 +38,9 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
     made = []
     for name in cfg.logger.get("use", []) or []:
         if name == "csv":
-            made.append(loggers.CSVLogger(run_dir, name="logs", version=""))
+            made.append(loggers.CSVLogger(run_dir, name="logs"))  # version_N: a resumed run adds one
         elif name == "tensorboard":
-            made.append(loggers.TensorBoardLogger(run_dir, name="tensorboard", version=""))
+            made.append(loggers.TensorBoardLogger(run_dir, name="tensorboard"))
         elif name == "wandb":
             w = cfg.logger.wandb
             made.append(loggers.WandbLogger(project=w.project, save_dir=str(run_dir), offline=bool(w.offline),
@@ -55,6 +55,15 @@ def cluster_plugins() -> list:
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def grft_facts(cfg: DictConfig, used: tuple[str, ...]) -> dict:
+    """GRFT's keys as the record shows them: ``None`` where the method does not use the key."""
+    values = {
+        "selection": cfg.selection.kind, "norm": cfg.norm.kind, "k": int(cfg.k), "lambda": float(cfg["lambda"]),
+        "regular_layers": cfg.regular_layers, "subsets": int(cfg.subsets),
+    }
+    return {key: (value if key in used else None) for key, value in values.items()}
 
 
 def _selection_facts(method, model, run_dir: Path) -> dict:
@@ -74,10 +83,10 @@ def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = N
 
     method = make_method(method_settings(cfg))
     strategy = str(cfg.trainer.get("strategy", "auto")).lower()
-    if method.name == "grft" and any(name in strategy for name in ("fsdp", "deepspeed")):
+    if method.name in ("grft", "gps") and any(name in strategy for name in ("fsdp", "deepspeed")):
         raise ConfigError(
-            f"trainer.strategy={strategy} shards weights; the slice layers write into their frozen weight in place "
-            "and need whole weights on every rank: use trainer=ddp"
+            f"trainer.strategy={strategy} shards weights, but {method.name} keeps whole-weight state (slices written "
+            "in place, full-size masks) on every rank: use trainer=ddp"
         )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tiny = bool(cfg.model.get("tiny", False))
@@ -132,12 +141,7 @@ def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = N
         "family": cfg.dataset.family,
         "model": cfg.model.name,
         "method": method.name,
-        "selection": cfg.selection.kind,
-        "norm": cfg.norm.kind,
-        "k": int(cfg.k),
-        "lambda": float(cfg["lambda"]),
-        "regular_layers": cfg.regular_layers,
-        "subsets": int(cfg.subsets),
+        **grft_facts(cfg, method.grft_keys),
         "seed": int(cfg.seed),
         "lr": float(cfg.lr),
         "batch_size": int(cfg.batch_size),

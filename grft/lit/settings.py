@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import GRFTConfig
-from ..methods import MethodSettings
+from ..methods import MethodSettings, method_class
 from .module import TrainSettings
 
 # Keys that change where or how a run is shown or launched, not what it computes.
@@ -22,6 +22,9 @@ NOT_IN_KEY = (
     "paths", "logger", "data_dir", "num_workers", "force", "baselines", "progress", "tags", "trace_memory_every",
     "model.cache_dir",
 )
+
+
+GRFT_KEYS = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,11 @@ def run_key(root: DictConfig) -> str:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
+    # A baseline ignores GRFT's keys: the same baseline run serves every GRFT setting.
+    used = method_class(resolved["method"]["name"]).grft_keys
+    for key in GRFT_KEYS:
+        if key not in used:
+            resolved.pop(key, None)
     return hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

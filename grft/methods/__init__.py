@@ -20,12 +20,15 @@ METHODS = {
 }
 
 
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"method {name!r} is unknown; known: {', '.join(sorted(METHODS))}")
+    module_name, _, class_name = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def make_method(settings: MethodSettings) -> Method:
-    if settings.name not in METHODS:
-        raise ValueError(f"method {settings.name!r} is unknown; known: {', '.join(sorted(METHODS))}")
-    module_name, _, class_name = METHODS[settings.name].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(settings)
+    return method_class(settings.name)(settings)
 
 
-__all__ = ["METHODS", "Method", "MethodSettings", "make_method"]
+__all__ = ["METHODS", "Method", "MethodSettings", "make_method", "method_class"]

@@ -35,6 +35,8 @@ class Method:
     """Base: nothing trains but what ``prepare`` unfreezes; no probe, no extra loss."""
 
     name = "base"
+    # Top-level GRFT keys this method reads; the others are left out of its run key and record.
+    grft_keys: tuple[str, ...] = ()
 
     def __init__(self, settings: MethodSettings):
         self.settings = settings

@@ -80,6 +80,7 @@ def model_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 class GPSMethod(Method):
     name = "gps"
+    grft_keys = ("k",)
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)

@@ -18,6 +18,7 @@ from .base import Method, NoOptions, Progress
 
 class GRFTMethod(Method):
     name = "grft"
+    grft_keys = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
