@@ -87,6 +87,16 @@ class FineTuneModule(L.LightningModule):
 
     # --- probe ----------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        self._probe_if_needed()
+        if self.trainer.is_global_zero:
+            report = self.method.param_report(self.model)
+            facts = {"params/trainable": report.trainable, "params/trainable_pct": report.percent}
+            if self.probe_seconds is not None:
+                facts["probe_s"] = self.probe_seconds
+            for logger in self.loggers:
+                logger.log_metrics(facts, step=self.global_step)
+
+    def _probe_if_needed(self) -> None:
         if not self.method.needs_probe(self.model):
             return
         if self.probe_loader is None:
@@ -97,9 +107,6 @@ class FineTuneModule(L.LightningModule):
         self.method.probe(self.model, self.probe_loader(), self.progress)
         self.model.train(was_training)
         self.probe_seconds = time.perf_counter() - start
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics({"probe_s": self.probe_seconds}, step=0)
 
     # --- steps ----------------------------------------------------------------------------------
     def forward(self, inputs: Any) -> torch.Tensor:

@@ -53,6 +53,9 @@ class ResourceMonitor(L.Callback):
         self.fit_seconds += time.perf_counter() - self._fit_start
         if trainer.is_global_zero:
             self.write_trace()
+            summary = {k: v for k, v in self.summary(pl_module.device).items() if isinstance(v, (int, float))}
+            for logger in trainer.loggers:
+                logger.log_metrics({f"resources/{k}": v for k, v in summary.items()}, step=trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._sync(pl_module)
