@@ -76,3 +76,14 @@ def test_a_killed_job_resumes_with_its_selection_when_relaunched(tmp_path):
         reference_dir / "selection.safetensors"
     )
     assert record["metrics"]["test_acc"] == reference["metrics"]["test_acc"]
+
+
+def test_the_same_run_cannot_train_twice_at_once(tmp_path):
+    from grft.lit.lock import RunLock, RunLocked
+
+    with RunLock(tmp_path):
+        with pytest.raises(RunLocked, match="is being trained by pid"):
+            with RunLock(tmp_path):
+                pass
+    with RunLock(tmp_path):  # released with its holder
+        pass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .lock import RunLocked
 from .runner import run_task
 from .settings import ConfigError, run_key
 
@@ -69,7 +70,7 @@ def main(cfg: DictConfig, run_dir: Path) -> dict:
         for name, overrides in baseline_specs(cfg.baselines or []):
             other = with_method(cfg, name, overrides)
             records.append(run_task(other, run_dir_of(other)))
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, RunLocked) as err:
         if os.environ.get("GRFT_TRACEBACK"):
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -24,6 +24,7 @@ from ..models import build_model
 from ..results.records import read_record, write_record
 from ..tuner import current_selection
 from .data import TaskDataModule
+from .lock import RunLock
 from .module import FineTuneModule
 from .progress import rich_progress
 from .resources import ResourceMonitor
@@ -75,7 +76,15 @@ def _selection_facts(method, model, run_dir: Path) -> dict:
 
 def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = None) -> dict:
     """Train, test and record one run; returns the record (empty on ranks other than 0)."""
-    run_dir = Path(run_dir)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # other DDP ranks join the run that rank 0 holds
+        return _run_task(cfg, Path(run_dir), extra_callbacks)
+    with RunLock(run_dir):
+        return _run_task(cfg, Path(run_dir), extra_callbacks)
+
+
+def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -> dict:
     previous = read_record(run_dir)
     if previous and previous.get("done") and not cfg.force:
         log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.get("metrics"))
