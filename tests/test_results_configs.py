@@ -75,6 +75,7 @@ def test_vtab_experiments_train_without_augmentation(stubbed, task):
 def test_glue_experiments_state_what_the_paper_implies(stubbed, task):
     cfg = stubbed.config([f"experiment=glue/{task}"])
     assert cfg.model.family == "llama" and cfg.optimizer == "adamw" and int(cfg.k) == 3
+    assert (int(cfg.epochs), int(cfg.warmup_epochs)) == (100, 10)        # §4.1, read as covering every task
     text = (ROOT / "conf/experiment/glue" / f"{task}.yaml").read_text()
     assert "Open in the paper" in text
 
