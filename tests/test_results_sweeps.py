@@ -163,3 +163,20 @@ def test_a_real_smoke_sweep_appears_in_the_rendered_table(tmp_path):
     assert table.loc[("GRFT", "digits_b"), "ours"] == pytest.approx(100 * by_k[2], abs=1e-4)
     assert table.loc[("GRFT", "mean"), "ours"] == pytest.approx(50 * (by_k[1] + by_k[2]), abs=1e-4)
     assert "Ours: 2 of 2 runnable cells have finished runs." in (out / "tables" / "tiny.md").read_text()
+
+
+def test_cells_that_cannot_compose_are_counted_and_named(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(textwrap.dedent("""\
+        benchmarks: {nowhere: {tasks: [absent]}}
+        targets:
+          sweep:
+            kind: sweep
+            benchmark: nowhere
+            panels:
+              - {name: a, key: k, range: [1, 3]}
+              - {name: b, key: subsets, range: [1, 3]}
+    """))
+    p = plan(load_spec(spec_file).target("sweep"), Composer())
+    assert len(p.unavailable) == 6 and not p.jobs and not p.launches
+    assert all("experiment/nowhere/absent" in reason for _, reason in p.unavailable)

@@ -42,7 +42,7 @@ class Plan:
     cells: int = 0
     jobs: list[Job] = field(default_factory=list)
     done: list[Job] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
+    unavailable: list[tuple[str, str]] = field(default_factory=list)   # (cell, Hydra's reason)
     shared: list[Job] = field(default_factory=list)
     skipped_rows: int = 0
     launches: list[list[str]] = field(default_factory=list)
@@ -84,7 +84,8 @@ def plan(target: Target, composer: Composer, rows: str = "default", seeds: Seque
         try:
             cfg = composer.config(cell.args)
         except ConfigUnavailable as err:
-            result.unavailable[f"{cell.row} / {cell.column}"] = str(err)
+            where = f"{cell.row} / {cell.column}" + (f" (panel {cell.panel})" if cell.panel else "")
+            result.unavailable.append((where, str(err)))
             continue
         for seed in seeds:
             seeded = copy.deepcopy(cfg)
@@ -147,8 +148,8 @@ def launch(plans: Sequence[Plan], launcher: str, extra: Sequence[str], dry_run: 
     commands = []
     for p in plans:
         print(describe(p, rows), file=out)
-        for reason in sorted(set(p.unavailable.values())):
-            cells = [c for c, r in p.unavailable.items() if r == reason]
+        for reason in sorted({r for _, r in p.unavailable}):
+            cells = [c for c, r in p.unavailable if r == reason]
             print(f"  cannot compose {len(cells)} cells ({cells[0]}, ...): {reason}", file=out)
         for item in p.launches:
             cmd = command(item, p.target, launcher, extra)
