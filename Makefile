@@ -49,3 +49,56 @@ data-glue: install ## GLUE CoLA/MRPC/RTE as the original TSVs in $(DATA_DIR)/glu
 
 data-check: install ## verify all 27 task folders under $(DATA_DIR) (changes nothing; fails if any has problems)
 	status=0; for family in vtab fgvc glue; do $(PYTHON) -m data_prep.$$family --data-dir $(DATA_DIR) --check || status=1; done; exit $$status
+
+# --- The paper's tables and figures (experiments/paper.yaml) ---------------------------------------
+# `make table1` = table1-run (launch the pending runs) + table1-render (tables from whatever finished).
+#   LAUNCHER=slurm           launch on SLURM (conf/hydra/launcher/slurm.yaml; local: submitit here;
+#                            default basic: here, one after another)
+#   ROWS=all                 also launch the baseline rows (Full, Linear, ..., SSF); default: GRFT and GPS*
+#   SEEDS=0,1,2              seeds per cell; the tables show mean ± sd and n
+#   PARALLEL=8               multiruns at a time (with a cluster launcher)
+#   EXTRA="debug=smoke"      Hydra overrides for every run, and for rendering (e.g. paths.runs=/scratch/runs)
+#   DRY_RUN=1                print job counts and commands, launch nothing
+LAUNCHER ?= basic
+ROWS ?= default
+SEEDS ?= 0
+PARALLEL ?= 1
+EXTRA ?=
+DRY_RUN ?=
+RESULTS := $(PYTHON) -m grft.results
+PAPER_TARGETS := table1 table2 table3 table4 table5 fig3 fig4
+RUN_FLAGS = --launcher $(LAUNCHER) --rows $(ROWS) --seeds $(SEEDS) --parallel $(PARALLEL) $(if $(DRY_RUN),--dry-run)
+
+.PHONY: hparams paper paper-run paper-render paper-dry-run $(PAPER_TARGETS) \
+	$(addsuffix -run,$(PAPER_TARGETS)) $(addsuffix -render,$(PAPER_TARGETS))
+
+hparams: install ## hparams.csv, Tables 6-8 and selection_choice.md from the experiment configs
+	$(RESULTS) hparams $(EXTRA)
+
+table1: ## Table 1 (FGVC): run + render
+table2: ## Table 2 (VTAB-1k): run + render
+table3: ## Table 3 (GLUE: full, LoRA, GRFT): run + render
+table4: ## Table 4 (selection: GPS, sparse, row, column on FGVC): run + render
+table5: ## Table 5 (norm: none, L1, L2 on FGVC): run + render
+fig3: ## Fig. 3 (memory over training time, GRFT vs GPS): run + render
+fig4: ## Fig. 4 (a-d: k, lambda, regular blocks, subsets on FGVC): run + render
+$(PAPER_TARGETS): %: install
+	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render $* $(EXTRA) && exit $$rc
+
+$(addsuffix -run,$(PAPER_TARGETS)): %-run: install
+	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA)
+
+$(addsuffix -render,$(PAPER_TARGETS)): %-render: install
+	$(RESULTS) render $* $(EXTRA)
+
+paper: hparams ## every table and figure: run all pending runs, then render everything
+	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render paper $(EXTRA) && exit $$rc
+
+paper-run: install ## launch the pending runs of every table and figure (a shared run launches once)
+	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA)
+
+paper-render: hparams ## render every table and figure from the finished runs (holes where runs are missing)
+	$(RESULTS) render paper $(EXTRA)
+
+paper-dry-run: install ## how many jobs each target would launch, and the commands
+	$(RESULTS) run paper $(RUN_FLAGS) --dry-run $(EXTRA)

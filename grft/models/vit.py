@@ -18,7 +18,8 @@ from ..targets import Architecture
 VIT_ARCH = Architecture(head="head", blocks="blocks", stem=("patch_embed",))
 TINY_IMG_SIZE = 32
 # The same family in miniature, for debug=smoke and tests: random weights, no download.
-TINY_KWARGS = dict(img_size=TINY_IMG_SIZE, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+# Depth 8: every regular_layers value of the paper configs and of the Fig. 4c sweep (1..8) fits.
+TINY_KWARGS = dict(img_size=TINY_IMG_SIZE, patch_size=8, embed_dim=32, depth=8, num_heads=2, mlp_ratio=2.0)
 CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
 
 

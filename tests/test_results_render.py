@@ -1,0 +1,166 @@
+"""Rendering from fixture records: the paper's layout, our values in the right cells, holes as gaps."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from results_fixtures import search_path, write_fixture_record, write_stubs
+
+from grft.results.__main__ import main as cli
+from grft.results.compose import Composer
+from grft.results.figures import render_memory, render_sweep
+from grft.results.matching import RecordIndex
+from grft.results.spec import load_spec
+from grft.results.tables import HOLE, render_table
+
+SPEC = load_spec()
+
+# The paper's row and column order, typed from its tables.
+LAYOUT = {
+    "table1": (["Full", "Linear", "Bias", "Adapter", "LoRA", "VPT-Shallow", "VPT-Deep", "SSF", "SPT-Adapter", "SPT-LoRA",
+                "GPS*", "GRFT"],
+               ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc.", "Params.(%)"]),
+    "table2": (["Full", "Linear", "Bias", "Adapter", "LoRA", "VPT-Shallow", "VPT-Deep", "SSF", "SPT-Adapter", "SPT-LoRA",
+                "GPS*", "GRFT"],
+               ["CIFAR-100", "Caltech101", "DTD", "Flowers102", "Pets", "SVHN", "Sun397", "Patch Camelyon", "EuroSAT",
+                "Resisc45", "Retinopathy", "Clevr/count", "Clevr/distance", "DMLab", "KITTI/distance", "dSprites/loc",
+                "dSprites/ori", "SmallNORB/azi", "SmallNORB/ele", "Mean Acc.", "Mean Params. (%)"]),
+    "table3": (["Full", "LoRA", "GRFT"], ["CoLA", "MRPC", "RTE", "Mean Acc.", "Params.(%)"]),
+    "table4": (["GPS*", "GRFT-Sparse", "GRFT-Row", "GRFT-Column"],
+               ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc."]),
+    "table5": (["Without Norm", "L1 Norm", "L2 Norm"],
+               ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc."]),
+}
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory):
+    return write_stubs(tmp_path_factory.mktemp("stubs"))
+
+
+@pytest.fixture(scope="module")
+def composer(stubs):
+    return Composer([search_path(stubs)])
+
+
+def render(name, composer, tmp_path):
+    index = RecordIndex.load(tmp_path / "runs")
+    return render_table(SPEC.target(name), SPEC, composer, index, tmp_path / "tables")
+
+
+def ours(result, row, column):
+    cell = result.cells[(result.cells["row"] == row) & (result.cells["column"] == column)].iloc[0]
+    return cell
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT))
+def test_tables_have_the_papers_layout_and_holes_without_runs(name, composer, tmp_path):
+    result = render(name, composer, tmp_path)
+    rows, columns = LAYOUT[name]
+    wide = result.wide
+    assert [c for c in wide.columns[2:]] == columns
+    assert [m for m in wide["Method"] if m] == rows
+    assert list(wide.iloc[:3, 1]) == ["paper", "ours", "diff"]
+    md = (tmp_path / "tables" / f"{name}.md").read_text()
+    assert "## Notes" in md and HOLE in md
+    tex = (tmp_path / "tables" / f"{name}.tex").read_text()
+    assert "\\begin{tabular}" in tex and "\\toprule" in tex
+    csv = pd.read_csv(tmp_path / "tables" / f"{name}.csv")
+    assert list(csv.columns) == ["row", "column", "label", "paper", "ours", "ours_std", "n", "diff", "status"]
+    assert csv["ours"].isna().all()
+
+
+def test_fixture_records_land_in_their_cells(composer, tmp_path):
+    t1 = SPEC.target("table1")
+    grft_row = next(r for r in t1.rows if r.label == "GRFT")
+    gps_row = next(r for r in t1.rows if r.label == "GPS*")
+    # GRFT on CUB, two seeds; GPS* on NABirds with its reference k; a GRFT run with another lr (no cell).
+    write_fixture_record(composer, tmp_path / "runs", t1.cell(grft_row, "cub").args, 0.90, seed=0, pct=0.47)
+    write_fixture_record(composer, tmp_path / "runs", t1.cell(grft_row, "cub").args, 0.92, seed=1, pct=0.47)
+    write_fixture_record(composer, tmp_path / "runs", t1.cell(gps_row, "nabirds").args, 0.8675, pct=2.53)
+    write_fixture_record(composer, tmp_path / "runs", ["experiment=fgvc/oxford_flowers", "lr=0.123"], 0.5)
+    result = render("table1", composer, tmp_path)
+
+    cub = ours(result, "GRFT", "cub")
+    assert cub["ours"] == pytest.approx(91.0) and cub["n"] == 2 and cub["ours_std"] == pytest.approx(1.41421356)
+    assert cub["diff"] == pytest.approx(91.0 - 90.1)
+    assert ours(result, "GPS*", "nabirds")["ours"] == pytest.approx(86.75)
+    for row, column in (("GRFT", "oxford_flowers"), ("GRFT", "mean"), ("GPS*", "cub"), ("Full", "cub")):
+        assert ours(result, row, column)["status"] == "missing" and math.isnan(ours(result, row, column)["ours"])
+    assert ours(result, "SPT-LoRA", "cub")["status"] == "paper_only"
+
+    wide = result.wide
+    line = wide.index[wide["Method"] == "GRFT"][0]
+    assert wide.loc[line, "CUB-2011"] == "90.1"
+    assert wide.loc[line + 1, "CUB-2011"] == "91.0 ± 1.4 (n=2)"
+    assert wide.loc[line + 2, "CUB-2011"] == "+0.9"
+    assert wide.loc[line + 1, "NABirds"] == HOLE and wide.loc[line + 1, "Mean Acc."] == HOLE
+    spt = wide.index[wide["Method"] == "SPT-LoRA"][0]
+    assert wide.loc[spt + 1, "CUB-2011"] == ""
+    notes = "\n".join(result.notes)
+    assert "1 finished runs of these tasks and methods match no cell" in notes
+    assert "Full: printed Mean Acc. 89.44, but the mean of its printed cells is 88.540" in notes
+    csv = pd.read_csv(tmp_path / "tables" / "table1.csv")
+    assert csv[(csv.row == "GRFT") & (csv.column == "cub")]["ours"].item() == pytest.approx(91.0)
+
+
+def test_our_means_are_recomputed_from_our_cells(composer, tmp_path):
+    t5 = SPEC.target("table5")
+    values = {"cub": 0.80, "nabirds": 0.70, "oxford_flowers": 0.99, "stanford_dogs": 0.85, "stanford_cars": 0.905}
+    none_row = next(r for r in t5.rows if r.label == "Without Norm")
+    for task, acc in values.items():
+        write_fixture_record(composer, tmp_path / "runs", t5.cell(none_row, task).args, acc)
+    result = render("table5", composer, tmp_path)
+    expected = 100 * sum(values.values()) / 5
+    assert ours(result, "Without Norm", "mean")["ours"] == pytest.approx(expected)
+    assert ours(result, "Without Norm", "mean")["diff"] == pytest.approx(expected - 91.10)
+    assert math.isnan(ours(result, "L1 Norm", "mean")["ours"])
+    # L2 Norm is the configuration of Table 1's GRFT: the paper prints different numbers for it.
+    assert any("L2 Norm runs the same configuration as Table 1's GRFT" in n and "differ" in n for n in result.notes)
+
+
+def test_text_claim_mismatch_is_a_computed_note(composer, tmp_path):
+    notes = render("table2", composer, tmp_path).notes
+    assert any("GPS* Mean Acc. is 73.89; the table prints 73.61" in n for n in notes)
+    assert any(n.startswith("Paper: 12 of 12 printed Mean Acc.") for n in notes)
+
+
+def test_fig4_plots_points_and_leaves_gaps(composer, tmp_path):
+    target = SPEC.target("fig4")
+    write_fixture_record(composer, tmp_path / "runs", ["experiment=fgvc/cub", "k=3"], 0.88)
+    write_fixture_record(composer, tmp_path / "runs", ["experiment=fgvc/cub", "lambda=1e-06"], 0.87)
+    result = render_sweep(target, SPEC, composer, RecordIndex.load(tmp_path / "runs"), tmp_path / "figures")
+    png, csv = result.paths
+    assert png.stat().st_size > 10_000
+    points = pd.read_csv(csv, dtype={"value": str})
+    assert len(points) == 5 * (30 + 6 + 8 + 7)
+    k3 = points[(points.panel == "a") & (points.task == "cub") & (points.value == "3")]
+    assert k3["acc"].item() == pytest.approx(88.0)
+    lam = points[(points.panel == "b") & (points.task == "cub") & (points.value == "1e-06")]
+    assert lam["acc"].item() == pytest.approx(87.0)
+    assert points[(points.panel == "a") & (points.task == "cub") & (points.value == "4")]["acc"].isna().item()
+    assert (points["n"] > 0).sum() == 2
+
+
+def test_fig3_plots_memory_traces_and_names_the_missing_run(composer, tmp_path):
+    target = SPEC.target("fig3")
+    grft_row = target.rows[0]
+    trace = [(0.5, 10, 900.0), (1.0, 20, 910.0)]
+    write_fixture_record(composer, tmp_path / "runs", target.cell(grft_row, "cub").args, 0.9, memory=trace)
+    result = render_memory(target, SPEC, composer, RecordIndex.load(tmp_path / "runs"), tmp_path / "figures")
+    png, csv = result.paths
+    assert png.stat().st_size > 10_000
+    points = pd.read_csv(csv)
+    assert list(points["series"]) == ["GRFT", "GRFT"] and list(points["memory_mb"]) == [900.0, 910.0]
+    assert any(n.startswith("GPS: no finished run") for n in result.notes)
+
+
+def test_cli_renders_every_target_with_no_runs(stubs, tmp_path, capsys):
+    code = cli(["render", "paper", search_path(stubs), f"paths.runs={tmp_path / 'none'}", "--out", str(tmp_path / "out")])
+    assert code == 0
+    made = sorted(p.name for p in (tmp_path / "out").rglob("*.*"))
+    for name in ("table1", "table2", "table3", "table4", "table5"):
+        assert {f"{name}.md", f"{name}.tex", f"{name}.csv"} <= set(made)
+    assert {"fig3_memory.png", "fig3_memory.csv", "fig4_ablation.png", "fig4_ablation.csv"} <= set(made)
