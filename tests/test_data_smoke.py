@@ -61,7 +61,6 @@ def test_missing_data_stops_the_run_with_the_fetch_command(tmp_path):
         run(tmp_path, "dataset=dtd")
 
 
-@pytest.mark.slow
 def test_run_py_on_a_glue_miniature(tmp_path):
     write_glue(tmp_path / "data", "rte")
     env = {**os.environ, "GRFT_RUNS": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}

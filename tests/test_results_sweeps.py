@@ -136,7 +136,6 @@ def _tiny_project(folder):
     return folder
 
 
-@pytest.mark.slow
 def test_a_real_smoke_sweep_appears_in_the_rendered_table(tmp_path):
     project = _tiny_project(tmp_path / "project")
     runs, out = tmp_path / "runs", tmp_path / "out"
