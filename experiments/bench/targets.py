@@ -1,0 +1,68 @@
+"""The benchmark's goals (issue 7), written as data so the report can say met or missed for each.
+
+Each target compares one method's metric with a reference method's on the same model, as a ratio
+measured in the same run; ``adapter_mb`` of ``full`` is the full checkpoint. They are goals, not
+tests: a missed target is reported with its measured ratio, never hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Target:
+    method: str
+    metric: str  # a column of latest.csv
+    reference: str  # the method whose value is the denominator
+    bound: float
+    at_most: bool = True  # False: ratio >= bound
+    device: str | None = "cpu"  # the device whose run the goal is for; None: any device
+
+    @property
+    def text(self) -> str:
+        sign = "<=" if self.at_most else ">="
+        return f"{self.method} {self.metric} {sign} {self.bound:g} x {self.reference}"
+
+    def check(self, ratio: float) -> bool:
+        return ratio <= self.bound if self.at_most else ratio >= self.bound
+
+
+TARGETS = (
+    Target("grft_row", "step_time_s", "lora", 1.0),
+    Target("grft_column", "step_time_s", "lora", 1.0),
+    Target("grft_row", "step_time_s", "floor", 1.05),
+    Target("grft_column", "step_time_s", "floor", 1.05),
+    Target("grft_row", "peak_mem_mb", "lora", 1.0),
+    Target("grft_column", "peak_mem_mb", "lora", 0.95),
+    Target("grft_column", "peak_mem_mb", "floor", 1.10),
+    Target("gps", "peak_mem_mb", "full", 1.0, at_most=False),
+    Target("grft_row", "adapter_mb", "full", 0.005, device=None),
+    Target("grft_column", "adapter_mb", "full", 0.005, device=None),
+    Target("grft_row", "step_time_s", "lora", 0.9, device="cuda"),
+    Target("grft_column", "step_time_s", "lora", 0.9, device="cuda"),
+    Target("grft_column", "peak_mem_mb", "lora", 0.85, device="cuda"),
+)
+
+
+def evaluate(results: pd.DataFrame, device: str) -> pd.DataFrame:
+    """One row per (model, target) for ``device`` (``cpu``/``cuda``): ratio and met/missed.
+
+    results: one row per (model, method), as in latest.csv. A target whose methods were not run
+    is reported as ``not measured``.
+    """
+    rows = []
+    for model, part in results.groupby("model", sort=False):
+        values = part.set_index("method")
+        for target in TARGETS:
+            if target.device not in (None, device):
+                continue
+            ratio = math.nan
+            if target.method in values.index and target.reference in values.index:
+                ratio = float(values.at[target.method, target.metric]) / float(values.at[target.reference, target.metric])
+            status = "not measured" if math.isnan(ratio) else ("met" if target.check(ratio) else "MISSED")
+            rows.append({"model": model, "target": target.text, "ratio": ratio, "status": status})
+    return pd.DataFrame(rows, columns=["model", "target", "ratio", "status"])
