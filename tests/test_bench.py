@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.bench import driver, methods, report, targets, worker
-from experiments.bench.models import build_vit
+from experiments.bench import driver, interleave, methods, report, targets, worker
+from experiments.bench.models import build_llama, build_vit, call
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
@@ -98,6 +98,34 @@ def test_gps_masks_keep_k_per_row_and_frozen_entries_never_move():
     assert moved > 0, "no kept entry moved: GPS did not train"
 
 
+def test_llama_floor_adds_a_zero_bias_that_changes_nothing_but_trains():
+    work = build_llama(batch=4, tiny=True, probe_batches=1, layers=2, seq_len=8)
+    with torch.no_grad():
+        before = call(work.model, work.inputs).clone()
+    trainable = methods.prepare("floor", work, k=2)
+    names = {n for n, p in work.model.named_parameters() if p.requires_grad}
+    assert names == {"score.weight", "model.layers.0.self_attn.q_proj.bias"}
+    with torch.no_grad():
+        assert torch.equal(call(trainable.model, work.inputs), before)
+    optimizer = torch.optim.Adam(trainable.params, lr=1e-2)
+    worker.train_step(trainable, optimizer, work.inputs, work.labels, lambda: torch.autocast("cpu", enabled=False))
+    assert work.model.get_submodule("model.layers.0.self_attn.q_proj").bias.abs().sum() > 0
+
+
+def test_interleaved_timing_gives_every_method_its_rounds(capsys):
+    assert interleave.main(["--model", "vit", "--tiny", "--methods", "lora,grft_row,floor", "--rounds", "3",
+                            "--threads", "1"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(record["methods"]) == {"lora", "grft_row", "floor"} and record["rounds"] == 3
+    for times in record["methods"].values():
+        assert len(times["step_times"]) == 3 and min(times["step_times"]) > 0
+    rows = [{"model": "vit", "method": m, "step_times": [1.0, 2.0, 3.0], "peak_mem_mb": 1.0} for m in ("lora", "floor")]
+    table = driver.aggregate(rows, [record]).set_index("method")
+    assert table.at["lora", "step_time_s"] == 2.0
+    want = sorted(record["methods"]["lora"]["step_times"])[1]  # the median of three
+    assert table.at["lora", "step_time_interleaved_s"] == want
+
+
 def test_pack_bits_is_one_bit_per_entry():
     mask = torch.tensor([[1, 0, 0, 1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0]])
     packed = methods.pack_bits(mask)
@@ -138,6 +166,16 @@ def test_targets_follow_hand_computed_ratios():
     text = report.markdown(table, {"command": "test"})
     assert "| vit     | grft_column peak_mem_mb <= 0.95 x lora" in text
     assert f"{sum(s == 'met' for s in status.values())} of {len(status)} met." in text
+
+
+def test_step_targets_use_side_by_side_times_when_both_methods_have_them():
+    table = _table([("lora", 4.0, 2400.0, 1.5), ("grft_row", 4.4, 2300.0, 1.0), ("floor", 4.1, 2200.0, 0.3)])
+    table["step_time_interleaved_s"] = [4.2, 4.1, float("nan")]
+    result = targets.evaluate(table, "cpu").set_index("target")
+    row = result.loc["grft_row step_time_s <= 1 x lora"]
+    assert row["measured"] == "step_time_interleaved_s" and row["status"] == "met"  # 4.1/4.2, not 4.4/4.0
+    row = result.loc["grft_row step_time_s <= 1.05 x floor"]  # floor was not interleaved: per process
+    assert row["measured"] == "step_time_s" and row["ratio"] == pytest.approx(4.4 / 4.1)
 
 
 def test_targets_without_a_method_are_not_measured():

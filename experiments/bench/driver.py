@@ -27,10 +27,13 @@ from pathlib import Path
 from .names import LLAMA_LAYERS, METHODS, MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
-# Steps per device: (warm-up, measured). A CPU ViT-B/16 step takes seconds, a GPU one milliseconds.
-STEPS = {"cpu": (1, 4), "cuda": (5, 20)}
+# Steps per device: (warm-up, measured, interleaved rounds). A CPU ViT-B/16 step takes seconds.
+STEPS = {"cpu": (1, 4, 4), "cuda": (5, 20, 20)}
+# The close comparisons of the targets, timed side by side in one process.
+INTERLEAVED = ("lora", "grft_row", "grft_column", "floor")
 CSV_COLUMNS = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
-               "probe_s", "device", "step_time_p25", "step_time_p75", "step_cpu_s", "live_peak_mb", "setup_peak_mb",
+               "probe_s", "device", "step_time_p25", "step_time_p75", "step_cpu_s", "step_time_interleaved_s",
+               "step_time_interleaved_p25", "step_time_interleaved_p75", "live_peak_mb", "setup_peak_mb",
                "total_params", "optimizer_state_bytes", "adapter_bytes", "k", "batch", "workload", "precision",
                "threads", "steps", "warmup", "repeats", "loss_first", "loss_last", "load_avg_1m", "mem_source",
                "peak_after_setup_reset", "torch")
@@ -70,6 +73,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--probe-batches", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, help="run the whole method list this many times, order "
                    "reversed every other time; statistics pool the repeats")
+    p.add_argument("--interleave", default=",".join(INTERLEAVED),
+                   help="methods also timed side by side in one process, steps in turn ('none': skip)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved steps per method (cpu 4, cuda 20)")
     p.add_argument("--fig3", action=argparse.BooleanOptionalAction, default=True,
                    help="also record memory over time for grft_row and gps (paper Fig. 3)")
     p.add_argument("--fig3-steps", type=int, default=None, help="training steps in the Fig. 3 trace (cpu 8, cuda 200)")
@@ -79,25 +85,35 @@ def parse(argv=None) -> argparse.Namespace:
     if args.device.split(":")[0] not in STEPS:
         p.error(f"--device must be cpu or cuda, got {args.device!r}")
     kind = args.device.split(":")[0]
-    warmup, steps = STEPS[kind]
+    warmup, steps, rounds = STEPS[kind]
     args.warmup = warmup if args.warmup is None else args.warmup
     args.steps = steps if args.steps is None else args.steps
+    args.rounds = rounds if args.rounds is None else args.rounds
+    args.interleave = [] if args.interleave == "none" else csv_list(METHODS, "method")(args.interleave)
+    args.interleave = [m for m in args.interleave if m in args.methods]
     args.precision = args.precision or ("bf16" if kind == "cuda" else "fp32")
     args.fig3_steps = args.fig3_steps or (8 if kind == "cpu" else 200)
-    for name in ("batch", "steps", "k", "threads", "seq_len", "probe_batches", "repeats", "fig3_steps"):
+    for name in ("batch", "steps", "k", "threads", "seq_len", "probe_batches", "repeats", "fig3_steps", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 
+def common_options(args: argparse.Namespace) -> list[str]:
+    cmd = ["--device", args.device, "--precision", args.precision, "--batch", str(args.batch), "--warmup",
+           str(args.warmup), "--k", str(args.k), "--threads", str(args.threads), "--llama-shape", args.llama_shape,
+           "--seq-len", str(args.seq_len), "--probe-batches", str(args.probe_batches)]
+    return cmd + (["--tiny"] if args.tiny else [])
+
+
 def worker_command(args: argparse.Namespace, model: str, method: str, extra: tuple[str, ...] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "experiments.bench.worker", "--model", model, "--method", method,
-           "--device", args.device, "--precision", args.precision, "--batch", str(args.batch),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--k", str(args.k), "--threads", str(args.threads),
-           "--llama-shape", args.llama_shape, "--seq-len", str(args.seq_len), "--probe-batches", str(args.probe_batches)]
-    if args.tiny:
-        cmd.append("--tiny")
-    return cmd + list(extra)
+    return ([sys.executable, "-m", "experiments.bench.worker", "--model", model, "--method", method,
+             "--steps", str(args.steps)] + common_options(args) + list(extra))
+
+
+def interleave_command(args: argparse.Namespace, model: str) -> list[str]:
+    return ([sys.executable, "-m", "experiments.bench.interleave", "--model", model, "--methods",
+             ",".join(args.interleave), "--rounds", str(args.rounds)] + common_options(args))
 
 
 def worker_env() -> dict:
@@ -119,34 +135,51 @@ def run_worker(cmd: list[str]) -> dict:
 
 
 def schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """Every (model, method), the method order reversed on every other repeat."""
+    """Per model: every method in its own process (the order reversed on every other repeat),
+    then the side-by-side timing of ``--interleave`` (method ``None``)."""
     jobs = []
-    for r in range(args.repeats):
-        for model in args.models:
+    for model in args.models:
+        for r in range(args.repeats):
             methods = args.methods if r % 2 == 0 else args.methods[::-1]
             jobs += [(model, m) for m in methods]
+        if len(args.interleave) > 1:
+            jobs.append((model, None))
     return jobs
 
 
-def aggregate(records: list[dict]):
-    """One row per (model, method): pooled step times over repeats, median of the rest."""
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(p25, median, p75), the quartiles within the data's range."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], statistics.median(values), q[2]
+
+
+def aggregate(records: list[dict], interleaved: list[dict] = ()):
+    """One row per (model, method): pooled step times over repeats, median of the rest, and the
+    side-by-side step times where the method was interleaved."""
     import pandas as pd
 
     rows = []
     groups: dict[tuple[str, str], list[dict]] = {}
     for rec in records:
         groups.setdefault((rec["model"], rec["method"]), []).append(rec)
+    side_by_side = {(rec["model"], m): t["step_times"] for rec in interleaved for m, t in rec["methods"].items()}
     for runs in groups.values():
         row = dict(runs[0])
-        times = [t for r in runs for t in r["step_times"]]
-        q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
-        row.update(step_time_s=statistics.median(times), step_time_p25=q[0], step_time_p75=q[2], repeats=len(runs))
+        p25, median, p75 = quartiles([t for r in runs for t in r["step_times"]])
+        row.update(step_time_s=median, step_time_p25=p25, step_time_p75=p75, repeats=len(runs))
+        times = side_by_side.get((row["model"], row["method"]))
+        if times:
+            p25, median, p75 = quartiles(times)
+            row.update(step_time_interleaved_s=median, step_time_interleaved_p25=p25, step_time_interleaved_p75=p75)
         for key in ("peak_mem_mb", "live_peak_mb", "setup_peak_mb", "step_cpu_s", "probe_s", "load_avg_1m"):
             values = [r[key] for r in runs if r.get(key) is not None]
             row[key] = statistics.median(values) if values else None
         rows.append(row)
     frame = pd.DataFrame(rows)
-    frame["k"] = frame["k"].astype("Int64")
+    if "k" in frame.columns:
+        frame["k"] = frame["k"].astype("Int64")
     return frame[[c for c in CSV_COLUMNS if c in frame.columns]]
 
 
@@ -155,19 +188,23 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = schedule(args)
-    records = []
+    records, interleaved = [], []
     for i, (model, method) in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {model} {method} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
+        what = method or f"interleaved {','.join(args.interleave)}"
+        print(f"[{i}/{len(jobs)}] {model} {what} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
         try:
-            records.append(run_worker(worker_command(args, model, method)))
+            if method is None:
+                interleaved.append(run_worker(interleave_command(args, model)))
+            else:
+                records.append(run_worker(worker_command(args, model, method)))
         except WorkerError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
     bench_s = time.perf_counter() - started
     with open(args.out / "latest_runs.jsonl", "w") as f:
-        for rec in records:
+        for rec in records + interleaved:
             f.write(json.dumps(rec) + "\n")
-    results = aggregate(records)
+    results = aggregate(records, interleaved)
     results.to_csv(args.out / "latest.csv", index=False)
 
     fig3_note = "not run (--no-fig3)"
@@ -184,7 +221,8 @@ def main(argv=None) -> int:
         "device": records[0]["device"],
         "threads": args.threads,
         "precision": args.precision,
-        "steps": f"{args.warmup} warm-up + {args.steps} measured per process, {args.repeats} repeat(s)",
+        "steps": f"{args.warmup} warm-up + {args.steps} measured per process, {args.repeats} repeat(s); "
+                 f"interleaved: {args.warmup} warm-up + {args.rounds} rounds of {','.join(args.interleave) or 'none'}",
         "python / torch": f"{platform.python_version()} / {records[0]['torch']}",
         "benchmark wall time": f"{bench_s:.0f} s (all workers)",
         "Fig. 3 trace": fig3_note,

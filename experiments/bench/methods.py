@@ -10,10 +10,10 @@
 - grft_row / grft_column: ``grft.select`` (SCL probe) then ``grft.attach``; the loss adds
   ``grft.penalty`` (squared L2, lam > 0, over the last 2 blocks + stem + head).
 - linear: the head only.
-- floor: the head plus one tiny tensor at the bottom of the network (ViT: the patch embedding's
-  bias; Llama, which has no biases: the first layer's input RMSNorm weight), so backward runs
-  through every layer but computes no weight gradient inside it. No method that trains inside the
-  network can take less time or memory than this.
+- floor: the head plus the bias of the network's first layer (ViT: the patch embedding; Llama,
+  which has no biases: a zero bias given to layer 0's ``q_proj``, so the outputs do not change),
+  so backward runs through every layer but computes no weight gradient inside it. No method that
+  trains inside the network can take less time or memory than this.
 
 Each method also writes what it must store to reproduce the tuned model (``save``).
 """
@@ -204,9 +204,16 @@ def prepare_full(work: Workload) -> Trainable:
     return Trainable(model, _trainable(model), None, None, 0.0, save)
 
 
-def prepare_head(work: Workload, extra: tuple[str, ...]) -> Trainable:
+def prepare_head(work: Workload, with_first_bias: bool) -> Trainable:
+    """The head alone (linear), or with the first layer's bias (floor)."""
     model = work.model
-    names = {f"{work.head}.{n}" for n, _ in model.get_submodule(work.head).named_parameters()} | set(extra)
+    names = {f"{work.head}.{n}" for n, _ in model.get_submodule(work.head).named_parameters()}
+    if with_first_bias:
+        first = model.get_submodule(work.floor)
+        if first.bias is None:  # a zero bias changes no output, and its gradient needs backward to reach here
+            weight = first.weight
+            first.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+        names.add(f"{work.floor}.bias")
     _freeze_all_but(model, names)
     return Trainable(model, _trainable(model), None, None, 0.0, _save_tensors(model))
 
@@ -222,6 +229,4 @@ def prepare(method: str, work: Workload, k: int, sync: Callable[[], None] = lamb
         return prepare_lora(work)
     if method.startswith("grft_"):
         return prepare_grft(work, method.removeprefix("grft_"), k, sync)
-    if method == "linear":
-        return prepare_head(work, ())
-    return prepare_head(work, work.floor)
+    return prepare_head(work, with_first_bias=method == "floor")

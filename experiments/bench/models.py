@@ -22,7 +22,8 @@ class Workload:
     inputs: a tensor (images ``[batch, 3, H, W]``) or a dict (``input_ids``/``attention_mask``
     ``[batch, tokens]``); labels ``[batch]``. probe_batches: ``(inputs, labels)`` pairs for the
     gradient probe, each label appearing twice so the contrastive loss has positive pairs.
-    floor: names of the parameters the ``floor`` method trains besides the head.
+    floor: the module whose bias the ``floor`` method trains besides the head: the first layer
+    of the network (ViT: the patch embedding; Llama: layer 0's ``q_proj``, given a zero bias).
     """
 
     model: nn.Module
@@ -30,7 +31,7 @@ class Workload:
     labels: torch.Tensor
     probe_batches: list
     head: str
-    floor: tuple[str, ...]
+    floor: str
     lora_targets: tuple[str, ...]
     describe: str
 
@@ -63,7 +64,7 @@ def build_vit(batch: int, tiny: bool, probe_batches: int, num_classes: int = 100
     labels = torch.randint(0, num_classes, (batch,), generator=g)
     probes = [(images(), _probe_labels(batch, g)) for _ in range(probe_batches)]
     name = "ViT-B/16 (tiny)" if tiny else "ViT-B/16"
-    return Workload(model, images(), labels, probes, "head", ("patch_embed.proj.bias",), ("qkv",),
+    return Workload(model, images(), labels, probes, "head", "patch_embed.proj", ("qkv",),
                     f"{name}, {size}x{size}, batch {batch}")
 
 
@@ -95,7 +96,7 @@ def build_llama(batch: int, tiny: bool, probe_batches: int, layers: int, seq_len
     labels = torch.randint(0, num_labels, (batch,), generator=g)
     probes = [({**tokens(), "labels": _probe_labels(batch, g)}) for _ in range(probe_batches)]
     name = "Llama (tiny)" if tiny else "Llama-3.2-1B shape"
-    return Workload(model, tokens(), labels, probes, "score", ("model.layers.0.input_layernorm.weight",),
+    return Workload(model, tokens(), labels, probes, "score", "model.layers.0.self_attn.q_proj",
                     ("q_proj", "v_proj"), f"{name}, {layers} layers, {seq_len} tokens, batch {batch}")
 
 

@@ -31,9 +31,10 @@ def with_ratios(part: pd.DataFrame) -> pd.DataFrame:
     """Add ``<metric>_x_<reference>`` columns: each method's value over the reference's (same model)."""
     out = part.copy()
     values = part.set_index("method")
-    for metric in ("step_time_s", "peak_mem_mb"):
+    for metric in ("step_time_s", "step_time_interleaved_s", "peak_mem_mb"):
         for ref in REFERENCES:
-            out[f"{metric}_x_{ref}"] = part[metric] / values.at[ref, metric] if ref in values.index else float("nan")
+            known = metric in values.columns and ref in values.index
+            out[f"{metric}_x_{ref}"] = part[metric] / values.at[ref, metric] if known else float("nan")
     if "full" in values.index:
         out["adapter_pct_of_full"] = 100.0 * part["adapter_mb"] / values.at["full", "adapter_mb"]
     else:
@@ -47,31 +48,54 @@ def _fmt(value, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
-def model_table(part: pd.DataFrame) -> str:
+def _spread(row: pd.Series, prefix: str) -> str:
+    if pd.isna(row.get(f"{prefix}_s")):
+        return "–"
+    return f"{row[f'{prefix}_s']:.2f} ({row[f'{prefix}_p25']:.2f}–{row[f'{prefix}_p75']:.2f})"
+
+
+def _markdown(rows: list[dict]) -> str:
+    # disable_numparse: keep the formatted digits ("1.00", not "1").
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
+                                          colalign=["left"] + ["right"] * (len(rows[0]) - 1))
+
+
+def time_table(part: pd.DataFrame) -> str:
     part = with_ratios(part)
     rows = []
     for _, r in part.iterrows():
         rows.append({
             "method": r["method"],
-            "step s (p25–p75)": f"{r['step_time_s']:.2f} ({r['step_time_p25']:.2f}–{r['step_time_p75']:.2f})",
-            "cpu s/step": _fmt(r.get("step_cpu_s"), 2),
+            "step s (p25–p75)": _spread(r, "step_time"),
             "×full": _fmt(r["step_time_s_x_full"], 2),
             "×LoRA": _fmt(r["step_time_s_x_lora"], 2),
             "×floor": _fmt(r["step_time_s_x_floor"], 2),
+            "CPU s/step": _fmt(r.get("step_cpu_s"), 2),
+            "side by side s (p25–p75)": _spread(r, "step_time_interleaved"),
+            "side by side ×LoRA": _fmt(r["step_time_interleaved_s_x_lora"], 3),
+            "side by side ×floor": _fmt(r["step_time_interleaved_s_x_floor"], 3),
+        })
+    return _markdown(rows)
+
+
+def memory_table(part: pd.DataFrame) -> str:
+    part = with_ratios(part)
+    rows = []
+    for _, r in part.iterrows():
+        rows.append({
+            "method": r["method"],
             "peak MB": _fmt(r["peak_mem_mb"], 0),
-            "mem ×full": _fmt(r["peak_mem_mb_x_full"], 2),
-            "mem ×LoRA": _fmt(r["peak_mem_mb_x_lora"], 2),
-            "mem ×floor": _fmt(r["peak_mem_mb_x_floor"], 2),
+            "×full": _fmt(r["peak_mem_mb_x_full"], 3),
+            "×LoRA": _fmt(r["peak_mem_mb_x_lora"], 3),
+            "×floor": _fmt(r["peak_mem_mb_x_floor"], 3),
             "live peak MB": _fmt(r.get("live_peak_mb"), 0),
             "trainable": f"{int(r['trainable_params']):,}",
             "Adam state MB": _fmt(r["optimizer_state_mb"], 2),
             "adapter MB": _fmt(r["adapter_mb"], 3),
-            "adapter % full": _fmt(r["adapter_pct_of_full"], 3),
+            "adapter % of full": _fmt(r["adapter_pct_of_full"], 3),
             "probe s": _fmt(r["probe_s"], 1),
         })
-    # disable_numparse: keep the formatted digits ("1.00", not "1").
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
-                                          colalign=["left"] + ["right"] * (len(rows[0]) - 1))
+    return _markdown(rows)
 
 
 def device_kind(results: pd.DataFrame) -> str:
@@ -86,12 +110,15 @@ def markdown(results: pd.DataFrame, meta: dict) -> str:
     lines += [f"- {key}: {value}" for key, value in meta.items()]
     lines += [""]
     for model, part in results.groupby("model", sort=False):
-        lines += [f"## {part['workload'].iloc[0]}", "", model_table(part), ""]
+        lines += [f"## {part['workload'].iloc[0]}", "", "Time per training step:", "", time_table(part), "",
+                  "Memory, state and storage:", "", memory_table(part), ""]
     targets = evaluate(results, kind)
-    lines += [f"## Targets ({kind})", "", "Goals of issue 7, each a ratio measured in this run.", ""]
+    lines += [f"## Targets ({kind})", "", "Goals of issue 7, each a ratio measured in this run; step-time ratios "
+              "come from the side-by-side timing where both methods have one.", ""]
     if len(targets):
         shown = targets.assign(ratio=targets["ratio"].map(lambda v: _fmt(v, 4)))
-        lines += [shown.to_markdown(index=False, disable_numparse=True, colalign=("left", "left", "right", "left")), ""]
+        lines += [shown.to_markdown(index=False, disable_numparse=True,
+                                    colalign=("left", "left", "left", "right", "left")), ""]
     met = int((targets["status"] == "met").sum())
     lines += [f"{met} of {len(targets)} met.", ""]
     lines += [HOW_MEASURED]
@@ -103,15 +130,19 @@ HOW_MEASURED = """## How it was measured
 - Each (model, method) runs in its own process (`python -m experiments.bench.worker`), one after
   the other; `torch.set_num_threads` is the same for all. A step is forward + cross-entropy (+ the
   GRFT penalty, squared L2, lambda 1e-3, last 2 blocks + stem + head) + backward + Adam (weight
-  decay 0) on one fixed random batch; step time is the median of the measured steps after the
-  warm-up, p25–p75 their spread; `cpu s/step` is the process CPU time per step (all threads),
-  less sensitive than wall time to other programs sharing the machine.
+  decay 0) on one fixed random batch. `step s`: median of the measured steps after the warm-up,
+  p25–p75 their spread; `CPU s/step`: process CPU time per step (all threads).
+- `side by side`: the methods that the step-time targets compare are also timed in one process
+  (`python -m experiments.bench.interleave`), each with its own model, taking steps in turn (order
+  reversed every other round). The per-process runs are minutes apart, and on a shared machine
+  the load changes between them by more than the few percent that separate these methods; taken
+  in turn, a change of load hits all of them alike. The step-time targets use these ratios.
 - Peak memory (CPU): `ru_maxrss` of the worker over the training steps; the kernel's high-water
   mark is reset after setup (model build, probe, optimizer), so the probe's full-size gradients
-  are not counted. `live peak MB`: `ru_maxrss` of one more step after glibc is told to map every
-  allocation of 64 KiB or more on its own and to return what is freed at once (mallopt): the
-  memory the step's live tensors need, without the allocator's fragmentation. GPU: `torch.cuda.
-  max_memory_allocated` over the training steps.
+  are not counted (Fig. 3 shows them). `live peak MB`: `ru_maxrss` of one more step after glibc
+  is told to map every allocation of 64 KiB or more on its own and to return what is freed at
+  once (mallopt): the memory the step's live tensors need, without the allocator's fragmentation.
+  GPU: `torch.cuda.max_memory_allocated` over the training steps.
 - Trainable: entries that can change (GPS: the mask's ones plus biases and head). Adam state: the
   bytes of its `exp_avg` and `exp_avg_sq` tensors after the steps (step counters left out).
 - Adapter: the file each method must keep. GRFT: `grft.save_adapter` (indices int16, slices,
@@ -122,10 +153,14 @@ HOW_MEASURED = """## How it was measured
   multiplied by a full-size 0/1 mask (weight dtype; top-k |H| per row of the SCL probe gradient)
   before the step. Probe: `grft.accumulate_gradients` with `selection="sparse"`.
 - LoRA: peft, r=8, alpha=16, dropout 0, on ViT `qkv` / Llama `q_proj`, `v_proj`; head trained.
-- floor: head + one tiny tensor at the bottom so backward crosses every layer — ViT: the patch
-  embedding's bias; Llama (no biases): the first layer's input RMSNorm weight.
+- floor: the head and the bias of the network's first layer, so backward crosses every layer but
+  computes no weight gradient inside it — ViT: the patch embedding's bias; Llama (no biases): a
+  zero bias given to layer 0's `q_proj` (the outputs do not change).
 - Random weights (timm `vit_base_patch16_224`, 100 classes; `LlamaForSequenceClassification`
-  from a Llama-3.2-1B-wide config, 2 labels): time and memory do not depend on the values.
+  from a Llama-3.2-1B-wide config, 2 labels): time and memory do not depend on the values. In the
+  CPU Llama configuration (2 layers, 8 x 32 tokens) the weights (1.5 GB, of which the 128256 x 2048
+  token embedding is 1 GB) dwarf the activations, so the methods' peak memories barely differ;
+  full fine-tuning also trains that embedding, which GPS (like GRFT) leaves frozen.
 """
 
 
@@ -146,7 +181,11 @@ def chart(results: pd.DataFrame, path: Path) -> Path:
         t = part["step_time_s"]
         err = [(t - part["step_time_p25"]).clip(lower=0), (part["step_time_p75"] - t).clip(lower=0)]
         ax = axes[row][0]
-        ax.bar(x, t, color=colors, yerr=err, capsize=3)
+        ax.bar(x, t, color=colors, yerr=err, capsize=3, label="own process (median, p25–p75)")
+        if "step_time_interleaved_s" in part and part["step_time_interleaved_s"].notna().any():
+            ax.scatter(list(x), part["step_time_interleaved_s"], color="white", edgecolor="black", zorder=3,
+                       label="side by side (median)")
+        ax.legend(loc="upper right", fontsize=8)
         ax.set_ylabel("step time (s)")
         ax.set_title(f"{part['workload'].iloc[0]}: median step time")
         ax = axes[row][1]

@@ -30,15 +30,13 @@ from .methods import METHODS, Trainable, check_method, prepare
 from .models import LLAMA_LAYERS, MODELS, build, call
 
 
-def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench.worker", description=__doc__.split("\n")[0])
+def add_workload_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by this worker and the interleaved one: which model, device, sizes, steps."""
     p.add_argument("--model", required=True, choices=MODELS)
-    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", help="fp32, or bf16 (autocast; weights and Adam stay fp32)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5, help="measured steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="unmeasured steps first")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
     p.add_argument("--k", type=int, default=2, help="GRFT rows/columns (GPS: entries per row) per matrix")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     p.add_argument("--probe-batches", type=int, default=2)
@@ -47,17 +45,50 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=32, help="tokens per Llama sequence")
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests)")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--trace", type=Path, default=None, help="also sample memory over time into this CSV")
-    p.add_argument("--scratch", type=Path, default=None, help="folder for adapter files (default: a temp dir)")
-    args = p.parse_args(argv)
-    check_method(args.method)
+
+
+def check_workload_arguments(args: argparse.Namespace, counts: tuple[str, ...]) -> None:
     devices.check_precision(args.precision)
-    for name in ("batch", "steps", "threads", "probe_batches", "seq_len", "k"):
+    for name in ("batch", "threads", "probe_batches", "seq_len", "k") + counts:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.worker", description=__doc__.split("\n")[0])
+    add_workload_arguments(p)
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--steps", type=int, default=4, help="measured steps (the median is reported)")
+    p.add_argument("--trace", type=Path, default=None, help="also sample memory over time into this CSV")
+    p.add_argument("--scratch", type=Path, default=None, help="folder for adapter files (default: a temp dir)")
+    args = p.parse_args(argv)
+    check_method(args.method)
+    check_workload_arguments(args, ("steps",))
     return args
+
+
+def build_workload(args: argparse.Namespace, device: torch.device):
+    """The model (on ``device``) and its batch, the same weights and data for every method."""
+    work = build(args.model, args.batch, args.tiny, args.probe_batches, LLAMA_LAYERS[args.llama_shape], args.seq_len)
+    total_params = sum(p.numel() for p in work.model.parameters())
+    work.model.to(device)
+    return work, total_params, to_device(work.inputs, device), to_device(work.labels, device)
+
+
+def autocast_for(device: torch.device, precision: str):
+    bf16 = precision == "bf16"
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def timed_step(trainable, optimizer, inputs, labels, autocast, sync) -> tuple[float, float, float]:
+    """One training step: (wall seconds, process CPU seconds, loss)."""
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = train_step(trainable, optimizer, inputs, labels, autocast)
+    sync()
+    return time.perf_counter() - t0, time.process_time() - c0, float(loss)
 
 
 def to_device(obj, device: torch.device):
@@ -117,11 +148,7 @@ def run(args: argparse.Namespace) -> dict:
     tag = f"{args.model}/{args.method}"
 
     mark("build")
-    layers = LLAMA_LAYERS[args.llama_shape]
-    work = build(args.model, args.batch, args.tiny, args.probe_batches, layers, args.seq_len)
-    total_params = sum(p.numel() for p in work.model.parameters())
-    work.model.to(device)
-    inputs, labels = to_device(work.inputs, device), to_device(work.labels, device)
+    work, total_params, inputs, labels = build_workload(args, device)
     log(f"{tag}: {work.describe}, {total_params / 1e6:.1f}M parameters")
 
     mark("probe")
@@ -132,21 +159,16 @@ def run(args: argparse.Namespace) -> dict:
     setup_peak = memory.peak_mb()
     peak_reset = memory.reset()
 
-    bf16 = args.precision == "bf16"
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    autocast = autocast_for(device, args.precision)
     mark("train")
     wall, cpu, losses = [], [], []
     for i in range(args.warmup + args.steps):
-        sync()
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = train_step(trainable, optimizer, inputs, labels, autocast)
-        sync()
-        t1, c1 = time.perf_counter(), time.process_time()
-        losses.append(float(loss))
+        seconds, cpu_seconds, loss = timed_step(trainable, optimizer, inputs, labels, autocast, sync)
+        losses.append(loss)
         if i >= args.warmup:
-            wall.append(t1 - t0)
-            cpu.append(c1 - c0)
-        log(f"{tag}: step {i + 1}/{args.warmup + args.steps} {t1 - t0:.2f}s" + (" (warm-up)" if i < args.warmup else ""))
+            wall.append(seconds)
+            cpu.append(cpu_seconds)
+        log(f"{tag}: step {i + 1}/{args.warmup + args.steps} {seconds:.2f}s" + (" (warm-up)" if i < args.warmup else ""))
     peak = memory.peak_mb()
     if sampler:
         sampler.stop()
