@@ -126,6 +126,23 @@ def test_interleaved_timing_gives_every_method_its_rounds(capsys):
     assert table.at["lora", "step_time_interleaved_s"] == want
 
 
+def test_cpu_peak_reset_forgets_setup_and_sees_new_peaks():
+    from experiments.bench.memory import Memory
+
+    memory = Memory(torch.device("cpu"))
+    block = torch.ones(400 * 2**20 // 4)  # 400 MiB, touched
+    high = memory.peak_mb()
+    del block
+    if not memory.reset():
+        pytest.skip("this platform cannot reset the resident high-water mark")
+    after_reset = memory.peak_mb()
+    assert after_reset < high - 300
+    block = torch.ones(200 * 2**20 // 4)
+    assert memory.peak_mb() > after_reset + 150
+    assert memory.current_mb() > 150
+    del block
+
+
 def test_pack_bits_is_one_bit_per_entry():
     mask = torch.tensor([[1, 0, 0, 1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0]])
     packed = methods.pack_bits(mask)

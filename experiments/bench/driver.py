@@ -28,7 +28,7 @@ from .names import LLAMA_LAYERS, METHODS, MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 # Steps per device: (warm-up, measured, interleaved rounds). A CPU ViT-B/16 step takes seconds.
-STEPS = {"cpu": (1, 4, 4), "cuda": (5, 20, 20)}
+STEPS = {"cpu": (1, 3, 8), "cuda": (5, 20, 20)}
 # The close comparisons of the targets, timed side by side in one process.
 INTERLEAVED = ("lora", "grft_row", "grft_column", "floor")
 CSV_COLUMNS = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
@@ -63,7 +63,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="default: fp32 on cpu, bf16 on cuda")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="measured steps per process (cpu 4, cuda 20)")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per process (cpu 3, cuda 20)")
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (cpu 1, cuda 5)")
     p.add_argument("--k", type=int, default=2, help="GRFT rows/columns per matrix (GPS: entries per row)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every worker")
@@ -75,12 +75,13 @@ def parse(argv=None) -> argparse.Namespace:
                    "reversed every other time; statistics pool the repeats")
     p.add_argument("--interleave", default=",".join(INTERLEAVED),
                    help="methods also timed side by side in one process, steps in turn ('none': skip)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved steps per method (cpu 4, cuda 20)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved steps per method (cpu 8, cuda 20)")
     p.add_argument("--fig3", action=argparse.BooleanOptionalAction, default=True,
                    help="also record memory over time for grft_row and gps (paper Fig. 3)")
     p.add_argument("--fig3-steps", type=int, default=None, help="training steps in the Fig. 3 trace (cpu 8, cuda 200)")
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests, smoke runs)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    p.add_argument("--note", default=None, help="a line for the report's header (what this run is)")
     args = p.parse_args(argv)
     if args.device.split(":")[0] not in STEPS:
         p.error(f"--device must be cpu or cuda, got {args.device!r}")
@@ -215,7 +216,8 @@ def main(argv=None) -> int:
         trace(args, args.out)
         fig3_note = f"fig3_memory.csv/.png, {time.perf_counter() - t0:.0f} s"
     total_s = time.perf_counter() - started
-    meta = {
+    meta = {"note": args.note} if args.note else {}
+    meta |= {
         "command": "python -m experiments.bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": records[0]["device"],
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
     (args.out / "latest_meta.json").write_text(json.dumps(meta, indent=1))
     from .report import write
 
-    write(results, args.out, meta)
+    write(results, args.out, meta, interleaved)
     print((args.out / "latest.md").read_text())
     print(f"wrote {args.out}/latest.csv, latest.md, latest.png in {total_s:.0f} s", file=sys.stderr)
     return 0

@@ -10,6 +10,7 @@ ratio, never hidden.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import pandas as pd
@@ -60,11 +61,21 @@ def _value(values: pd.DataFrame, method: str, column: str) -> float:
     return math.nan if pd.isna(value) else float(value)
 
 
-def evaluate(results: pd.DataFrame, device: str) -> pd.DataFrame:
+def round_ratios(interleaved: list[dict], model: str, method: str, reference: str) -> list[float]:
+    """Per-round ratios of two methods' side-by-side step times (the spread of a time target)."""
+    for rec in interleaved:
+        times = rec["methods"]
+        if rec["model"] == model and method in times and reference in times:
+            return [a / b for a, b in zip(times[method]["step_times"], times[reference]["step_times"])]
+    return []
+
+
+def evaluate(results: pd.DataFrame, device: str, interleaved: list[dict] = ()) -> pd.DataFrame:
     """One row per (model, target) for ``device`` (``cpu``/``cuda``): ratio and met/missed.
 
-    results: one row per (model, method), as in latest.csv. A target whose methods were not run
-    is reported as ``not measured``; ``measured`` says which column gave the ratio.
+    results: one row per (model, method), as in latest.csv; interleaved: the side-by-side
+    records (latest_runs.jsonl), for the spread of the per-round ratios. A target whose methods
+    were not run is reported as ``not measured``; ``measured`` says which column gave the ratio.
     """
     rows = []
     for model, part in results.groupby("model", sort=False):
@@ -79,5 +90,11 @@ def evaluate(results: pd.DataFrame, device: str) -> pd.DataFrame:
             reference = _value(values, target.reference, column)
             ratio = _value(values, target.method, column) / reference if reference else math.nan
             status = "not measured" if math.isnan(ratio) else ("met" if target.check(ratio) else "MISSED")
-            rows.append({"model": model, "target": target.text, "measured": column, "ratio": ratio, "status": status})
-    return pd.DataFrame(rows, columns=["model", "target", "measured", "ratio", "status"])
+            spread = "–"
+            per_round = round_ratios(interleaved, model, target.method, target.reference) if column == side_by_side else []
+            if len(per_round) > 1:
+                q = statistics.quantiles(per_round, n=4, method="inclusive")
+                spread = f"{q[0]:.3f}–{q[2]:.3f}"
+            rows.append({"model": model, "target": target.text, "measured": column, "ratio": ratio,
+                         "per-round p25–p75": spread, "status": status})
+    return pd.DataFrame(rows, columns=["model", "target", "measured", "ratio", "per-round p25–p75", "status"])
