@@ -105,7 +105,8 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
                if torch.is_tensor(t) and t.dim() > 0)
 
 
-def train_step(trainable: Trainable, optimizer, inputs, labels, autocast) -> float:
+def train_step(trainable: Trainable, optimizer, inputs, labels, autocast) -> torch.Tensor:
+    """Forward + loss (+ the method's extra loss) + backward (+ its gradient edit) + optimizer step."""
     with autocast():
         logits = call(trainable.model, inputs)
         loss = F.cross_entropy(logits.float(), labels)
