@@ -230,3 +230,14 @@ def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
     assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps"}
     assert "## Targets (cpu)" in (tmp_path / "latest.md").read_text()
+
+
+def test_profile_table_lists_each_method_and_a_total(tmp_path, capsys):
+    from experiments.bench import profile
+
+    out = tmp_path / "profile.md"
+    assert profile.main(["--model", "vit", "--tiny", "--methods", "floor,grft_column", "--rounds", "1",
+                         "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "floor ms (calls)" in text and "grft_column ms (calls)" in text and "**all operators**" in text
+    assert "_SlicedLinearFn" in text  # GRFT's own layer shows up, the floor has none

@@ -184,6 +184,18 @@ def aggregate(records: list[dict], interleaved: list[dict] = ()):
     return frame[[c for c in CSV_COLUMNS if c in frame.columns]]
 
 
+def code_version() -> str:
+    """The checkout's commit (and whether it had changes), for the report's header."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + (" with uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -220,6 +232,7 @@ def main(argv=None) -> int:
     meta |= {
         "command": "python -m experiments.bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "code": code_version(),
         "device": records[0]["device"],
         "threads": args.threads,
         "precision": args.precision,

@@ -25,11 +25,16 @@ from .methods import METHODS, prepare
 from .worker import add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, timed_step
 
 
-def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench.interleave", description=__doc__.split("\n")[0])
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     add_workload_arguments(p)
     p.add_argument("--methods", required=True, help=f"comma-separated, from {','.join(METHODS)}")
     p.add_argument("--rounds", type=int, default=4, help="measured steps per method, taken in turn")
+    return p
+
+
+def parse(argv=None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    p = parser or make_parser("python -m experiments.bench.interleave", __doc__.split("\n")[0])
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
