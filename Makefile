@@ -10,9 +10,11 @@ PYTEST_ARGS ?=
 DATA_DIR ?= data
 TASKS ?=
 DATA_TASKS := $(if $(TASKS),--tasks $(TASKS))
+# e.g. BENCH_ARGS="--device cuda --precision bf16 --batch 64 --llama-shape 1b" on a GPU
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all data-vtab data-fgvc data-glue data-check
+.PHONY: help install run test test-all data-vtab data-fgvc data-glue data-check bench bench-fig3
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -102,3 +104,10 @@ paper-render: hparams ## render every table and figure from the finished runs (h
 
 paper-dry-run: install ## how many jobs each target would launch, and the commands
 	$(RESULTS) run paper $(RUN_FLAGS) --dry-run $(EXTRA)
+
+# --- Benchmark (experiments/bench/README.md) ---------------------------------------------------------
+bench: install ## GRFT vs full, GPS, LoRA, linear, floor (time, memory, state, files) + Fig. 3 -> results/bench/
+	$(PYTHON) -m experiments.bench $(BENCH_ARGS)
+
+bench-fig3: install ## only the Fig. 3 memory-over-time trace (GRFT vs GPS) -> results/bench/fig3_memory.*
+	$(PYTHON) -m experiments.bench.memory_trace $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""Experiments around the engine: sweep definitions and benchmarks (each a subpackage)."""

@@ -1,0 +1,8 @@
+"""Benchmark of GRFT against full fine-tuning, GPS, LoRA, linear probing and the floor.
+
+``python -m experiments.bench`` (``make bench``) measures, per model and method, in one process
+each: step time, peak memory, trainable parameters, optimizer state, adapter file size and probe
+time; it writes ``results/bench/latest.{csv,md,png}`` and the memory-over-time figure (Fig. 3).
+Modules: ``driver`` (runs the workers), ``worker`` (measures one pair), ``methods``, ``models``,
+``memory``, ``memory_trace`` (Fig. 3), ``report`` (tables, chart), ``targets`` (the goals).
+"""

@@ -1,0 +1,7 @@
+"""``python -m experiments.bench``: see ``experiments.bench.driver``."""
+
+import sys
+
+from .driver import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""Step times of several methods measured side by side: one process, steps taken in turn.
+
+The per-process workers run minutes apart, and on a shared machine the load changes between
+them by more than the few percent that separate GRFT, LoRA and the floor. Here every method's
+model lives in the same process (same weights, same batch) and the methods take steps in turn,
+the order reversed every other round, so a change of load hits all of them alike. Memory is not
+measured here (the models share one process); it comes from the per-process workers.
+
+    python -m experiments.bench.interleave --model vit --methods lora,grft_row,grft_column,floor --rounds 4
+
+Prints one JSON line: ``{"model", "rounds", "device", "methods": {method: {"step_times",
+"cpu_times"}}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from . import device as devices
+from .methods import METHODS, prepare
+from .worker import add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, timed_step
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_workload_arguments(p)
+    p.add_argument("--methods", required=True, help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--rounds", type=int, default=4, help="measured steps per method, taken in turn")
+    return p
+
+
+def parse(argv=None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    p = parser or make_parser("python -m experiments.bench.interleave", __doc__.split("\n")[0])
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        raise ValueError(f"unknown method(s) {unknown or args.methods}; choose from {', '.join(METHODS)}")
+    check_workload_arguments(args, ("rounds",))
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = devices.resolve(args.device)
+    torch.set_num_threads(args.threads)
+    sync = devices.synchronizer(device)
+    autocast = autocast_for(device, args.precision)
+    arms = {}
+    for method in args.methods:
+        work, _, inputs, labels = build_workload(args, device)
+        trainable = prepare(method, work, args.k, sync)
+        optimizer = torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0)
+        arms[method] = (trainable, optimizer, inputs, labels)
+        log(f"{args.model}/interleaved: {method} ready")
+    for method, arm in arms.items():
+        for _ in range(args.warmup):
+            timed_step(*arm, autocast, sync)
+    times = {m: {"step_times": [], "cpu_times": []} for m in arms}
+    for r in range(args.rounds):
+        order = args.methods if r % 2 == 0 else args.methods[::-1]
+        for method in order:
+            seconds, cpu_seconds, _ = timed_step(*arms[method], autocast, sync)
+            times[method]["step_times"].append(seconds)
+            times[method]["cpu_times"].append(cpu_seconds)
+        log(f"{args.model}/interleaved: round {r + 1}/{args.rounds} " +
+            " ".join(f"{m} {times[m]['step_times'][-1]:.2f}s" for m in args.methods))
+    return {"model": args.model, "rounds": args.rounds, "device": devices.describe(device), "methods": times}
+
+
+def main(argv=None) -> int:
+    try:
+        record = run(parse(argv))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

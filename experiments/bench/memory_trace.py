@@ -1,0 +1,84 @@
+"""Paper Fig. 3 from measurements: memory over time while GRFT and GPS fine-tune ViT-B/16.
+
+One worker process per method trains with a sampler thread recording memory every 50 ms (CPU:
+resident set from ``/proc/self/statm``; GPU: ``torch.cuda.memory_allocated``) through model
+build, probe and training. Writes ``fig3_memory.csv`` (``method,t_s,memory_mb,phase``) and
+``fig3_memory.png``.
+
+    python -m experiments.bench.memory_trace --out results/bench/
+    python -m experiments.bench.memory_trace --device cuda --batch 64 --fig3-steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from .driver import parse as parse_bench, run_worker, worker_command
+
+TRACE_METHODS = ("grft_row", "gps")
+
+
+def trace(args: argparse.Namespace, out: Path, methods: tuple[str, ...] = TRACE_METHODS):
+    """Run the traced workers on ViT and write the CSV and the figure; returns the samples."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            path = Path(tmp) / f"{method}.csv"
+            print(f"[fig3] vit {method}: {args.fig3_steps} steps", file=sys.stderr, flush=True)
+            extra = ("--trace", str(path), "--steps", str(args.fig3_steps), "--warmup", "0")
+            cmd = worker_command(args, "vit", method)
+            # The trace's own step count replaces the benchmark's.
+            cmd = _drop_option(_drop_option(cmd, "--steps"), "--warmup") + list(extra)
+            run_worker(cmd)
+            frames.append(pd.read_csv(path))
+    samples = pd.concat(frames, ignore_index=True)
+    samples.to_csv(out / "fig3_memory.csv", index=False)
+    plot(samples, out / "fig3_memory.png", gpu=args.device.startswith("cuda"))
+    return samples
+
+
+def _drop_option(cmd: list[str], option: str) -> list[str]:
+    i = cmd.index(option)
+    return cmd[:i] + cmd[i + 2:]
+
+
+def plot(samples, path: Path, gpu: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"grft_row": "#2ca02c", "grft_column": "#98df8a", "gps": "#d62728"}
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for method, part in samples.groupby("method", sort=False):
+        color = colors.get(method)
+        ax.plot(part["t_s"], part["memory_mb"] / 1024, color=color, label=method, lw=1.4)
+        train = part.loc[part["phase"] == "train", "t_s"]
+        if len(train):
+            ax.axvline(train.min(), color=color, ls="--", lw=0.8, label=f"{method}: training starts")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("time since the worker started (s): model build, probe, training")
+    ax.set_ylabel("GPU memory allocated (GiB)" if gpu else "resident memory (GiB)")
+    ax.set_title("Memory during fine-tuning: GRFT vs GPS (ViT-B/16)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_bench(argv)
+    trace(args, args.out)
+    print(f"wrote {args.out}/fig3_memory.csv and fig3_memory.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The benchmark's goals (issue 7), written as data so the report can say met or missed for each.
+
+Each target compares one method's metric with a reference method's on the same model, as a ratio
+measured in the same run; ``adapter_mb`` of ``full`` is the full checkpoint. Step-time ratios use
+the side-by-side (interleaved) times where both methods have them, else the per-process medians;
+the report says which. They are goals, not tests: a missed target is reported with its measured
+ratio, never hidden.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Target:
+    method: str
+    metric: str  # a column of latest.csv
+    reference: str  # the method whose value is the denominator
+    bound: float
+    at_most: bool = True  # False: ratio >= bound
+    device: str | None = "cpu"  # the device whose run the goal is for; None: any device
+
+    @property
+    def text(self) -> str:
+        sign = "<=" if self.at_most else ">="
+        return f"{self.method} {self.metric} {sign} {self.bound:g} x {self.reference}"
+
+    def check(self, ratio: float) -> bool:
+        return ratio <= self.bound if self.at_most else ratio >= self.bound
+
+
+TARGETS = (
+    Target("grft_row", "step_time_s", "lora", 1.0),
+    Target("grft_column", "step_time_s", "lora", 1.0),
+    Target("grft_row", "step_time_s", "floor", 1.05),
+    Target("grft_column", "step_time_s", "floor", 1.05),
+    Target("grft_row", "peak_mem_mb", "lora", 1.0),
+    Target("grft_column", "peak_mem_mb", "lora", 0.95),
+    Target("grft_column", "peak_mem_mb", "floor", 1.10),
+    Target("gps", "peak_mem_mb", "full", 1.0, at_most=False),
+    Target("grft_row", "adapter_mb", "full", 0.005, device=None),
+    Target("grft_column", "adapter_mb", "full", 0.005, device=None),
+    Target("grft_row", "step_time_s", "lora", 0.9, device="cuda"),
+    Target("grft_column", "step_time_s", "lora", 0.9, device="cuda"),
+    Target("grft_column", "peak_mem_mb", "lora", 0.85, device="cuda"),
+)
+
+
+INTERLEAVED = {"step_time_s": "step_time_interleaved_s"}
+
+
+def _value(values: pd.DataFrame, method: str, column: str) -> float:
+    if method not in values.index or column not in values.columns:
+        return math.nan
+    value = values.at[method, column]
+    return math.nan if pd.isna(value) else float(value)
+
+
+def round_ratios(interleaved: list[dict], model: str, method: str, reference: str) -> list[float]:
+    """Per-round ratios of two methods' side-by-side step times (the spread of a time target)."""
+    for rec in interleaved:
+        times = rec["methods"]
+        if rec["model"] == model and method in times and reference in times:
+            return [a / b for a, b in zip(times[method]["step_times"], times[reference]["step_times"])]
+    return []
+
+
+def evaluate(results: pd.DataFrame, device: str, interleaved: list[dict] = ()) -> pd.DataFrame:
+    """One row per (model, target) for ``device`` (``cpu``/``cuda``): ratio and met/missed.
+
+    results: one row per (model, method), as in latest.csv; interleaved: the side-by-side
+    records (latest_runs.jsonl), for the spread of the per-round ratios. A target whose methods
+    were not run is reported as ``not measured``; ``measured`` says which column gave the ratio.
+    """
+    rows = []
+    for model, part in results.groupby("model", sort=False):
+        values = part.set_index("method")
+        for target in TARGETS:
+            if target.device not in (None, device):
+                continue
+            column = target.metric
+            side_by_side = INTERLEAVED.get(column)
+            if side_by_side and not any(math.isnan(_value(values, m, side_by_side)) for m in (target.method, target.reference)):
+                column = side_by_side
+            reference = _value(values, target.reference, column)
+            ratio = _value(values, target.method, column) / reference if reference else math.nan
+            status = "not measured" if math.isnan(ratio) else ("met" if target.check(ratio) else "MISSED")
+            spread = "–"
+            per_round = round_ratios(interleaved, model, target.method, target.reference) if column == side_by_side else []
+            if len(per_round) > 1:
+                q = statistics.quantiles(per_round, n=4, method="inclusive")
+                spread = f"{q[0]:.3f}–{q[2]:.3f}"
+            rows.append({"model": model, "target": target.text, "measured": column, "ratio": ratio,
+                         "per-round p25–p75": spread, "status": status})
+    return pd.DataFrame(rows, columns=["model", "target", "measured", "ratio", "per-round p25–p75", "status"])

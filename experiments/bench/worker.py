@@ -1,0 +1,230 @@
+"""Measure one (model, method) pair in this process and print one JSON line.
+
+Run by the driver (``python -m experiments.bench``) once per pair, so each method's peak memory
+is its own. The process builds the model, lets the method set itself up (its probe, if any, is
+timed as ``probe_s``), builds Adam (weight decay 0), starts a new memory peak, and runs
+``warmup + steps`` training steps on one fixed batch. A step is forward + loss + backward + Adam
+step; gradients are released right after each step, for every method alike.
+
+    python -m experiments.bench.worker --model vit --method grft_row --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import device as devices
+from .memory import MB, Memory, Sampler, compact_allocator
+from .methods import METHODS, Trainable, check_method, prepare
+from .models import LLAMA_LAYERS, MODELS, build, call
+
+
+def add_workload_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by this worker and the interleaved one: which model, device, sizes, steps."""
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", help="fp32, or bf16 (autocast; weights and Adam stay fp32)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
+    p.add_argument("--k", type=int, default=2, help="GRFT rows/columns (GPS: entries per row) per matrix")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    p.add_argument("--probe-batches", type=int, default=2)
+    p.add_argument("--llama-shape", default="cpu", choices=sorted(LLAMA_LAYERS),
+                   help="layers of the Llama-3.2-1B-wide model: cpu=%d, 1b=%d" % (LLAMA_LAYERS["cpu"], LLAMA_LAYERS["1b"]))
+    p.add_argument("--seq-len", type=int, default=32, help="tokens per Llama sequence")
+    p.add_argument("--tiny", action="store_true", help="toy-sized models (tests)")
+    p.add_argument("--lr", type=float, default=1e-4)
+
+
+def check_workload_arguments(args: argparse.Namespace, counts: tuple[str, ...]) -> None:
+    devices.check_precision(args.precision)
+    for name in ("batch", "threads", "probe_batches", "seq_len", "k") + counts:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        raise ValueError("--warmup must be >= 0")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.worker", description=__doc__.split("\n")[0])
+    add_workload_arguments(p)
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--steps", type=int, default=4, help="measured steps (the median is reported)")
+    p.add_argument("--trace", type=Path, default=None, help="also sample memory over time into this CSV")
+    p.add_argument("--scratch", type=Path, default=None, help="folder for adapter files (default: a temp dir)")
+    args = p.parse_args(argv)
+    check_method(args.method)
+    check_workload_arguments(args, ("steps",))
+    return args
+
+
+def build_workload(args: argparse.Namespace, device: torch.device):
+    """The model (on ``device``) and its batch, the same weights and data for every method."""
+    work = build(args.model, args.batch, args.tiny, args.probe_batches, LLAMA_LAYERS[args.llama_shape], args.seq_len)
+    total_params = sum(p.numel() for p in work.model.parameters())
+    work.model.to(device)
+    return work, total_params, to_device(work.inputs, device), to_device(work.labels, device)
+
+
+def autocast_for(device: torch.device, precision: str):
+    bf16 = precision == "bf16"
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def timed_step(trainable, optimizer, inputs, labels, autocast, sync) -> tuple[float, float, float]:
+    """One training step: (wall seconds, process CPU seconds, loss)."""
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = train_step(trainable, optimizer, inputs, labels, autocast)
+    sync()
+    return time.perf_counter() - t0, time.process_time() - c0, float(loss)
+
+
+def to_device(obj, device: torch.device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of Adam's moment buffers (``exp_avg``, ``exp_avg_sq``); its 0-dim step counters are left out."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if torch.is_tensor(t) and t.dim() > 0)
+
+
+def train_step(trainable: Trainable, optimizer, inputs, labels, autocast) -> torch.Tensor:
+    """Forward + loss (+ the method's extra loss) + backward (+ its gradient edit) + optimizer step."""
+    with autocast():
+        logits = call(trainable.model, inputs)
+        loss = F.cross_entropy(logits.float(), labels)
+        if trainable.extra_loss is not None:
+            loss = loss + trainable.extra_loss()
+    loss.backward()
+    if trainable.before_step is not None:
+        trainable.before_step()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def measure_live_peak(memory: Memory, trainable, optimizer, inputs, labels, autocast, peak: float):
+    """The peak of one more (untimed) step once the allocator returns freed memory at once.
+
+    On GPU ``max_memory_allocated`` already counts live tensors only, so it is the peak itself.
+    None where the C library cannot be told (not glibc).
+    """
+    if memory.cuda:
+        return peak
+    gc.collect()
+    if not compact_allocator() or not memory.reset():
+        return None
+    train_step(trainable, optimizer, inputs, labels, autocast)
+    return memory.peak_mb()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = devices.resolve(args.device)
+    torch.set_num_threads(args.threads)
+    memory = Memory(device)
+    sampler = Sampler(memory).start() if args.trace else None
+    mark = sampler.mark if sampler else (lambda phase: None)
+    sync = devices.synchronizer(device)
+    tag = f"{args.model}/{args.method}"
+
+    mark("build")
+    work, total_params, inputs, labels = build_workload(args, device)
+    log(f"{tag}: {work.describe}, {total_params / 1e6:.1f}M parameters")
+
+    mark("probe")
+    trainable = prepare(args.method, work, args.k, sync)
+    optimizer = torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0)
+    trainable_params = trainable.moving if trainable.moving is not None else sum(p.numel() for p in trainable.params)
+    gc.collect()
+    setup_peak = memory.peak_mb()
+    peak_reset = memory.reset()
+
+    autocast = autocast_for(device, args.precision)
+    mark("train")
+    wall, cpu, losses = [], [], []
+    for i in range(args.warmup + args.steps):
+        seconds, cpu_seconds, loss = timed_step(trainable, optimizer, inputs, labels, autocast, sync)
+        losses.append(loss)
+        if i >= args.warmup:
+            wall.append(seconds)
+            cpu.append(cpu_seconds)
+        log(f"{tag}: step {i + 1}/{args.warmup + args.steps} {seconds:.2f}s" + (" (warm-up)" if i < args.warmup else ""))
+    peak = memory.peak_mb()
+    if sampler:
+        sampler.stop()
+        sampler.write(args.trace, args.method)
+    live_peak = measure_live_peak(memory, trainable, optimizer, inputs, labels, autocast, peak)
+
+    state_bytes = optimizer_state_bytes(optimizer)
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+        adapter_bytes = trainable.save(Path(scratch)).stat().st_size
+    quartiles = statistics.quantiles(wall, n=4, method="inclusive") if len(wall) > 1 else [wall[0]] * 3
+    return {
+        "model": args.model,
+        "method": args.method,
+        "step_time_s": statistics.median(wall),
+        "peak_mem_mb": peak,
+        "trainable_params": trainable_params,
+        "optimizer_state_mb": state_bytes / MB,
+        "adapter_mb": adapter_bytes / MB,
+        "probe_s": trainable.probe_s,
+        "device": devices.describe(device),
+        "step_time_p25": quartiles[0],
+        "step_time_p75": quartiles[2],
+        "step_cpu_s": statistics.median(cpu),
+        "live_peak_mb": live_peak,
+        "setup_peak_mb": setup_peak,
+        "peak_after_setup_reset": peak_reset,
+        "mem_source": memory.source,
+        "total_params": total_params,
+        "optimizer_state_bytes": state_bytes,
+        "adapter_bytes": adapter_bytes,
+        "k": args.k if args.method in ("gps", "grft_row", "grft_column") else None,
+        "batch": args.batch,
+        "workload": work.describe,
+        "precision": args.precision,
+        "threads": args.threads,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "load_avg_1m": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "step_times": wall,
+    }
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse(argv)
+        record = run(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
