@@ -1,10 +1,11 @@
 """The fine-tuning methods the benchmark compares, each made ready to train one model.
 
 - full: every parameter trains.
-- gps: gradient-based parameter selection (Zhang et al. 2024), the way it runs: every eligible
-  weight requires a full gradient and keeps full-size Adam state, and its gradient is multiplied by
-  a full-size 0/1 mask (the top-k ``|H|`` entries of each row of the SCL probe gradient) before the
-  optimizer step. Eligible biases and the head train in full, as in GRFT.
+- gps: gradient-based parameter selection (Zhang et al. 2024) as ``method=gps`` runs it
+  (``grft.methods.gps``): every eligible weight requires a full gradient and keeps full-size Adam
+  state, and its gradient is zeroed outside a full-size mask (the top-k ``|H|`` entries of each
+  row of the SCL probe gradient) before the optimizer step. Eligible biases and the head train in
+  full, as in GRFT.
 - lora: peft LoRA, r=8, alpha=16, no dropout, on ViT ``qkv`` and Llama ``q_proj``/``v_proj``; the
   head trains in full (``modules_to_save``).
 - grft_row / grft_column: ``grft.select`` (SCL probe) then ``grft.attach``; the loss adds
@@ -30,11 +31,12 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 import grft
-from grft.selection import as_matrix, rank
+from grft.methods import gps
 from grft.targets import detect_architecture, eligible_layers
 
 from .models import Workload
 from .names import METHODS
+
 LORA_RANK = 8
 LORA_ALPHA = 16
 PENALTY_LAMBDA = 1e-3
@@ -101,69 +103,28 @@ def _timed(fn: Callable, sync: Callable[[], None]):
 
 # --- GPS ------------------------------------------------------------------------------------------
 
-def build_masks(grads: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Full-size 0/1 masks (in the weight's dtype) of the k largest ``|H|`` entries of every row."""
-    masks = {}
-    for name, g in grads.items():
-        index = rank(g, "sparse", k).to(g.device)
-        mask = torch.zeros(as_matrix(g).shape, dtype=g.dtype, device=g.device)
-        masks[name] = mask.scatter_(1, index, 1.0).view(g.shape)
-    return masks
-
-
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero every masked-out entry of the eligible weights' gradients, in place."""
-    for name, mask in masks.items():
-        grad = model.get_submodule(name).weight.grad
-        if grad is not None:
-            grad.mul_(mask)
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A 0/1 tensor as bits, 8 per byte (``uint8``, first entry in the lowest bit)."""
-    flat = mask.detach().flatten().ne(0).to(torch.uint8)
-    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)])
-    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
-
-
-def gps_adapter_tensors(model: nn.Module, masks: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
-    """What GPS must store: per masked weight its mask (one bit per entry, as in the paper's
-    Fig. 1) and the trained entries in mask order; the eligible biases and the head."""
-    tensors = {}
-    for name, mask in masks.items():
-        layer = model.get_submodule(name)
-        keep = mask.ne(0)
-        tensors[f"{name}.mask_bits"] = pack_bits(keep).cpu()
-        tensors[f"{name}.values"] = layer.weight.detach()[keep].cpu()
-        if layer.bias is not None:
-            tensors[f"{name}.bias"] = layer.bias.detach().cpu()
-    for pname, p in model.get_submodule(head).named_parameters(recurse=False):
-        tensors[f"{head}.{pname}"] = p.detach().cpu()
-    return {n: t.contiguous() for n, t in tensors.items()}
-
-
 def prepare_gps(work: Workload, k: int, sync) -> Trainable:
+    """The framework's GPS (``grft.methods.gps``): its masks, its gradient edit, its adapter file."""
     model = work.model
     arch = detect_architecture(model)
     layers = eligible_layers(model, arch)
     config = grft.GRFTConfig(k=k, selection="sparse")
     masks, probe_s = _timed(
-        lambda: build_masks(grft.accumulate_gradients(model, work.probe_batches, config, arch=arch), k), sync
+        lambda: gps.build_masks(grft.accumulate_gradients(model, work.probe_batches, config, arch=arch), k), sync
     )
     names = {f"{n}.weight" for n in layers} | {f"{n}.bias" for n, m in layers.items() if m.bias is not None}
     names |= {f"{work.head}.{n}" for n, _ in model.get_submodule(work.head).named_parameters()}
     _freeze_all_but(model, names)
+    for name, mask in masks.items():
+        model.get_submodule(name).register_buffer(gps.MASK, mask)
 
     def save(folder: Path) -> Path:
-        path = folder / "adapter.safetensors"
-        save_file(gps_adapter_tensors(model, masks, work.head), str(path))
-        return path
+        return gps.save_gps(model, folder / "adapter.safetensors", work.head)
 
     params = _trainable(model)
     masked = {id(model.get_submodule(n).weight) for n in masks}
     moving = sum(int(m.count_nonzero()) for m in masks.values()) + sum(p.numel() for p in params if id(p) not in masked)
-    return Trainable(model, params, None, lambda: apply_masks(model, masks), probe_s, save, moving, masks)
+    return Trainable(model, params, None, lambda: gps.apply_masks(model, masks), probe_s, save, moving, masks)
 
 
 # --- the others -----------------------------------------------------------------------------------

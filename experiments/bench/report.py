@@ -116,7 +116,7 @@ def markdown(results: pd.DataFrame, meta: dict, interleaved: list[dict] = ()) ->
         lines += [f"## {part['workload'].iloc[0]}", "", "Time per training step:", "", time_table(part), "",
                   "Memory, state and storage:", "", memory_table(part), ""]
     targets = evaluate(results, kind, interleaved)
-    lines += [f"## Targets ({kind})", "", "Goals of issue 7, each a ratio measured in this run. Step-time ratios "
+    lines += [f"## Targets ({kind})", "", "The benchmark's goals, each a ratio measured in this run. Step-time ratios "
               "come from the side-by-side timing where both methods have one (ratio of the medians; "
               "`per-round p25–p75`: the spread of the ratio between steps taken in the same round).", ""]
     if len(targets):

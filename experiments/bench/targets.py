@@ -1,4 +1,4 @@
-"""The benchmark's goals (issue 7), written as data so the report can say met or missed for each.
+"""The benchmark's goals, written as data so the report can say met or missed for each.
 
 Each target compares one method's metric with a reference method's on the same model, as a ratio
 measured in the same run; ``adapter_mb`` of ``full`` is the full checkpoint. Step-time ratios use

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import device as devices
-from .memory import MB, Memory, Sampler, compact_allocator
+from .memory import MB, Memory, Sampler, compact_allocator, trim_allocator
 from .methods import METHODS, Trainable, check_method, prepare
 from .models import LLAMA_LAYERS, MODELS, build, call
 
@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> dict:
     trainable_params = trainable.moving if trainable.moving is not None else sum(p.numel() for p in trainable.params)
     gc.collect()
     setup_peak = memory.peak_mb()
+    trim_allocator()
     peak_reset = memory.reset()
 
     autocast = autocast_for(device, args.precision)
