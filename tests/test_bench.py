@@ -188,6 +188,18 @@ def test_step_targets_use_side_by_side_times_when_both_methods_have_them():
     assert row["measured"] == "step_time_s" and row["ratio"] == pytest.approx(4.4 / 4.1)
 
 
+def test_cpu_memory_targets_judge_the_vit_only():
+    rows = [("full", 7.0, 3300.0, 330.0), ("gps", 7.2, 3200.0, 50.0), ("lora", 4.0, 2400.0, 1.5),
+            ("grft_row", 4.0, 2400.0, 1.0), ("grft_column", 4.0, 2390.0, 1.0), ("floor", 4.0, 2380.0, 0.3)]
+    table = pd.concat([_table(rows), _table(rows).assign(model="llama")])
+    result = targets.evaluate(table, "cpu")
+    llama = set(result[result["model"] == "llama"]["target"])
+    vit = set(result[result["model"] == "vit"]["target"])
+    memory = {t for t in vit if "peak_mem_mb" in t}
+    assert len(memory) == 4 and not memory & llama
+    assert "grft_row step_time_s <= 1 x lora" in llama and "grft_row adapter_mb <= 0.005 x full" in llama
+
+
 def test_targets_without_a_method_are_not_measured():
     table = _table([("grft_row", 4.0, 2400.0, 1.0), ("lora", 4.2, 2500.0, 1.5)])
     result = targets.evaluate(table, "cpu").set_index("target")["status"]

@@ -28,7 +28,7 @@ from .names import LLAMA_LAYERS, METHODS, MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 # Steps per device: (warm-up, measured, interleaved rounds). A CPU ViT-B/16 step takes seconds.
-STEPS = {"cpu": (1, 3, 8), "cuda": (5, 20, 20)}
+STEPS = {"cpu": (1, 3, 12), "cuda": (5, 20, 20)}
 # The close comparisons of the targets, timed side by side in one process.
 INTERLEAVED = ("lora", "grft_row", "grft_column", "floor")
 CSV_COLUMNS = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
@@ -75,7 +75,7 @@ def parse(argv=None) -> argparse.Namespace:
                    "reversed every other time; statistics pool the repeats")
     p.add_argument("--interleave", default=",".join(INTERLEAVED),
                    help="methods also timed side by side in one process, steps in turn ('none': skip)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved steps per method (cpu 8, cuda 20)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved steps per method (cpu 12, cuda 20)")
     p.add_argument("--fig3", action=argparse.BooleanOptionalAction, default=True,
                    help="also record memory over time for grft_row and gps (paper Fig. 3)")
     p.add_argument("--fig3-steps", type=int, default=None, help="training steps in the Fig. 3 trace (cpu 8, cuda 200)")
