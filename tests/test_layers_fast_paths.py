@@ -86,3 +86,19 @@ def test_column_without_bias_gradient_still_gives_the_slice_gradient():
     want = (g.double().t() @ x.double())[:, [0, 4]]
     torch.testing.assert_close(layer.grft_delta.grad.double(), want, rtol=1e-5, atol=1e-5)
     assert layer.bias.grad is None
+
+
+@pytest.mark.parametrize("kind", ["row", "column"])
+@pytest.mark.parametrize("tokens", [127, 300, 301])
+def test_token_split_products_match_float64_formulas(kind, tokens, monkeypatch):
+    """Enough tokens for the per-thread split (2 threads), also with a remainder part."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    index = (1, 4)
+    layer = _sliced(kind, inp=6, out=5, index=index, dtype=torch.float64)
+    x = torch.randn(tokens, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    g = torch.randn(tokens, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    layer(x).backward(g)
+    full = g.t() @ x  # the dense weight gradient, [out, in]
+    want = full[list(index)] if kind == "row" else full[:, list(index)]
+    torch.testing.assert_close(layer.grft_delta.grad, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.bias.grad, g.sum(0), rtol=1e-12, atol=1e-12)
