@@ -15,14 +15,14 @@ Prints one JSON line: ``{"model", "rounds", "device", "methods": {method: {"step
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 
 from . import device as devices
 from .methods import METHODS, prepare
-from .worker import add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, timed_step
+from .worker import (add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, print_record,
+                     timed_step)
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -44,21 +44,26 @@ def parse(argv=None, parser: argparse.ArgumentParser | None = None) -> argparse.
     return args
 
 
+def prepare_arms(args: argparse.Namespace, device: torch.device, sync, autocast, warmup: int) -> dict:
+    """Method -> (trainable, Adam, inputs, labels), each on its own model, warmed up ``warmup`` steps."""
+    arms = {}
+    for method in args.methods:
+        work, _, inputs, labels = build_workload(args, device)
+        trainable = prepare(method, work, args.k, sync)
+        arms[method] = (trainable, torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0), inputs, labels)
+        log(f"{args.model}/interleaved: {method} ready")
+    for arm in arms.values():
+        for _ in range(warmup):
+            timed_step(*arm, autocast, sync)
+    return arms
+
+
 def run(args: argparse.Namespace) -> dict:
     device = devices.resolve(args.device)
     torch.set_num_threads(args.threads)
     sync = devices.synchronizer(device)
     autocast = autocast_for(device, args.precision)
-    arms = {}
-    for method in args.methods:
-        work, _, inputs, labels = build_workload(args, device)
-        trainable = prepare(method, work, args.k, sync)
-        optimizer = torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0)
-        arms[method] = (trainable, optimizer, inputs, labels)
-        log(f"{args.model}/interleaved: {method} ready")
-    for method, arm in arms.items():
-        for _ in range(args.warmup):
-            timed_step(*arm, autocast, sync)
+    arms = prepare_arms(args, device, sync, autocast, args.warmup)
     times = {m: {"step_times": [], "cpu_times": []} for m in arms}
     for r in range(args.rounds):
         order = args.methods if r % 2 == 0 else args.methods[::-1]
@@ -72,13 +77,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        record = run(parse(argv))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(record), flush=True)
-    return 0
+    return print_record(lambda: run(parse(argv)))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import device as devices
-from .interleave import make_parser, parse as parse_interleave
-from .methods import prepare
-from .worker import autocast_for, build_workload, log, timed_step
+from .interleave import make_parser, prepare_arms, parse as parse_interleave
+from .worker import autocast_for, log, timed_step
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -37,14 +36,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
     torch.set_num_threads(args.threads)
     sync = devices.synchronizer(device)
     autocast = autocast_for(device, args.precision)
-    arms = {}
-    for method in args.methods:
-        work, _, inputs, labels = build_workload(args, device)
-        trainable = prepare(method, work, args.k, sync)
-        arms[method] = (trainable, torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0), inputs, labels)
-    for arm in arms.values():
-        for _ in range(max(1, args.warmup)):
-            timed_step(*arm, autocast, sync)
+    arms = prepare_arms(args, device, sync, autocast, max(1, args.warmup))
     ms = {m: collections.Counter() for m in arms}
     calls = {m: collections.Counter() for m in arms}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -216,15 +216,19 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv=None) -> int:
+def print_record(measure) -> int:
+    """Print ``measure()``'s record as one JSON line (what the driver reads); a bad option: exit 2."""
     try:
-        args = parse(argv)
-        record = run(args)
+        record = measure()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(record), flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    return print_record(lambda: run(parse(argv)))
 
 
 if __name__ == "__main__":
