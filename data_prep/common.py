@@ -41,6 +41,37 @@ class Report:
         return "\n".join(lines)
 
 
+def start_report(task, data_dir) -> Report:
+    """The report of ``task``'s folder under ``data_dir``; it already says so when the folder is missing."""
+    report = Report(task.name, task.folder_in(data_dir))
+    if not report.folder.is_dir():
+        report.add(f"folder missing; fetch it with `{task.prep_command(str(data_dir))}`")
+    return report
+
+
+def read_splits(report: Report, files: dict, read, sizes: dict, wrong_count: str) -> dict:
+    """Read each split file (``key -> file name`` in ``report.folder``) with ``read(path)``.
+
+    A missing file, one ``read`` rejects (``ValueError``) or one with other than ``sizes[key]``
+    items goes into the report (``wrong_count`` formats the last, with ``file``, ``got``,
+    ``want``); the splits that could be read come back, key -> items.
+    """
+    splits = {}
+    for key, name in files.items():
+        path = report.folder / name
+        if not path.is_file():
+            report.add(f"{name} missing")
+            continue
+        try:
+            splits[key] = read(path)
+        except ValueError as err:
+            report.add(str(err))
+            continue
+        if len(splits[key]) != sizes[key]:
+            report.add(wrong_count.format(file=name, got=len(splits[key]), want=sizes[key]))
+    return splits
+
+
 def image_problem(path: Path) -> Optional[str]:
     """None if ``path`` decodes as an image, else what is wrong with it."""
     from PIL import Image

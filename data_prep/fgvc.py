@@ -156,32 +156,24 @@ def write_splits(folder: Path, train: Split, val: Split, test: Split) -> dict[st
 
 
 # --- checking the layout ------------------------------------------------------------------------
-def task_folder(task: Task, data_dir: Path) -> Path:
-    return Path(data_dir) / FAMILY_ROOTS["fgvc"] / task.folder
+
+def read_split(path: Path) -> Split:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path.name} is not valid json ({err})") from err
 
 
 def check_task(task: Task, data_dir: Path, sizes: Optional[dict] = None, verify_images: bool = True) -> common.Report:
     """Three json splits with the expected counts, disjoint, ``num_classes`` classes together,
     every listed image present and decodable."""
-    folder = task_folder(task, data_dir)
-    report = common.Report(task.name, folder)
-    if not folder.is_dir():
-        report.add(f"folder missing; fetch it with `{task.prep_command(str(data_dir))}`")
+    report = common.start_report(task, data_dir)
+    if not report.ok:
         return report
+    folder = report.folder
     sizes = sizes or task.sizes
-    splits = {}
-    for name in SPLIT_FILES:
-        path = folder / f"{name}.json"
-        if not path.is_file():
-            report.add(f"{path.name} missing")
-            continue
-        try:
-            splits[name] = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            report.add(f"{path.name} is not valid json ({err})")
-            continue
-        if len(splits[name]) != sizes[name]:
-            report.add(f"{path.name} lists {len(splits[name])} images, expected {sizes[name]}")
+    splits = common.read_splits(report, {name: f"{name}.json" for name in SPLIT_FILES}, read_split, sizes,
+                                "{file} lists {got} images, expected {want}")
     names = list(splits)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -204,7 +196,7 @@ def check_task(task: Task, data_dir: Path, sizes: Optional[dict] = None, verify_
 
 # --- download + convert -------------------------------------------------------------------------
 def fetch(task: Task, data_dir: Path) -> None:
-    folder = task_folder(task, data_dir)
+    folder = task.folder_in(data_dir)
     if task.name in MANUAL:
         if not folder.is_dir():
             raise SystemExit(f"{task.name}: {MANUAL[task.name].format(folder=folder)}; then run this command again")
@@ -218,7 +210,7 @@ def fetch(task: Task, data_dir: Path) -> None:
 
 
 def prepare(task: Task, data_dir: Path) -> None:
-    folder = task_folder(task, data_dir)
+    folder = task.folder_in(data_dir)
     if all((folder / f"{s}.json").is_file() for s in SPLIT_FILES):
         print(f"{task.name}: {folder} already has its json splits; checking it (delete them to convert again)")
         return

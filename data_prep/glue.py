@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
-from grft.data.catalog import FAMILY_ROOTS, Task
+from grft.data.catalog import Task
 from grft.data.glue import LAYOUTS, SPLITS, read_tsv
 
 from . import common
@@ -62,36 +62,21 @@ def write_task(task: Task, folder: Path, splits: Mapping[str, Iterable[Mapping]]
     return counts
 
 
-def task_folder(task: Task, data_dir: Path) -> Path:
-    return Path(data_dir) / FAMILY_ROOTS["glue"] / task.folder
-
 
 def check_task(task: Task, data_dir: Path, sizes: Optional[dict] = None) -> common.Report:
     """Both TSV files present, readable in the original layout, with the expected number of examples."""
-    folder = task_folder(task, data_dir)
-    report = common.Report(task.name, folder)
-    if not folder.is_dir():
-        report.add(f"folder missing; fetch it with `{task.prep_command(str(data_dir))}`")
+    report = common.start_report(task, data_dir)
+    if not report.ok:
         return report
     sizes = sizes or task.sizes
-    for filename in SPLITS.values():
-        path = folder / filename
-        if not path.is_file():
-            report.add(f"{filename} missing")
-            continue
-        try:
-            items = read_tsv(path, LAYOUTS[task.name], task.num_classes)
-        except ValueError as err:
-            report.add(str(err))
-            continue
-        expected = sizes[filename.removesuffix(".tsv")]
-        if len(items) != expected:
-            report.add(f"{filename} has {len(items)} examples, expected {expected}")
+    files = {filename.removesuffix(".tsv"): filename for filename in SPLITS.values()}
+    common.read_splits(report, files, lambda path: read_tsv(path, LAYOUTS[task.name], task.num_classes), sizes,
+                       "{file} has {got} examples, expected {want}")
     return report
 
 
 def prepare(task: Task, data_dir: Path) -> None:
-    folder = task_folder(task, data_dir)
+    folder = task.folder_in(data_dir)
     if all((folder / f).is_file() for f in SPLITS.values()):
         print(f"{task.name}: {folder} already has its TSV files; checking it (delete them to convert again)")
         return

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from grft.data.catalog import FAMILY_ROOTS, Task
+from grft.data.catalog import Task
 from grft.data.vtab import read_list
 
 from . import common
@@ -78,35 +78,21 @@ def write_task(folder: Path, train800: Iterable, val200: Iterable, test: Iterabl
 
 
 # --- checking the layout ------------------------------------------------------------------------
-def task_folder(task: Task, data_dir: Path) -> Path:
-    return Path(data_dir) / FAMILY_ROOTS["vtab"] / task.folder
-
 
 def check_task(task: Task, data_dir: Path, sizes: Optional[dict] = None, verify_images: bool = True) -> common.Report:
     """Every list file present with its expected count, train800val200 = train800 + val200, labels in
     range, every listed image present and decodable."""
-    folder = task_folder(task, data_dir)
-    report = common.Report(task.name, folder)
-    if not folder.is_dir():
-        report.add(f"folder missing; fetch it with `{task.prep_command(str(data_dir))}`")
+    report = common.start_report(task, data_dir)
+    if not report.ok:
         return report
+    folder = report.folder
     sizes = sizes or task.sizes
-    lists = {}
-    for stem in LIST_FILES:
-        path = folder / f"{stem}.txt"
-        if not path.is_file():
-            report.add(f"{path.name} missing")
-            continue
-        try:
-            lists[stem] = read_list(path)
-        except ValueError as err:
-            report.add(str(err))
-            continue
-        if len(lists[stem]) != sizes[stem]:
-            report.add(f"{path.name} lists {len(lists[stem])} images, expected {sizes[stem]}")
-        bad = sorted({label for _, label in lists[stem] if not 0 <= label < task.num_classes})
+    lists = common.read_splits(report, {stem: f"{stem}.txt" for stem in LIST_FILES}, read_list, sizes,
+                               "{file} lists {got} images, expected {want}")
+    for stem, items in lists.items():
+        bad = sorted({label for _, label in items if not 0 <= label < task.num_classes})
         if bad:
-            report.add(f"{path.name}: labels {bad[:5]} outside 0..{task.num_classes - 1}")
+            report.add(f"{stem}.txt: labels {bad[:5]} outside 0..{task.num_classes - 1}")
     if {"train800", "val200", "train800val200"} <= lists.keys():
         if sorted(lists["train800"] + lists["val200"]) != sorted(lists["train800val200"]):
             report.add("train800val200.txt is not train800.txt + val200.txt")
@@ -257,7 +243,7 @@ def tfds_items(spec: Spec, source: Source, take: Optional[int], tfds_dir: Option
 
 
 def prepare(task: Task, data_dir: Path, tfds_dir: Optional[Path], manual_dir: Optional[Path], image_format: str) -> None:
-    folder = task_folder(task, data_dir)
+    folder = task.folder_in(data_dir)
     if all((folder / f"{stem}.txt").is_file() for stem in LIST_FILES):
         print(f"{task.name}: {folder} already has its list files; checking it (delete them to convert again)")
         return

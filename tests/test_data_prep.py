@@ -232,7 +232,7 @@ def test_glue_converter_writes_tsvs_the_loader_reads(tmp_path, task):
     from grft.models.llama import tiny_tokenizer
 
     rows = HF_ROWS[task]
-    folder = prep_glue.task_folder(TASKS[task], tmp_path)
+    folder = TASKS[task].folder_in(tmp_path)
     counts = prep_glue.write_task(TASKS[task], folder, {"train": rows, "test": rows[:1]})
     assert counts == {"train.tsv": 2, "dev.tsv": 1}
     first_line = (folder / "train.tsv").read_text().splitlines()[0]

@@ -13,6 +13,7 @@ agree with it). Split sizes are those of the layouts the PEFT community shares:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Task:
     def root(self) -> str:
         """The family's folder under ``data_dir``."""
         return FAMILY_ROOTS[self.family]
+
+    def folder_in(self, data_dir) -> Path:
+        """This task's folder under ``data_dir``: ``data_dir/<family root>/<folder>``."""
+        return Path(data_dir) / self.root / self.folder
 
     def prep_command(self, data_dir: str = "data") -> str:
         """The command that downloads and converts this task into ``data_dir``."""
