@@ -63,18 +63,43 @@ def print_comparison(records: list[dict]) -> None:
     Console().print(table)
 
 
+class JobFailed(RuntimeError):
+    """A job of a multirun failed; its record says ``failed`` and why, and the other jobs still run."""
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def main(cfg: DictConfig, run_dir: Path) -> dict:
+    """One run and its baselines. Alone, an error ends the process (status 2, one line for a user error).
+
+    In a multirun the failed job's record says ``failed`` and the job raises ``JobFailed``: Hydra's
+    launchers (basic and submitit) catch an ``Exception`` per job, run the remaining jobs, and then
+    end the whole multirun with status 1. (``sys.exit`` here would stop the basic launcher's sweep.)
+    """
+    multirun = in_multirun()
     try:
-        record = run_task(cfg, run_dir)
+        record = run_task(cfg, run_dir, record_failure=multirun)
         records = [record]
         for name, overrides in baseline_specs(cfg.baselines or []):
             other = with_method(cfg, name, overrides)
-            records.append(run_task(other, run_dir_of(other)))
-    except (ConfigError, FileNotFoundError, ValueError, RunLocked) as err:
-        if os.environ.get("GRFT_TRACEBACK"):
+            # A baseline run is shared by every launch of its task: wait for a concurrent holder, then skip it.
+            records.append(run_task(other, run_dir_of(other), wait=True, record_failure=multirun))
+    except Exception as err:
+        user_error = isinstance(err, (ConfigError, FileNotFoundError, ValueError, RunLocked))
+        if os.environ.get("GRFT_TRACEBACK") or not (user_error or multirun):
             raise
+        if not multirun:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if not user_error:
+            log.exception("run %s failed", run_dir)
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        raise JobFailed(f"{run_dir} failed and says why in its record.json: {err}") from None
     if len(records) > 1 and all(records):
         print_comparison(records)
     return record

@@ -3,32 +3,34 @@
 A run lives in one directory (``paths.runs/<dataset>/<method>/<run key>``): Hydra's log, the
 Lightning checkpoints, the logger files, the selection and adapter files, and ``record.json``.
 Launching the same configuration again skips a finished run and resumes an unfinished one from
-its last checkpoint (with its selection: the probe does not run again).
+its last checkpoint (with its selection: the probe does not run again); ``force=true`` trains it
+again from the pre-trained weights (the old record goes to ``history/``). What happens to a run
+directory across launches (start over, resume, time kept, SIGTERM) is ``lifecycle``'s.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_datasets
 from ..methods import make_method
 from ..models import build_model
 from ..results.records import read_record, write_record
+from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
 from ..tuner import current_selection
 from .data import TaskDataModule
 from .lock import RunLock
 from .module import FineTuneModule
 from .progress import rich_progress
 from .resources import ResourceMonitor
-from .settings import ConfigError, method_settings, train_settings
+from .settings import ConfigError, check_numbers, method_settings, train_settings
 
 log = logging.getLogger("grft")
 
@@ -74,21 +76,76 @@ def _selection_facts(method, model, run_dir: Path) -> dict:
     return {"selection_file": path.name}
 
 
-def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = None) -> dict:
-    """Train, test and record one run; returns the record (empty on ranks other than 0)."""
+def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = None, wait: bool = False,
+             record_failure: bool = False) -> dict:
+    """Train, test and record one run; returns the record (empty on ranks other than 0).
+
+    ``wait``: if another process holds the run, wait for it (then find it done) instead of failing.
+    ``record_failure``: an error writes a record with ``status: failed`` and the error before it is
+    raised (a sweep's table then shows the failed cell).
+    """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # other DDP ranks join the run that rank 0 holds
         return _run_task(cfg, Path(run_dir), extra_callbacks)
-    with RunLock(run_dir):
-        return _run_task(cfg, Path(run_dir), extra_callbacks)
+    with RunLock(run_dir, wait=wait):
+        try:
+            return _run_task(cfg, Path(run_dir), extra_callbacks)
+        except Exception as err:
+            if record_failure:
+                write_failed_record(cfg, Path(run_dir), err)
+            raise
+
+
+def identity_facts(cfg: DictConfig) -> dict:
+    """What a record says about its run whatever became of it: task, method, settings, config, code."""
+    from ..methods import method_class
+
+    name = str(cfg.method.name)
+    return {
+        "task": cfg.dataset.name,
+        "family": cfg.dataset.family,
+        "model": cfg.model.name,
+        "method": name,
+        **grft_facts(cfg, method_class(name).grft_keys),
+        "seed": int(cfg.seed),
+        "lr": float(cfg.lr),
+        "batch_size": int(cfg.batch_size),
+        "epochs": int(cfg.epochs),
+        "tags": OmegaConf.to_container(cfg.tags, resolve=True),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "code": code_facts(),
+    }
+
+
+def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> None:
+    """``status: failed`` with the error; the identity facts that can be read (a bad value may not be)."""
+    try:
+        facts = identity_facts(cfg)
+    except Exception:  # noqa: BLE001 - the error may be in the very values the facts read
+        facts = {"task": str(cfg.dataset.get("name")), "method": str(cfg.method.get("name")), "seed": cfg.get("seed"),
+                 "config": OmegaConf.to_container(cfg, resolve=False)}
+    from .lifecycle import read_launches
+
+    write_record(run_dir, {**facts, "done": False, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                           "failed_at": now(), "launches": read_launches(run_dir)})
 
 
 def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -> dict:
-    previous = read_record(run_dir)
-    if previous and previous.get("done") and not cfg.force:
-        log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.get("metrics"))
-        return previous
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if cfg.force:
+        if rank_zero_only.rank == 0:
+            kept = start_over(run_dir)
+            if kept:
+                log.info("force=true: training %s again from the pre-trained weights; the last attempt's files are in %s",
+                         run_dir, kept[0].parent)
+    else:
+        previous = read_record(run_dir)
+        if previous and previous.get("done"):
+            log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.get("metrics"))
+            return previous
+    check_numbers(cfg)
 
     method = make_method(method_settings(cfg))
     strategy = str(cfg.trainer.get("strategy", "auto")).lower()
@@ -117,7 +174,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="epoch{epoch}", save_top_k=1, save_last="link", auto_insert_metric_name=False
     )
-    callbacks = [checkpoints, monitor, *(extra_callbacks or [])]
+    clock = LaunchClock(run_dir)
+    callbacks = [checkpoints, monitor, clock, *(extra_callbacks or [])]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.RichProgressBar())
     trainer = L.Trainer(
@@ -131,12 +189,25 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
     if resumed:
+        check_checkpoint(last)
         log.info("resuming from %s", last)
-    started = dt.datetime.now().isoformat(timespec="seconds")
-    fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
-    train_seconds = time.perf_counter() - fit_start
-    test_metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    started = now()
+    clock.start(resumed)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+        clock.stop("trained")
+        test_metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    except SIGTERMException:
+        clock.stop("preempted")
+        if trainer.is_global_zero:
+            write_record(run_dir, {**identity_facts(cfg), "done": False, "status": "preempted", "resumed": resumed,
+                                   "started_at": started, "preempted_at": now(), "launches": clock.launches,
+                                   "timings": {"train_s": clock.total_s}})
+            log.warning("SIGTERM: stopped %s; launch it again to resume from its last end-of-epoch checkpoint", run_dir)
+        raise Preempted() from None
+    except BaseException:
+        clock.stop("failed")
+        raise
 
     if not trainer.is_global_zero:
         return {}
@@ -146,27 +217,21 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     metrics.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     device = module.device
     record = {
-        "task": cfg.dataset.name,
-        "family": cfg.dataset.family,
-        "model": cfg.model.name,
-        "method": method.name,
-        **grft_facts(cfg, method.grft_keys),
-        "seed": int(cfg.seed),
-        "lr": float(cfg.lr),
-        "batch_size": int(cfg.batch_size),
-        "epochs": int(cfg.epochs),
-        "tags": OmegaConf.to_container(cfg.tags, resolve=True),
+        **identity_facts(cfg),
         "metrics": metrics,
         "params": {"trainable": report.trainable, "total": report.total, "pct": report.percent},
-        "timings": {"probe_s": module.probe_seconds, "train_s": round(train_seconds, 3), **monitor.summary(device)},
+        # train_s: all launches of this run together (a killed and resumed run counts every launch)
+        "timings": {"probe_s": module.probe_seconds, "train_s": clock.total_s, "train_s_this_launch": clock.this_launch_s,
+                    **monitor.summary(device)},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "memory_trace": "memory.csv" if (run_dir / "memory.csv").is_file() else None,
         "adapter_file": adapter.name if adapter else None,
         "resumed": resumed,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "launches": clock.launches,
         "started_at": started,
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "finished_at": now(),
         "done": True,
+        "status": "done",
         **_selection_facts(method, module.model, run_dir),
     }
     write_record(run_dir, record)

@@ -2,7 +2,10 @@
 
 Also the run key: a short hash of everything that decides a run's result, so a run's directory is
 the same every time the same configuration is launched (re-launching resumes or skips it) and two
-different configurations never share one.
+different configurations never share one. Besides the config, the key holds the data's identity
+(the task folder's resolved path and a hash of its split files, ``grft.data.identity``) and the
+code version (``grft.__version__``: raise it when a change alters the numbers). The git commit is
+not in the key, so a run resumes across commits that do not change results; the record keeps it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .. import __version__
 from ..config import GRFTConfig
+from ..data.identity import data_identity
 from ..methods import MethodSettings, method_class
 from .module import TrainSettings
 
@@ -37,6 +42,8 @@ def run_key(root: DictConfig) -> str:
     container.pop("hydra", None)
     container.pop("run_name", None)
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    resolved["data"] = data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir")))
+    resolved["code_version"] = __version__
     for dotted in NOT_IN_KEY:
         *parents, leaf = dotted.split(".")
         node = resolved
@@ -85,6 +92,25 @@ def method_settings(cfg: DictConfig) -> MethodSettings:
     options = OmegaConf.to_container(cfg.method, resolve=True)
     name = options.pop("name")
     return MethodSettings(name=name, grft=grft_config(cfg), options=options)
+
+
+NUMBERS = {
+    "lr": float, "batch_size": int, "epochs": int, "seed": int, "k": int, "lambda": float, "subsets": int,
+    "warmup_epochs": float, "min_lr_ratio": float, "weight_decay": float,
+}
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """``lr=abc``: one line naming the key, before anything reads it as a number."""
+    for key, kind in NUMBERS.items():
+        value = cfg.get(key)
+        try:
+            number = float(value)
+            if kind is int and not number.is_integer():
+                raise ValueError
+        except (TypeError, ValueError):
+            expected = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{key} must be {expected}, got {value!r}") from None
 
 
 def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
