@@ -3,10 +3,16 @@
 The file holds, per sliced matrix, its indices and its delta (``W - W_pre`` on the slice), the
 eligible layers' biases, and the head; plus the config as metadata. No full weight matrix of the
 base model is ever written, so the file is a fraction of a percent of a checkpoint.
+
+The metadata also holds a checksum of the tensors and a fingerprint of the base model (every
+eligible matrix's shape, and a few of its pre-trained values), so ``load_adapter`` checks the file
+and the base before it changes the model: a damaged file or the wrong base is an error that names
+the problem, and the model is left as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,11 +22,52 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import GRFTConfig
-from .selection import LayerSelection, Selection, compact_index
-from .targets import Architecture, detect_architecture
+from .layers import slice_shape
+from .selection import LayerSelection, Selection, as_matrix, check_k, compact_index
+from .targets import Architecture, detect_architecture, eligible_layers
 from .tuner import attach, sliced_layers, state_of
 
 FORMAT = "grft-adapter"
+SAMPLES_PER_MATRIX = 4   # pre-trained values per eligible matrix in the base fingerprint
+SAMPLE_RTOL = 2e-2       # the same base in bf16 or fp16 still matches (bf16 keeps ~3 significant digits)
+
+
+class AdapterMismatch(ValueError):
+    """An adapter file that is damaged, or that does not fit the model it is loaded onto."""
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def sample_positions(numel: int) -> list[int]:
+    n = min(SAMPLES_PER_MATRIX, numel)
+    return [round(i * (numel - 1) / max(n - 1, 1)) for i in range(n)]
+
+
+def _pretrained_value(layer, row: int, col: int) -> float:
+    """``W_pre[row, col]`` of a sliced layer (its weight holds ``W_pre + delta`` on the slice)."""
+    index, kind = layer.grft_index, layer.grft_kind
+    if kind == "row":
+        hit = (index == row).nonzero()
+        return float(layer.grft_base[hit[0, 0], col]) if len(hit) else float(layer.matrix[row, col])
+    hit = (index == col).nonzero() if kind == "column" else (index[row] == col).nonzero()
+    return float(layer.grft_base[row, hit[0, 0]]) if len(hit) else float(layer.matrix[row, col])
+
+
+def base_fingerprint(model: nn.Module) -> dict[str, list[float]]:
+    """A few pre-trained values of every sliced matrix of a tuned model, by module name."""
+    out = {}
+    for name, layer in sliced_layers(model).items():
+        cols = layer.matrix.shape[1]
+        out[name] = [_pretrained_value(layer, *divmod(p, cols)) for p in sample_positions(layer.matrix.numel())]
+    return out
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -43,13 +90,16 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shapes = {name: list(layer.matrix.shape) for name, layer in sliced_layers(model).items()}
+    tensors = adapter_tensors(model)
     meta = {
         "format": FORMAT,
         "config": state.config.to_dict(),
         "head": state.arch.head,
         "shapes": shapes,
+        "sha256": tensors_checksum(tensors),
+        "base_samples": base_fingerprint(model),
     }
-    save_file(adapter_tensors(model), str(path), metadata={"grft": json.dumps(meta)})
+    save_file(tensors, str(path), metadata={"grft": json.dumps(meta)})
     return path
 
 
@@ -57,9 +107,13 @@ def read_adapter_metadata(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no adapter file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("grft")
-    meta = json.loads(raw) if raw else {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("grft")
+        meta = json.loads(raw) if raw else {}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own types; all mean a damaged file
+        raise AdapterMismatch(f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged: "
+                              "copy it again, or save the adapter again from its run") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a GRFT adapter (written by grft.save_adapter)")
     return meta
@@ -68,26 +122,97 @@ def read_adapter_metadata(path: str | Path) -> dict:
 def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None = None) -> nn.Module:
     """Attach GRFT to a fresh base ``model`` and load the adapter's slices, biases and head.
 
-    The result computes what the saved model computed; call ``grft.merge`` for plain layers.
+    Everything is checked first (the file's checksum, the base's eligible shapes and pre-trained
+    values, every tensor's shape and place); on any error the model is left untouched. The result
+    computes what the saved model computed; call ``grft.merge`` for plain layers.
     """
+    path = Path(path)
     meta = read_adapter_metadata(path)
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise AdapterMismatch(f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged: "
+                              "copy it again, or save the adapter again from its run") from None
+    check_integrity(path, meta, tensors)
     config = GRFTConfig.from_dict(meta["config"])
+    if getattr(model, "grft_state", None) is not None:
+        raise ValueError("model already has GRFT layers attached; load the adapter onto a fresh base model")
     arch = arch or detect_architecture(model)
     if arch.head != meta["head"]:
-        raise ValueError(f"the adapter's head is {meta['head']!r}, this model's is {arch.head!r}; pass arch=grft.Architecture(...)")
-    layers = {
-        name: LayerSelection(tensors[f"{name}.grft_index"].long(), tuple(shape)) for name, shape in meta["shapes"].items()
-    }
+        raise AdapterMismatch(f"the adapter's head is {meta['head']!r}, this model's is {arch.head!r}; "
+                              "pass arch=grft.Architecture(...)")
+    layers = check_fits(path, meta, tensors, model, arch, config)
     attach(model, Selection(config.selection, config.k, layers), config, arch)
-    own = {n: t for n, t in tensors.items() if not n.endswith(".grft_index")}
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, value in own.items():
-            if name not in params:
-                raise ValueError(f"adapter tensor {name} has no place in this model")
-            target = params[name]
-            if target.shape != value.shape:
-                raise ValueError(f"adapter tensor {name} has shape {tuple(value.shape)}, the model's is {tuple(target.shape)}")
-            target.copy_(value)
+        for name, value in tensors.items():
+            if not name.endswith(".grft_index"):
+                params[name].copy_(value)
     return model
+
+
+def check_integrity(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """The tensors are the ones that were saved (checksum; older files without one: finite values)."""
+    expected = meta.get("sha256")
+    if expected is not None and tensors_checksum(tensors) != expected:
+        raise AdapterMismatch(f"{path} is damaged: its tensors do not match the checksum saved with them; "
+                              "copy it again, or save the adapter again from its run")
+    if expected is None:
+        bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise AdapterMismatch(f"{path} holds non-finite values in {bad[:3]}; the file is damaged or the run diverged")
+
+
+def check_fits(path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: nn.Module, arch: Architecture,
+               config: GRFTConfig) -> dict[str, LayerSelection]:
+    """Every tensor has its place and shape in ``model``, and ``model`` is the base it was trained on."""
+    eligible = {name: tuple(as_matrix(layer.weight).shape) for name, layer in eligible_layers(model, arch).items()}
+    saved = {name: tuple(shape) for name, shape in meta["shapes"].items()}
+    missing, unknown = sorted(set(eligible) - set(saved)), sorted(set(saved) - set(eligible))
+    differ = [f"{n} {saved[n]} vs {eligible[n]}" for n in saved if n in eligible and saved[n] != eligible[n]]
+    if missing or unknown or differ:
+        raise AdapterMismatch(
+            f"{path} was trained on another base model: its eligible layers differ (in the model only: {missing[:3]}, "
+            f"in the adapter only: {unknown[:3]}, other shapes (adapter vs model): {differ[:3]}); load it onto the "
+            "base model it was trained from"
+        )
+    modules = dict(model.named_modules())
+    for name, values in (meta.get("base_samples") or {}).items():
+        matrix = as_matrix(modules[name].weight).detach().reshape(-1)
+        here = matrix[sample_positions(matrix.numel())].float().cpu()
+        if not torch.allclose(here, torch.tensor(values, dtype=torch.float32), rtol=SAMPLE_RTOL, atol=1e-6):
+            raise AdapterMismatch(
+                f"{path} was trained on another base model: the pre-trained weights of {name} differ from those it "
+                "was saved with; load it onto the base model (checkpoint) it was trained from"
+            )
+    layers = {}
+    for name, shape in saved.items():
+        check_k(config.selection, config.k, shape, name)
+        index, delta = tensors.get(f"{name}.grft_index"), tensors.get(f"{name}.grft_delta")
+        if index is None or delta is None:
+            raise AdapterMismatch(f"{path} lacks the index or delta of {name}; the file is incomplete")
+        want_index = (shape[0], config.k) if config.selection == "sparse" else (config.k,)
+        side = shape[0] if config.selection == "row" else shape[1]
+        if tuple(index.shape) != want_index or tuple(delta.shape) != slice_shape(config.selection, config.k, shape):
+            raise AdapterMismatch(f"{path}: {name} has index {tuple(index.shape)} and delta {tuple(delta.shape)}, "
+                                  f"but {config.selection} k={config.k} of a {shape} matrix needs {want_index} and "
+                                  f"{slice_shape(config.selection, config.k, shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= side):
+            raise AdapterMismatch(f"{path}: {name} has indices outside 0..{side - 1}")
+        layers[name] = LayerSelection(index.long(), shape)
+    params = dict(model.named_parameters())
+    head = model.get_submodule(arch.head)
+    needed = [f"{n}.bias" for n in saved if getattr(modules[n], "bias", None) is not None]
+    needed += [f"{arch.head}.{p}" for p, _ in head.named_parameters(recurse=False)]
+    absent = [n for n in needed if n not in tensors]
+    if absent:
+        raise AdapterMismatch(f"{path} lacks {absent[:3]}; the file is incomplete or from another model")
+    for name, value in tensors.items():
+        if name.endswith((".grft_index", ".grft_delta")):
+            continue
+        if name not in params:
+            raise AdapterMismatch(f"adapter tensor {name} of {path} has no place in this model")
+        if params[name].shape != value.shape:
+            raise AdapterMismatch(f"adapter tensor {name} of {path} has shape {tuple(value.shape)}, the model's is "
+                                  f"{tuple(params[name].shape)} (another number of classes?)")
+    return layers

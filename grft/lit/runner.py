@@ -125,8 +125,13 @@ def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> N
     except Exception:  # noqa: BLE001 - the error may be in the very values the facts read
         facts = {"task": str(cfg.dataset.get("name")), "method": str(cfg.method.get("name")), "seed": cfg.get("seed"),
                  "config": OmegaConf.to_container(cfg, resolve=False)}
+    from ..results.records import CorruptRecord, archive_record
     from .lifecycle import read_launches
 
+    try:
+        read_record(run_dir)
+    except CorruptRecord:
+        archive_record(run_dir)  # keep the damaged file (history/) rather than write over it
     write_record(run_dir, {**facts, "done": False, "status": "failed", "error": f"{type(err).__name__}: {err}",
                            "failed_at": now(), "launches": read_launches(run_dir)})
 

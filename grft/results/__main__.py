@@ -110,6 +110,8 @@ def render(spec, targets, composer, out: Path, runs: Path) -> int:
 
     index = RecordIndex.load(runs)
     print(f"records: {sum(len(v) for v in index.by_task_method.values())} finished runs under {runs}")
+    for problem in index.corrupt:
+        print(f"warning: left out: {problem}", file=sys.stderr)
     for target in targets:
         if target.kind == "table":
             result = render_table(target, spec, composer, index, out / "tables")

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .records import iter_records
+from .records import CorruptRecord, iter_records, status_of
 
 # Where a run went and how it was launched, not what it computed.
 IGNORED = (
@@ -94,19 +94,44 @@ class Aggregate:
 
 
 class RecordIndex:
-    """Done records under a runs folder, indexed by (task, method) for fast cell lookups."""
+    """Done records under a runs folder, indexed by (task, method) for fast cell lookups.
 
-    def __init__(self, records: Iterable[dict]):
+    Records of failed runs are kept apart (``failed``): a cell without a finished run but with a
+    failed one shows as failed, not as a hole. Damaged record files are listed in ``corrupt``.
+    """
+
+    def __init__(self, records: Iterable[dict], corrupt: Iterable[str] = ()):
         self.by_task_method: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+        self.failed: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
         for record in records:
+            status = status_of(record)
+            if status not in ("done", "failed"):
+                continue
             config = record.get("config") or {}
             key = (str(record.get("task")), str(record.get("method")))
-            self.by_task_method.setdefault(key, []).append((record, identity(config)))
+            index = self.by_task_method if status == "done" else self.failed
+            index.setdefault(key, []).append((record, identity(config)))
         self.used: set[str] = set()
+        self.corrupt = list(corrupt)
 
     @classmethod
     def load(cls, root: Path) -> "RecordIndex":
-        return cls(iter_records(root) if Path(root).is_dir() else [])
+        """Every record under ``root``; a damaged one is named in ``corrupt`` (with its fix), not dropped silently."""
+        corrupt: list[str] = []
+
+        def note(err: CorruptRecord) -> None:
+            corrupt.append(str(err))
+
+        records = list(iter_records(root, done_only=False, on_corrupt=note)) if Path(root).is_dir() else []
+        return cls(records, corrupt)
+
+    def failures(self, cfg: DictConfig) -> list[dict]:
+        """Failed runs' records matching ``cfg`` (any seed)."""
+        candidates = self.failed.get((str(cfg.dataset.name), str(cfg.method.name)), [])
+        if not candidates:
+            return []
+        expected = identity(cfg)
+        return [record for record, ident in candidates if matches(expected, ident)]
 
     def candidates(self, task: str, method: str) -> list[tuple[dict, dict]]:
         return self.by_task_method.get((task, method), [])

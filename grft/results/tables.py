@@ -3,7 +3,8 @@
 Each method row becomes three lines (paper as printed, ours, ours - paper); columns are the
 paper's tasks in its order, then its mean (and params) columns. Our means are recomputed from our
 cells; the paper's printed means are checked against its own cells in the notes. A cell without a
-finished run shows as a hole, never as an error.
+finished run shows as a hole, never as an error; one whose run failed (its record says
+``failed``) shows as ``failed``, and the notes give the error.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from .paper import check_mean, decimals, load_claims, load_paper_table
 from .spec import Spec, SpecError, Target
 
 HOLE = "—"
+FAILED = "failed"
 LEGEND = (
     f"paper: as printed. ours: mean over seeds of the matching finished runs (± sd and n when there is more than "
-    f"one seed). diff: ours − paper. {HOLE}: no finished run yet. Empty: not implemented here (the paper's number only)."
+    f"one seed). diff: ours − paper. {HOLE}: no finished run yet. {FAILED}: the run failed (the notes say why). "
+    "Empty: not implemented here (the paper's number only)."
 )
 
 
@@ -59,6 +62,7 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
     _check_layout(target, paper)
     records = []
     unavailable: dict[str, str] = {}
+    failures: list[str] = []
     for row in target.rows:
         aggs: dict[str, Aggregate] = {}
         for task in target.tasks:
@@ -68,6 +72,11 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
                     cfg = composer.config(target.cell(row, task).args)
                     agg = index.find(cfg, target.metric, target.scale)
                     status = "ok" if agg.n else "missing"
+                    failed = [] if agg.n else index.failures(cfg)
+                    if failed:
+                        status = "failed"
+                        failures.append(f"Ours: {row.label} / {task} failed: {failed[0].get('error')} "
+                                        f"(record {failed[0]['run_dir']}; fix it and launch again)")
                 except ConfigUnavailable as err:
                     status = "unavailable"
                     unavailable.setdefault(row.label, str(err))
@@ -85,7 +94,7 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
             records.append(_row(row.label, column, printed, value, math.nan, n, status, decimals(printed) if printed else 2))
     cells = pd.DataFrame.from_records(records)
     notes = [f"Row {label} could not be composed, so it has no runs here: {reason}" for label, reason in unavailable.items()]
-    return cells, notes
+    return cells, failures + notes
 
 
 def _cell(row: str, column: str, printed: str, agg: Aggregate, status: str, digits: int) -> dict:
@@ -115,6 +124,9 @@ def wide_table(target: Target, spec: Spec, cells: pd.DataFrame) -> pd.DataFrame:
             if cell["status"] == "paper_only":
                 ours_line.append("")
                 diff_line.append("")
+            elif cell["status"] == "failed":
+                ours_line.append(FAILED)
+                diff_line.append(HOLE)
             else:
                 ours_line.append(_ours_text(cell, digits) if cell["n"] else HOLE)
                 diff_line.append(_fmt(cell["diff"], digits, signed=True) if cell["n"] else HOLE)
@@ -183,6 +195,8 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     runnable = cells[(cells["status"] != "paper_only") & cells["column"].isin(target.tasks)]
     have = int((runnable["status"] == "ok").sum())
     notes = [f"Ours: {have} of {len(runnable)} runnable cells have finished runs."]
+    if index.corrupt:
+        notes += [f"Ours: left out a damaged record: {problem}" for problem in index.corrupt]
     for label, group in runnable[runnable["status"] == "missing"].groupby("row", sort=False):
         if len(group) == len(target.tasks):
             notes.append(f"Ours, {label}: no finished runs yet.")
