@@ -164,3 +164,28 @@ def test_cli_renders_every_target_with_no_runs(stubs, tmp_path, capsys):
     for name in ("table1", "table2", "table3", "table4", "table5"):
         assert {f"{name}.md", f"{name}.tex", f"{name}.csv"} <= set(made)
     assert {"fig3_memory.png", "fig3_memory.csv", "fig4_ablation.png", "fig4_ablation.csv"} <= set(made)
+
+
+def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_named(composer, tmp_path):
+    import json
+
+    from grft.results.tables import FAILED
+
+    t1 = SPEC.target("table1")
+    grft_row = next(r for r in t1.rows if r.label == "GRFT")
+    folder = write_fixture_record(composer, tmp_path / "runs", t1.cell(grft_row, "nabirds").args, 0.0)
+    record = json.loads((folder / "record.json").read_text())
+    record.update(done=False, status="failed", error="FileNotFoundError: nabirds: data missing; make data-fgvc")
+    record.pop("metrics")
+    (folder / "record.json").write_text(json.dumps(record))
+    damaged = write_fixture_record(composer, tmp_path / "runs", t1.cell(grft_row, "cub").args, 0.9) / "record.json"
+    damaged.write_text(damaged.read_text()[:100])
+    result = render("table1", composer, tmp_path)
+    assert ours(result, "GRFT", "nabirds")["status"] == "failed"
+    assert ours(result, "GRFT", "cub")["status"] == "missing" and ours(result, "GRFT", "stanford_dogs")["status"] == "missing"
+    wide = result.wide
+    line = wide.index[wide["Method"] == "GRFT"][0]
+    assert wide.loc[line + 1, "NABirds"] == FAILED and wide.loc[line + 1, "CUB-2011"] == HOLE
+    notes = "\n".join(result.notes)
+    assert "GRFT / nabirds failed: FileNotFoundError: nabirds: data missing" in notes
+    assert f"left out a damaged record: {damaged} is not a valid run record" in notes
