@@ -49,33 +49,90 @@ def test_submitit_local_sweep_finishes_with_one_record_per_job(tmp_path):
     assert sorted(r["k"] for r in records) == [1, 2] and all(r["done"] for r in records)
 
 
-def test_a_killed_job_resumes_with_its_selection_when_relaunched(tmp_path):
-    args = ("debug=smoke", "baselines=null", "epochs=4", "trainer.limit_train_batches=4", "selection=row")
-    straight = cli(tmp_path / "straight", *args)
+RESUME_ARGS = ("debug=smoke", "baselines=null", "epochs=6", "trainer.limit_train_batches=4", "selection=row")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("straight")
+    straight = cli(runs, *RESUME_ARGS)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    reference, reference_dir = only_record(tmp_path / "straight")
+    return only_record(runs)
 
-    runs = tmp_path / "killed"
+
+def start(runs: Path) -> subprocess.Popen:
     env = {**os.environ, "GRFT_RUNS": str(runs), "PYTHONPATH": str(ROOT)}
-    job = subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.rglob("checkpoints/epoch1.ckpt")):
-        if job.poll() is not None:
-            pytest.fail("the job ended before it could be killed")
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    assert not list(runs.rglob("record.json")), "killed before finishing"
+    return subprocess.Popen([sys.executable, "run.py", *RESUME_ARGS], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-    relaunched = cli(runs, *args)
+
+def wait_for_checkpoint(job: subprocess.Popen, runs: Path, epoch: int) -> None:
+    """Until last.ckpt points at the end of ``epoch`` (then the launch log has been written too)."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        lasts = list(runs.rglob("checkpoints/last.ckpt"))
+        if lasts and lasts[0].resolve().name == f"epoch{epoch}.ckpt":
+            return
+        if job.poll() is not None:
+            pytest.fail("the job ended before it could be stopped")
+        time.sleep(0.02)
+    pytest.fail("no checkpoint in time")
+
+
+def same_adapter(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and bool((x[k] == y[k]).all()) for k in x)
+
+
+def test_killed_twice_then_resumed_counts_every_launch_and_matches_bit_for_bit(tmp_path, uninterrupted):
+    reference, reference_dir = uninterrupted
+    runs = tmp_path / "killed"
+    for epoch in (1, 3):
+        job = start(runs)
+        wait_for_checkpoint(job, runs, epoch)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        assert not list(runs.rglob("record.json")), "killed before finishing"
+
+    relaunched = cli(runs, *RESUME_ARGS)
     assert relaunched.returncode == 0, relaunched.stderr[-3000:]
     record, run_dir = only_record(runs)
     assert record["resumed"] is True and record["done"] is True
+    launches = record["launches"]
+    assert [launch["outcome"] for launch in launches] == ["killed", "killed", "trained"]
+    assert all(launch["train_s"] > 0 for launch in launches)
+    assert record["timings"]["train_s"] == pytest.approx(sum(launch["train_s"] for launch in launches), abs=1e-3)
+    assert record["timings"]["train_s_this_launch"] == launches[-1]["train_s"] < record["timings"]["train_s"]
     assert grft.Selection.load(run_dir / "selection.safetensors") == grft.Selection.load(
         reference_dir / "selection.safetensors"
     )
     assert record["metrics"]["test_acc"] == reference["metrics"]["test_acc"]
+    assert record["metrics"]["test_loss"] == reference["metrics"]["test_loss"]
+    assert same_adapter(run_dir / "adapter.safetensors", reference_dir / "adapter.safetensors")
+
+
+def test_sigterm_checkpoints_marks_the_record_unfinished_exits_non_zero_and_resumes(tmp_path, uninterrupted):
+    reference, reference_dir = uninterrupted
+    runs = tmp_path / "preempted"
+    job = start(runs)
+    wait_for_checkpoint(job, runs, 1)
+    os.kill(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 143, stderr[-3000:]
+    record, run_dir = only_record(runs)
+    assert record["done"] is False and record["status"] == "preempted"
+    assert [launch["outcome"] for launch in record["launches"]] == ["preempted"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    relaunched = cli(runs, *RESUME_ARGS)
+    assert relaunched.returncode == 0, relaunched.stderr[-3000:]
+    record, run_dir = only_record(runs)
+    assert record["done"] is True and record["resumed"] is True
+    assert [launch["outcome"] for launch in record["launches"]] == ["preempted", "trained"]
+    assert record["metrics"]["test_loss"] == reference["metrics"]["test_loss"]
+    assert same_adapter(run_dir / "adapter.safetensors", reference_dir / "adapter.safetensors")
 
 
 def test_the_same_run_cannot_train_twice_at_once(tmp_path):
