@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import GRFTConfig
+from .files import as_new_file
 from .layers import slice_shape
 from .selection import LayerSelection, Selection, as_matrix, check_k, compact_index
 from .targets import Architecture, detect_architecture, eligible_layers
@@ -100,6 +101,7 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
         "base_samples": base_fingerprint(model),
     }
     save_file(tensors, str(path), metadata={"grft": json.dumps(meta)})
+    as_new_file(path)
     return path
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import SELECTIONS
+from .files import as_new_file
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -126,6 +127,7 @@ class Selection:
         else:
             tensors = {n: compact_index(layer.index, max(layer.shape)) for n, layer in self.layers.items()}
             save_file(tensors, str(path), metadata={"grft": json.dumps(meta)})
+            as_new_file(path)
         return path
 
     @classmethod

@@ -189,3 +189,12 @@ def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_name
     notes = "\n".join(result.notes)
     assert "GRFT / nabirds failed: FileNotFoundError: nabirds: data missing" in notes
     assert f"left out a damaged record: {damaged} is not a valid run record" in notes
+
+
+def test_rendering_smoke_runs_never_overwrites_the_real_tables(stubs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = cli(["render", "table3", search_path(stubs), "debug=smoke", f"paths.runs={tmp_path / 'runs'}"])
+    assert code == 0
+    assert not (tmp_path / "results" / "tables").exists()
+    md = (tmp_path / "results" / "smoke" / "tables" / "table3.md").read_text()
+    assert "**Smoke runs** (debug=smoke)" in md and "not results" in md

@@ -98,7 +98,10 @@ def test_a_damaged_record_names_itself_and_force_gets_past_it(tmp_path):
     done = cli(tmp_path, "k=1")
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = tmp_path.rglob("record.json")
-    assert stat.S_IMODE(record.stat().st_mode) & 0o044, "records are readable by the group and others (umask allowing)"
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("record.json", "adapter.safetensors", "selection.safetensors"):   # not private (0600)
+        assert stat.S_IMODE((record.parent / name).stat().st_mode) == 0o666 & ~mask, name
     record.write_text(record.read_text()[:294])
     broken = cli(tmp_path, "k=1")
     assert broken.returncode == 2 and "Traceback" not in broken.stderr

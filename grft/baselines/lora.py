@@ -96,10 +96,13 @@ def lora_tensors(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
 def save_lora(model: nn.Module, path: str | Path, config: LoRAConfig, head: str) -> Path:
     from safetensors.torch import save_file
 
+    from ..files import as_new_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": asdict(config), "head": head}
     save_file(lora_tensors(model, head), str(path), metadata={"grft": json.dumps(meta)})
+    as_new_file(path)
     return path
 
 

@@ -117,8 +117,11 @@ class Method:
         """Write what the method trained (small file); ``None`` if the method has no adapter format."""
         from safetensors.torch import save_file
 
+        from ..files import as_new_file
+
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(path))
+        as_new_file(path)
         return path
 
     def checkpoint_keys(self, model: nn.Module) -> Optional[set[str]]:

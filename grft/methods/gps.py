@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import GRFTConfig
+from ..files import as_new_file
 from ..models import ModelBundle
 from ..probe import accumulate_gradients
 from ..selection import as_matrix, check_k, compact_index, rank
@@ -163,6 +164,7 @@ def save_gps(model: nn.Module, path: str | Path, head: str) -> Path:
         tensors[f"{head}.{pname}"] = p
     meta = {"format": FORMAT, "head": head, "shapes": shapes}
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata={"grft": json.dumps(meta)})
+    as_new_file(path)
     return path
 
 

@@ -6,7 +6,9 @@
     python -m grft.results list
 
 Arguments with ``=`` are Hydra overrides passed to every run (``debug=smoke``, ``paths.runs=/scratch/runs``);
-give the same ones to ``render`` so it looks for the runs that were launched.
+give the same ones to ``render`` so it looks for the runs that were launched. Rendering with a
+``debug=...`` override writes under ``results/smoke/`` (not over the committed tables), each table
+headed as smoke runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 from .spec import SPEC_PATH, SpecError, load_spec
 
 OUT = Path("results")
+SMOKE_OUT = OUT / "smoke"
+SMOKE_BANNER = ("> **Smoke runs** ({overrides}): tiny models and a few batches, to check the pipeline. "
+                "These numbers are not results.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--parallel", type=int, default=1, help="multiruns at a time (useful with a cluster launcher)")
     render = sub.add_parser("render", help="write tables and figures from the finished runs")
     render.add_argument("items", nargs="*", metavar="TARGET|OVERRIDE")
-    render.add_argument("--out", type=Path, default=OUT, help="writes <out>/tables and <out>/figures (default: results)")
+    render.add_argument("--out", type=Path, default=None,
+                        help="writes <out>/tables and <out>/figures (default: results; results/smoke with debug=...)")
     render.add_argument("--runs", type=Path, default=None, help="records folder (default: paths.runs of the config)")
     hp = sub.add_parser("hparams", help="hparams.csv, Tables 6-8 and the row/column choice from the experiment configs")
     hp.add_argument("overrides", nargs="*", metavar="OVERRIDE")
@@ -97,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
             plans = plan_all(targets, composer, args.rows, seeds)
             return launch(plans, args.launcher, overrides, args.dry_run, args.rows, args.parallel)
-        return render(spec, targets, composer, args.out, _runs_root(composer, args.runs))
+        debug = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "debug" and o.split("=", 1)[1] != "null"]
+        out = args.out or (SMOKE_OUT if debug else OUT)
+        banner = SMOKE_BANNER.format(overrides=" ".join(debug)) if debug else None
+        return render(spec, targets, composer, out, _runs_root(composer, args.runs), banner)
     except (SpecError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-def render(spec, targets, composer, out: Path, runs: Path) -> int:
+def render(spec, targets, composer, out: Path, runs: Path, banner: str | None = None) -> int:
     from .figures import render_memory, render_sweep
     from .matching import RecordIndex
     from .tables import render_table
@@ -114,7 +123,7 @@ def render(spec, targets, composer, out: Path, runs: Path) -> int:
         print(f"warning: left out: {problem}", file=sys.stderr)
     for target in targets:
         if target.kind == "table":
-            result = render_table(target, spec, composer, index, out / "tables")
+            result = render_table(target, spec, composer, index, out / "tables", banner)
         elif target.kind == "memory":
             result = render_memory(target, spec, composer, index, out / "figures")
         else:

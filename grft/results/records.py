@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from ..files import as_new_file
+
 RECORD_NAME = "record.json"
 HISTORY_DIR = "history"   # earlier records of a run that force=true started again; not read by tables
 SCHEMA = 1
@@ -23,12 +25,6 @@ SCHEMA = 1
 
 class CorruptRecord(ValueError):
     """A record file that is not valid JSON; the message names it and the fix."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json_atomic(path: Path, payload: dict) -> Path:
@@ -44,7 +40,7 @@ def write_json_atomic(path: Path, payload: dict) -> Path:
             json.dump(payload, f, indent=1, sort_keys=True, default=str)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        as_new_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

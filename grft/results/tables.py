@@ -210,9 +210,9 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     return notes
 
 
-def markdown(target: Target, wide: pd.DataFrame, notes: list[str]) -> str:
+def markdown(target: Target, wide: pd.DataFrame, notes: list[str], banner: str | None = None) -> str:
     body = wide.to_markdown(index=False, disable_numparse=True)
-    lines = [f"# {target.caption}", "", body, "", LEGEND, "", "## Notes", ""]
+    lines = [f"# {target.caption}", "", *([banner, ""] if banner else []), body, "", LEGEND, "", "## Notes", ""]
     lines += [f"- {n}" for n in notes] or ["- none"]
     return "\n".join(lines) + "\n"
 
@@ -289,8 +289,9 @@ def shared_config_notes(target: Target, spec: Spec, composer: Composer) -> list[
     return notes
 
 
-def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIndex, out_dir: Path) -> TableResult:
-    """Write ``<target>.md``, ``.tex`` and ``.csv`` under ``out_dir`` (created)."""
+def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIndex, out_dir: Path,
+                 banner: str | None = None) -> TableResult:
+    """Write ``<target>.md``, ``.tex`` and ``.csv`` under ``out_dir`` (created); ``banner`` heads the markdown."""
     paper_dir = spec.paper_dir
     cells, unavailable = collect(target, composer, index, paper_dir)
     wide = wide_table(target, spec, cells)
@@ -299,7 +300,7 @@ def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIn
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{target.name}.{ext}" for ext in ("md", "tex", "csv")]
-    paths[0].write_text(markdown(target, wide, notes))
+    paths[0].write_text(markdown(target, wide, notes, banner))
     paths[1].write_text(latex(target, wide))
     export = cells.drop(columns=["digits"]).round({"ours": 4, "ours_std": 4, "diff": 4})
     export.insert(2, "label", [_column_title(target, spec, c) for c in export["column"]])
