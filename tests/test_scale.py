@@ -144,3 +144,23 @@ def test_the_same_run_cannot_train_twice_at_once(tmp_path):
                 pass
     with RunLock(tmp_path):  # released with its holder
         pass
+
+
+def test_a_shared_baseline_run_waits_for_its_holder_instead_of_failing(tmp_path):
+    import threading
+
+    from grft.lit.lock import RunLock
+
+    holder = RunLock(tmp_path).__enter__()
+    entered = threading.Event()
+
+    def second_launch():
+        with RunLock(tmp_path, wait=True):
+            entered.set()
+
+    thread = threading.Thread(target=second_launch)
+    thread.start()
+    assert not entered.wait(0.5), "entered while another process held the run"
+    holder.__exit__(None, None, None)
+    assert entered.wait(10)
+    thread.join()

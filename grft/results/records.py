@@ -88,14 +88,16 @@ def is_done(run_dir: Path) -> bool:
 
 
 def archive_record(run_dir: Path) -> Optional[Path]:
-    """Move the run's record (even a damaged one) to ``history/record-<time>.json``; returns the new path."""
+    """Move the run's record (even a damaged one) to ``history/<time>-record.json``; returns the new path.
+
+    Not named ``record.json``, so ``iter_records`` (and every table) never reads it."""
     path = Path(run_dir) / RECORD_NAME
     if not path.is_file():
         return None
     history = Path(run_dir) / HISTORY_DIR
     history.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S%f")
-    target = history / f"record-{stamp}.json"
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target = history / f"{stamp}-{RECORD_NAME}"
     os.replace(path, target)
     return target
 
