@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
 from .layers import SlicedLayer
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
@@ -196,10 +197,14 @@ def accumulate_gradients(
     loss_fn: Optional[LossFn] = None,
     arch: Optional[Architecture] = None,
     progress: Optional[Progress] = None,
+    low_memory: bool = True,
 ) -> dict[str, torch.Tensor]:
     """``H`` per eligible matrix: the probe loss's gradient summed over the chosen batches.
 
     Returns full-size gradients: this is the one place they exist, before training starts.
+    low_memory: checkpoint every block while taking gradients (``grft.checkpointing``), so the
+    probe holds one block's activations instead of all of them; the gradients are the same bits
+    as with ``False`` (the plain probe) at the price of one more forward pass per batch.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch)
@@ -214,17 +219,19 @@ def accumulate_gradients(
         if config.subsets > 1:
             keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
         used = skipped = 0
-        for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
-            if keep is not None and position not in keep:
-                continue
-            loss = loss_fn(model, to_device(batch, device))
-            if loss is None:
-                skipped += 1
-                continue
-            if not torch.isfinite(loss):
-                raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
-            loss.backward()
-            used += 1
+        with checkpointed_blocks(model, arch) if low_memory else contextlib.nullcontext():
+            for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
+                if keep is not None and position not in keep:
+                    continue
+                loss = loss_fn(model, to_device(batch, device))
+                if loss is None:
+                    skipped += 1
+                    continue
+                if not torch.isfinite(loss):
+                    raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
+                loss.backward()
+                del loss
+                used += 1
         if _distributed():  # a rank may hold none of the chosen part's batches; the whole job may not
             count = torch.tensor([used], device=device)
             dist.all_reduce(count)
@@ -261,6 +268,7 @@ def select(
     loss_fn: Optional[LossFn] = None,
     arch: Optional[Architecture] = None,
     progress: Optional[Progress] = None,
+    low_memory: bool = True,
 ) -> Selection:
     """Probe ``model`` on ``batches`` and return the slices to train.
 
@@ -268,7 +276,8 @@ def select(
     with ``subsets > 1`` it is walked twice and must yield the same batches in the same order.
     loss_fn: ``loss_fn(model, batch) -> scalar``; ``None`` is the paper's SCL probe.
     progress: optional ``progress(iterable, description, total) -> iterable`` (a progress bar).
+    low_memory: see ``accumulate_gradients``; the selection is the same either way.
     Works on a plain model or on one already attached with placeholder slices.
     """
-    grads = accumulate_gradients(model, batches, config, loss_fn, arch, progress)
+    grads = accumulate_gradients(model, batches, config, loss_fn, arch, progress, low_memory)
     return rank_gradients(grads, config)

@@ -233,7 +233,7 @@ def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     assert sorted(table["method"]) == sorted(driver.METHODS)
     assert (tmp_path / "latest.png").stat().st_size > 0 and (tmp_path / "fig3_memory.png").stat().st_size > 0
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
-    assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps"}
+    assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps", "lora"}
     assert "## Targets (cpu)" in (tmp_path / "latest.md").read_text()
 
 
