@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .accumulation import FlatAccumulator
 from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
 from .layers import SlicedLayer
@@ -203,8 +204,10 @@ def accumulate_gradients(
 
     Returns full-size gradients: this is the one place they exist, before training starts.
     low_memory: checkpoint every block while taking gradients (``grft.checkpointing``), so the
-    probe holds one block's activations instead of all of them; the gradients are the same bits
-    as with ``False`` (the plain probe) at the price of one more forward pass per batch.
+    probe holds one block's activations instead of all of them, and sum the gradients into one
+    flat buffer as soon as each exists (``grft.accumulation``). For float32/float64 weights the
+    gradients are the same bits as with ``False`` (the plain probe: autograd's ``.grad``), at the
+    price of one more forward pass per batch; half-precision weights are summed in float32.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch)
@@ -219,7 +222,11 @@ def accumulate_gradients(
         if config.subsets > 1:
             keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
         used = skipped = 0
-        with checkpointed_blocks(model, arch) if low_memory else contextlib.nullcontext():
+        sums = FlatAccumulator({name: layer.weight for name, layer in layers.items()}) if low_memory else None
+        with contextlib.ExitStack() as memory_savers:
+            if low_memory:
+                memory_savers.enter_context(sums)
+                memory_savers.enter_context(checkpointed_blocks(model, arch))
             for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
                 if keep is not None and position not in keep:
                     continue
@@ -240,13 +247,19 @@ def accumulate_gradients(
             raise ValueError(NO_SIGNAL if skipped else "the probe got no batches: the data loader is empty")
         if total is not None and position + 1 != total:
             raise ValueError("the batches changed length between the two probe passes; pass a fixed list or loader")
-        grads = {}
-        for name, layer in layers.items():
-            g = layer.weight.grad
-            grads[name] = torch.zeros_like(layer.weight) if g is None else g.detach()
+        if sums is not None:
+            grads = sums.sums
+        else:
+            grads = {}
+            for name, layer in layers.items():
+                g = layer.weight.grad
+                grads[name] = torch.zeros_like(layer.weight) if g is None else g.detach()
     if _distributed():
-        for g in grads.values():
-            dist.all_reduce(g)
+        if sums is not None:
+            sums.all_reduce()
+        else:
+            for g in grads.values():
+                dist.all_reduce(g)
     if all(not bool(g.any()) for g in grads.values()):
         raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
     return grads

@@ -175,3 +175,17 @@ def test_two_rank_ddp_low_memory_probe_selects_what_the_plain_probe_selects(tmp_
     single = grft.accumulate_gradients(model.eval(), batches, grft.GRFTConfig(k=2, subsets=subsets), low_memory=False)
     # One process sums the batches in another order than two ranks do: the indices must agree.
     assert selections(ddp[True], subsets) == selections(single, subsets)
+
+
+def test_half_precision_weights_are_summed_in_float32():
+    """bf16 weights: H is the float32 sum of the per-batch bf16 gradients (the plain probe would sum in bf16)."""
+    model = make_tiny_llama().to(torch.bfloat16).eval()
+    batches = token_batches(3)
+    low = gradients(model, batches, low_memory=True)
+    per_batch = [gradients(model, [b], low_memory=False) for b in batches]
+    for n, h in low.items():
+        assert h.dtype == torch.float32
+        want = torch.zeros_like(h)
+        for g in per_batch:
+            want += g[n].float()
+        assert torch.equal(h, want), n
