@@ -109,5 +109,5 @@ paper-dry-run: install ## how many jobs each target would launch, and the comman
 bench: install ## GRFT vs full, GPS, LoRA, linear, floor (time, memory, state, files) + Fig. 3 -> results/bench/
 	$(PYTHON) -m experiments.bench $(BENCH_ARGS)
 
-bench-fig3: install ## only the Fig. 3 memory-over-time trace (GRFT vs GPS) -> results/bench/fig3_memory.*
+bench-fig3: install ## only the Fig. 3 memory-over-time trace (GRFT, GPS, LoRA) -> results/bench/fig3_memory.*
 	$(PYTHON) -m experiments.bench.memory_trace $(BENCH_ARGS)

@@ -19,6 +19,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .accumulation import FlatAccumulator
+from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
 from .layers import SlicedLayer
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
@@ -196,10 +198,16 @@ def accumulate_gradients(
     loss_fn: Optional[LossFn] = None,
     arch: Optional[Architecture] = None,
     progress: Optional[Progress] = None,
+    low_memory: bool = True,
 ) -> dict[str, torch.Tensor]:
     """``H`` per eligible matrix: the probe loss's gradient summed over the chosen batches.
 
     Returns full-size gradients: this is the one place they exist, before training starts.
+    low_memory: checkpoint every block while taking gradients (``grft.checkpointing``), so the
+    probe holds one block's activations instead of all of them, and sum the gradients into one
+    flat buffer as soon as each exists (``grft.accumulation``). For float32/float64 weights the
+    gradients are the same bits as with ``False`` (the plain probe: autograd's ``.grad``), at the
+    price of one more forward pass per batch; half-precision weights are summed in float32.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch)
@@ -214,17 +222,23 @@ def accumulate_gradients(
         if config.subsets > 1:
             keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
         used = skipped = 0
-        for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
-            if keep is not None and position not in keep:
-                continue
-            loss = loss_fn(model, to_device(batch, device))
-            if loss is None:
-                skipped += 1
-                continue
-            if not torch.isfinite(loss):
-                raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
-            loss.backward()
-            used += 1
+        sums = FlatAccumulator({name: layer.weight for name, layer in layers.items()}) if low_memory else None
+        with contextlib.ExitStack() as memory_savers:
+            if low_memory:
+                memory_savers.enter_context(sums)
+                memory_savers.enter_context(checkpointed_blocks(model, arch))
+            for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
+                if keep is not None and position not in keep:
+                    continue
+                loss = loss_fn(model, to_device(batch, device))
+                if loss is None:
+                    skipped += 1
+                    continue
+                if not torch.isfinite(loss):
+                    raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
+                loss.backward()
+                del loss
+                used += 1
         if _distributed():  # a rank may hold none of the chosen part's batches; the whole job may not
             count = torch.tensor([used], device=device)
             dist.all_reduce(count)
@@ -233,13 +247,19 @@ def accumulate_gradients(
             raise ValueError(NO_SIGNAL if skipped else "the probe got no batches: the data loader is empty")
         if total is not None and position + 1 != total:
             raise ValueError("the batches changed length between the two probe passes; pass a fixed list or loader")
-        grads = {}
-        for name, layer in layers.items():
-            g = layer.weight.grad
-            grads[name] = torch.zeros_like(layer.weight) if g is None else g.detach()
+        if sums is not None:
+            grads = sums.sums
+        else:
+            grads = {}
+            for name, layer in layers.items():
+                g = layer.weight.grad
+                grads[name] = torch.zeros_like(layer.weight) if g is None else g.detach()
     if _distributed():
-        for g in grads.values():
-            dist.all_reduce(g)
+        if sums is not None:
+            sums.all_reduce()
+        else:
+            for g in grads.values():
+                dist.all_reduce(g)
     if all(not bool(g.any()) for g in grads.values()):
         raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
     return grads
@@ -261,6 +281,7 @@ def select(
     loss_fn: Optional[LossFn] = None,
     arch: Optional[Architecture] = None,
     progress: Optional[Progress] = None,
+    low_memory: bool = True,
 ) -> Selection:
     """Probe ``model`` on ``batches`` and return the slices to train.
 
@@ -268,7 +289,8 @@ def select(
     with ``subsets > 1`` it is walked twice and must yield the same batches in the same order.
     loss_fn: ``loss_fn(model, batch) -> scalar``; ``None`` is the paper's SCL probe.
     progress: optional ``progress(iterable, description, total) -> iterable`` (a progress bar).
+    low_memory: see ``accumulate_gradients``; the selection is the same either way.
     Works on a plain model or on one already attached with placeholder slices.
     """
-    grads = accumulate_gradients(model, batches, config, loss_fn, arch, progress)
+    grads = accumulate_gradients(model, batches, config, loss_fn, arch, progress, low_memory)
     return rank_gradients(grads, config)

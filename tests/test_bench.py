@@ -52,6 +52,15 @@ def test_worker_rows_have_every_required_column(records):
     assert records["grft_row"]["probe_s"] > 0 and records["lora"]["probe_s"] == 0
 
 
+def test_whole_run_peak_is_the_largest_phase_peak(records):
+    for rec in records.values():
+        phases = (rec["build_peak_mb"], rec["prepare_peak_mb"], rec["peak_mem_mb"])
+        assert rec["whole_run_peak_mb"] == max(phases) and min(phases) > 0
+    grft_row = records["grft_row"]
+    assert grft_row["probe_batch_s"] == pytest.approx(grft_row["probe_s"] / 2)  # --probe-batches 2 (default)
+    assert records["lora"]["probe_batch_s"] is None
+
+
 def test_grft_adam_state_is_two_fp32_moments_per_trainable_parameter(records):
     rec = records["grft_row"]
     assert rec["optimizer_state_bytes"] == 2 * 4 * rec["trainable_params"]
@@ -195,9 +204,45 @@ def test_cpu_memory_targets_judge_the_vit_only():
     result = targets.evaluate(table, "cpu")
     llama = set(result[result["model"] == "llama"]["target"])
     vit = set(result[result["model"] == "vit"]["target"])
-    memory = {t for t in vit if "peak_mem_mb" in t}
-    assert len(memory) == 4 and not memory & llama
+    memory = {t for t in vit if "peak_mem_mb <=" in t or "peak_mem_mb >=" in t or "peak_mb <=" in t}
+    assert len(memory) == 8 and not memory & llama  # training, whole-run and probe-within-training peaks
     assert "grft_row step_time_s <= 1 x lora" in llama and "grft_row adapter_mb <= 0.005 x full" in llama
+
+
+def test_whole_run_and_probe_targets_follow_hand_computed_ratios():
+    table = _table([("full", 7.0, 3300.0, 330.0), ("lora", 4.0, 2400.0, 1.5), ("grft_row", 4.0, 2000.0, 1.0),
+                    ("grft_column", 4.0, 2000.0, 1.0)])
+    table["whole_run_peak_mb"] = [3400.0, 2450.0, 2300.0, 2500.0]  # lora's build peak tops its training
+    table["prepare_peak_mb"] = [1300.0, 1300.0, 1900.0, 2500.0]  # grft_column's probe tops its training
+    table["probe_batch_x_full_step"] = [float("nan"), float("nan"), 2.6, float("nan")]
+    table["probe_batch_x_full_step_p25"] = [float("nan"), float("nan"), 2.4, float("nan")]
+    table["probe_batch_x_full_step_p75"] = [float("nan"), float("nan"), 2.7, float("nan")]
+    result = targets.evaluate(table, "cpu").set_index("target")
+    row = result.loc["grft_row whole_run_peak_mb <= 1 x lora"]
+    assert row["status"] == "met" and row["ratio"] == pytest.approx(2300 / 2450)
+    assert result.loc["grft_column whole_run_peak_mb <= 1 x lora", "status"] == "MISSED"  # 2500/2450
+    row = result.loc["grft_row prepare_peak_mb <= 1 x grft_row peak_mem_mb"]
+    assert row["status"] == "met" and row["ratio"] == pytest.approx(1900 / 2000)
+    assert result.loc["grft_column prepare_peak_mb <= 1 x grft_column peak_mem_mb", "status"] == "MISSED"
+    row = result.loc["grft_row probe_batch_x_full_step <= 2.5"]
+    assert row["status"] == "MISSED" and row["ratio"] == pytest.approx(2.6) and row["per-round p25–p75"] == "2.400–2.700"
+    text = report.markdown(table, {"command": "test"})
+    assert "whole-run peak MB" in text and "| grft_row    |" in text
+
+
+def test_probe_time_alternates_probe_batches_and_full_steps(capsys):
+    from experiments.bench import probe_time
+
+    assert probe_time.main(["--model", "vit", "--tiny", "--rounds", "2", "--warmup", "0", "--threads", "1"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(record["probe_batch_times"]) == 2 and len(record["full_step_times"]) == 2
+    assert min(record["probe_batch_times"] + record["full_step_times"]) > 0
+    rows = [{"model": "vit", "method": m, "step_times": [1.0], "peak_mem_mb": 1.0} for m in ("full", "grft_row")]
+    record.update(probe_batch_times=[3.0, 5.0], full_step_times=[2.0, 2.0])  # hand-made: ratios 1.5 and 2.5
+    table = driver.aggregate(rows, [], [record]).set_index("method")
+    assert table.at["grft_row", "probe_batch_x_full_step"] == pytest.approx(4.0 / 2.0)  # median over median
+    assert table.at["grft_row", "probe_batch_x_full_step_p25"] == pytest.approx(1.75)
+    assert pd.isna(table.at["full", "probe_batch_x_full_step"])
 
 
 def test_targets_without_a_method_are_not_measured():
@@ -233,7 +278,7 @@ def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     assert sorted(table["method"]) == sorted(driver.METHODS)
     assert (tmp_path / "latest.png").stat().st_size > 0 and (tmp_path / "fig3_memory.png").stat().st_size > 0
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
-    assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps"}
+    assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps", "lora"}
     assert "## Targets (cpu)" in (tmp_path / "latest.md").read_text()
 
 

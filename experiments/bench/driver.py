@@ -30,11 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # Steps per device: (warm-up, measured, interleaved rounds per model). A CPU ViT-B/16 step takes
 # seconds; the CPU Llama's (2 layers) a quarter of that, so it gets three times the rounds.
 STEPS = {"cpu": (1, 3, {"vit": 12, "llama": 36}), "cuda": (5, 20, {"vit": 20, "llama": 20})}
+# Probe batches timed side by side with full fine-tuning steps, per device.
+PROBE_ROUNDS = {"cpu": 3, "cuda": 10}
+PROBE_JOB = "probe vs full"
 # The close comparisons of the targets, timed side by side in one process.
 INTERLEAVED = ("lora", "grft_row", "grft_column", "floor")
 CSV_COLUMNS = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
                "probe_s", "device", "step_time_p25", "step_time_p75", "step_cpu_s", "step_time_interleaved_s",
-               "step_time_interleaved_p25", "step_time_interleaved_p75", "live_peak_mb", "setup_peak_mb",
+               "step_time_interleaved_p25", "step_time_interleaved_p75", "live_peak_mb", "whole_run_peak_mb",
+               "build_peak_mb", "prepare_peak_mb", "setup_peak_mb", "probe_batches", "probe_batch_s",
+               "probe_batch_x_full_step", "probe_batch_x_full_step_p25", "probe_batch_x_full_step_p75",
                "total_params", "optimizer_state_bytes", "adapter_bytes", "k", "batch", "workload", "precision",
                "threads", "steps", "warmup", "repeats", "loss_first", "loss_last", "load_avg_1m", "mem_source",
                "peak_after_setup_reset", "torch")
@@ -77,8 +82,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--interleave", default=",".join(INTERLEAVED),
                    help="methods also timed side by side in one process, steps in turn ('none': skip)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved steps per method (cpu: vit 12, llama 36; cuda 20)")
+    p.add_argument("--probe-rounds", type=int, default=None,
+                   help="probe batches timed side by side with full fine-tuning steps (cpu 3, cuda 10; 0: skip); "
+                        "needs full and grft_row among --methods")
     p.add_argument("--fig3", action=argparse.BooleanOptionalAction, default=True,
-                   help="also record memory over time for grft_row and gps (paper Fig. 3)")
+                   help="also record memory over the whole run for grft_row, gps and lora (paper Fig. 3)")
     p.add_argument("--fig3-steps", type=int, default=None, help="training steps in the Fig. 3 trace (cpu 8, cuda 200)")
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests, smoke runs)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
@@ -95,6 +103,9 @@ def parse(argv=None) -> argparse.Namespace:
     args.interleave = [m for m in args.interleave if m in args.methods]
     args.precision = args.precision or ("bf16" if kind == "cuda" else "fp32")
     args.fig3_steps = args.fig3_steps or (8 if kind == "cpu" else 200)
+    args.probe_rounds = PROBE_ROUNDS[kind] if args.probe_rounds is None else args.probe_rounds
+    if args.probe_rounds < 0:
+        p.error("--probe-rounds must be >= 0")
     for name in ("batch", "steps", "k", "threads", "seq_len", "probe_batches", "repeats", "fig3_steps", "rounds"):
         value = getattr(args, name)
         if (min(value.values()) if isinstance(value, dict) else value) < 1:
@@ -119,6 +130,15 @@ def interleave_command(args: argparse.Namespace, model: str) -> list[str]:
              ",".join(args.interleave), "--rounds", str(args.rounds[model])] + common_options(args))
 
 
+def probe_time_command(args: argparse.Namespace, model: str) -> list[str]:
+    return ([sys.executable, "-m", "experiments.bench.probe_time", "--model", model, "--rounds",
+             str(args.probe_rounds)] + common_options(args))
+
+
+def times_probe(args: argparse.Namespace) -> bool:
+    return args.probe_rounds > 0 and {"full", "grft_row"} <= set(args.methods)
+
+
 def worker_env() -> dict:
     """The child imports this checkout's code, whatever is installed."""
     env = dict(os.environ)
@@ -139,7 +159,8 @@ def run_worker(cmd: list[str]) -> dict:
 
 def schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Per model: every method in its own process (the order reversed on every other repeat),
-    then the side-by-side timing of ``--interleave`` (method ``None``)."""
+    then the side-by-side timing of ``--interleave`` (method ``None``), then the probe batches
+    timed beside full fine-tuning steps (``PROBE_JOB``)."""
     jobs = []
     for model in args.models:
         for r in range(args.repeats):
@@ -147,6 +168,8 @@ def schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
             jobs += [(model, m) for m in methods]
         if len(args.interleave) > 1:
             jobs.append((model, None))
+        if times_probe(args):
+            jobs.append((model, PROBE_JOB))
     return jobs
 
 
@@ -158,9 +181,15 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
-def aggregate(records: list[dict], interleaved: list[dict] = ()):
-    """One row per (model, method): pooled step times over repeats, median of the rest, and the
-    side-by-side step times where the method was interleaved."""
+def probe_ratios(record: dict) -> list[float]:
+    """Per-round ratios of a probe batch's time to the full fine-tuning step taken beside it."""
+    return [p / s for p, s in zip(record["probe_batch_times"], record["full_step_times"])]
+
+
+def aggregate(records: list[dict], interleaved: list[dict] = (), probe_times: list[dict] = ()):
+    """One row per (model, method): pooled step times over repeats, median of the rest, the
+    side-by-side step times where the method was interleaved, and for ``grft_row`` its probe
+    batch over a full fine-tuning step, timed side by side."""
     import pandas as pd
 
     rows = []
@@ -176,7 +205,13 @@ def aggregate(records: list[dict], interleaved: list[dict] = ()):
         if times:
             p25, median, p75 = quartiles(times)
             row.update(step_time_interleaved_s=median, step_time_interleaved_p25=p25, step_time_interleaved_p75=p75)
-        for key in ("peak_mem_mb", "live_peak_mb", "setup_peak_mb", "step_cpu_s", "probe_s", "load_avg_1m"):
+        probe = [rec for rec in probe_times if rec["model"] == row["model"]]
+        if probe and row["method"] == "grft_" + probe[0]["selection"]:
+            p25, _, p75 = quartiles(probe_ratios(probe[0]))
+            ratio = statistics.median(probe[0]["probe_batch_times"]) / statistics.median(probe[0]["full_step_times"])
+            row.update(probe_batch_x_full_step=ratio, probe_batch_x_full_step_p25=p25, probe_batch_x_full_step_p75=p75)
+        for key in ("peak_mem_mb", "live_peak_mb", "whole_run_peak_mb", "build_peak_mb", "prepare_peak_mb",
+                    "setup_peak_mb", "step_cpu_s", "probe_s", "probe_batch_s", "load_avg_1m"):
             values = [r[key] for r in runs if r.get(key) is not None]
             row[key] = statistics.median(values) if values else None
         rows.append(row)
@@ -203,13 +238,15 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = schedule(args)
-    records, interleaved = [], []
+    records, interleaved, probe_times = [], [], []
     for i, (model, method) in enumerate(jobs, 1):
         what = method or f"interleaved {','.join(args.interleave)}"
         print(f"[{i}/{len(jobs)}] {model} {what} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
         try:
             if method is None:
                 interleaved.append(run_worker(interleave_command(args, model)))
+            elif method == PROBE_JOB:
+                probe_times.append(run_worker(probe_time_command(args, model)))
             else:
                 records.append(run_worker(worker_command(args, model, method)))
         except WorkerError as err:
@@ -217,9 +254,9 @@ def main(argv=None) -> int:
             return 1
     bench_s = time.perf_counter() - started
     with open(args.out / "latest_runs.jsonl", "w") as f:
-        for rec in records + interleaved:
+        for rec in records + interleaved + probe_times:
             f.write(json.dumps(rec) + "\n")
-    results = aggregate(records, interleaved)
+    results = aggregate(records, interleaved, probe_times)
     results.to_csv(args.out / "latest.csv", index=False)
 
     fig3_note = "not run (--no-fig3)"
@@ -241,7 +278,8 @@ def main(argv=None) -> int:
         "steps": f"{args.warmup} warm-up + {args.steps} measured per process, {args.repeats} repeat(s); "
                  f"interleaved: {args.warmup} warm-up + "
                  f"{', '.join(f'{n} ({m})' for m, n in args.rounds.items() if m in args.models)} rounds of "
-                 f"{','.join(args.interleave) or 'none'}",
+                 f"{','.join(args.interleave) or 'none'}; probe vs full: "
+                 + (f"{args.warmup} warm-up + {args.probe_rounds} rounds" if times_probe(args) else "not run"),
         "python / torch": f"{platform.python_version()} / {records[0]['torch']}",
         "benchmark wall time": f"{bench_s:.0f} s (all workers)",
         "Fig. 3 trace": fig3_note,

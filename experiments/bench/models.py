@@ -21,7 +21,9 @@ class Workload:
 
     inputs: a tensor (images ``[batch, 3, H, W]``) or a dict (``input_ids``/``attention_mask``
     ``[batch, tokens]``); labels ``[batch]``. probe_batches: ``(inputs, labels)`` pairs for the
-    gradient probe, each label appearing twice so the contrastive loss has positive pairs.
+    gradient probe, each label appearing twice so the contrastive loss has positive pairs; ViT
+    probe inputs are ``[view1, view2]`` pairs (two views per image, what ``grft.lit``'s probe
+    loader gives an image task), Llama's plain token batches (text has no views).
     floor: the module whose bias the ``floor`` method trains besides the head: the first layer
     of the network (ViT: the patch embedding; Llama: layer 0's ``q_proj``, given a zero bias).
     """
@@ -62,7 +64,7 @@ def build_vit(batch: int, tiny: bool, probe_batches: int, num_classes: int = 100
     g = torch.Generator().manual_seed(seed + 1)
     images = lambda: torch.randn(batch, 3, size, size, generator=g)  # noqa: E731
     labels = torch.randint(0, num_classes, (batch,), generator=g)
-    probes = [(images(), _probe_labels(batch, g)) for _ in range(probe_batches)]
+    probes = [([images(), images()], _probe_labels(batch, g)) for _ in range(probe_batches)]
     name = "ViT-B/16 (tiny)" if tiny else "ViT-B/16"
     return Workload(model, images(), labels, probes, "head", "patch_embed.proj", ("qkv",),
                     f"{name}, {size}x{size}, batch {batch}")

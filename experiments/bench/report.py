@@ -31,7 +31,7 @@ def with_ratios(part: pd.DataFrame) -> pd.DataFrame:
     """Add ``<metric>_x_<reference>`` columns: each method's value over the reference's (same model)."""
     out = part.copy()
     values = part.set_index("method")
-    for metric in ("step_time_s", "step_time_interleaved_s", "peak_mem_mb"):
+    for metric in ("step_time_s", "step_time_interleaved_s", "peak_mem_mb", "whole_run_peak_mb"):
         for ref in REFERENCES:
             known = metric in values.columns and ref in values.index
             out[f"{metric}_x_{ref}"] = part[metric] / values.at[ref, metric] if known else float("nan")
@@ -98,6 +98,33 @@ def memory_table(part: pd.DataFrame) -> str:
     return _markdown(rows)
 
 
+def whole_run_table(part: pd.DataFrame) -> str:
+    """Each phase's peak and the whole run's, and the probe's time in training epochs and full steps."""
+    part = with_ratios(part)
+    rows = []
+    for _, r in part.iterrows():
+        probe_batch = r.get("probe_batch_s")
+        rows.append({
+            "method": r["method"],
+            "build peak MB": _fmt(r.get("build_peak_mb"), 0),
+            "setup + probe peak MB": _fmt(r.get("prepare_peak_mb"), 0),
+            "training peak MB": _fmt(r["peak_mem_mb"], 0),
+            "whole-run peak MB": _fmt(r.get("whole_run_peak_mb"), 0),
+            "whole run ×LoRA": _fmt(r.get("whole_run_peak_mb_x_lora"), 3),
+            "probe s": _fmt(r["probe_s"], 1),
+            "probe s/batch": _fmt(probe_batch, 2),
+            "probe ÷ epoch": _fmt(probe_batch / r["step_time_s"] if probe_batch == probe_batch and probe_batch else None, 2),
+            "probe batch ÷ full step, side by side (p25–p75)": _ratio_spread(r, "probe_batch_x_full_step"),
+        })
+    return _markdown(rows)
+
+
+def _ratio_spread(row: pd.Series, column: str) -> str:
+    if pd.isna(row.get(column)):
+        return "–"
+    return f"{row[column]:.2f} ({row[f'{column}_p25']:.2f}–{row[f'{column}_p75']:.2f})"
+
+
 def device_kind(results: pd.DataFrame) -> str:
     return "cuda" if results["device"].astype(str).str.startswith("cuda").any() else "cpu"
 
@@ -115,6 +142,9 @@ def markdown(results: pd.DataFrame, meta: dict, interleaved: list[dict] = ()) ->
     for model, part in results.groupby("model", sort=False):
         lines += [f"## {part['workload'].iloc[0]}", "", "Time per training step:", "", time_table(part), "",
                   "Memory, state and storage:", "", memory_table(part), ""]
+        if "whole_run_peak_mb" in part.columns:
+            lines += ["The whole run as a user launches it (model build, the method's setup with its probe, "
+                      "training):", "", whole_run_table(part), ""]
     targets = evaluate(results, kind, interleaved)
     lines += [f"## Targets ({kind})", "", "The benchmark's goals, each a ratio measured in this run. Step-time ratios "
               "come from the side-by-side timing where both methods have one (ratio of the medians; "
@@ -143,11 +173,21 @@ HOW_MEASURED = """## How it was measured
   in turn, a change of load hits all of them alike. The step-time targets use these ratios.
 - Peak memory (CPU): `ru_maxrss` of the worker over the training steps; after setup (model build,
   probe, optimizer) glibc hands back what setup freed (`malloc_trim`) and the kernel's high-water
-  mark is reset, for every method alike, so the probe's full-size gradients are not counted
-  (Fig. 3 shows them). `live peak MB`: `ru_maxrss` of one more step after glibc
+  mark is reset, for every method alike, so `peak MB` is training's alone. The whole-run table
+  gives each phase's peak (the high-water mark is also reset after the model build, which frees
+  nothing) and `whole-run peak MB`, the largest of the three: what the run as a user launches it
+  needs, probe included (Fig. 3 shows it over time). `live peak MB`: `ru_maxrss` of one more step after glibc
   is told to map every allocation of 64 KiB or more on its own and to return what is freed at
   once (mallopt): the memory the step's live tensors need, without the allocator's fragmentation.
   GPU: `torch.cuda.max_memory_allocated` over the training steps.
+- Probe: `probe s` is the setup's probe (`grft.select` / `grft.accumulate_gradients`, the
+  low-memory probe: blocks checkpointed, `grft/checkpointing.py`) over `--probe-batches` batches;
+  ViT probe batches hold two views of each image, as `grft.lit`'s probe loader gives them.
+  `probe ÷ epoch`: a probe batch over the method's own training step, i.e. one probe pass over
+  the training set (at the training batch size, the default) in training epochs. `probe batch ÷
+  full step, side by side`: `python -m experiments.bench.probe_time` holds a full fine-tuning
+  model and a GRFT model and times one probe batch and one full step in turn (order reversed every
+  other round); median ratio and the per-round p25–p75.
 - Trainable: entries that can change (GPS: the mask's ones plus biases and head). Adam state: the
   bytes of its `exp_avg` and `exp_avg_sq` tensors after the steps (step counters left out).
 - Adapter: the file each method must keep. GRFT: `grft.save_adapter` (indices int16, slices,

@@ -3,7 +3,8 @@
 Run by the driver (``python -m experiments.bench``) once per pair, so each method's peak memory
 is its own. The process builds the model, lets the method set itself up (its probe, if any, is
 timed as ``probe_s``), builds Adam (weight decay 0), starts a new memory peak, and runs
-``warmup + steps`` training steps on one fixed batch. A step is forward + loss + backward + Adam
+``warmup + steps`` training steps on one fixed batch. The peak is measured per phase (model build,
+the method's setup with its probe, training) and over the whole run, as a user launches it. A step is forward + loss + backward + Adam
 step; gradients are released right after each step, for every method alike.
 
     python -m experiments.bench.worker --model vit --method grft_row --steps 5
@@ -151,13 +152,16 @@ def run(args: argparse.Namespace) -> dict:
     mark("build")
     work, total_params, inputs, labels = build_workload(args, device)
     log(f"{tag}: {work.describe}, {total_params / 1e6:.1f}M parameters")
+    build_peak = memory.peak_mb()
+    # Only the high-water mark restarts here (nothing is freed): the next peak is the setup's.
+    memory.reset()
 
     mark("probe")
     trainable = prepare(args.method, work, args.k, sync)
     optimizer = torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0)
     trainable_params = trainable.moving if trainable.moving is not None else sum(p.numel() for p in trainable.params)
     gc.collect()
-    setup_peak = memory.peak_mb()
+    prepare_peak = memory.peak_mb()
     trim_allocator()
     peak_reset = memory.reset()
 
@@ -172,6 +176,8 @@ def run(args: argparse.Namespace) -> dict:
             cpu.append(cpu_seconds)
         log(f"{tag}: step {i + 1}/{args.warmup + args.steps} {seconds:.2f}s" + (" (warm-up)" if i < args.warmup else ""))
     peak = memory.peak_mb()
+    # Where a reset failed the later peak already includes the earlier phases: the maximum holds either way.
+    whole_run_peak = max(build_peak, prepare_peak, peak)
     if sampler:
         sampler.stop()
         sampler.write(args.trace, args.method)
@@ -190,12 +196,17 @@ def run(args: argparse.Namespace) -> dict:
         "optimizer_state_mb": state_bytes / MB,
         "adapter_mb": adapter_bytes / MB,
         "probe_s": trainable.probe_s,
+        "probe_batches": args.probe_batches if trainable.probe_s else 0,
+        "probe_batch_s": trainable.probe_s / args.probe_batches if trainable.probe_s else None,
+        "build_peak_mb": build_peak,
+        "prepare_peak_mb": prepare_peak,
+        "whole_run_peak_mb": whole_run_peak,
         "device": devices.describe(device),
         "step_time_p25": quartiles[0],
         "step_time_p75": quartiles[2],
         "step_cpu_s": statistics.median(cpu),
         "live_peak_mb": live_peak,
-        "setup_peak_mb": setup_peak,
+        "setup_peak_mb": max(build_peak, prepare_peak),
         "peak_after_setup_reset": peak_reset,
         "mem_source": memory.source,
         "total_params": total_params,

@@ -1,0 +1,71 @@
+"""Where the low-memory probe sums ``H``: one flat buffer, filled as soon as each gradient exists.
+
+Eq. 4 squares ``H`` summed over every probe batch, so one weight-sized sum per matrix must live
+through the whole probe; that is the minimum. What this module avoids is everything around it:
+
+- all sums live in one flat buffer per (device, dtype), allocated before the first batch. Left to
+  autograd, each ``.grad`` is allocated during the first backward pass, between the activations of
+  that pass, and the long-lived gradients pin the allocator's heap in place (on CPU that showed as
+  a few hundred MB of resident memory above the live tensors); one large buffer is mapped apart.
+- each weight's per-batch gradient is added into its sum by a post-accumulate-grad hook the moment
+  autograd has produced it, and released there, so no second weight-sized copy waits for the
+  end of the backward pass.
+- under torch.distributed the sum over ranks is one ``all_reduce`` per buffer, not one per matrix.
+
+The sum is taken in the weight's dtype promoted to at least float32. For float32 and float64
+weights that is exactly autograd's own accumulation (``grad += new``, the same additions in the
+same order), so ``H`` equals the plain probe's bit for bit; half-precision weights, whose plain
+``.grad`` would be summed in half precision, are summed in float32 here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class FlatAccumulator:
+    """Sums each weight's gradient into a view of a flat buffer; use as a context manager."""
+
+    def __init__(self, weights: dict[str, nn.Parameter]):
+        groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+        for name, w in weights.items():
+            groups.setdefault((w.device, torch.promote_types(w.dtype, torch.float32)), []).append(name)
+        self.buffers: list[torch.Tensor] = []
+        self.sums: dict[str, torch.Tensor] = {}
+        for (device, dtype), names in groups.items():
+            flat = torch.zeros(sum(weights[n].numel() for n in names), dtype=dtype, device=device)
+            offset = 0
+            for n in names:
+                size = weights[n].numel()
+                self.sums[n] = flat[offset:offset + size].view(weights[n].shape)
+                offset += size
+            self.buffers.append(flat)
+        self.sums = {n: self.sums[n] for n in weights}  # the caller's order
+        self._weights = weights
+        self._handles = []
+
+    def __enter__(self) -> "FlatAccumulator":
+        for name, w in self._weights.items():
+            self._handles.append(w.register_post_accumulate_grad_hook(self._adder(self.sums[name])))
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    @staticmethod
+    def _adder(total: torch.Tensor):
+        def add(weight: torch.Tensor) -> None:
+            total.add_(weight.grad)
+            weight.grad = None
+
+        return add
+
+    def all_reduce(self) -> None:
+        """Sum every buffer over the ranks of the default process group."""
+        for flat in self.buffers:
+            dist.all_reduce(flat)
