@@ -31,9 +31,9 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         tensors[f"{name}.grft_delta"] = layer.grft_delta
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias
-    head = model.get_submodule(state.arch.head)
-    for pname, p in head.named_parameters(recurse=False):
-        tensors[f"{state.arch.head}.{pname}"] = p
+    for head in state.arch.heads:
+        for pname, p in model.get_submodule(head).named_parameters():
+            tensors[f"{head}.{pname}"] = p
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
@@ -74,7 +74,7 @@ def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None =
     tensors = load_file(str(path))
     config = GRFTConfig.from_dict(meta["config"])
     arch = arch or detect_architecture(model)
-    if arch.head != meta["head"]:
+    if arch.head != Architecture(head=meta["head"], blocks=()).head:  # a list in the file when several
         raise ValueError(f"the adapter's head is {meta['head']!r}, this model's is {arch.head!r}; pass arch=grft.Architecture(...)")
     layers = {
         name: LayerSelection(tensors[f"{name}.grft_index"].long(), tuple(shape)) for name, shape in meta["shapes"].items()
