@@ -1,8 +1,9 @@
 """A tuned model's own tensors in one small safetensors file, and loading them onto a fresh base.
 
 The file holds, per sliced matrix, its indices and its delta (``W - W_pre`` on the slice), the
-eligible layers' biases, and the head; plus the config as metadata. No full weight matrix of the
-base model is ever written, so the file is a fraction of a percent of a checkpoint.
+eligible layers' biases, the head, and BatchNorm running statistics (training in train mode moves
+them: ResNet, EfficientNet); plus the config as metadata. No full weight matrix of the base model
+is ever written, so the file is a fraction of a percent of a checkpoint.
 """
 
 from __future__ import annotations
@@ -34,7 +35,19 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for head in state.arch.heads:
         for pname, p in model.get_submodule(head).named_parameters():
             tensors[f"{head}.{pname}"] = p
+    tensors.update(running_statistics(model))
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The BatchNorm buffers a forward in train mode updates (frozen weights, moving statistics)."""
+    return {
+        f"{name}.{b}" if name else b: buffer
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for b, buffer in module.named_buffers(recurse=False)
+        if buffer is not None
+    }
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
@@ -81,7 +94,7 @@ def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None =
     }
     attach(model, Selection(config.selection, config.k, layers), config, arch)
     own = {n: t for n, t in tensors.items() if not n.endswith(".grft_index")}
-    params = dict(model.named_parameters())
+    params = {**dict(model.named_parameters()), **running_statistics(model)}
     with torch.no_grad():
         for name, value in own.items():
             if name not in params:
