@@ -10,6 +10,7 @@ layers with the base's state-dict keys and the same outputs.
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -40,9 +41,18 @@ HEADS = {
 }
 
 
-def build(family: str, seed: int = 0):
-    """A tiny random model and a labelled batch for it (labels repeat: the SCL probe needs pairs)."""
-    torch.manual_seed(seed)
+def build(family: str):
+    """A tiny random model and a labelled batch for it (labels repeat: the SCL probe needs pairs).
+
+    Built once per family (rows and columns share it); every caller gets its own copy.
+    """
+    model, batch = _build(family)
+    return copy.deepcopy(model), batch
+
+
+@functools.lru_cache(maxsize=None)
+def _build(family: str):
+    torch.manual_seed(0)
     source, name = family.split("-", 1)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     if source == "timm":
