@@ -231,8 +231,9 @@ def _has_parameters(module: nn.Module) -> bool:
 
 def _timm_architecture(model: nn.Module) -> Architecture:
     classifier = model.get_classifier()
-    head = _name_of(model, classifier) if isinstance(classifier, nn.Module) else None
-    if not head or not _has_parameters(classifier):
+    parts = classifier if isinstance(classifier, (tuple, list)) else (classifier,)  # distilled: (head, head_dist)
+    heads = tuple(_name_of(model, c) for c in parts if isinstance(c, nn.Module) and _has_parameters(c))
+    if not heads or None in heads:
         raise ValueError(
             f"the timm model {type(model).__name__} has no classifier (created with num_classes=0?); "
             "create it with num_classes=<classes> or pass grft.Architecture(head=..., blocks=...)"
@@ -240,8 +241,8 @@ def _timm_architecture(model: nn.Module) -> Architecture:
     first_conv = model.pretrained_cfg.get("first_conv")
     modules = dict(model.named_modules())
     stem = (first_conv,) if isinstance(first_conv, str) and first_conv in modules else ()
-    arch = Architecture(head=head, blocks=(), stem=stem)
-    return Architecture(head=head, blocks=_repeated_blocks(model, arch), stem=stem)
+    arch = Architecture(head=heads, blocks=(), stem=stem)
+    return Architecture(head=heads, blocks=_repeated_blocks(model, arch), stem=stem)
 
 
 def _transformers_architecture(model: nn.Module) -> Architecture:
