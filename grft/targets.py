@@ -304,9 +304,10 @@ def _blocks_of_classes(model: nn.Module, classes: set[str]) -> Names:
 
 
 def _repeated_blocks(model: nn.Module, arch: Architecture) -> Names:
-    """The children of the innermost ModuleLists/Sequentials of same-class composite modules that hold
-    eligible layers, outside head and stem: a ViT's blocks, each stage's blocks of a Swin, ConvNeXt,
-    ResNet or EfficientNet."""
+    """The children of the innermost ModuleLists/Sequentials of same-class composite modules that
+    hold eligible layers, outside head and stem: a ViT's blocks, each stage's blocks of a Swin,
+    ConvNeXt, ResNet or EfficientNet.
+    """
     outer = list(arch.heads) + list(arch.stem)
     found: list[str] = []
     for name, module in model.named_modules():
@@ -318,7 +319,7 @@ def _repeated_blocks(model: nn.Module, arch: Architecture) -> Names:
         if not all(any(is_eligible(x) for x in m.modules()) and len(list(m.children())) > 0 for _, m in children):
             continue
         names = [f"{name}.{c}" if name else c for c, _ in children]
-        found = [f for f in found if not any(f == n or f.startswith(n + ".") for n in names)]  # keep innermost
+        # Modules come parents first: an inner list's blocks replace the entry of the block holding it.
         found = [f for f in found if not any(n.startswith(f + ".") for n in names)]
         found.extend(names)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
