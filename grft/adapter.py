@@ -1,8 +1,9 @@
 """A tuned model's own tensors in one small safetensors file, and loading them onto a fresh base.
 
 The file holds, per sliced matrix, its indices and its delta (``W - W_pre`` on the slice), the
-eligible layers' biases, and the head; plus the config as metadata. No full weight matrix of the
-base model is ever written, so the file is a fraction of a percent of a checkpoint.
+eligible layers' biases, the head, and BatchNorm running statistics (training in train mode moves
+them: ResNet, EfficientNet); plus the config as metadata. No full weight matrix of the base model
+is ever written, so the file is a fraction of a percent of a checkpoint.
 
 The metadata also holds a checksum of the tensors and a fingerprint of the base model (every
 eligible matrix's shape, and a few of its pre-trained values), so ``load_adapter`` checks the file
@@ -24,8 +25,8 @@ from torch import nn
 from .config import GRFTConfig
 from .files import as_new_file
 from .layers import slice_shape
-from .selection import LayerSelection, Selection, as_matrix, check_k, compact_index
-from .targets import Architecture, detect_architecture, eligible_layers
+from .selection import LayerSelection, Selection, check_k, compact_index
+from .targets import Architecture, detect_architecture, eligible_layers, weight_matrix
 from .tuner import attach, sliced_layers, state_of
 
 FORMAT = "grft-adapter"
@@ -79,10 +80,22 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         tensors[f"{name}.grft_delta"] = layer.grft_delta
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias
-    head = model.get_submodule(state.arch.head)
-    for pname, p in head.named_parameters(recurse=False):
-        tensors[f"{state.arch.head}.{pname}"] = p
+    for head in state.arch.heads:
+        for pname, p in model.get_submodule(head).named_parameters():
+            tensors[f"{head}.{pname}"] = p
+    tensors.update(running_statistics(model))
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The BatchNorm buffers a forward in train mode updates (frozen weights, moving statistics)."""
+    return {
+        f"{name}.{b}" if name else b: buffer
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for b, buffer in module.named_buffers(recurse=False)
+        if buffer is not None
+    }
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
@@ -140,12 +153,12 @@ def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None =
     if getattr(model, "grft_state", None) is not None:
         raise ValueError("model already has GRFT layers attached; load the adapter onto a fresh base model")
     arch = arch or detect_architecture(model)
-    if arch.head != meta["head"]:
+    if arch.head != Architecture(head=meta["head"], blocks=()).head:  # a list in the file when several
         raise AdapterMismatch(f"the adapter's head is {meta['head']!r}, this model's is {arch.head!r}; "
                               "pass arch=grft.Architecture(...)")
     layers = check_fits(path, meta, tensors, model, arch, config)
     attach(model, Selection(config.selection, config.k, layers), config, arch)
-    params = dict(model.named_parameters())
+    params = {**dict(model.named_parameters()), **running_statistics(model)}
     with torch.no_grad():
         for name, value in tensors.items():
             if not name.endswith(".grft_index"):
@@ -168,7 +181,7 @@ def check_integrity(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) ->
 def check_fits(path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: nn.Module, arch: Architecture,
                config: GRFTConfig) -> dict[str, LayerSelection]:
     """Every tensor has its place and shape in ``model``, and ``model`` is the base it was trained on."""
-    eligible = {name: tuple(as_matrix(layer.weight).shape) for name, layer in eligible_layers(model, arch).items()}
+    eligible = {name: tuple(weight_matrix(layer).shape) for name, layer in eligible_layers(model, arch, config).items()}
     saved = {name: tuple(shape) for name, shape in meta["shapes"].items()}
     missing, unknown = sorted(set(eligible) - set(saved)), sorted(set(saved) - set(eligible))
     differ = [f"{n} {saved[n]} vs {eligible[n]}" for n in saved if n in eligible and saved[n] != eligible[n]]
@@ -180,7 +193,7 @@ def check_fits(path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: 
         )
     modules = dict(model.named_modules())
     for name, values in (meta.get("base_samples") or {}).items():
-        matrix = as_matrix(modules[name].weight).detach().reshape(-1)
+        matrix = weight_matrix(modules[name]).detach().reshape(-1)
         here = matrix[sample_positions(matrix.numel())].float().cpu()
         if not torch.allclose(here, torch.tensor(values, dtype=torch.float32), rtol=SAMPLE_RTOL, atol=1e-6):
             raise AdapterMismatch(
@@ -202,10 +215,9 @@ def check_fits(path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: 
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= side):
             raise AdapterMismatch(f"{path}: {name} has indices outside 0..{side - 1}")
         layers[name] = LayerSelection(index.long(), shape)
-    params = dict(model.named_parameters())
-    head = model.get_submodule(arch.head)
+    params = {**dict(model.named_parameters()), **running_statistics(model)}
     needed = [f"{n}.bias" for n in saved if getattr(modules[n], "bias", None) is not None]
-    needed += [f"{arch.head}.{p}" for p, _ in head.named_parameters(recurse=False)]
+    needed += [f"{head}.{p}" for head in arch.heads for p, _ in model.get_submodule(head).named_parameters()]
     absent = [n for n in needed if n not in tensors]
     if absent:
         raise AdapterMismatch(f"{path} lacks {absent[:3]}; the file is incomplete or from another model")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
-from typing import Union
+from typing import Optional, Union
 
 SELECTIONS = ("row", "column", "sparse")
 NORMS = ("l2", "l1", "none")
@@ -25,6 +26,10 @@ class GRFTConfig:
         part with the smallest loss (paper §4.4.6; 1 = use every batch).
     temperature: of the supervised contrastive probe loss (Khosla et al. 2020).
     seed: seeds the random split into subsets.
+    target_modules / exclude_modules: narrow the eligible layers, with peft's rules: a string is a
+        regex the whole module name must match, a list holds names or name suffixes
+        (``["q_proj", "v_proj"]``). ``None``: every eligible layer (the paper's setting). The head
+        always trains in full and is never a target.
     """
 
     k: int = 1
@@ -35,6 +40,8 @@ class GRFTConfig:
     subsets: int = 1
     temperature: float = 0.07
     seed: int = 0
+    target_modules: Optional[Union[str, tuple[str, ...]]] = None
+    exclude_modules: Optional[Union[str, tuple[str, ...]]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -52,6 +59,8 @@ class GRFTConfig:
             raise ValueError(f"subsets must be a whole number >= 1, got {self.subsets!r}")
         if not float(self.temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        for key in ("target_modules", "exclude_modules"):
+            object.__setattr__(self, key, parse_module_patterns(key, getattr(self, key)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,3 +86,19 @@ def parse_regular_layers(value: RegularLayers) -> RegularLayers:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"regular_layers must be a whole number >= 0 or 'all', got {value!r}")
     return value
+
+
+def parse_module_patterns(key: str, value):
+    """A regex string (checked here) or a list of names/suffixes, kept as a tuple; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"{key}={value!r} is not a valid regular expression ({err})") from None
+        return value
+    names = tuple(value)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{key} must be a regex string or a non-empty list of module names, got {value!r}")
+    return names

@@ -1,4 +1,4 @@
-"""Slice-trainable Linear and Conv2d: the frozen layer plus a trainable slice ``delta``.
+"""Slice-trainable Linear, Conv2d and Conv1D: the frozen layer plus a trainable slice ``delta``.
 
 Why a custom autograd function: the layer must cost one matmul forward and no full-size weight
 gradient backward. Before each forward the slice ``base + delta`` is written into the frozen weight
@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from .selection import as_matrix
+from .targets import is_conv1d
 
 # Rows of the sparse slice gradient computed per block: bounds its transient to this many rows of W.
 SPARSE_BLOCK_ROWS = 256
@@ -256,7 +257,7 @@ class SlicedLayer:
         self.grft_kind = kind
         self.grft_probing = False
         weight = self.weight
-        shape = tuple(as_matrix(weight).shape)
+        shape = tuple(self.matrix.shape)
         if index is None:
             index = placeholder_index(kind, k, shape, weight.device)
             selected = False
@@ -264,7 +265,7 @@ class SlicedLayer:
             selected = True
         index = index.to(device=weight.device, dtype=torch.long)
         self.register_buffer("grft_index", index.clone())
-        self.register_buffer("grft_base", read_slice(as_matrix(weight), kind, index).detach().clone())
+        self.register_buffer("grft_base", read_slice(self.matrix, kind, index).detach().clone())
         self.register_buffer("grft_selected", torch.tensor(selected, device=weight.device))
         if self.bias is not None:
             self.register_buffer("grft_bias_start", self.bias.detach().clone())
@@ -337,7 +338,38 @@ class SlicedConv2d(SlicedLayer, nn.Conv2d):
         return _SlicedConv2dFn.apply(x, self.grft_delta, self.bias, self.weight, self.grft_index, self.grft_kind, geometry)
 
 
+class SlicedConv1D(SlicedLayer, nn.Module):
+    """transformers' ``Conv1D`` (GPT-2: ``y = x W + b``, weight stored ``[in, out]``) with a slice.
+
+    Its matrix is the transposed view ``W^T [out, in]``, so a row is an output neuron, as for
+    ``nn.Linear``; the product is the Linear one on that view, and merge gives back the ``Conv1D``.
+    """
+
+    grft_transposed = True
+
+    def __init__(self, base: nn.Module, kind: str, k: int, index: torch.Tensor | None = None):
+        nn.Module.__init__(self)
+        self.nf, self.nx = base.nf, base.weight.shape[0]
+        self.weight, self.bias = base.weight, base.bias
+        self._init_slice(base, kind, k, index)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.weight.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grft_probing:
+            return F.linear(x, self.weight.t(), self.bias)
+        self.write_delta()
+        return _SlicedLinearFn.apply(x, self.grft_delta, self.bias, self.weight.t(), self.grft_index, self.grft_kind)
+
+    def extra_repr(self) -> str:
+        return f"nf={self.nf}, nx={self.nx}, grft={self.grft_kind}, k={self.grft_index.shape[-1]}"
+
+
 def make_sliced(layer: nn.Module, kind: str, k: int, index: torch.Tensor | None = None) -> SlicedLayer:
     if isinstance(layer, nn.Conv2d):
         return SlicedConv2d(layer, kind, k, index)
+    if is_conv1d(layer):
+        return SlicedConv1D(layer, kind, k, index)
     return SlicedLinear(layer, kind, k, index)

@@ -25,7 +25,7 @@ def _regular_terms(model: nn.Module, state) -> list[tuple[nn.Module, str, str | 
     if cached is not None:
         return cached
     terms: list[tuple[nn.Module, str, str | None]] = []
-    head_name = state.arch.head
+    heads = list(state.arch.heads)
     for name, module in model.named_modules():
         if not in_prefixes(name, state.regular):
             continue
@@ -33,7 +33,7 @@ def _regular_terms(model: nn.Module, state) -> list[tuple[nn.Module, str, str | 
             terms.append((module, "grft_delta", None))
             if module.bias is not None:
                 terms.append((module, "bias", "grft_bias_start"))
-        elif name == head_name:
+        elif in_prefixes(name, heads):  # every module of a nested head holds its own anchors
             for pname, _ in module.named_parameters(recurse=False):
                 terms.append((module, pname, f"grft_{pname}_start"))
     state.penalty_terms = terms

@@ -24,7 +24,7 @@ from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
 from .layers import SlicedLayer
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
-from .targets import Architecture, detect_architecture, eligible_layers
+from .targets import Architecture, detect_architecture, eligible_layers, layer_matrix, pool_like_the_head, weight_matrix
 
 # loss_fn(model, batch) -> scalar, or None to skip a batch that carries no signal for the probe.
 LossFn = Callable[[nn.Module, object], Optional[torch.Tensor]]
@@ -90,9 +90,11 @@ def scl_probe_loss(arch: Architecture, temperature: float) -> LossFn:
 
     def loss(model: nn.Module, batch: object) -> torch.Tensor:
         inputs, labels = split_batch(batch)
-        captured: list[torch.Tensor] = []
-        head = model.get_submodule(arch.head)
-        handle = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+        captured: list[tuple[torch.Tensor, object]] = []  # (input, output) of each head module, in run order
+        handles = [
+            model.get_submodule(name).register_forward_hook(lambda _m, args, out: captured.append((args[0], out)))
+            for name in arch.heads
+        ]
         try:
             if isinstance(inputs, (list, tuple)):
                 views = list(inputs)
@@ -101,12 +103,15 @@ def scl_probe_loss(arch: Architecture, temperature: float) -> LossFn:
             else:
                 call_model(model, inputs)
         finally:
-            handle.remove()
-        if len(captured) != 1:
+            for handle in handles:
+                handle.remove()
+        if len(captured) != len(arch.heads):
             raise ValueError(f"the head {arch.head!r} ran {len(captured)} times in one forward; expected once")
-        features = captured[0]
+        features, head_output = captured[0]  # the input of the first head module: the pre-head features
         if arch.pool is not None:
             features = arch.pool(features, inputs)
+        else:
+            features = pool_like_the_head(features, head_output, inputs)
         if not has_positive_pair(labels):
             return None  # e.g. a short last batch of distinct labels: nothing to contrast
         return supervised_contrastive_loss(features.flatten(1), labels, temperature)
@@ -210,11 +215,11 @@ def accumulate_gradients(
     price of one more forward pass per batch; half-precision weights are summed in float32.
     """
     arch = arch or detect_architecture(model)
-    layers = eligible_layers(model, arch)
+    layers = eligible_layers(model, arch, config)
     if not layers:
-        raise ValueError("model has no eligible layer (nn.Linear or nn.Conv2d with groups=1 outside the head)")
+        raise ValueError("model has no eligible layer (nn.Linear, nn.Conv2d with groups=1 or Conv1D outside the head)")
     for name, layer in layers.items():
-        check_k(config.selection, config.k, tuple(as_matrix(layer.weight).shape), name)
+        check_k(config.selection, config.k, tuple(weight_matrix(layer).shape), name)
     loss_fn = loss_fn or scl_probe_loss(arch, config.temperature)
     device = next(model.parameters()).device
     with _gradients_on(model, layers):
@@ -292,5 +297,8 @@ def select(
     low_memory: see ``accumulate_gradients``; the selection is the same either way.
     Works on a plain model or on one already attached with placeholder slices.
     """
+    arch = arch or detect_architecture(model)
     grads = accumulate_gradients(model, batches, config, loss_fn, arch, progress, low_memory)
-    return rank_gradients(grads, config)
+    layers = eligible_layers(model, arch, config)
+    # A Conv1D's gradient is stored [in, out] like its weight; rank its output neurons as rows.
+    return rank_gradients({name: layer_matrix(layers[name], g) for name, g in grads.items()}, config)

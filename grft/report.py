@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from .config import GRFTConfig
 from .layers import SlicedLayer, slice_shape
-from .selection import as_matrix, check_k
-from .targets import Architecture, detect_architecture, eligible_layers
+from .selection import check_k
+from .targets import Architecture, detect_architecture, eligible_layers, left_out_layers, weight_matrix
 
 
 @dataclass(frozen=True)
 class ParamReport:
+    """``left_out``: layers with a weight matrix that GRFT leaves frozen, each with the reason
+    (grouped/depthwise convolutions, embeddings, layers outside ``target_modules``...)."""
+
     trainable: int
     total: int
+    left_out: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def percent(self) -> float:
@@ -37,16 +41,18 @@ def param_report(model: nn.Module, config: GRFTConfig | None = None, arch: Archi
     ``config`` and counts what ``attach`` would train: slices + eligible biases + head. Works on the
     meta device, so the paper-size models need no memory.
     """
+    state = getattr(model, "grft_state", None)
     if any(isinstance(m, SlicedLayer) for m in model.modules()):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return ParamReport(trainable, base_parameter_count(model))
+        left_out = left_out_layers(model, state.arch, state.config) if state is not None else {}
+        return ParamReport(trainable, base_parameter_count(model), left_out)
     if config is None:
         raise ValueError("param_report on a model without GRFT layers needs the GRFTConfig it would use")
     arch = arch or detect_architecture(model)
-    trainable = sum(p.numel() for p in model.get_submodule(arch.head).parameters())
-    for name, layer in eligible_layers(model, arch).items():
-        shape = tuple(as_matrix(layer.weight).shape)
+    trainable = sum(p.numel() for head in arch.heads for p in model.get_submodule(head).parameters())
+    for name, layer in eligible_layers(model, arch, config).items():
+        shape = tuple(weight_matrix(layer).shape)
         check_k(config.selection, config.k, shape, name)
         rows, cols = slice_shape(config.selection, config.k, shape)
         trainable += rows * cols + (layer.bias.numel() if layer.bias is not None else 0)
-    return ParamReport(trainable, base_parameter_count(model))
+    return ParamReport(trainable, base_parameter_count(model), left_out_layers(model, arch, config))

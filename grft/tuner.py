@@ -1,7 +1,8 @@
 """Turn a model into a GRFT-tuned one (``attach``), fill in a selection later, and ``merge`` back.
 
 ``attach`` swaps each eligible layer for its slice-trainable version, freezes every base weight,
-and leaves trainable exactly: the slices, the biases of eligible layers, and the head. It records
+and leaves trainable exactly: the slices, the biases of eligible layers, and the head (every
+parameter of every head module, nested ones included). It records
 what the penalty needs (the regular set and the anchors of biases and head) on the model itself,
 so a checkpoint of the model is a checkpoint of the whole GRFT state.
 """
@@ -15,11 +16,8 @@ from torch import nn
 
 from .config import GRFTConfig
 from .layers import SlicedLayer, make_sliced
-from .selection import Selection, as_matrix, check_k
-from .targets import Architecture, detect_architecture, eligible_layers, regular_prefixes
-
-HEAD_ANCHORS = ("grft_weight_start", "grft_bias_start")
-
+from .selection import Selection, check_k
+from .targets import Architecture, detect_architecture, eligible_layers, regular_prefixes, weight_matrix
 
 @dataclass
 class GRFTState:
@@ -57,14 +55,14 @@ def attach(model: nn.Module, selection: Selection | None, config: GRFTConfig, ar
     if getattr(model, "grft_state", None) is not None:
         raise ValueError("model already has GRFT layers attached; merge it or start from a fresh model")
     arch = arch or detect_architecture(model)
-    layers = eligible_layers(model, arch)
+    layers = eligible_layers(model, arch, config)
     if not layers:
-        raise ValueError("model has no eligible layer (nn.Linear or nn.Conv2d with groups=1 outside the head)")
+        raise ValueError("model has no eligible layer (nn.Linear, nn.Conv2d with groups=1 or Conv1D outside the head)")
     regular = regular_prefixes(model, arch, config.regular_layers)
     if selection is not None:
         _check_selection_fits(selection, layers, config)
     for name, layer in layers.items():
-        check_k(config.selection, config.k, tuple(as_matrix(layer.weight).shape), name)
+        check_k(config.selection, config.k, tuple(weight_matrix(layer).shape), name)
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -74,12 +72,17 @@ def attach(model: nn.Module, selection: Selection | None, config: GRFTConfig, ar
         if sliced.bias is not None:
             sliced.bias.requires_grad_(True)
         _set_submodule(model, name, sliced)
-    head = model.get_submodule(arch.head)
-    for pname, p in list(head.named_parameters(recurse=False)):
-        p.requires_grad_(True)
-        head.register_buffer(f"grft_{pname}_start", p.detach().clone())
+    for module in head_modules(model, arch):
+        for pname, p in list(module.named_parameters(recurse=False)):
+            p.requires_grad_(True)
+            module.register_buffer(f"grft_{pname}_start", p.detach().clone())
     model.grft_state = GRFTState(config, arch, regular)
     return model
+
+
+def head_modules(model: nn.Module, arch: Architecture) -> list[nn.Module]:
+    """Every module inside the head(s): a nested head (RoBERTa's dense + out_proj) trains whole."""
+    return [m for name in arch.heads for m in model.get_submodule(name).modules()]
 
 
 def _check_selection_fits(selection: Selection, layers: dict[str, nn.Module], config: GRFTConfig) -> None:
@@ -92,7 +95,7 @@ def _check_selection_fits(selection: Selection, layers: dict[str, nn.Module], co
     if missing or extra:
         raise ValueError(f"selection does not match the model's eligible layers (missing: {missing[:5]}, unknown: {extra[:5]})")
     for name, layer in layers.items():
-        shape = tuple(as_matrix(layer.weight).shape)
+        shape = tuple(weight_matrix(layer).shape)
         if tuple(selection[name].shape) != shape:
             raise ValueError(f"selection for {name} is for a {selection[name].shape} matrix, the model's is {shape}")
 
@@ -130,9 +133,8 @@ def merge(model: nn.Module) -> nn.Module:
     state = state_of(model)
     for name, layer in sliced_layers(model).items():
         _set_submodule(model, name, layer.unwrap())
-    head = model.get_submodule(state.arch.head)
-    for anchor in HEAD_ANCHORS:
-        if anchor in head._buffers:
-            del head._buffers[anchor]
+    for module in head_modules(model, state.arch):
+        for anchor in [b for b in module._buffers if b.startswith("grft_") and b.endswith("_start")]:
+            del module._buffers[anchor]
     del model.grft_state
     return model

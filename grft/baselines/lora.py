@@ -88,7 +88,7 @@ def lora_tensors(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     tensors = dict(get_peft_model_state_dict(model))
-    for pname, p in model.get_submodule(head).named_parameters(recurse=False):
+    for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
         tensors[f"{head}.{pname}"] = p
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 

@@ -37,6 +37,8 @@ class Method:
     name = "base"
     # Top-level GRFT keys this method reads; the others are left out of its run key and record.
     grft_keys: tuple[str, ...] = ()
+    # Whether the method handles a head made of several modules (DistilBERT, DeBERTa-v2).
+    several_head_modules = False
 
     def __init__(self, settings: MethodSettings):
         self.settings = settings
@@ -48,6 +50,11 @@ class Method:
 
         Runs in ``configure_model``: before the optimizer exists, before any data is seen.
         """
+        if len(bundle.arch.heads) > 1 and not self.several_head_modules:
+            raise ValueError(
+                f"method {self.name} trains a head of one module, but this model's head is {list(bundle.arch.heads)}: "
+                "use method=grft, or pass an Architecture whose head is one module"
+            )
         self.base_parameter_count = sum(p.numel() for p in bundle.model.parameters())
         self.arch = bundle.arch
         return self.configure(bundle)

@@ -160,7 +160,7 @@ def save_gps(model: nn.Module, path: str | Path, head: str) -> Path:
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias
         shapes[name] = list(layer.weight.shape)
-    for pname, p in model.get_submodule(head).named_parameters(recurse=False):
+    for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
         tensors[f"{head}.{pname}"] = p
     meta = {"format": FORMAT, "head": head, "shapes": shapes}
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata={"grft": json.dumps(meta)})

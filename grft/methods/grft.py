@@ -8,7 +8,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from ..adapter import save_adapter
+from ..adapter import running_statistics, save_adapter
 from ..penalty import penalty
 from ..probe import select
 from ..tuner import apply_selection, attach, has_selection
@@ -19,6 +19,7 @@ from .base import Method, NoOptions, Progress
 class GRFTMethod(Method):
     name = "grft"
     grft_keys = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+    several_head_modules = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
@@ -42,4 +43,4 @@ class GRFTMethod(Method):
     def checkpoint_keys(self, model: nn.Module) -> set[str]:
         keys = super().checkpoint_keys(model)
         keys |= {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1].startswith("grft_")}
-        return keys
+        return keys | set(running_statistics(model))

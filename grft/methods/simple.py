@@ -12,6 +12,7 @@ class FullMethod(Method):
     """Full fine-tuning: every parameter trains."""
 
     name = "full"
+    several_head_modules = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
@@ -26,11 +27,13 @@ class LinearMethod(Method):
     """Linear probing: only the new head trains."""
 
     name = "linear"
+    several_head_modules = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
         freeze_all(bundle.model)
-        unfreeze(bundle.model.get_submodule(bundle.arch.head))
+        for head in bundle.arch.heads:
+            unfreeze(bundle.model.get_submodule(head))
         return bundle.model
 
 

@@ -1,4 +1,5 @@
-"""Models by family, built from their Hydra config: timm ViTs, Hugging Face Llamas, the digits ViT.
+"""Models by family, built from their Hydra config: timm ViTs, Hugging Face Llamas, the digits ViT,
+and any timm or transformers classifier (``timm``, ``hf``).
 
 ``build_model(model_cfg, num_classes, pretrained=..., tiny=...)`` dispatches on
 ``model_cfg["family"]`` to ``grft.models.<family>.build``. ``tiny=True`` builds a small random
@@ -20,6 +21,8 @@ FAMILIES = {
     "vit": "grft.models.vit",
     "llama": "grft.models.llama",
     "digits_vit": "grft.models.digits",
+    "timm": "grft.models.timm_classifier",
+    "hf": "grft.models.hf",
 }
 
 
