@@ -153,7 +153,11 @@ def test_non_numbers_name_their_key(tmp_path, args, expected):
 def test_a_failed_job_is_recorded_and_the_rest_of_the_multirun_still_runs(tmp_path):
     data = tmp_path / "no_data"
     proc = cli(tmp_path / "runs", "dataset=cub,digits", f"data_dir={data}", multirun=True)   # cub first: it fails
-    assert proc.returncode != 0 and "JobFailed" in proc.stderr
+    assert proc.returncode == 1 and "error: 1 of the multirun's runs failed" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "this multirun wrote 2 records:" in proc.stdout
+    cub_line = next(line for line in proc.stdout.splitlines() if "cub/grft seed=0" in line)
+    assert ": failed: DataMissingError: cub:" in cub_line
     records = {json.loads(p.read_text())["task"]: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")}
     assert set(records) == {"cub", "digits"}
     assert records["digits"]["done"] is True and records["digits"]["status"] == "done"

@@ -47,6 +47,8 @@ def test_submitit_local_sweep_finishes_with_one_record_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in tmp_path.rglob("record.json")]
     assert sorted(r["k"] for r in records) == [1, 2] and all(r["done"] for r in records)
+    # The jobs print into their own logs; the launching terminal still gets one line per run.
+    assert "this multirun wrote 2 records:" in proc.stdout and proc.stdout.count("digits/grft seed=0 row") == 2
 
 
 RESUME_ARGS = ("debug=smoke", "baselines=null", "epochs=6", "trainer.limit_train_batches=4", "selection=row")

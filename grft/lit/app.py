@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .lock import RunLocked
 from .runner import run_task
 from .settings import ConfigError, run_key
+from .sweep_summary import current_multirun
 
 log = logging.getLogger("grft")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -77,9 +78,10 @@ def in_multirun() -> bool:
 def main(cfg: DictConfig, run_dir: Path) -> dict:
     """One run and its baselines. Alone, an error ends the process (status 2, one line for a user error).
 
-    In a multirun the failed job's record says ``failed`` and the job raises ``JobFailed``: Hydra's
-    launchers (basic and submitit) catch an ``Exception`` per job, run the remaining jobs, and then
-    end the whole multirun with status 1. (``sys.exit`` here would stop the basic launcher's sweep.)
+    In a multirun the failed job's record says ``failed``, the error is printed, and the job returns
+    so the launcher runs the remaining jobs (``sys.exit`` here would stop the basic launcher's
+    sweep); ``SweepSummary`` then ends the multirun with status 1. Without that callback the job
+    raises ``JobFailed``, which Hydra's launchers also collect and turn into status 1 at the end.
     """
     multirun = in_multirun()
     try:
@@ -99,7 +101,11 @@ def main(cfg: DictConfig, run_dir: Path) -> dict:
         if not user_error:
             log.exception("run %s failed", run_dir)
         print(f"error: {err}", file=sys.stderr)
-        raise JobFailed(f"{run_dir} failed and says why in its record.json: {err}") from None
+        if current_multirun() is None and not isinstance(err, RunLocked):
+            raise JobFailed(f"{run_dir} (its record.json says failed, with this error): {err}") from None
+        if isinstance(err, RunLocked):
+            raise JobFailed(f"{run_dir}: {err}") from None  # no record of ours to say so: fail the job itself
+        return {}
     if len(records) > 1 and all(records):
         print_comparison(records)
     return record

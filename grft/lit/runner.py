@@ -31,6 +31,7 @@ from .module import FineTuneModule
 from .progress import rich_progress
 from .resources import ResourceMonitor
 from .settings import ConfigError, check_numbers, method_settings, train_settings
+from .sweep_summary import current_multirun
 
 log = logging.getLogger("grft")
 
@@ -115,6 +116,7 @@ def identity_facts(cfg: DictConfig) -> dict:
         "tags": OmegaConf.to_container(cfg.tags, resolve=True),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "code": code_facts(),
+        "multirun": current_multirun(),
     }
 
 
@@ -124,7 +126,7 @@ def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> N
         facts = identity_facts(cfg)
     except Exception:  # noqa: BLE001 - the error may be in the very values the facts read
         facts = {"task": str(cfg.dataset.get("name")), "method": str(cfg.method.get("name")), "seed": cfg.get("seed"),
-                 "config": OmegaConf.to_container(cfg, resolve=False)}
+                 "config": OmegaConf.to_container(cfg, resolve=False), "multirun": current_multirun()}
     from ..results.records import CorruptRecord, archive_record
     from .lifecycle import read_launches
 
