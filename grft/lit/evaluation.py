@@ -64,8 +64,12 @@ def describe(protocol: Protocol, ema: bool, total_epochs: Optional[int] = None) 
     """One line: which number 'ours' is (rendered tables, dry runs)."""
     when = "best epoch's" if protocol.report == "best" else "final"
     model = "EMA" if protocol.report_model == "ema" else ("raw (not EMA)" if ema else "raw")
-    cadence = (f"test split evaluated every {protocol.test_every} epoch" + ("s" if protocol.test_every > 1 else "")
-               if protocol.test_every else "test split evaluated after training")
+    if protocol.test_every == 1:
+        cadence = "test split evaluated after every epoch"
+    elif protocol.test_every:
+        cadence = f"test split evaluated every {protocol.test_every} epochs and after the last"
+    else:
+        cadence = "test split evaluated after training"
     span = f"{total_epochs} epochs, " if total_epochs else ""
     return f"{when} test accuracy of the {model} model ({span}{cadence}; protocol={protocol.name})"
 

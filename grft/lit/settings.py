@@ -143,3 +143,11 @@ def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
         seed=int(cfg.seed),
         metrics=metrics,
     )
+
+
+def reported_statistic(cfg: DictConfig) -> str:
+    """In words, the number a run of ``cfg`` reports (what a rendered table's 'ours' holds)."""
+    from .evaluation import describe
+
+    protocol = protocol_settings(cfg)
+    return describe(protocol, cfg.augment.ema is not None, protocol.total_epochs(int(cfg.epochs)))
