@@ -156,6 +156,7 @@ class FineTuneModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.method.before_optimizer_step(self.model)
+        self.method.decay(self.model, optimizer, self.settings.weight_decay, self.settings.optimizer == "adamw")
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
@@ -206,13 +207,7 @@ class FineTuneModule(L.LightningModule):
     def configure_optimizers(self):
         s = self.settings
         self.method.check_training(s)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"method {self.method.name} left no parameter trainable")
-        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-        if s.optimizer not in optimizers:
-            raise ValueError(f"optimizer must be one of {', '.join(optimizers)}; got {s.optimizer!r}")
-        optimizer = optimizers[s.optimizer](params, lr=s.lr, weight_decay=s.weight_decay)
+        optimizer = make_optimizer(self.method, self.model, s)
         if s.protocol.schedule == "epoch":
             # Set by on_train_epoch_start; Lightning steps no scheduler of its own.
             self.epoch_schedule = epoch_scheduler(optimizer, s.epochs, s.warmup_epochs, s.protocol)
@@ -242,4 +237,15 @@ class FineTuneModule(L.LightningModule):
         self.curve = list(checkpoint.get("grft_curve", []))
 
 
-__all__ = ["FineTuneModule", "TrainSettings", "warmup_cosine"]
+def make_optimizer(method: Method, model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """Adam or AdamW over the method's parameter groups (the method may take over the decay of some)."""
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if s.optimizer not in optimizers:
+        raise ValueError(f"optimizer must be one of {', '.join(optimizers)}; got {s.optimizer!r}")
+    groups = [g for g in method.optimizer_groups(model, s.weight_decay) if g["params"]]
+    if not groups:
+        raise ValueError(f"method {method.name} left no parameter trainable")
+    return optimizers[s.optimizer](groups, lr=s.lr, weight_decay=s.weight_decay)
+
+
+__all__ = ["FineTuneModule", "TrainSettings", "make_optimizer", "warmup_cosine"]
