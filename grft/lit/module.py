@@ -73,6 +73,8 @@ class FineTuneModule(L.LightningModule):
         names = dict.fromkeys(v.name for v in (*self.val_views, *self.test_views))
         self.metrics = nn.ModuleDict({name: TaskMetrics(num_classes, settings.metrics) for name in names})
         self.curve: list[dict] = []  # one point per epoch the test split was evaluated in training
+        self.eval_seconds = 0.0      # time spent evaluating during training (the cost of protocol.test_every)
+        self._eval_started: Optional[float] = None
         self.epoch_schedule = None
         self.mixup = self._make_mixup()
         # Checkpoints keep only what training changes; frozen weights are rebuilt from the config.
@@ -180,12 +182,17 @@ class FineTuneModule(L.LightningModule):
             self.metrics[view.name].reset()
         return values
 
+    def on_validation_epoch_start(self):
+        self._eval_started = time.perf_counter()
+
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._evaluate(batch, self.val_views[dataloader_idx])
 
     def on_validation_epoch_end(self):
         values = self._log_metrics(self.val_views)
         self._use_ema(False)
+        if self._eval_started is not None and not self.trainer.sanity_checking:
+            self.eval_seconds += time.perf_counter() - self._eval_started
         tested = {k: v for k, v in values.items() if k.startswith("test")}
         if tested and not self.trainer.sanity_checking:
             self.curve = [p for p in self.curve if p["epoch"] != self.current_epoch] + [
@@ -229,12 +236,14 @@ class FineTuneModule(L.LightningModule):
             checkpoint["grft_ema"] = self.ema.state_dict()
         checkpoint["grft_probe_s"] = self.probe_seconds
         checkpoint["grft_curve"] = self.curve
+        checkpoint["grft_eval_s"] = self.eval_seconds
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.ema is not None and "grft_ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["grft_ema"])
         self.probe_seconds = checkpoint.get("grft_probe_s")
         self.curve = list(checkpoint.get("grft_curve", []))
+        self.eval_seconds = float(checkpoint.get("grft_eval_s", 0.0))
 
 
 def make_optimizer(method: Method, model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
