@@ -68,7 +68,7 @@ def test_tables_have_the_papers_layout_and_holes_without_runs(name, composer, tm
     tex = (tmp_path / "tables" / f"{name}.tex").read_text()
     assert "\\begin{tabular}" in tex and "\\toprule" in tex
     csv = pd.read_csv(tmp_path / "tables" / f"{name}.csv")
-    assert list(csv.columns) == ["row", "column", "label", "paper", "ours", "ours_std", "n", "diff", "status"]
+    assert list(csv.columns) == ["row", "column", "label", "paper", "ours", "ours_std", "n", "diff", "status", "statistic"]
     assert csv["ours"].isna().all()
 
 
@@ -198,3 +198,30 @@ def test_rendering_smoke_runs_never_overwrites_the_real_tables(stubs, tmp_path, 
     assert not (tmp_path / "results" / "tables").exists()
     md = (tmp_path / "results" / "smoke" / "tables" / "table3.md").read_text()
     assert "**Smoke runs** (debug=smoke)" in md and "not results" in md
+
+
+def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer, tmp_path):
+    import json
+
+    t1 = SPEC.target("table1")
+    grft_row = next(r for r in t1.rows if r.label == "GRFT")
+    folder = write_fixture_record(composer, tmp_path / "runs", t1.cell(grft_row, "cub").args, 0.80)
+    record = json.loads((folder / "record.json").read_text())
+    # As the runner writes it under protocol=reference: final 0.80, best epoch 0.85 (epoch 57), EMA 0.83.
+    record["metrics"].update({"test_acc_best": 0.85, "test_acc_best_epoch": 57, "test_ema_acc": 0.83})
+    record["evaluation"] = {"protocol": "reference", "reported": {
+        "statistic": "best", "model": "raw", "key": "test_acc_best", "description": "best epoch's test accuracy (fixture)"}}
+    (folder / "record.json").write_text(json.dumps(record))
+    result = render("table1", composer, tmp_path)
+    assert ours(result, "GRFT", "cub")["ours"] == pytest.approx(85.0)
+    text = (tmp_path / "tables" / "table1.md").read_text()
+    assert "Every task column: best epoch's test accuracy of the raw (not EMA) model (110 epochs, test split " \
+           "evaluated after every epoch; protocol=reference)." in text
+    assert "GRFT, CUB-2011: some runs report best epoch's test accuracy (fixture)." in text  # not the config's words
+    import re
+    from pathlib import Path
+
+    (link,) = re.findall(r"\[PROTOCOL\.md\]\(([^)]+)\)", text)  # linked relative to the table's folder
+    assert ((tmp_path / "tables") / link).resolve() == Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
+    csv = pd.read_csv(tmp_path / "tables" / "table1.csv")
+    assert csv[(csv.row == "GRFT") & (csv.column == "cub")]["statistic"].item().startswith("best epoch's")

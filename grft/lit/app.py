@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..results.records import record_metric_key
 from .lock import RunLocked
 from .runner import run_task
 from .settings import ConfigError, run_key
@@ -59,7 +60,8 @@ def print_comparison(records: list[dict]) -> None:
         table.add_column(column, justify="right" if column != "method" else "left")
     for r in records:
         label = r["method"] + (f" ({r['selection']}, k={r['k']})" if r["method"] == "grft" else "")
-        table.add_row(label, f"{100 * r['metrics']['test_acc']:.1f}", f"{r['params']['pct']:.2f}",
+        acc = r["metrics"][record_metric_key(r, "test_acc")]  # the number the run's protocol reports
+        table.add_row(label, f"{100 * acc:.1f}", f"{r['params']['pct']:.2f}",
                       f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}")
     Console().print(table)
 

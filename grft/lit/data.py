@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import lightning as L
 import torch
@@ -15,36 +15,60 @@ PROBE_EPOCH = -1  # the probe's augmentation stream, apart from every training e
 
 
 class TaskDataModule(L.LightningDataModule):
+    """``val_views``/``test_views``: the splits Lightning's validation and test loops walk, one
+    loader per view, in the order of the module's views (a split seen by raw and EMA weights is
+    walked twice)."""
+
     def __init__(self, splits: DataSplits, batch_size: int, eval_batch_size: Optional[int] = None,
-                 num_workers: int = 0, seed: int = 0):
+                 num_workers: int = 0, seed: int = 0, drop_last: bool = True,
+                 val_views: Sequence[str] = ("val",), test_views: Sequence[str] = ("test",)):
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.drop_last = drop_last
+        self.val_views, self.test_views = list(val_views), list(test_views)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=self.num_workers, collate_fn=self.splits.collate_fn,
+            num_workers=self.num_workers, collate_fn=self.splits.collate_fn, drop_last=drop_last,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSeededSampler(len(self.splits.train), self.seed, self._current_epoch)
-        return self._loader(SeededItems(self.splits.train, self.seed), self.batch_size, shuffle=False, sampler=sampler)
+        """Shuffled per (seed, epoch); the short last batch dropped (``drop_last``), as the reference
+        code does: every method sees the same full batches, and mixup (which pairs images) never
+        meets an odd one. Under DDP each rank drops its own short last batch."""
+        size, world = len(self.splits.train), self.trainer.world_size if self.trainer is not None else 1
+        per_rank = -(-size // world)
+        if self.drop_last and per_rank < self.batch_size:
+            raise ValueError(
+                f"the training split has {size} items ({per_rank} per process), fewer than batch_size={self.batch_size}: "
+                "with the short last batch dropped nothing would train; lower batch_size"
+            )
+        sampler = EpochSeededSampler(size, self.seed, self._current_epoch)
+        return self._loader(SeededItems(self.splits.train, self.seed), self.batch_size, shuffle=False, sampler=sampler,
+                            drop_last=self.drop_last)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def val_dataloader(self):
-        if self.splits.val is None:
-            return []
-        return self._loader(self.splits.val, self.eval_batch_size, shuffle=False, sampler=shard_without_padding(self.splits.val))
+    def _eval_loaders(self, views: Sequence[str]) -> list[DataLoader]:
+        loaders = []
+        for split in views:
+            dataset = getattr(self.splits, split)
+            if dataset is not None:
+                loaders.append(self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=shard_without_padding(dataset)))
+        return loaders
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.test, self.eval_batch_size, shuffle=False, sampler=shard_without_padding(self.splits.test))
+    def val_dataloader(self):
+        return self._eval_loaders(self.val_views)
+
+    def test_dataloader(self):
+        return self._eval_loaders(self.test_views)
 
     def probe_dataloader(self, max_batches: Optional[int] = None, batch_size: Optional[int] = None) -> DataLoader:
         """The probe walks the training set in one seeded random order, the same on every pass.

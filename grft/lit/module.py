@@ -8,11 +8,10 @@ restored checkpoint already carries a selection.
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -24,7 +23,9 @@ from ..methods import Method
 from ..models import ModelBundle
 from ..probe import call_model, split_batch
 from .ema import TrainableEMA
+from .evaluation import EvalView, test_views, val_views
 from .metrics import TaskMetrics
+from .schedule import Protocol, epoch_scheduler, warmup_cosine
 
 
 @dataclass
@@ -34,8 +35,9 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"  # adam (paper, vision) | adamw (paper, GLUE)
+    epochs: int = 100        # the cosine's length (the protocol may add cool-down epochs after it)
     warmup_epochs: float = 10.0
-    min_lr_ratio: float = 0.0
+    protocol: Protocol = field(default_factory=Protocol)
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -53,6 +55,7 @@ class FineTuneModule(L.LightningModule):
         settings: TrainSettings,
         probe_loader: Optional[Callable[[], Any]] = None,
         progress: Optional[Callable] = None,
+        has_val: bool = False,
     ):
         super().__init__()
         self.bundle = bundle
@@ -64,7 +67,15 @@ class FineTuneModule(L.LightningModule):
         self.model: Optional[nn.Module] = None
         self.probe_seconds: Optional[float] = None
         self.ema: Optional[TrainableEMA] = None
-        self.metrics = nn.ModuleDict({s: TaskMetrics(num_classes, settings.metrics) for s in ("val", "test")})
+        ema = bool(settings.ema_decay)
+        self.val_views: list[EvalView] = val_views(has_val, settings.protocol.test_every, ema)
+        self.test_views: list[EvalView] = test_views(ema)
+        names = dict.fromkeys(v.name for v in (*self.val_views, *self.test_views))
+        self.metrics = nn.ModuleDict({name: TaskMetrics(num_classes, settings.metrics) for name in names})
+        self.curve: list[dict] = []  # one point per epoch the test split was evaluated in training
+        self.eval_seconds = 0.0      # time spent evaluating during training (the cost of protocol.test_every)
+        self._eval_started: Optional[float] = None
+        self.epoch_schedule = None
         self.mixup = self._make_mixup()
         # Checkpoints keep only what training changes; frozen weights are rebuilt from the config.
         self.strict_loading = False
@@ -120,6 +131,9 @@ class FineTuneModule(L.LightningModule):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+        if self.epoch_schedule is not None:
+            # The epoch's LR from the epoch alone: the same on a resumed run.
+            self.epoch_schedule.step(self.current_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, labels = split_batch(batch)
@@ -144,44 +158,55 @@ class FineTuneModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.method.before_optimizer_step(self.model)
+        self.method.decay(self.model, optimizer, self.settings.weight_decay, self.settings.optimizer == "adamw")
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def _evaluate(self, batch: Any, stage: str) -> None:
+    def _evaluate(self, batch: Any, view: EvalView) -> None:
+        self._use_ema(view.ema)
         inputs, labels = split_batch(batch)
         logits = self(inputs)
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, sync_dist=True)
-        self.metrics[stage].update(logits.float(), labels)
+        self.log(f"{view.name}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, sync_dist=True,
+                 add_dataloader_idx=False)
+        self.metrics[view.name].update(logits.float(), labels)
 
-    def _log_metrics(self, stage: str) -> None:
-        for name, value in self.metrics[stage].compute().items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "acc", sync_dist=True)
-        self.metrics[stage].reset()
+    def _log_metrics(self, views: Sequence[EvalView]) -> dict[str, float]:
+        values = {}
+        for view in views:
+            for name, value in self.metrics[view.name].compute().items():
+                self.log(f"{view.name}/{name}", value, prog_bar=view.name == "test" and name == "acc", sync_dist=True,
+                         add_dataloader_idx=False)
+                values[f"{view.name}_{name}"] = float(value)
+            self.metrics[view.name].reset()
+        return values
 
     def on_validation_epoch_start(self):
-        self._use_ema(True)
+        self._eval_started = time.perf_counter()
 
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val")
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._evaluate(batch, self.val_views[dataloader_idx])
 
     def on_validation_epoch_end(self):
-        self._log_metrics("val")
+        values = self._log_metrics(self.val_views)
         self._use_ema(False)
+        if self._eval_started is not None and not self.trainer.sanity_checking:
+            self.eval_seconds += time.perf_counter() - self._eval_started
+        tested = {k: v for k, v in values.items() if k.startswith("test")}
+        if tested and not self.trainer.sanity_checking:
+            self.curve = [p for p in self.curve if p["epoch"] != self.current_epoch] + [
+                {"epoch": int(self.current_epoch), **tested}]
 
-    def on_test_epoch_start(self):
-        self._use_ema(True)
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test")
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._evaluate(batch, self.test_views[dataloader_idx])
 
     def on_test_epoch_end(self):
-        self._log_metrics("test")
+        self._log_metrics(self.test_views)
         self._use_ema(False)
 
     def _use_ema(self, on: bool) -> None:
-        """Evaluate with the EMA weights (reference FGVC protocol) and train with the live ones."""
+        """Evaluate a view with the EMA weights, train with the live ones (swapped in place, only on change)."""
         if self.ema is not None and self.ema.swapped != on:
             self.ema.swap(self.model)
 
@@ -189,17 +214,15 @@ class FineTuneModule(L.LightningModule):
     def configure_optimizers(self):
         s = self.settings
         self.method.check_training(s)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"method {self.method.name} left no parameter trainable")
-        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-        if s.optimizer not in optimizers:
-            raise ValueError(f"optimizer must be one of {', '.join(optimizers)}; got {s.optimizer!r}")
-        optimizer = optimizers[s.optimizer](params, lr=s.lr, weight_decay=s.weight_decay)
+        optimizer = make_optimizer(self.method, self.model, s)
+        if s.protocol.schedule == "epoch":
+            # Set by on_train_epoch_start; Lightning steps no scheduler of its own.
+            self.epoch_schedule = epoch_scheduler(optimizer, s.epochs, s.warmup_epochs, s.protocol)
+            return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, int(self.trainer.max_epochs or 1))
         warmup = int(round(total * min(s.warmup_epochs, epochs) / epochs))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, s.min_lr_ratio))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, s.protocol.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -212,20 +235,26 @@ class FineTuneModule(L.LightningModule):
         if self.ema is not None:
             checkpoint["grft_ema"] = self.ema.state_dict()
         checkpoint["grft_probe_s"] = self.probe_seconds
+        checkpoint["grft_curve"] = self.curve
+        checkpoint["grft_eval_s"] = self.eval_seconds
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.ema is not None and "grft_ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["grft_ema"])
         self.probe_seconds = checkpoint.get("grft_probe_s")
+        self.curve = list(checkpoint.get("grft_curve", []))
+        self.eval_seconds = float(checkpoint.get("grft_eval_s", 0.0))
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
-    """LR factor: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio`` at the end."""
+def make_optimizer(method: Method, model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """Adam or AdamW over the method's parameter groups (the method may take over the decay of some)."""
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if s.optimizer not in optimizers:
+        raise ValueError(f"optimizer must be one of {', '.join(optimizers)}; got {s.optimizer!r}")
+    groups = [g for g in method.optimizer_groups(model, s.weight_decay) if g["params"]]
+    if not groups:
+        raise ValueError(f"method {method.name} left no parameter trainable")
+    return optimizers[s.optimizer](groups, lr=s.lr, weight_decay=s.weight_decay)
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return factor
+__all__ = ["FineTuneModule", "TrainSettings", "make_optimizer", "warmup_cosine"]

@@ -26,6 +26,7 @@ from ..results.records import read_record, write_record
 from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
 from ..tuner import current_selection
 from .data import TaskDataModule
+from .evaluation import best_of, evaluation_record, with_final
 from .lock import RunLock
 from .module import FineTuneModule
 from .progress import rich_progress
@@ -75,6 +76,22 @@ def _selection_facts(method, model, run_dir: Path) -> dict:
         return {}
     path = current_selection(model).save(run_dir / "selection.safetensors")
     return {"selection_file": path.name}
+
+
+def _save_adapters(method, module, run_dir: Path) -> dict:
+    """The live (raw) weights' adapter, and with EMA on the EMA weights' adapter too: each reproduces
+    its model's recorded final test (``test_acc`` and ``test_ema_acc``)."""
+    saved = {}
+    path = method.save_adapter(module.model, run_dir / "adapter.safetensors")
+    if path:
+        saved["raw"] = path.name
+    if module.ema is not None and path:
+        module._use_ema(True)
+        try:
+            saved["ema"] = method.save_adapter(module.model, run_dir / "adapter_ema.safetensors").name
+        finally:
+            module._use_ema(False)
+    return saved
 
 
 def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = None, wait: bool = False,
@@ -170,23 +187,30 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
             f"dataset.num_classes={cfg.dataset.num_classes} but the data at {cfg.data_dir} has {splits.num_classes} classes"
         )
     settings = train_settings(cfg, splits.metrics)
-    datamodule = TaskDataModule(splits, int(cfg.batch_size), cfg.get("eval_batch_size"), int(cfg.num_workers), int(cfg.seed))
     probe_cfg = cfg.probe
+    datamodule = TaskDataModule(splits, int(cfg.batch_size), cfg.get("eval_batch_size"), int(cfg.num_workers), int(cfg.seed),
+                                drop_last=settings.protocol.drop_last)
     module = FineTuneModule(
         bundle, method, splits.num_classes, settings,
         probe_loader=lambda: datamodule.probe_dataloader(probe_cfg.max_batches, probe_cfg.batch_size),
-        progress=rich_progress(bool(cfg.progress)),
+        progress=rich_progress(bool(cfg.progress)), has_val=splits.val is not None,
     )
+    datamodule.val_views = [v.split for v in module.val_views]
+    datamodule.test_views = [v.split for v in module.test_views]
     monitor = ResourceMonitor(trace_path=run_dir / "memory.csv", trace_every=int(cfg.trace_memory_every))
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="epoch{epoch}", save_top_k=1, save_last="link", auto_insert_metric_name=False
+        dirpath=run_dir / "checkpoints", filename="epoch{epoch}", save_top_k=1, save_last="link", auto_insert_metric_name=False,
+        save_on_train_epoch_end=True,  # every epoch, after that epoch's evaluation, whatever protocol.test_every is
     )
     clock = LaunchClock(run_dir)
     callbacks = [checkpoints, monitor, clock, *(extra_callbacks or [])]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.RichProgressBar())
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if settings.protocol.test_every:
+        trainer_args.setdefault("check_val_every_n_epoch", settings.protocol.test_every)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         plugins=cluster_plugins(),
         default_root_dir=str(run_dir),
         callbacks=callbacks,
@@ -203,7 +227,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
         clock.stop("trained")
-        test_metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        tested = trainer.test(module, datamodule=datamodule, verbose=False)
+        test_metrics = {k: v for per_loader in tested for k, v in per_loader.items()}
     except SIGTERMException:
         clock.stop("preempted")
         if trainer.is_global_zero:
@@ -219,9 +244,12 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     if not trainer.is_global_zero:
         return {}
     report = method.param_report(module.model)
-    adapter = method.save_adapter(module.model, run_dir / "adapter.safetensors")
+    adapters = _save_adapters(method, module, run_dir)
     metrics = {k.replace("/", "_"): float(v) for k, v in test_metrics.items()}
-    metrics.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    metrics.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")})
+    final_epoch = max(0, int(trainer.current_epoch) - 1)
+    curve = with_final(module.curve, metrics, final_epoch)
+    metrics.update(best_of(curve))
     device = module.device
     record = {
         **identity_facts(cfg),
@@ -229,10 +257,12 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
         "params": {"trainable": report.trainable, "total": report.total, "pct": report.percent},
         # train_s: all launches of this run together (a killed and resumed run counts every launch)
         "timings": {"probe_s": module.probe_seconds, "train_s": clock.total_s, "train_s_this_launch": clock.this_launch_s,
-                    **monitor.summary(device)},
+                    "eval_in_training_s": round(module.eval_seconds, 3), **monitor.summary(device)},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "memory_trace": "memory.csv" if (run_dir / "memory.csv").is_file() else None,
-        "adapter_file": adapter.name if adapter else None,
+        "adapter_file": adapters.get("raw"),
+        "adapter_files": adapters,
+        "evaluation": evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None),
         "resumed": resumed,
         "launches": clock.launches,
         "started_at": started,

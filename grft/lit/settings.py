@@ -20,7 +20,7 @@ from .. import __version__
 from ..config import GRFTConfig
 from ..data.identity import data_identity
 from ..methods import MethodSettings, method_class
-from .module import TrainSettings
+from .module import Protocol, TrainSettings
 
 # Keys that change where or how a run is shown or launched, not what it computes.
 NOT_IN_KEY = (
@@ -62,6 +62,8 @@ def run_key(root: DictConfig) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("grft.key"):
         OmegaConf.register_new_resolver("grft.key", lambda *, _root_: run_key(_root_))
+    if not OmegaConf.has_resolver("grft.sum"):  # trainer.max_epochs = epochs + the protocol's cool-down
+        OmegaConf.register_new_resolver("grft.sum", lambda *values: sum(int(v) for v in values))
 
 
 def grft_config(cfg: DictConfig) -> GRFTConfig:
@@ -113,6 +115,34 @@ def check_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {expected}, got {value!r}") from None
 
 
+SCHEDULES = ("epoch", "step")
+REPORTS = ("best", "final")
+REPORT_MODELS = ("raw", "ema")
+
+
+def protocol_settings(cfg: DictConfig) -> Protocol:
+    """The ``protocol`` group (conf/protocol/): schedule, evaluation cadence, reported statistic."""
+    p = cfg.protocol
+    protocol = Protocol(
+        name=str(p.name), schedule=str(p.schedule), warmup_lr=float(p.get("warmup_lr", 0.0)),
+        min_lr=float(p.get("min_lr", 0.0)), min_lr_ratio=float(p.get("min_lr_ratio", 0.0)),
+        cooldown_epochs=int(p.cooldown_epochs), test_every=int(p.test_every), report=str(p.report),
+        report_model=str(p.report_model), drop_last=bool(p.drop_last),
+    )
+    for key, value, allowed in (("schedule", protocol.schedule, SCHEDULES), ("report", protocol.report, REPORTS),
+                                ("report_model", protocol.report_model, REPORT_MODELS)):
+        if value not in allowed:
+            raise ConfigError(f"protocol.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    for key in ("cooldown_epochs", "test_every"):
+        if getattr(protocol, key) < 0:
+            raise ConfigError(f"protocol.{key} must be >= 0, got {getattr(protocol, key)}")
+    if protocol.report_model == "ema" and cfg.augment.ema is None:
+        raise ConfigError("protocol.report_model=ema needs augment.ema (an EMA decay, e.g. 0.9998); or report_model=raw")
+    if protocol.schedule == "step" and protocol.cooldown_epochs:
+        raise ConfigError("protocol.cooldown_epochs needs protocol.schedule=epoch (the per-step schedule has no cool-down)")
+    return protocol
+
+
 def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
     for key in ("lr", "batch_size", "epochs"):
         if not float(cfg[key]) > 0:
@@ -120,12 +150,18 @@ def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
     if float(cfg.warmup_epochs) < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {cfg.warmup_epochs!r}")
     aug = cfg.augment
+    protocol = protocol_settings(cfg)
+    if (float(aug.mixup) or float(aug.cutmix)) and int(cfg.batch_size) % 2:
+        raise ConfigError(f"augment.mixup/cutmix pair each image with another: batch_size must be even, got {cfg.batch_size}")
+    if (float(aug.mixup) or float(aug.cutmix)) and not protocol.drop_last:
+        raise ConfigError("augment.mixup/cutmix need protocol.drop_last=true (a short last batch can be odd)")
     return TrainSettings(
         lr=float(cfg.lr),
         weight_decay=float(cfg.weight_decay),
         optimizer=str(cfg.optimizer),
+        epochs=int(cfg.epochs),
         warmup_epochs=float(cfg.warmup_epochs),
-        min_lr_ratio=float(cfg.min_lr_ratio),
+        protocol=protocol,
         label_smoothing=float(aug.label_smoothing),
         mixup=float(aug.mixup),
         cutmix=float(aug.cutmix),
@@ -133,3 +169,11 @@ def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
         seed=int(cfg.seed),
         metrics=metrics,
     )
+
+
+def reported_statistic(cfg: DictConfig) -> str:
+    """In words, the number a run of ``cfg`` reports (what a rendered table's 'ours' holds)."""
+    from .evaluation import describe
+
+    protocol = protocol_settings(cfg)
+    return describe(protocol, cfg.augment.ema is not None, protocol.total_epochs(int(cfg.epochs)))

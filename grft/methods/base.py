@@ -94,6 +94,14 @@ class Method:
     def before_optimizer_step(self, model: nn.Module) -> None:
         """Edit gradients after backward, before the step (GPS applies its masks here)."""
 
+    def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        """The optimizer's parameter groups: by default every trainable parameter, decayed by the
+        optimizer itself (AdamW: decoupled, Adam: L2), as in full fine-tuning."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def decay(self, model: nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float, decoupled: bool) -> None:
+        """Weight decay the optimizer does not do itself (called before each step); none by default."""
+
     # --- reporting and saving -------------------------------------------------------------------
     def gradient_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Parameter name -> 0/1 mask of the entries that may change; parameters not listed change in full.

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from ..adapter import running_statistics, save_adapter
+from ..decay import add_slice_decay_grad_, decay_slices_
 from ..penalty import penalty
 from ..probe import select
-from ..tuner import apply_selection, attach, has_selection
+from ..tuner import apply_selection, attach, has_selection, sliced_layers
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
 
@@ -36,6 +37,23 @@ class GRFTMethod(Method):
 
     def extra_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
         return penalty(model)
+
+    def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        """Slices in a group of their own with the optimizer's decay off: ``decay`` decays the
+        selected weights themselves (grft/decay.py); biases and head decay as the optimizer does."""
+        deltas = [layer.grft_delta for layer in sliced_layers(model).values()]
+        ids = {id(p) for p in deltas}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "weight_decay": weight_decay}, {"params": deltas, "weight_decay": 0.0, "grft_slices": True}]
+
+    def decay(self, model: nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float, decoupled: bool) -> None:
+        if not weight_decay:
+            return
+        if decoupled:
+            for group in (g for g in optimizer.param_groups if g.get("grft_slices")):
+                decay_slices_(model, float(group["lr"]) * weight_decay)
+        else:
+            add_slice_decay_grad_(model, weight_decay)
 
     def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
         return save_adapter(model, path)

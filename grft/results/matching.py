@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .records import CorruptRecord, iter_records, status_of
+from .records import CorruptRecord, iter_records, record_metric_key, record_statistic, status_of
 
 # Where a run went and how it was launched, not what it computed.
 IGNORED = (
@@ -75,6 +75,7 @@ class Aggregate:
     values: list[float] = field(default_factory=list)
     params_pct: list[float] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    statistics: list[str] = field(default_factory=list)  # per value: which number of its record it is
 
     @property
     def n(self) -> int:
@@ -137,7 +138,9 @@ class RecordIndex:
         return self.by_task_method.get((task, method), [])
 
     def find(self, cfg: DictConfig, metric: str, scale: float) -> Aggregate:
-        """Aggregate the records matching ``cfg``; a record without ``metric`` does not count."""
+        """Aggregate the records matching ``cfg``: each one's reported statistic of ``metric`` (the
+        best epoch's under protocol=reference; see ``records.record_metric_key``); a record without
+        that value does not count."""
         candidates = self.candidates(str(cfg.dataset.name), str(cfg.method.name))
         aggregate = Aggregate()
         if not candidates:
@@ -145,7 +148,7 @@ class RecordIndex:
         expected = identity(cfg)
         latest: dict[Any, dict] = {}
         for record, ident in candidates:
-            if metric not in (record.get("metrics") or {}) or not matches(expected, ident):
+            if record_metric_key(record, metric) not in (record.get("metrics") or {}) or not matches(expected, ident):
                 continue
             seed = record.get("seed")
             if seed not in latest or str(record.get("finished_at", "")) > str(latest[seed].get("finished_at", "")):
@@ -154,7 +157,8 @@ class RecordIndex:
             record = latest[seed]
             self.used.add(record["run_dir"])
             aggregate.records.append(record)
-            aggregate.values.append(scale * float(record["metrics"][metric]))
+            aggregate.values.append(scale * float(record["metrics"][record_metric_key(record, metric)]))
+            aggregate.statistics.append(record_statistic(record))
             pct = (record.get("params") or {}).get("pct")
             if pct is not None:
                 aggregate.params_pct.append(float(pct))

@@ -119,3 +119,31 @@ def iter_records(root: Path, done_only: bool = True, on_corrupt: Callable[[Corru
             continue
         record["run_dir"] = str(path.parent)
         yield record
+
+
+def reported_key(metric: str, statistic: str = "final", model: str = "raw") -> str:
+    """The ``metrics`` key of ``metric`` (e.g. ``test_acc``) as a statistic of a model.
+
+    ``reported_key("test_acc", "best", "ema") == "test_ema_acc_best"``; final and raw are the plain key.
+    """
+    split, _, name = metric.partition("_")
+    key = f"{split}_ema_{name}" if model == "ema" else metric
+    return f"{key}_best" if statistic == "best" else key
+
+
+def record_metric_key(record: dict, metric: str) -> str:
+    """Where ``record`` keeps the number its protocol reports for ``metric``.
+
+    A record written before records said so (no ``evaluation`` block) holds only the final test of
+    the model it evaluated: ``metric`` itself.
+    """
+    reported = (record.get("evaluation") or {}).get("reported")
+    if not reported:
+        return metric
+    return reported_key(metric, reported["statistic"], reported["model"])
+
+
+def record_statistic(record: dict) -> str:
+    """The reported statistic in words (``final`` for records written before records said so)."""
+    reported = (record.get("evaluation") or {}).get("reported")
+    return reported["description"] if reported else "final test accuracy (a record without an evaluation block)"

@@ -46,6 +46,7 @@ class Plan:
     shared: list[Job] = field(default_factory=list)
     skipped_rows: int = 0
     launches: list[list[str]] = field(default_factory=list)
+    statistics: dict[str, int] = field(default_factory=dict)  # what the cells report (their protocol) -> cells
 
     @property
     def pending(self) -> list[Job]:
@@ -87,6 +88,8 @@ def plan(target: Target, composer: Composer, rows: str = "default", seeds: Seque
             where = f"{cell.row} / {cell.column}" + (f" (panel {cell.panel})" if cell.panel else "")
             result.unavailable.append((where, str(err)))
             continue
+        statistic = _statistic(cfg)
+        result.statistics[statistic] = result.statistics.get(statistic, 0) + 1
         for seed in seeds:
             seeded = copy.deepcopy(cfg)
             with open_dict(seeded):
@@ -99,6 +102,15 @@ def plan(target: Target, composer: Composer, rows: str = "default", seeds: Seque
                 result.shared.append(job)
     result.launches = group_launches(result.pending)
     return result
+
+
+def _statistic(cfg) -> str:
+    from ..lit.settings import ConfigError, reported_statistic
+
+    try:
+        return reported_statistic(cfg)
+    except (ConfigError, KeyError, AttributeError) as err:
+        return f"unknown ({err})"
 
 
 def group_launches(jobs: Iterable[Job]) -> list[list[str]]:
@@ -148,6 +160,8 @@ def launch(plans: Sequence[Plan], launcher: str, extra: Sequence[str], dry_run: 
     commands = []
     for p in plans:
         print(describe(p, rows), file=out)
+        for statistic, count in p.statistics.items():
+            print(f"  compared with the paper: {statistic} ({count} cells; docs/PROTOCOL.md)", file=out)
         for reason in sorted({r for _, r in p.unavailable}):
             cells = [c for c, r in p.unavailable if r == reason]
             print(f"  cannot compose {len(cells)} cells ({cells[0]}, ...): {reason}", file=out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +20,16 @@ import pandas as pd
 from .compose import Composer, ConfigUnavailable
 from .matching import Aggregate, RecordIndex, identity
 from .paper import check_mean, decimals, load_claims, load_paper_table
-from .spec import Spec, SpecError, Target
+from .spec import REPO, Spec, SpecError, Target
 
 HOLE = "—"
 FAILED = "failed"
 LEGEND = (
     f"paper: as printed. ours: mean over seeds of the matching finished runs (± sd and n when there is more than "
-    f"one seed). diff: ours − paper. {HOLE}: no finished run yet. {FAILED}: the run failed (the notes say why). "
-    "Empty: not implemented here (the paper's number only)."
+    f"one seed); which number of a run it is: 'Statistic' below. diff: ours − paper. {HOLE}: no finished run yet. "
+    f"{FAILED}: the run failed (the notes say why). Empty: not implemented here (the paper's number only)."
 )
+PROTOCOL_DOC = REPO / "docs" / "PROTOCOL.md"
 
 
 @dataclass
@@ -66,7 +68,7 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
     for row in target.rows:
         aggs: dict[str, Aggregate] = {}
         for task in target.tasks:
-            status, agg = "paper_only", Aggregate()
+            status, agg, statistic = "paper_only", Aggregate(), ""
             if not row.paper_only:
                 try:
                     cfg = composer.config(target.cell(row, task).args)
@@ -77,12 +79,14 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
                         status = "failed"
                         failures.append(f"Ours: {row.label} / {task} failed: {failed[0].get('error')} "
                                         f"(record {failed[0]['run_dir']}; fix it and launch again)")
+                    statistic = _statistic(cfg)
                 except ConfigUnavailable as err:
                     status = "unavailable"
                     unavailable.setdefault(row.label, str(err))
             aggs[task] = agg
             printed = paper.loc[row.label, task]
-            records.append(_cell(row.label, task, printed, agg, status, target.digits))
+            records.append({**_cell(row.label, task, printed, agg, status, target.digits), "statistic": statistic,
+                            "statistic_runs": sorted(set(agg.statistics))})
         for column, values in (("mean", [a.mean for a in aggs.values()]), ("params", [a.params for a in aggs.values()])):
             if not getattr(target, column):
                 continue
@@ -91,10 +95,46 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
             value = sum(values) / len(values) if complete else math.nan
             status = "paper_only" if row.paper_only else ("ok" if complete else "missing")
             n = min(a.n for a in aggs.values()) if complete else 0
-            records.append(_row(row.label, column, printed, value, math.nan, n, status, decimals(printed) if printed else 2))
+            cell = _row(row.label, column, printed, value, math.nan, n, status, decimals(printed) if printed else 2)
+            statistic = "mean of the row's task cells" if column == "mean" else "trainable share of the runs (%)"
+            records.append({**cell, "statistic": "" if row.paper_only else statistic, "statistic_runs": []})
     cells = pd.DataFrame.from_records(records)
     notes = [f"Row {label} could not be composed, so it has no runs here: {reason}" for label, reason in unavailable.items()]
     return cells, failures + notes
+
+
+def _statistic(cfg) -> str:
+    """Which number of a run the cell holds, from the cell's own configuration (its protocol)."""
+    from ..lit.settings import ConfigError, reported_statistic
+
+    try:
+        return reported_statistic(cfg)
+    except (ConfigError, KeyError, AttributeError) as err:
+        return f"unknown ({err})"
+
+
+def statistic_lines(target: Target, spec: Spec, cells: pd.DataFrame) -> list[str]:
+    """What 'ours' holds, column by column (one line when every task column holds the same)."""
+    tasks = cells[cells["column"].isin(target.tasks) & (cells["statistic"] != "")]
+    by_stat: dict[str, list[str]] = {}
+    for column, statistic in zip(tasks["column"], tasks["statistic"]):
+        titles = by_stat.setdefault(statistic, [])
+        if spec.label(column) not in titles:
+            titles.append(spec.label(column))
+    if len(by_stat) == 1:
+        lines = [f"Every task column: {next(iter(by_stat))}."]
+    else:
+        lines = [f"{', '.join(titles)}: {statistic}." for statistic, titles in by_stat.items()]
+    if target.mean:
+        lines.append(f"{target.mean}: the mean of the row's task cells (ours recomputed from ours).")
+    if target.params:
+        lines.append(f"{target.params}: the runs' trainable share (the same at every epoch).")
+    stray = cells[cells["statistic_runs"].map(len) > 0]
+    for _, cell in stray.iterrows():
+        other = [s for s in cell["statistic_runs"] if s != cell["statistic"]]
+        if other:
+            lines.append(f"{cell['row']}, {spec.label(cell['column'])}: some runs report {'; '.join(other)}.")
+    return lines
 
 
 def _cell(row: str, column: str, printed: str, agg: Aggregate, status: str, digits: int) -> dict:
@@ -210,9 +250,8 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     return notes
 
 
-def markdown(target: Target, wide: pd.DataFrame, notes: list[str], banner: str | None = None) -> str:
-    body = wide.to_markdown(index=False, disable_numparse=True)
-    lines = [f"# {target.caption}", "", *([banner, ""] if banner else []), body, "", LEGEND, "", "## Notes", ""]
+    f"one seed); which number of a run it is: 'Statistic' below. diff: ours − paper. {HOLE}: no finished run yet. "
+    f"{FAILED}: the run failed (the notes say why). Empty: not implemented here (the paper's number only)."
     lines += [f"- {n}" for n in notes] or ["- none"]
     return "\n".join(lines) + "\n"
 
@@ -300,9 +339,10 @@ def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIn
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{target.name}.{ext}" for ext in ("md", "tex", "csv")]
-    paths[0].write_text(markdown(target, wide, notes, banner))
+    doc_link = os.path.relpath(PROTOCOL_DOC, out_dir.resolve())
+    paths[0].write_text(markdown(target, wide, notes, statistic_lines(target, spec, cells), doc_link, banner))
     paths[1].write_text(latex(target, wide))
-    export = cells.drop(columns=["digits"]).round({"ours": 4, "ours_std": 4, "diff": 4})
+    export = cells.drop(columns=["digits", "statistic_runs"]).round({"ours": 4, "ours_std": 4, "diff": 4})
     export.insert(2, "label", [_column_title(target, spec, c) for c in export["column"]])
     export.to_csv(paths[2], index=False)
     return TableResult(target.name, cells, wide, notes, paths)
