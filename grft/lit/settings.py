@@ -98,7 +98,7 @@ def method_settings(cfg: DictConfig) -> MethodSettings:
 
 NUMBERS = {
     "lr": float, "batch_size": int, "epochs": int, "seed": int, "k": int, "lambda": float, "subsets": int,
-    "warmup_epochs": float, "min_lr_ratio": float, "weight_decay": float,
+    "warmup_epochs": float, "weight_decay": float,
 }
 
 

@@ -250,8 +250,15 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     return notes
 
 
-    f"one seed); which number of a run it is: 'Statistic' below. diff: ours − paper. {HOLE}: no finished run yet. "
-    f"{FAILED}: the run failed (the notes say why). Empty: not implemented here (the paper's number only)."
+def markdown(target: Target, wide: pd.DataFrame, notes: list[str], statistic: list[str] = (), doc_link: str = "",
+             banner: str | None = None) -> str:
+    body = wide.to_markdown(index=False, disable_numparse=True)
+    lines = [f"# {target.caption}", "", *([banner, ""] if banner else []), body, "", LEGEND, ""]
+    if statistic:
+        lines += ["## Statistic (which number 'ours' is)", ""] + [f"- {s}" for s in statistic] + [""]
+    if doc_link:
+        lines += [f"Every choice the paper leaves open, what we do and where it comes from: [PROTOCOL.md]({doc_link}).", ""]
+    lines += ["## Notes", ""]
     lines += [f"- {n}" for n in notes] or ["- none"]
     return "\n".join(lines) + "\n"
 
