@@ -58,3 +58,35 @@ def row_share(target: Target, row: Row, composer: Composer) -> RowShare:
         out.comparable = recipe.get("comparable")
         out.share_differs = str(recipe.get("share_differs") or "")
     return out
+
+
+BASELINES = ("full", "linear", "bias", "adapter", "lora", "vpt_shallow", "vpt_deep", "ssf")
+
+
+def shares_table(spec, composer: Composer) -> str:
+    """Markdown: every baseline row of Tables 1-3, the paper's Params and ours (mean over the tasks)."""
+    import pandas as pd
+
+    from .paper import load_paper_table
+
+    lines = []
+    for name in ("table1", "table2", "table3"):
+        target = spec.target(name)
+        paper = load_paper_table(target.paper, spec.paper_dir)
+        for row in target.rows:
+            if str(row.overrides.get("method")) not in BASELINES:
+                continue
+            share = row_share(target, row, composer)
+            printed = paper.loc[row.label, "params"]
+            digits = len(printed.split(".")[1])
+            lines.append({"Table": target.caption.split(":")[0], "Row": row.label, "recipe": row.overrides.get("recipe", ""),
+                          "paper (%)": printed, "ours (%)": f"{share.mean:.3f}",
+                          "rounds to paper": "yes" if round(share.mean, digits) == float(printed) else "no",
+                          "comparable": {True: "yes", False: "no"}.get(share.comparable, "—")})
+    return pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
+
+
+if __name__ == "__main__":  # python -m grft.results.baseline_shares
+    from .spec import load_spec
+
+    print(shares_table(load_spec(), Composer()))

@@ -16,8 +16,10 @@ from results_fixtures import search_path, write_stubs
 
 from grft.results.baseline_shares import cell_report, row_share
 from grft.results.compose import Composer
+from grft.results.matching import RecordIndex
 from grft.results.paper import load_paper_table
 from grft.results.spec import load_spec
+from grft.results.tables import NOT_COMPARABLE, render_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = load_spec()
@@ -79,13 +81,13 @@ def _vit_cell(composer, method, recipe, task="cub"):
     ("lora", "lora_fgvc", 12 * 16 * (768 + 3 * 768)),                           # rank 16 on the fused qkv
     ("vpt_shallow", "vpt_shallow_fgvc", 90 * 768),
     ("vpt_deep", "vpt_deep_fgvc", 12 * 73 * 768),
-    ("full", "full_fgvc", VIT_BACKBONE),
+    ("full", "full_fgvc", VIT_BACKBONE),                                         # everything trains
 ])
 def test_vit_counts_match_hand_arithmetic(composer, method, recipe, expected):
     head = 200 * 768 + 200                     # CUB: 200 classes
     report = _vit_cell(composer, method, recipe)
     assert report.total == VIT_BACKBONE + head
-    assert report.trainable == expected + (0 if method == "full" else head)
+    assert report.trainable == expected + head
 
 
 def test_llama_lora_count_matches_hand_arithmetic(composer):
@@ -101,3 +103,51 @@ def test_every_paper_share_is_checked():
         paper = load_paper_table(SPEC.target(name).paper, SPEC.paper_dir)
         cited = [r for r in paper.index if r in ("Full", "Linear", "Bias", "Adapter", "LoRA", "VPT-Shallow", "VPT-Deep", "SSF")]
         assert sorted(cited) == sorted(label for n, label in ROWS if n == name)
+
+
+# --- recipes: what each row runs with, and how the tables say it -------------------------------------------
+def test_full_finetuning_never_runs_with_grfts_adam_rate(composer):
+    """Full fine-tuning gets its recipe's AdamW rate on every task, never the task's GRFT setting (Adam at up to 7e-3)."""
+    for name in ("table1", "table2", "table3"):
+        target, row = _row(name, "Full")
+        for task in target.tasks:
+            cfg = composer.config(target.cell(row, task).args)
+            assert cfg.optimizer == "adamw" and float(cfg.lr) <= 5e-5, (name, task, cfg.optimizer, cfg.lr)
+
+
+def test_ssf_runs_the_ssf_scripts_per_task_settings(composer):
+    """Spot values read from the SSF code's per-task scripts: each task gets its own, not the benchmark's."""
+    expected = {("fgvc", "stanford_cars"): (2e-2, 5e-2, 0.9998, 0.0), ("fgvc", "oxford_flowers"): (1e-2, 5e-2, 0.999, 0.1),
+                ("vtab", "clevr_dist"): (5e-2, 5e-2, None, 0.1), ("vtab", "cifar100"): (5e-3, 5e-5, None, 0.0)}
+    for (bench, task), (lr, wd, ema, drop_path) in expected.items():
+        cfg = composer.config([f"experiment={bench}/{task}", "method=ssf", f"recipe=ssf_{bench}"])
+        assert (float(cfg.lr), float(cfg.weight_decay), cfg.augment.ema, float(cfg.model.kwargs.drop_path_rate)) == (lr, wd, ema, drop_path)
+        assert cfg.optimizer == "adamw" and cfg.recipe.comparable is True
+    for bench in ("fgvc", "vtab"):  # every task of the benchmark has its row in the recipe
+        for task in SPEC.tasks(bench):
+            cfg = composer.config([f"experiment={bench}/{task}", "method=ssf", f"recipe=ssf_{bench}"])
+            assert float(cfg.lr) > 0 and float(cfg.weight_decay) > 0 and cfg.model.kwargs.drop_path_rate is not None
+
+
+def test_a_recipe_for_another_task_family_is_a_clear_error(composer):
+    with pytest.raises(Exception, match="nabirds"):
+        cfg = composer.config(["experiment=fgvc/nabirds", "method=ssf", "recipe=ssf_vtab"])
+        float(cfg.lr)
+
+
+def test_rendered_tables_mark_rows_without_a_published_recipe(composer, tmp_path):
+    comparable = {"table1": {"SSF", "GPS*", "GRFT"}, "table2": {"SSF", "GPS*", "GRFT"}, "table3": {"GRFT"}}
+    for name, expected in comparable.items():
+        target = SPEC.target(name)
+        result = render_table(target, SPEC, composer, RecordIndex([]), tmp_path / name)
+        wide = result.wide
+        for i, row in enumerate(target.rows):
+            if row.paper_only:
+                continue
+            label = wide.iloc[3 * i + 1, 1]
+            assert label == ("ours" if row.label in expected else NOT_COMPARABLE), (name, row.label, label)
+        notes = "\n".join(result.notes)
+        if name == "table2":
+            assert "Ours, LoRA: trainable share differs from the paper's: Table 2 prints LoRA 0.90%" in notes
+        md = (tmp_path / name / f"{name}.md").read_text()
+        assert NOT_COMPARABLE in md and "docs/PROTOCOL.md#baselines" in md
