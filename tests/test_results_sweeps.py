@@ -71,7 +71,7 @@ def test_dry_run_lists_job_counts_and_commands(stubs, tmp_path, capsys):
     assert code == 0
     assert "table3: 9 jobs (9 cells x seeds), 0 done, 9 to launch in 3 multiruns" in out
     assert "fig3: 2 jobs (2 cells x seeds), 0 done, 2 to launch in 2 multiruns" in out
-    assert "python run.py -m experiment=glue/cola,glue/mrpc,glue/rte method=lora lr=0.0002 seed=0 hydra/launcher=basic" in out
+    assert "python run.py -m experiment=glue/cola,glue/mrpc,glue/rte method=lora recipe=lora_glue seed=0 hydra/launcher=basic" in out
     assert "total: 11 jobs to launch in 5 multiruns" in out
     # Which number the cells will compare with the paper, from their protocol (docs/PROTOCOL.md).
     assert "compared with the paper: best epoch's test accuracy of the raw model (110 epochs, test split evaluated " \

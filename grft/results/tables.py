@@ -335,14 +335,46 @@ def shared_config_notes(target: Target, spec: Spec, composer: Composer) -> list[
     return notes
 
 
+NOT_COMPARABLE = "ours (not comparable)"
+PROTOCOL_LINK = "docs/PROTOCOL.md#baselines"
+
+
+def recipe_notes(target: Target, composer: Composer) -> tuple[set[str], list[str]]:
+    """Rows whose recipe (conf/recipe/) says they cannot be compared with the paper's, and why; stated share differences."""
+    labels, notes = set(), []
+    for row in target.rows:
+        if row.paper_only or "recipe" not in row.overrides:
+            continue
+        try:
+            recipe = composer.config(target.cell(row, target.tasks[0]).args).get("recipe") or {}
+        except ConfigUnavailable:
+            continue
+        if recipe.get("comparable") is False:
+            labels.add(row.label)
+            notes.append(f"Ours, {row.label}: not comparable with the paper's row, whose recipe is not published; "
+                         f"runs with {recipe.get('source')} ({PROTOCOL_LINK}).")
+        if recipe.get("share_differs"):
+            notes.append(f"Ours, {row.label}: trainable share differs from the paper's: {recipe.get('share_differs')} ({PROTOCOL_LINK})")
+    return labels, notes
+
+
+def mark_not_comparable(target: Target, wide: pd.DataFrame, labels: set[str]) -> pd.DataFrame:
+    """Relabel the "ours" line of each row in ``labels`` (the wide table holds paper / ours / diff per row)."""
+    for i, row in enumerate(target.rows):
+        if row.label in labels:
+            wide.iloc[3 * i + 1, 1] = NOT_COMPARABLE
+    return wide
+
+
 def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIndex, out_dir: Path,
                  banner: str | None = None) -> TableResult:
     """Write ``<target>.md``, ``.tex`` and ``.csv`` under ``out_dir`` (created); ``banner`` heads the markdown."""
     paper_dir = spec.paper_dir
     cells, unavailable = collect(target, composer, index, paper_dir)
-    wide = wide_table(target, spec, cells)
+    not_comparable, recipes = recipe_notes(target, composer)
+    wide = mark_not_comparable(target, wide_table(target, spec, cells), not_comparable)
     notes = (paper_notes(target, spec, paper_dir) + shared_config_notes(target, spec, composer)
-             + ours_notes(target, cells, index) + unavailable)
+             + ours_notes(target, cells, index) + recipes + unavailable)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{target.name}.{ext}" for ext in ("md", "tex", "csv")]
