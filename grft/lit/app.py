@@ -49,32 +49,50 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / str(cfg.dataset.name) / str(cfg.method.name) / run_key(cfg)
 
 
-def print_comparison(records: list[dict]) -> None:
+def method_label(method: str, cfg: DictConfig) -> str:
+    return method + (f" ({cfg.selection.kind}, k={cfg.k})" if method == "grft" else "")
+
+
+def announce(cfg: DictConfig) -> None:
+    """Before a side-by-side launch: what is compared, on what, and where the records go."""
+    others = [name for name, _ in baseline_specs(cfg.baselines or [])]
+    print(f"{cfg.dataset.name}: {method_label(str(cfg.method.name), cfg)} vs {', '.join(others)}, each trained on "
+          f"the same data and seed ({cfg.seed}), then tested; records under {Path(cfg.paths.runs) / str(cfg.dataset.name)}/",
+          flush=True)
+
+
+def print_comparison(records: list[dict], dirs: list[Path] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{records[0]['task']}: test accuracy and trainable share")
-    for column in ("method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"):
-        table.add_column(column, justify="right" if column != "method" else "left")
-    for r in records:
+    columns = ["method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"] + (["record"] if dirs else [])
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("method", "record") else "right")
+    for i, r in enumerate(records):
         label = r["method"] + (f" ({r['selection']}, k={r['k']})" if r["method"] == "grft" else "")
-        table.add_row(label, f"{100 * r['metrics']['test_acc']:.1f}", f"{r['params']['pct']:.2f}",
-                      f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}")
-    Console().print(table)
+        row = [label, f"{100 * r['metrics']['test_acc']:.1f}", f"{r['params']['pct']:.2f}",
+               f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}"]
+        table.add_row(*row, *([str(dirs[i] / "record.json")] if dirs else []))
+    Console(width=max(160, Console().width)).print(table)
 
 
 def main(cfg: DictConfig, run_dir: Path) -> dict:
+    dirs = [Path(run_dir)]
     try:
+        if cfg.baselines:
+            announce(cfg)
         record = run_task(cfg, run_dir)
         records = [record]
         for name, overrides in baseline_specs(cfg.baselines or []):
             other = with_method(cfg, name, overrides)
-            records.append(run_task(other, run_dir_of(other)))
+            dirs.append(run_dir_of(other))
+            records.append(run_task(other, dirs[-1]))
     except (ConfigError, FileNotFoundError, ValueError, RunLocked) as err:
         if os.environ.get("GRFT_TRACEBACK"):
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if len(records) > 1 and all(records):
-        print_comparison(records)
+        print_comparison(records, dirs)
     return record

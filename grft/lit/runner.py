@@ -26,6 +26,7 @@ from ..tuner import current_selection
 from .data import TaskDataModule
 from .lock import RunLock
 from .module import FineTuneModule
+from .preflight import preflight
 from .progress import rich_progress
 from .resources import ResourceMonitor
 from .settings import ConfigError, method_settings, train_settings
@@ -90,6 +91,10 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
         log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.get("metrics"))
         return previous
 
+    preflight(cfg)  # settings and data first: a bad launch fails before any model is loaded
+    if cfg.get("cpu_threads"):
+        # Small models: one thread is faster than several on a busy CPU (threads wait on each other).
+        torch.set_num_threads(int(cfg.cpu_threads))
     method = make_method(method_settings(cfg))
     strategy = str(cfg.trainer.get("strategy", "auto")).lower()
     if method.name in ("grft", "gps") and any(name in strategy for name in ("fsdp", "deepspeed")):
