@@ -66,15 +66,16 @@ def print_comparison(records: list[dict], dirs: list[Path] | None = None) -> Non
     from rich.table import Table
 
     table = Table(title=f"{records[0]['task']}: test accuracy and trainable share")
-    columns = ["method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"] + (["record"] if dirs else [])
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("method", "record") else "right")
-    for i, r in enumerate(records):
+    for column in ("method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    for r in records:
         label = r["method"] + (f" ({r['selection']}, k={r['k']})" if r["method"] == "grft" else "")
-        row = [label, f"{100 * r['metrics']['test_acc']:.1f}", f"{r['params']['pct']:.2f}",
-               f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}"]
-        table.add_row(*row, *([str(dirs[i] / "record.json")] if dirs else []))
-    Console(width=max(160, Console().width)).print(table)
+        table.add_row(label, f"{100 * r['metrics']['test_acc']:.1f}", f"{r['params']['pct']:.2f}",
+                      f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}")
+    console = Console()
+    console.print(table)
+    for r, folder in zip(records, dirs or []):  # one line each: a path must stay whole to be copied
+        console.print(f"  {r['method']:<7} record: {folder / 'record.json'}", soft_wrap=True, highlight=False)
 
 
 def main(cfg: DictConfig, run_dir: Path) -> dict:

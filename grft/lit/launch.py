@@ -66,11 +66,18 @@ def explain(err: BaseException, traceback_at: Optional[Path] = None) -> str:
     if is_user_error(err):
         return f"error: {first_line(err) or type(err).__name__}"
     frames = traceback.extract_tb(err.__traceback__)
-    where = f" in {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
+    ours = [f for f in frames if f"{os.sep}grft{os.sep}" in f.filename]
+    where = f" in {_frame(frames[-1])}" if frames else ""
+    if ours and ours[-1] is not frames[-1]:
+        where += f", called from {_frame(ours[-1])}"
     message = first_line(err)
     full = f"full traceback in {traceback_at}" if traceback_at else "full traceback: run again with HYDRA_FULL_ERROR=1"
     return (f"error: {type(err).__name__}{where}{': ' + message if message else ''}. "
             f"No check of ours caught this; {full} (please report it with that traceback)")
+
+
+def _frame(frame: traceback.FrameSummary) -> str:
+    return f"{Path(frame.filename).name}:{frame.lineno} ({frame.name})"
 
 
 def log_traceback(err: BaseException) -> Optional[Path]:

@@ -27,7 +27,7 @@ from .data import TaskDataModule
 from .lock import RunLock
 from .module import FineTuneModule
 from .preflight import preflight
-from .progress import rich_progress
+from .progress import rich_progress, training_progress_bar
 from .resources import ResourceMonitor
 from .settings import ConfigError, method_settings, train_settings
 
@@ -124,7 +124,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     )
     callbacks = [checkpoints, monitor, *(extra_callbacks or [])]
     if cfg.progress:
-        callbacks.append(L.pytorch.callbacks.RichProgressBar())
+        callbacks.append(training_progress_bar())
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         plugins=cluster_plugins(),
