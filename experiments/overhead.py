@@ -81,7 +81,7 @@ def compose(method: str, epochs: int, runs: Path, extra: list[str]):
     from grft.lit.settings import register_resolvers
 
     register_resolvers()
-    overrides = [f"method={method}", f"epochs={epochs}", "warmup_epochs=1", "baselines=null", "force=true",
+    overrides = [f"method={method}", f"epochs={epochs}", "warmup_epochs=1", "baselines=null",
                  f"paths.runs={runs}", *extra]
     if method in ("linear", "full"):  # the learning rates `make run` gives them (conf/dataset/digits.yaml)
         overrides.append({"linear": "lr=3e-2", "full": "lr=3e-3"}[method])
@@ -96,9 +96,9 @@ def measure(method: str, epochs: int, rounds: int, extra: list[str]) -> dict:
 
     quiet_lightning()
     lightning, plain, step_only = [], [], []
-    with tempfile.TemporaryDirectory() as runs:
-        cfg = compose(method, epochs, Path(runs), extra)
-        for _ in range(rounds):
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as runs:  # a fresh run each round (no checkpoint to resume)
+            cfg = compose(method, epochs, Path(runs), extra)
             clock = EpochClock()
             record = run_task(cfg, run_dir_of(cfg), extra_callbacks=[clock])
             lightning.append(clock.seconds / clock.steps)
