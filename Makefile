@@ -14,7 +14,7 @@ DATA_TASKS := $(if $(TASKS),--tasks $(TASKS))
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all data-vtab data-fgvc data-glue data-check bench bench-fig3
+.PHONY: help install run overhead test test-all data-vtab data-fgvc data-glue data-check bench bench-fig3
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -28,8 +28,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install grft with the app and test extras
 
-run: install ## run the embedded offline default experiment (python run.py)
-	$(PYTHON) run.py
+ARGS ?=
+run: install ## run the embedded offline default experiment (python run.py); ARGS="k=2 ..." adds overrides
+	$(PYTHON) run.py $(ARGS)
+
+overhead: install ## per-step time of the embedded default under Lightning vs a plain loop (a benchmark)
+	$(PYTHON) -m experiments.overhead $(ARGS)
 
 test: install ## run the default test suite (no slow, no GPU tests)
 	$(PYTHON) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)

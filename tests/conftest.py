@@ -9,6 +9,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tests' models are tiny: several intra-op threads only wait on each other (and on a shared
+# machine they spin against other processes). GRFT_TEST_THREADS=N tests with N threads.
+torch.set_num_threads(int(os.environ.get("GRFT_TEST_THREADS", "1")))
 
 
 def make_tiny_vit(num_classes: int = 5, dtype=torch.float32, seed: int = 0, qkv_bias: bool = True):

@@ -28,4 +28,17 @@ def build_datasets(dataset_cfg: Mapping, data_dir: str | Path, inputs: InputSpec
     return module.build(dataset_cfg, Path(data_dir), inputs)
 
 
-__all__ = ["DataSplits", "InputSpec", "build_datasets", "FAMILIES"]
+def check_data_present(dataset_cfg: Mapping, data_dir: str | Path) -> None:
+    """Fail fast (before a model is loaded) if the task's folder or split files are absent.
+
+    A family whose data ships with the code (digits) has nothing to check.
+    """
+    family = dataset_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    check = getattr(importlib.import_module(FAMILIES[family]), "check_present", None)
+    if check is not None:
+        check(dataset_cfg, Path(data_dir))
+
+
+__all__ = ["DataSplits", "InputSpec", "build_datasets", "check_data_present", "FAMILIES"]

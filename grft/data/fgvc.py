@@ -50,8 +50,8 @@ def task_folder(cfg: Mapping, data_dir: Path) -> Path:
     return Path(data_dir) / FAMILY_ROOTS["fgvc"] / str(cfg["folder"])
 
 
-def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
-    require_images(cfg, inputs)
+def check_present(cfg: Mapping, data_dir: Path) -> Path:
+    """The task folder and its split files exist (cheap: run before any model is loaded)."""
     name = str(cfg["name"])
     protocol = str(cfg.get("split", "trainval"))
     if protocol not in PROTOCOLS:
@@ -62,6 +62,14 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     absent = [f"{s}.json" for s in SPLIT_FILES if not (folder / f"{s}.json").is_file()]
     if absent:
         raise missing(name, "fgvc", data_dir, folder, f"{', '.join(absent)} missing")
+    return folder
+
+
+def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
+    require_images(cfg, inputs)
+    name = str(cfg["name"])
+    protocol = str(cfg.get("split", "trainval"))
+    folder = check_present(cfg, data_dir)
     raw = {s: read_split(folder / f"{s}.json") for s in SPLIT_FILES}
     index = class_index(raw)
     num_classes = int(cfg["num_classes"])

@@ -108,6 +108,18 @@ def task_folder(cfg: Mapping, data_dir: Path) -> Path:
     return Path(data_dir) / FAMILY_ROOTS["glue"] / str(cfg["folder"])
 
 
+def check_present(cfg: Mapping, data_dir: Path) -> Path:
+    """The task folder and its TSV files exist (cheap: run before any model is loaded)."""
+    name = str(cfg["name"])
+    folder = task_folder(cfg, data_dir)
+    if not folder.is_dir():
+        raise missing(name, "glue", data_dir, folder, "the folder does not exist")
+    absent = [f for f in SPLITS.values() if not (folder / f).is_file()]
+    if absent:
+        raise missing(name, "glue", data_dir, folder, f"{', '.join(absent)} missing")
+    return folder
+
+
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     name = str(cfg["name"])
     if inputs.kind != "text" or inputs.tokenizer is None:
@@ -117,12 +129,7 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     if layout_name not in LAYOUTS:
         raise ValueError(f"dataset.layout={layout_name!r} is unknown; known: {', '.join(LAYOUTS)}")
     layout = LAYOUTS[layout_name]
-    folder = task_folder(cfg, data_dir)
-    if not folder.is_dir():
-        raise missing(name, "glue", data_dir, folder, "the folder does not exist")
-    absent = [f for f in SPLITS.values() if not (folder / f).is_file()]
-    if absent:
-        raise missing(name, "glue", data_dir, folder, f"{', '.join(absent)} missing")
+    folder = check_present(cfg, data_dir)
     num_classes = int(cfg["num_classes"])
     train = read_tsv(folder / SPLITS["train"], layout, num_classes)
     test = read_tsv(folder / SPLITS["test"], layout, num_classes)

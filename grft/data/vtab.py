@@ -56,12 +56,24 @@ def load_split(cfg: Mapping, data_dir: Path, stem: str) -> ImageItems:
     return dataset
 
 
-def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
-    require_images(cfg, inputs)
+def check_present(cfg: Mapping, data_dir: Path) -> Path:
+    """The task folder and its list files exist (cheap: run before any model is loaded)."""
     split = str(cfg.get("split", "train800val200"))
     if split not in SPLITS:
         raise ValueError(f"dataset.split={split!r} is unknown for VTAB-1k; known: {', '.join(SPLITS)}")
-    train_stem, val_stem = SPLITS[split]
+    folder, name = task_folder(cfg, data_dir), str(cfg["name"])
+    if not folder.is_dir():
+        raise missing(name, "vtab", data_dir, folder, "the folder does not exist")
+    absent = [f"{stem}.txt" for stem in (*SPLITS[split], "test") if stem and not (folder / f"{stem}.txt").is_file()]
+    if absent:
+        raise missing(name, "vtab", data_dir, folder, f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing")
+    return folder
+
+
+def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
+    require_images(cfg, inputs)
+    check_present(cfg, data_dir)
+    train_stem, val_stem = SPLITS[str(cfg.get("split", "train800val200"))]
     train = load_split(cfg, data_dir, train_stem)
     val = load_split(cfg, data_dir, val_stem) if val_stem else None
     test = load_split(cfg, data_dir, "test")

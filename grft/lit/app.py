@@ -51,7 +51,19 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / str(cfg.dataset.name) / str(cfg.method.name) / run_key(cfg)
 
 
-def print_comparison(records: list[dict]) -> None:
+def method_label(method: str, cfg: DictConfig) -> str:
+    return method + (f" ({cfg.selection.kind}, k={cfg.k})" if method == "grft" else "")
+
+
+def announce(cfg: DictConfig) -> None:
+    """Before a side-by-side launch: what is compared, on what, and where the records go."""
+    others = [name for name, _ in baseline_specs(cfg.baselines or [])]
+    print(f"{cfg.dataset.name}: {method_label(str(cfg.method.name), cfg)} vs {', '.join(others)}, each trained on "
+          f"the same data and seed ({cfg.seed}), then tested; records under {Path(cfg.paths.runs) / str(cfg.dataset.name)}/",
+          flush=True)
+
+
+def print_comparison(records: list[dict], dirs: list[Path] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -63,7 +75,10 @@ def print_comparison(records: list[dict]) -> None:
         acc = r["metrics"][record_metric_key(r, "test_acc")]  # the number the run's protocol reports
         table.add_row(label, f"{100 * acc:.1f}", f"{r['params']['pct']:.2f}",
                       f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for r, folder in zip(records, dirs or []):  # one line each: a path must stay whole to be copied
+        console.print(f"  {r['method']:<7} record: {folder / 'record.json'}", soft_wrap=True, highlight=False)
 
 
 class JobFailed(RuntimeError):
@@ -86,13 +101,17 @@ def main(cfg: DictConfig, run_dir: Path) -> dict:
     raises ``JobFailed``, which Hydra's launchers also collect and turn into status 1 at the end.
     """
     multirun = in_multirun()
+    dirs = [Path(run_dir)]
     try:
+        if cfg.baselines:
+            announce(cfg)
         record = run_task(cfg, run_dir, record_failure=multirun)
         records = [record]
         for name, overrides in baseline_specs(cfg.baselines or []):
             other = with_method(cfg, name, overrides)
+            dirs.append(run_dir_of(other))
             # A baseline run is shared by every launch of its task: wait for a concurrent holder, then skip it.
-            records.append(run_task(other, run_dir_of(other), wait=True, record_failure=multirun))
+            records.append(run_task(other, dirs[-1], wait=True, record_failure=multirun))
     except Exception as err:
         user_error = isinstance(err, (ConfigError, FileNotFoundError, ValueError, RunLocked))
         if os.environ.get("GRFT_TRACEBACK") or not (user_error or multirun):
@@ -109,5 +128,5 @@ def main(cfg: DictConfig, run_dir: Path) -> dict:
             raise JobFailed(f"{run_dir}: {err}") from None  # no record of ours to say so: fail the job itself
         return {}
     if len(records) > 1 and all(records):
-        print_comparison(records)
+        print_comparison(records, dirs)
     return record

@@ -18,3 +18,16 @@ def rich_progress(enabled: bool = True):
         return track(iterable, description=description, total=total, transient=True)
 
     return wrap
+
+
+def training_progress_bar():
+    """Lightning's rich bar without ``v_num`` (the logger's version number, meaningless to a reader)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class Bar(RichProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return Bar()

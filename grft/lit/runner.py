@@ -29,7 +29,8 @@ from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
 from .lock import RunLock
 from .module import FineTuneModule
-from .progress import rich_progress
+from .preflight import preflight
+from .progress import rich_progress, training_progress_bar
 from .resources import ResourceMonitor
 from .settings import ConfigError, check_numbers, method_settings, train_settings
 from .sweep_summary import current_multirun
@@ -171,6 +172,10 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
             return previous
     check_numbers(cfg)
 
+    preflight(cfg)  # settings and data first: a bad launch fails before any model is loaded
+    if cfg.get("cpu_threads"):
+        # Small models: one thread is faster than several on a busy CPU (threads wait on each other).
+        torch.set_num_threads(int(cfg.cpu_threads))
     method = make_method(method_settings(cfg))
     strategy = str(cfg.trainer.get("strategy", "auto")).lower()
     if method.name in ("grft", "gps") and any(name in strategy for name in ("fsdp", "deepspeed")):
@@ -205,7 +210,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     clock = LaunchClock(run_dir)
     callbacks = [checkpoints, monitor, clock, *(extra_callbacks or [])]
     if cfg.progress:
-        callbacks.append(L.pytorch.callbacks.RichProgressBar())
+        callbacks.append(training_progress_bar())
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     if settings.protocol.test_every:
         trainer_args.setdefault("check_val_every_n_epoch", settings.protocol.test_every)

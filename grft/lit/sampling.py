@@ -27,10 +27,15 @@ def mix(*values: int) -> int:
 
 @contextmanager
 def seeded_rng(seed: int):
-    """Seed torch, numpy and random inside the block; restore the outer states after."""
+    """Seed torch (CPU), numpy and random inside the block; restore the outer states after.
+
+    Only the CPU generator: data transforms draw from it alone. ``torch.manual_seed`` would also
+    queue a lazy seed for every accelerator backend, each with a formatted stack trace, on every
+    item: most of an epoch's time on a small model (and a queue that only grows).
+    """
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)
         try:

@@ -24,7 +24,7 @@ from .module import Protocol, TrainSettings
 
 # Keys that change where or how a run is shown or launched, not what it computes.
 NOT_IN_KEY = (
-    "paths", "logger", "data_dir", "num_workers", "force", "baselines", "progress", "tags", "trace_memory_every",
+    "paths", "logger", "data_dir", "num_workers", "cpu_threads", "force", "baselines", "progress", "tags", "trace_memory_every",
     "model.cache_dir",
 )
 

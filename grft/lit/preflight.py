@@ -1,0 +1,38 @@
+"""Checks that need no model and no training: run first, so a bad launch fails in a second.
+
+Why: loading ViT-B/16 or Llama (or retrying the hub offline) takes tens of seconds; a missing
+data folder or an impossible setting should not wait for it. Each failure is one line naming the
+key or the folder and the fix.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..data import check_data_present
+from .settings import ConfigError, method_settings, train_settings
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Settings, probe size and data presence of one run, before its model is built."""
+    settings = method_settings(cfg)  # GRFT keys (k, lambda, regular_layers, subsets, ...)
+    train_settings(cfg, ("acc",))  # lr, batch_size, epochs, warm-up
+    aug = cfg.augment
+    if (float(aug.mixup or 0) or float(aug.cutmix or 0)) and int(cfg.batch_size) % 2:
+        raise ConfigError(
+            f"augment.mixup/cutmix mix each image with the batch in reverse order, which needs an even batch_size; "
+            f"got batch_size={cfg.batch_size}"
+        )
+    subsets, max_batches = int(settings.grft.subsets), cfg.probe.get("max_batches")
+    if "subsets" in _grft_keys(settings.name) and subsets > 1 and max_batches is not None and int(max_batches) < subsets:
+        raise ConfigError(
+            f"subsets={subsets} splits the probe batches into {subsets} parts but probe.max_batches={max_batches}; "
+            f"raise probe.max_batches to at least {subsets} or lower subsets"
+        )
+    check_data_present(cfg.dataset, cfg.data_dir)
+
+
+def _grft_keys(method: str) -> tuple[str, ...]:
+    from ..methods import method_class
+
+    return method_class(method).grft_keys
