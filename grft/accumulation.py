@@ -29,8 +29,13 @@ class FlatAccumulator:
     """Sums each weight's gradient into a view of a flat buffer; use as a context manager."""
 
     def __init__(self, weights: dict[str, nn.Parameter]):
-        groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+        # A weight shared by several layers gets one sum (and one hook), as it has one ``.grad``.
+        first = {}
         for name, w in weights.items():
+            first.setdefault(id(w), name)
+        groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+        for name in first.values():
+            w = weights[name]
             groups.setdefault((w.device, torch.promote_types(w.dtype, torch.float32)), []).append(name)
         self.buffers: list[torch.Tensor] = []
         self.sums: dict[str, torch.Tensor] = {}
@@ -42,8 +47,8 @@ class FlatAccumulator:
                 self.sums[n] = flat[offset:offset + size].view(weights[n].shape)
                 offset += size
             self.buffers.append(flat)
-        self.sums = {n: self.sums[n] for n in weights}  # the caller's order
-        self._weights = weights
+        self.sums = {n: self.sums[first[id(w)]] for n, w in weights.items()}  # the caller's order
+        self._weights = {name: weights[name] for name in first.values()}
         self._handles = []
 
     def __enter__(self) -> "FlatAccumulator":

@@ -189,3 +189,26 @@ def test_half_precision_weights_are_summed_in_float32():
         for g in per_batch:
             want += g[n].float()
         assert torch.equal(h, want), n
+
+
+def test_a_weight_shared_by_two_layers_is_summed_once():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.blocks = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 6))
+            self.blocks[2].weight = self.blocks[0].weight
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(self.blocks(x))
+
+    model = Tied()
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 6, generator=g), torch.arange(8) % 3) for _ in range(2)]
+    arch = grft.Architecture(head="head", blocks="blocks")
+    cfg = grft.GRFTConfig(k=2)
+    plain = grft.accumulate_gradients(model, batches, cfg, arch=arch, low_memory=False)
+    low = grft.accumulate_gradients(model, batches, cfg, arch=arch, low_memory=True)
+    for n in plain:
+        assert torch.equal(plain[n], low[n]), n

@@ -63,7 +63,7 @@ def plot(samples, path: Path, gpu: bool) -> Path:
         ax.plot(part["t_s"], part["memory_mb"] / 1024, color=color, label=f"{method} (peak {peak:.2f} GiB)", lw=1.4)
         probe = part.loc[part["phase"] == "probe", "t_s"]
         train = part.loc[part["phase"] == "train", "t_s"]
-        if len(probe) and len(train) and train.min() - probe.min() > 0.5:  # a setup worth marking: a probe
+        if len(probe) and len(train):
             ax.axvspan(probe.min(), train.min(), color=color, alpha=0.08)
         if len(train):
             ax.axvline(train.min(), color=color, ls="--", lw=0.8)
