@@ -25,7 +25,7 @@ from typing import Iterator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .targets import Architecture
+from .targets import Architecture, block_names
 
 
 def _checkpointed(forward):
@@ -42,7 +42,7 @@ def checkpointed_blocks(model: nn.Module, arch: Architecture) -> Iterator[int]:
 
     Yields the number of blocks wrapped; the model is exactly as before on exit.
     """
-    blocks = list(model.get_submodule(arch.blocks).children())
+    blocks = [model.get_submodule(name) for name in block_names(model, arch)]  # one list, or a staged model's
     config = getattr(model, "config", None)
     cache = getattr(config, "use_cache", None)
     patched = []

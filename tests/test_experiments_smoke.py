@@ -55,7 +55,7 @@ def test_preflight_names_the_key_when_the_probe_is_too_small_for_the_subsets(tmp
 
 
 def test_preflight_rejects_an_odd_batch_under_mixup(tmp_path):
-    with pytest.raises(ConfigError, match="needs an even batch_size; got batch_size=5"):
+    with pytest.raises(ConfigError, match="batch_size must be even, got 5"):
         preflight(smoke_cfg(tmp_path, "fgvc/cub", "batch_size=5"))
 
 

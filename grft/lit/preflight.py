@@ -17,12 +17,7 @@ def preflight(cfg: DictConfig) -> None:
     """Settings, probe size and data presence of one run, before its model is built."""
     settings = method_settings(cfg)  # GRFT keys (k, lambda, regular_layers, subsets, ...)
     train_settings(cfg, ("acc",))  # lr, batch_size, epochs, warm-up
-    aug = cfg.augment
-    if (float(aug.mixup or 0) or float(aug.cutmix or 0)) and int(cfg.batch_size) % 2:
-        raise ConfigError(
-            f"augment.mixup/cutmix mix each image with the batch in reverse order, which needs an even batch_size; "
-            f"got batch_size={cfg.batch_size}"
-        )
+    # (train_settings also refuses an odd batch_size under mixup/cutmix: they pair images in a batch)
     subsets, max_batches = int(settings.grft.subsets), cfg.probe.get("max_batches")
     if "subsets" in _grft_keys(settings.name) and subsets > 1 and max_batches is not None and int(max_batches) < subsets:
         raise ConfigError(
