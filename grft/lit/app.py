@@ -78,7 +78,7 @@ def print_comparison(records: list[dict], dirs: list[Path] | None = None) -> Non
     console = Console()
     console.print(table)
     for r, folder in zip(records, dirs or []):  # one line each: a path must stay whole to be copied
-        console.print(f"  {r['method']:<7} record: {folder / 'record.json'}", soft_wrap=True, highlight=False)
+        console.print(f"  {r['method']:<7} record: {Path(folder).resolve() / 'record.json'}", soft_wrap=True, highlight=False)
 
 
 class JobFailed(RuntimeError):
