@@ -17,7 +17,7 @@ from typing import Mapping
 
 from ..data.splits import InputSpec
 from ..targets import detect_architecture
-from .llama import DTYPES, offline, tiny_tokenizer
+from .llama import offline, tiny_tokenizer, weight_dtype
 
 _DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=8)
@@ -96,9 +96,7 @@ def load(cfg: Mapping, num_labels: int, weights: bool = True):
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     name = str(cfg["name"])
-    dtype_name = str(cfg.get("dtype", "float32"))
-    if dtype_name not in DTYPES:
-        raise ValueError(f"model.dtype={dtype_name!r} is unknown; known: {', '.join(DTYPES)}")
+    dtype = weight_dtype(cfg)
     local_only = offline(cfg)
     try:
         config = AutoConfig.from_pretrained(name, num_labels=num_labels, local_files_only=local_only)
@@ -107,10 +105,10 @@ def load(cfg: Mapping, num_labels: int, weights: bool = True):
         if weights:
             # A checkpoint that already has a head of another size gets a new one (the task's).
             model = auto_class(config.model_type).from_pretrained(
-                name, config=config, dtype=DTYPES[dtype_name], local_files_only=local_only, ignore_mismatched_sizes=True,
+                name, config=config, dtype=dtype, local_files_only=local_only, ignore_mismatched_sizes=True,
             )
         else:
-            model = auto_class(config.model_type).from_config(config).to(DTYPES[dtype_name])
+            model = auto_class(config.model_type).from_config(config).to(dtype)
     except (OSError, ConnectionError) as err:
         raise unavailable(name, err) from err
     return processor, model

@@ -78,6 +78,14 @@ def tiny_model(num_labels: int, tokenizer, max_length: int):
     return LlamaForSequenceClassification(config)
 
 
+def weight_dtype(cfg: Mapping) -> torch.dtype:
+    """``model.dtype`` as a torch dtype; an unknown name is an error naming the known ones."""
+    name = str(cfg.get("dtype", "float32"))
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r} is unknown; known: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def offline(cfg: Mapping) -> bool:
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     return bool(cfg.get("local_files_only")) or any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
@@ -105,19 +113,17 @@ def load(cfg: Mapping, num_labels: int, weights: bool = True):
     from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
 
     name = str(cfg["name"])
-    dtype_name = str(cfg.get("dtype", "float32"))
-    if dtype_name not in DTYPES:
-        raise ValueError(f"model.dtype={dtype_name!r} is unknown; known: {', '.join(DTYPES)}")
+    dtype = weight_dtype(cfg)
     local_only = offline(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
         if weights:
             model = LlamaForSequenceClassification.from_pretrained(
-                name, num_labels=num_labels, dtype=DTYPES[dtype_name], local_files_only=local_only,
+                name, num_labels=num_labels, dtype=dtype, local_files_only=local_only,
             )
         else:
             config = AutoConfig.from_pretrained(name, num_labels=num_labels, local_files_only=local_only)
-            model = LlamaForSequenceClassification(config).to(DTYPES[dtype_name])
+            model = LlamaForSequenceClassification(config).to(dtype)
     except (OSError, ConnectionError) as err:
         raise unavailable(name, err) from err
     if tokenizer.pad_token is None:

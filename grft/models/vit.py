@@ -40,28 +40,14 @@ def overlay_for(checkpoint: str, name: str) -> dict:
 
 
 def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
-    import timm
+    """A timm VisionTransformer (any other timm classifier goes through ``model=timm``)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from . import ModelUnavailableError
+    from .timm_classifier import create as create_timm_classifier
 
-    name = str(cfg["name"])
-    kwargs = dict(cfg.get("kwargs") or {})
-    if cfg.get("img_size") is not None:
-        kwargs.setdefault("img_size", int(cfg["img_size"]))
-    checkpoint = cfg.get("checkpoint")
-    if pretrained and checkpoint:
-        kwargs["pretrained_cfg_overlay"] = overlay_for(str(checkpoint), name)
-    try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except RuntimeError as err:
-        if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
-            raise ValueError(f"model.checkpoint={checkpoint} does not fit {name} (model.kwargs={dict(cfg.get('kwargs') or {})}): {err}") from err
-        raise _unavailable(name, err, ModelUnavailableError) from err
-    except (OSError, ConnectionError) as err:
-        raise _unavailable(name, err, ModelUnavailableError) from err
+    model = create_timm_classifier(cfg, num_classes, pretrained=pretrained)
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"model.name={name} is a {type(model).__name__}, not a timm VisionTransformer; "
+        raise ValueError(f"model.name={cfg['name']} is a {type(model).__name__}, not a timm VisionTransformer; "
                          "the vit family needs one (blocks, patch_embed, head)")
     return model
 
