@@ -35,6 +35,14 @@ def snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
 
 
+def assert_refused_untouched(model, path, match: str) -> None:
+    """``load_adapter`` raises ``AdapterMismatch`` matching ``match`` and leaves ``model`` as it was."""
+    before = snapshot(model)
+    with pytest.raises(AdapterMismatch, match=match):
+        grft.load_adapter(model, path)
+    assert_untouched(model, before)
+
+
 def assert_untouched(model, before):
     state, types = before
     assert getattr(model, "grft_state", None) is None
@@ -70,10 +78,7 @@ def test_wrong_head_size_leaves_the_model_untouched_and_a_retry_works(tmp_path):
     base, path = tuned_adapter(tmp_path)
     other = make_tiny_vit(num_classes=7)   # the same backbone, another head
     other.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("head.")}, strict=False)
-    before = snapshot(other)
-    with pytest.raises(AdapterMismatch, match=r"head\.(weight|bias) .*has shape \(5.*\), the model.s is \(7"):
-        grft.load_adapter(other, path)
-    assert_untouched(other, before)
+    assert_refused_untouched(other, path, r"head\.(weight|bias) .*has shape \(5.*\), the model.s is \(7")
     fresh = copy.deepcopy(base)
     grft.load_adapter(fresh, path)
 
@@ -83,10 +88,7 @@ def test_truncated_file_names_its_path(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     model = copy.deepcopy(base)
-    before = snapshot(model)
-    with pytest.raises(AdapterMismatch, match=f"{path}.*truncated or damaged"):
-        grft.load_adapter(model, path)
-    assert_untouched(model, before)
+    assert_refused_untouched(model, path, f"{path}.*truncated or damaged")
 
 
 def test_flipped_data_bytes_fail_the_checksum(tmp_path):
@@ -96,28 +98,19 @@ def test_flipped_data_bytes_fail_the_checksum(tmp_path):
         data[-i] = 0xFF
     path.write_bytes(bytes(data))
     model = copy.deepcopy(base)
-    before = snapshot(model)
-    with pytest.raises(AdapterMismatch, match="do not match the checksum"):
-        grft.load_adapter(model, path)
-    assert_untouched(model, before)
+    assert_refused_untouched(model, path, "do not match the checksum")
 
 
 def test_another_base_is_named(tmp_path):
     _, path = tuned_adapter(tmp_path)
     other_weights = make_tiny_vit(seed=1)       # same shapes, other pre-trained weights
-    before = snapshot(other_weights)
-    with pytest.raises(AdapterMismatch, match="trained on another base model: the pre-trained weights of"):
-        grft.load_adapter(other_weights, path)
-    assert_untouched(other_weights, before)
+    assert_refused_untouched(other_weights, path, "trained on another base model: the pre-trained weights of")
     import timm
 
     torch.manual_seed(0)
     deeper = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=24,
                                depth=4, num_heads=2, mlp_ratio=2.0, num_classes=5)
-    before = snapshot(deeper)
-    with pytest.raises(AdapterMismatch, match="eligible layers differ"):
-        grft.load_adapter(deeper, path)
-    assert_untouched(deeper, before)
+    assert_refused_untouched(deeper, path, "eligible layers differ")
 
 
 def test_the_same_base_in_bfloat16_still_loads(tmp_path):
@@ -135,13 +128,8 @@ def test_bad_index_and_older_files_with_nan_are_refused_untouched(tmp_path):
     index[0] = 10_000
     rewrite(path, {name: index}, {"sha256": None})
     model = copy.deepcopy(base)
-    before = snapshot(model)
-    with pytest.raises(AdapterMismatch, match="indices outside"):
-        grft.load_adapter(model, path)
-    assert_untouched(model, before)
+    assert_refused_untouched(model, path, "indices outside")
     _, path = tuned_adapter(tmp_path)
     delta[0, 0] = float("nan")
     rewrite(path, {delta_name: delta}, {"sha256": None})   # a file written before checksums existed
-    with pytest.raises(AdapterMismatch, match="non-finite values"):
-        grft.load_adapter(model, path)
-    assert_untouched(model, before)
+    assert_refused_untouched(model, path, "non-finite values")

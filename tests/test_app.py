@@ -10,26 +10,18 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
 
 import grft
 from grft.lit.app import run_dir_of
 from grft.lit.runner import run_task
 from grft.lit.settings import register_resolvers
 
+from app_runs import make_cfg, run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 
-def make_cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["debug=smoke", f"paths.runs={tmp_path}", "baselines=null", *overrides])
-
-
-def run(tmp_path: Path, *overrides: str, callbacks=None) -> tuple[dict, Path]:
-    cfg = make_cfg(tmp_path, *overrides)
-    run_dir = run_dir_of(cfg)
-    return run_task(cfg, run_dir, extra_callbacks=callbacks), run_dir
 
 
 @pytest.mark.parametrize(

@@ -130,9 +130,12 @@ def test_ssf_runs_the_ssf_scripts_per_task_settings(composer):
 
 
 def test_a_recipe_for_another_task_family_is_a_clear_error(composer):
-    with pytest.raises(Exception, match="nabirds"):
-        cfg = composer.config(["experiment=fgvc/nabirds", "method=ssf", "recipe=ssf_vtab"])
-        float(cfg.lr)
+    from grft.lit.settings import ConfigError, check_numbers
+
+    cfg = composer.config(["experiment=fgvc/nabirds", "method=ssf", "recipe=ssf_vtab"])
+    with pytest.raises(ConfigError, match="recipe=ssf_vtab has no settings for task 'nabirds' .*; use recipe=ssf_fgvc"):
+        check_numbers(cfg)
+    check_numbers(composer.config(["experiment=fgvc/nabirds", "method=ssf", "recipe=ssf_fgvc"]))  # the right one passes
 
 
 def test_rendered_tables_mark_rows_without_a_published_recipe(composer, tmp_path):

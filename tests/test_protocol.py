@@ -13,31 +13,21 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from miniature import write_fgvc
 from safetensors.torch import load_file
 
 import grft
 from grft.data import build_datasets
-from grft.lit.app import run_dir_of
-from grft.lit.runner import run_task
 from grft.lit.schedule import epoch_scheduler
 from grft.lit.settings import ConfigError, register_resolvers, train_settings
 from grft.models import build_model
+
+from app_runs import make_cfg, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 
-def make_cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["debug=smoke", f"paths.runs={tmp_path / 'runs'}", "baselines=null", *overrides])
-
-
-def run(tmp_path: Path, *overrides: str, callbacks=None) -> tuple[dict, Path]:
-    cfg = make_cfg(tmp_path, *overrides)
-    run_dir = run_dir_of(cfg)
-    return run_task(cfg, run_dir, extra_callbacks=callbacks), run_dir
 
 
 # --- the reference schedule is timm's, configured as the reference code configures it -----------------
@@ -64,7 +54,7 @@ def reference_code_lrs(lr: float, epochs: int, warmup_epochs: int, cooldown_epoc
 
 @pytest.mark.parametrize("experiment", ["fgvc/cub", "vtab/svhn", "fgvc/stanford_dogs"])
 def test_reference_schedule_per_epoch_is_the_reference_codes(tmp_path, experiment):
-    cfg = make_cfg(tmp_path, f"experiment={experiment}", "~debug")
+    cfg = make_cfg(tmp_path / "runs", f"experiment={experiment}", "~debug")
     settings = train_settings(cfg, ("acc",))
     expected = reference_code_lrs(float(cfg.lr), 100, 10)
     assert len(expected) == 110 and int(cfg.trainer.max_epochs) == 110  # 100 + 10 cool-down epochs
@@ -95,7 +85,7 @@ class LearningRates(L.Callback):
 
 def test_a_reference_run_trains_with_that_schedule_and_records_best_final_and_curve(tmp_path):
     seen = LearningRates()
-    record, _ = run(tmp_path, "protocol=reference", "epochs=4", "warmup_epochs=2", "protocol.cooldown_epochs=2",
+    record, _ = run(tmp_path / "runs", "protocol=reference", "epochs=4", "warmup_epochs=2", "protocol.cooldown_epochs=2",
                     "lr=1e-2", callbacks=[seen])
     expected = reference_code_lrs(1e-2, 4, 2, cooldown_epochs=2)
     assert len(expected) == 6 and sorted(seen.by_epoch) == list(range(6))
@@ -112,7 +102,7 @@ def test_a_reference_run_trains_with_that_schedule_and_records_best_final_and_cu
 
 
 def test_simple_protocol_reports_the_final_test_and_evaluates_once(tmp_path):
-    record, _ = run(tmp_path, "epochs=2")
+    record, _ = run(tmp_path / "runs", "epochs=2")
     evaluation = record["evaluation"]
     assert evaluation["protocol"] == "simple" and evaluation["reported"]["key"] == "test_acc"
     assert [p["epoch"] for p in evaluation["curve"]] == [1]  # only the final test
@@ -131,7 +121,7 @@ def nabirds_miniature(tmp_path: Path) -> list[str]:
 
 def test_fgvc_trainval_with_an_odd_remainder_trains_full_epochs_with_mixup_and_cutmix(tmp_path):
     seen = LearningRates()
-    record, _ = run(tmp_path, *nabirds_miniature(tmp_path), callbacks=[seen])
+    record, _ = run(tmp_path / "runs", *nabirds_miniature(tmp_path), callbacks=[seen])
     cfg = record["config"]
     assert (cfg["augment"]["mixup"], cfg["augment"]["cutmix"], cfg["batch_size"]) == (0.8, 1.0, 4)
     assert seen.batch_sizes == [4] * (2 * (15 // 4))  # every epoch: 3 full batches, the 3 left over dropped
@@ -157,12 +147,12 @@ def test_fgvc_odd_remainder_under_two_rank_ddp(tmp_path):
 )
 def test_protocol_errors_name_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        train_settings(make_cfg(tmp_path, *overrides), ("acc",))
+        train_settings(make_cfg(tmp_path / "runs", *overrides), ("acc",))
 
 
 def test_a_training_split_smaller_than_a_batch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than batch_size=512"):
-        run(tmp_path, "batch_size=512")
+        run(tmp_path / "runs", "batch_size=512")
 
 
 # --- the adapter of an EMA run ----------------------------------------------------------------------------
@@ -178,10 +168,10 @@ def accuracy(model: torch.nn.Module, dataset) -> float:
 
 
 def test_loading_each_adapter_of_an_ema_run_gives_its_recorded_accuracy(tmp_path):
-    record, run_dir = run(tmp_path, "augment.ema=0.6", "epochs=3", "lr=3e-2", "trainer.limit_test_batches=1.0")
+    record, run_dir = run(tmp_path / "runs", "augment.ema=0.6", "epochs=3", "lr=3e-2", "trainer.limit_test_batches=1.0")
     files = record["adapter_files"]
     assert files == {"raw": "adapter.safetensors", "ema": "adapter_ema.safetensors"}
-    cfg = make_cfg(tmp_path, "augment.ema=0.6", "epochs=3", "lr=3e-2", "trainer.limit_test_batches=1.0")
+    cfg = make_cfg(tmp_path / "runs", "augment.ema=0.6", "epochs=3", "lr=3e-2", "trainer.limit_test_batches=1.0")
     measured = {}
     for which, name in files.items():
         L.seed_everything(int(cfg.seed), verbose=False)  # the run's frozen (tiny, random) base

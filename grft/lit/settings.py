@@ -36,8 +36,27 @@ class ConfigError(ValueError):
     """A configuration value out of range; the message names the key and the allowed values."""
 
 
+def check_recipe(cfg) -> None:
+    """A baseline recipe (conf/recipe/) lists its settings per task: a task it lacks is one line, not a
+    failed interpolation deep in the config."""
+    recipe = cfg.get("recipe") or {}
+    tasks = recipe.get("tasks") or {}
+    task = (cfg.get("dataset") or {}).get("name")
+    if tasks and task not in tasks:
+        family = (cfg.get("dataset") or {}).get("family")
+        method = (cfg.get("method") or {}).get("name")
+        raise ConfigError(f"recipe={recipe.get('name')} has no settings for task {task!r} (it covers the tasks of "
+                          f"another benchmark); use recipe={method}_{family}")
+
+
 def run_key(root: DictConfig) -> str:
     container = OmegaConf.to_container(root, resolve=False)
+    try:
+        check_recipe(container)
+    except ConfigError:
+        # Raised here, inside Hydra's run-directory interpolation, it would surface as a long traceback;
+        # the app's own checks (check_numbers) report it in one line before anything is written.
+        return "unresolved-config"
     # hydra.run.dir interpolates run_name, which interpolates this key: drop them before resolving.
     container.pop("hydra", None)
     container.pop("run_name", None)
@@ -104,6 +123,7 @@ NUMBERS = {
 
 def check_numbers(cfg: DictConfig) -> None:
     """``lr=abc``: one line naming the key, before anything reads it as a number."""
+    check_recipe(cfg)
     for key, kind in NUMBERS.items():
         value = cfg.get(key)
         try:
