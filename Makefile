@@ -57,7 +57,7 @@ data-glue: install ## GLUE CoLA/MRPC/RTE as the original TSVs in $(DATA_DIR)/glu
 data-check: install ## verify all 27 task folders under $(DATA_DIR) (changes nothing; fails if any has problems)
 	status=0; for family in vtab fgvc glue; do $(PYTHON) -m data_prep.$$family --data-dir $(DATA_DIR) --check || status=1; done; exit $$status
 
-# --- The paper's tables and figures (experiments/paper.yaml) ---------------------------------------
+# --- The paper's tables and figures (experiments/paper/spec.yaml) ---------------------------------------
 # `make table1` = table1-run (launch the pending runs) + table1-render (tables from whatever finished).
 #   LAUNCHER=slurm           launch on SLURM (conf/hydra/launcher/slurm.yaml; local: submitit here;
 #                            default basic: here, one after another)
@@ -72,7 +72,7 @@ SEEDS ?= 0
 PARALLEL ?= 1
 EXTRA ?=
 DRY_RUN ?=
-RESULTS := $(PYTHON) -m grft.results
+RESULTS := $(PYTHON) -m experiments.paper
 PAPER_TARGETS := table1 table2 table3 table4 table5 fig3 fig4
 RUN_FLAGS = --launcher $(LAUNCHER) --rows $(ROWS) --seeds $(SEEDS) --parallel $(PARALLEL) $(if $(DRY_RUN),--dry-run)
 

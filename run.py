@@ -1,7 +1,7 @@
 """Train one task: `python run.py dataset=cub selection=row k=2` (Hydra; `--help` lists groups).
 
 With no arguments it runs the embedded offline default (digits transfer, GRFT vs linear vs full).
-Any error shows as one line first: the problem and the fix (grft.lit.launch); the full traceback
+Any error shows as one line first: the problem and the fix (grft_app.lit.launch); the full traceback
 goes to the run's run.log, or to the terminal with HYDRA_FULL_ERROR=1.
 """
 
@@ -12,14 +12,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from grft.lit.settings import register_resolvers
+from grft_app.lit.settings import register_resolvers
 
 register_resolvers()
 
 
 def launched_dirs(cfg: DictConfig, run_dir: Path) -> list[Path]:
     """The run directory and those of its side-by-side baselines (where a failed launch may write)."""
-    from grft.lit.app import baseline_specs, run_dir_of, with_method
+    from grft_app.lit.app import baseline_specs, run_dir_of, with_method
 
     dirs = [run_dir]
     try:
@@ -31,9 +31,9 @@ def launched_dirs(cfg: DictConfig, run_dir: Path) -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from grft.lit import launch
-    from grft.lit.app import main as run_app
-    from grft.lit.quiet import quiet_lightning
+    from grft_app.lit import launch
+    from grft_app.lit.app import main as run_app
+    from grft_app.lit.quiet import quiet_lightning
 
     quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -1,4 +1,4 @@
-"""Download the paper's datasets, convert them to the layouts ``grft.data`` reads, and verify them.
+"""Download the paper's datasets, convert them to the layouts ``grft_app.data`` reads, and verify them.
 
 One command per family, each with ``--check`` (verify a folder, change nothing):
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from grft.data.catalog import Task, tasks_of
+from grft_app.data.catalog import Task, tasks_of
 
 
 @dataclass

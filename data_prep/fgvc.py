@@ -1,6 +1,6 @@
 """FGVC: fetch the official archives, write VPT's json splits into ``data_dir/fgvc/<folder>/``, verify.
 
-Each official archive unpacks into the folder ``grft.data.fgvc`` reads (CUB_200_2011/images/...,
+Each official archive unpacks into the folder ``grft_app.data.fgvc`` reads (CUB_200_2011/images/...,
 oxfordflower/jpg/..., stanforddogs/Images/..., stanfordcars/cars_train/..., nabirds/images/...);
 the conversion only writes ``train.json``, ``val.json`` and ``test.json`` (``{image path: class
 id}``, paths relative to the task's image root) from the official annotation files:
@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from grft.data.catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, Task
-from grft.data.fgvc import SPLIT_FILES, class_index
+from grft_app.data.catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, Task
+from grft_app.data.fgvc import SPLIT_FILES, class_index
 
 from . import common
 

@@ -1,7 +1,7 @@
 """GLUE (CoLA, MRPC, RTE): download with Hugging Face ``datasets``, write the original TSV layout, verify.
 
 ``data_dir/glue/<TASK>/train.tsv`` and ``dev.tsv`` as GLUE distributes them (what
-``grft.data.glue`` reads). The Hugging Face copy keeps the text and labels but not CoLA's source
+``grft_app.data.glue`` reads). The Hugging Face copy keeps the text and labels but not CoLA's source
 codes nor MRPC's sentence ids; those columns are filled with placeholders (``glue`` and running
 numbers), which no loader reads. A copy of the original GLUE files can be unpacked there instead.
 
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
-from grft.data.catalog import Task
-from grft.data.glue import LAYOUTS, SPLITS, read_tsv
+from grft_app.data.catalog import Task
+from grft_app.data.glue import LAYOUTS, SPLITS, read_tsv
 
 from . import common
 

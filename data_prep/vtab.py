@@ -1,6 +1,6 @@
 """VTAB-1k: download with TensorFlow Datasets, write ``data_dir/vtab-1k/<folder>/``, verify.
 
-The layout (what ``grft.data.vtab`` reads): ``images/{train,val,test}/NNNNNN.png`` and the list
+The layout (what ``grft_app.data.vtab`` reads): ``images/{train,val,test}/NNNNNN.png`` and the list
 files ``train800.txt``, ``val200.txt``, ``train800val200.txt`` (the two together) and ``test.txt``,
 one ``relative/path label`` per line.
 
@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from grft.data.catalog import Task
-from grft.data.vtab import read_list
+from grft_app.data.catalog import Task
+from grft_app.data.vtab import read_list
 
 from . import common
 

@@ -25,7 +25,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from grft_app.paths import ROOT
+
 
 
 class EpochClock(L.Callback):
@@ -78,7 +79,7 @@ def compose(method: str, epochs: int, runs: Path, extra: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from grft.lit.settings import register_resolvers
+    from grft_app.lit.settings import register_resolvers
 
     register_resolvers()
     overrides = [f"method={method}", f"epochs={epochs}", "warmup_epochs=1", "baselines=null",
@@ -90,9 +91,9 @@ def compose(method: str, epochs: int, runs: Path, extra: list[str]):
 
 
 def measure(method: str, epochs: int, rounds: int, extra: list[str]) -> dict:
-    from grft.lit.app import run_dir_of
-    from grft.lit.quiet import quiet_lightning
-    from grft.lit.runner import run_task
+    from grft_app.lit.app import run_dir_of
+    from grft_app.lit.quiet import quiet_lightning
+    from grft_app.lit.runner import run_task
 
     quiet_lightning()
     lightning, plain, step_only = [], [], []

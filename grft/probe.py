@@ -160,7 +160,7 @@ def _choose_part(model, batches, loss_fn, device, subsets, seed, progress) -> tu
 
     Returns the local positions of the chosen part's batches and the local batch count. Under
     torch.distributed, rank r must hold batches r, r+W, r+2W, ... of one global sequence (W ranks;
-    grft.lit's probe loader shards that way): the losses are gathered in that global order, so
+    grft_app.lit's probe loader shards that way): the losses are gathered in that global order, so
     every rank picks the same part as a single process walking all batches would.
     """
     if iter(batches) is batches:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from grft.lit.app import run_dir_of
-from grft.lit.runner import run_task
-from grft.lit.settings import register_resolvers
+from grft_app.lit.app import run_dir_of
+from grft_app.lit.runner import run_task
+from grft_app.lit.settings import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
-from grft.results.compose import Composer, run_dir
-from grft.results.records import write_record
+from experiments.paper.compose import Composer, run_dir
+from grft_app.record import write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from grft.models import hf, timm_classifier
+from grft_app.models import hf, timm_classifier
 from grft.targets import detect_architecture, eligible_layers, in_prefixes
 
 NUM_CLASSES = 3
@@ -249,8 +249,8 @@ def test_regular_layers_count_blocks_across_stages():
 def test_hf_family_loads_a_local_directory_with_a_new_head(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from grft.models import build_model
-    from grft.models.llama import tiny_tokenizer
+    from grft_app.models import build_model
+    from grft_app.models.llama import tiny_tokenizer
 
     tok = tiny_tokenizer()
     torch.manual_seed(1)
@@ -270,7 +270,7 @@ def test_timm_family_reads_a_local_checkpoint_and_its_pretrained_config(tmp_path
     import timm
     from safetensors.torch import save_file
 
-    from grft.models import build_model
+    from grft_app.models import build_model
 
     torch.manual_seed(2)
     kwargs = {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 16]}
@@ -284,7 +284,7 @@ def test_timm_family_reads_a_local_checkpoint_and_its_pretrained_config(tmp_path
 
 
 def test_hf_smoke_without_files_needs_the_model_type():
-    from grft.models import build_model
+    from grft_app.models import build_model
 
     with pytest.raises(ValueError, match="model.model_type"):
         build_model({"family": "hf", "name": "someone/unknown-model"}, 2, tiny=True)
@@ -305,9 +305,9 @@ def test_app_smoke_run_on_a_model_the_user_names(tmp_path, task, overrides):
     from hydra import compose, initialize_config_dir
     from miniature import write_glue, write_vtab
 
-    from grft.lit.app import run_dir_of
-    from grft.lit.runner import run_task
-    from grft.lit.settings import register_resolvers
+    from grft_app.lit.app import run_dir_of
+    from grft_app.lit.runner import run_task
+    from grft_app.lit.settings import register_resolvers
 
     register_resolvers()
     if task == "eurosat":

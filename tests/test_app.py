@@ -12,9 +12,9 @@ import lightning as L
 import pytest
 
 import grft
-from grft.lit.app import run_dir_of
-from grft.lit.runner import run_task
-from grft.lit.settings import register_resolvers
+from grft_app.lit.app import run_dir_of
+from grft_app.lit.runner import run_task
+from grft_app.lit.settings import register_resolvers
 
 from app_runs import make_cfg, run  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_resume_keeps_the_selection_skips_the_probe_and_matches_an_uninterrupted
     run_dir = run_dir_of(cfg)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "record.json").is_file()
 
-    import grft.methods.grft as grft_method
+    import grft_app.methods.grft as grft_method
 
     def no_probe(*args, **kwargs):
         raise AssertionError("the probe ran again on resume")

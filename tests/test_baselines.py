@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from results_fixtures import search_path, write_stubs
 
-from grft.results.baseline_shares import cell_report, row_share
-from grft.results.compose import Composer
-from grft.results.matching import RecordIndex
-from grft.results.paper import load_paper_table
-from grft.results.spec import load_spec
-from grft.results.tables import NOT_COMPARABLE, render_table
+from experiments.paper.baseline_shares import cell_report, row_share
+from experiments.paper.compose import Composer
+from experiments.paper.matching import RecordIndex
+from experiments.paper.paper import load_paper_table
+from experiments.paper.spec import load_spec
+from experiments.paper.tables import NOT_COMPARABLE, render_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = load_spec()
@@ -130,7 +130,7 @@ def test_ssf_runs_the_ssf_scripts_per_task_settings(composer):
 
 
 def test_a_recipe_for_another_task_family_is_a_clear_error(composer):
-    from grft.lit.settings import ConfigError, check_numbers
+    from grft_app.lit.settings import ConfigError, check_numbers
 
     cfg = composer.config(["experiment=fgvc/nabirds", "method=ssf", "recipe=ssf_vtab"])
     with pytest.raises(ConfigError, match="recipe=ssf_vtab has no settings for task 'nabirds' .*; use recipe=ssf_fgvc"):

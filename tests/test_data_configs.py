@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from grft.data.catalog import TASKS
-from grft.lit.settings import register_resolvers
+from grft_app.data.catalog import TASKS
+from grft_app.lit.settings import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()

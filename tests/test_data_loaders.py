@@ -10,10 +10,10 @@ import torch
 from miniature import GLUE_ROWS, colour, glue_expected, write_fgvc, write_glue, write_vtab
 from PIL import Image
 
-from grft.data import build_datasets
-from grft.data.catalog import DataMissingError
-from grft.data.images import CorruptImageError
-from grft.data.splits import InputSpec
+from grft_app.data import build_datasets
+from grft_app.data.catalog import DataMissingError
+from grft_app.data.images import CorruptImageError
+from grft_app.data.splits import InputSpec
 
 SPEC = InputSpec(kind="image", img_size=24, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -180,7 +180,7 @@ def test_fgvc_image_root_matters(tmp_path):
 # --- GLUE ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def text_spec():
-    from grft.models.llama import tiny_tokenizer
+    from grft_app.models.llama import tiny_tokenizer
 
     return InputSpec(kind="text", tokenizer=tiny_tokenizer(), max_length=64)
 

@@ -12,9 +12,9 @@ from PIL import Image
 from data_prep import fgvc as prep_fgvc
 from data_prep import glue as prep_glue
 from data_prep import vtab as prep_vtab
-from grft.data import build_datasets
-from grft.data.catalog import TASKS, Task
-from grft.data.splits import InputSpec
+from grft_app.data import build_datasets
+from grft_app.data.catalog import TASKS, Task
+from grft_app.data.splits import InputSpec
 
 SPEC = InputSpec(kind="image", img_size=16)
 
@@ -229,7 +229,7 @@ HF_ROWS = {
 
 @pytest.mark.parametrize("task", ["cola", "mrpc", "rte"])
 def test_glue_converter_writes_tsvs_the_loader_reads(tmp_path, task):
-    from grft.models.llama import tiny_tokenizer
+    from grft_app.models.llama import tiny_tokenizer
 
     rows = HF_ROWS[task]
     folder = TASKS[task].folder_in(tmp_path)

@@ -12,9 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from miniature import write_fgvc, write_glue, write_vtab
 
-from grft.lit.app import run_dir_of
-from grft.lit.runner import run_task
-from grft.lit.settings import register_resolvers
+from grft_app.lit.app import run_dir_of
+from grft_app.lit.runner import run_task
+from grft_app.lit.settings import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()

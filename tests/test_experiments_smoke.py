@@ -9,11 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from miniature import write_fgvc
 
-from grft.data.catalog import TASKS
-from grft.lit.app import run_dir_of
-from grft.lit.preflight import preflight
-from grft.lit.runner import run_task
-from grft.lit.settings import ConfigError, register_resolvers
+from grft_app.data.catalog import TASKS
+from grft_app.lit.app import run_dir_of
+from grft_app.lit.preflight import preflight
+from grft_app.lit.runner import run_task
+from grft_app.lit.settings import ConfigError, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))

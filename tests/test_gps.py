@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 import grft
 from conftest import image_batches, make_tiny_vit
-from grft.methods import MethodSettings, make_method
-from grft.methods.gps import build_masks, load_gps, model_masks
-from grft.models import ModelBundle
+from grft_app.methods import MethodSettings, make_method
+from grft_app.methods.gps import build_masks, load_gps, model_masks
+from grft_app.models import ModelBundle
 from grft.targets import detect_architecture
 
 K = 2
@@ -117,7 +117,7 @@ def test_three_adam_steps_move_exactly_the_selected_entries():
 
 
 def test_weight_decay_is_refused_because_it_would_move_frozen_entries():
-    from grft.lit.module import TrainSettings
+    from grft_app.lit.module import TrainSettings
 
     method = gps()
     with pytest.raises(ValueError, match="method gps needs weight_decay=0"):
@@ -164,7 +164,7 @@ def test_lightning_applies_the_masks_on_every_step():
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from grft.lit.module import FineTuneModule, TrainSettings
+    from grft_app.lit.module import FineTuneModule, TrainSettings
 
     model = make_tiny_vit()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from grft.lit import launch
-from grft.lit.app import run_dir_of
-from grft.lit.runner import run_task
-from grft.lit.settings import register_resolvers
+from grft_app.lit import launch
+from grft_app.lit.app import run_dir_of
+from grft_app.lit.runner import run_task
+from grft_app.lit.settings import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -33,7 +33,7 @@ def files_under(folder: Path) -> list[Path]:
 
 
 def test_missing_data_is_found_before_the_model_is_built(tmp_path, monkeypatch):
-    import grft.lit.runner as runner
+    import grft_app.lit.runner as runner
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the data was checked")

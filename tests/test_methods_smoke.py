@@ -14,9 +14,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from grft.lit.runner import run_task
-from grft.lit.settings import register_resolvers
-from grft.methods import METHODS
+from grft_app.lit.runner import run_task
+from grft_app.lit.settings import register_resolvers
+from grft_app.methods import METHODS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

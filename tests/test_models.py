@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import grft
-from grft.models import ModelUnavailableError, build_model
+from grft_app.models import ModelUnavailableError, build_model
 from grft.targets import eligible_layers
 
 # A ViT small enough for a test, in timm's architecture options.
@@ -110,7 +110,7 @@ def test_tiny_llama_classifies_padded_batches_like_single_sentences():
 def test_llama_loads_a_local_directory_with_a_new_score_head(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from grft.models.llama import tiny_tokenizer
+    from grft_app.models.llama import tiny_tokenizer
 
     tok = tiny_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -144,7 +144,7 @@ def test_llama_from_the_hub_offline_says_how_to_get_the_gated_files(tmp_path, mo
 
 
 def test_llama_3_2_1b_on_the_meta_device_matches_its_size_and_table8():
-    from grft.models.llama import LLAMA_ARCH, meta_model
+    from grft_app.models.llama import LLAMA_ARCH, meta_model
 
     model = meta_model(num_labels=2)
     assert sum(p.numel() for p in model.model.parameters()) == 1_235_814_400  # the published 1.24B

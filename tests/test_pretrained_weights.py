@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from grft.models import build_model
+from grft_app.models import build_model
 
 SENTENCES = [
     ("the cat chased a mouse across the garden", 0), ("a dog barked at the birds in the tree", 0),

@@ -149,7 +149,7 @@ def _rank_main(rank: int, world: int, init: str, name: str, subsets: int, out: s
     try:
         torch.set_num_threads(1)
         model, batches = workload(name)
-        mine = batches[rank::world]  # round-robin shards, as grft.lit's probe loader gives them
+        mine = batches[rank::world]  # round-robin shards, as grft_app.lit's probe loader gives them
         results = {}
         for low in (False, True):
             cfg = grft.GRFTConfig(k=2, selection="row", subsets=subsets)

@@ -17,10 +17,10 @@ from miniature import write_fgvc
 from safetensors.torch import load_file
 
 import grft
-from grft.data import build_datasets
-from grft.lit.schedule import epoch_scheduler
-from grft.lit.settings import ConfigError, register_resolvers, train_settings
-from grft.models import build_model
+from grft_app.data import build_datasets
+from grft_app.lit.schedule import epoch_scheduler
+from grft_app.lit.settings import ConfigError, register_resolvers, train_settings
+from grft_app.models import build_model
 
 from app_runs import make_cfg, run  # noqa: E402
 

@@ -10,13 +10,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from results_fixtures import CLASSES, ROOT, search_path, write_stubs
 
-from grft.results.compose import Composer, ConfigUnavailable
-from grft.results.spec import load_spec
+from experiments.paper.compose import Composer, ConfigUnavailable
+from experiments.paper.spec import load_spec
 
 SPEC = load_spec()
 VISION = [(b, t) for b in ("fgvc", "vtab") for t in SPEC.tasks(b)]
 ALL = VISION + [("glue", t) for t in SPEC.tasks("glue")]
-PAPER = pd.concat([pd.read_csv(ROOT / "results/paper" / f, dtype=str).set_index("task") for f in ("table6.csv", "table7.csv")])
+PAPER = pd.concat([pd.read_csv(ROOT / "experiments/paper/published" / f, dtype=str).set_index("task") for f in ("table6.csv", "table7.csv")])
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_glue_experiments_state_what_the_paper_implies(stubbed, task):
 
 def test_fast_composition_equals_hydra_for_group_swaps(stubbed, tmp_path_factory):
     """The cached composer swaps plain option files; that must equal a full Hydra compose."""
-    from grft.lit.settings import register_resolvers
+    from grft_app.lit.settings import register_resolvers
 
     register_resolvers()
     extra = stubbed.extra

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from results_fixtures import search_path, write_stubs
 
-from grft.results.compose import Composer
-from grft.results.hparams import FIELDS, sci, write_hparams
-from grft.results.paper import load_paper_table
-from grft.results.spec import load_spec
+from experiments.paper.compose import Composer
+from experiments.paper.hparams import FIELDS, sci, write_hparams
+from experiments.paper.paper import load_paper_table
+from experiments.paper.spec import load_spec
 
 SPEC = load_spec()
 TASKS = [t for b in ("fgvc", "vtab", "glue") for t in SPEC.tasks(b)]
@@ -61,10 +61,10 @@ def test_glue_shares_when_the_llama_builder_is_here(written):
     _, first, _ = written
     table = pd.read_csv(first / "hparams.csv").set_index("task")
     try:
-        import grft.models.llama  # noqa: F401
+        import grft_app.models.llama  # noqa: F401
     except ImportError:
         assert table.loc[["cola", "mrpc", "rte"], "params_pct"].isna().all()
-        pytest.skip("grft.models.llama is not in this checkout (datasets/models area): GLUE shares left empty")
+        pytest.skip("grft_app.models.llama is not in this checkout (datasets/models area): GLUE shares left empty")
     for task in ("cola", "mrpc", "rte"):
         assert round(table.loc[task, "params_pct"], 2) == 0.08
 

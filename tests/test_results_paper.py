@@ -1,4 +1,4 @@
-"""The paper's numbers as transcribed (results/paper/*.csv), and the checks made on them.
+"""The paper's numbers as transcribed (experiments/paper/published/*.csv), and the checks made on them.
 
 Spot values below are typed from the paper. With GRFT_PAPER=<the paper as Markdown> set, every
 cell of Tables 1-8 is compared with the paper's own text as well.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from grft.results.paper import check_mean, decimals, load_claims, load_paper_table, rounding_slack
-from grft.results.spec import load_spec
+from experiments.paper.paper import check_mean, decimals, load_claims, load_paper_table, rounding_slack
+from experiments.paper.spec import load_spec
 
 SPEC = load_spec()
 

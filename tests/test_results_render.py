@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from results_fixtures import search_path, write_fixture_record, write_stubs
 
-from grft.results.__main__ import main as cli
-from grft.results.compose import Composer
-from grft.results.figures import render_memory, render_sweep
-from grft.results.matching import RecordIndex
-from grft.results.spec import load_spec
-from grft.results.tables import HOLE, NOT_COMPARABLE, render_table
+from experiments.paper.__main__ import main as cli
+from experiments.paper.compose import Composer
+from experiments.paper.figures import render_memory, render_sweep
+from experiments.paper.matching import RecordIndex
+from experiments.paper.spec import load_spec
+from experiments.paper.tables import HOLE, NOT_COMPARABLE, render_table
 
 SPEC = load_spec()
 
@@ -169,7 +169,7 @@ def test_cli_renders_every_target_with_no_runs(stubs, tmp_path, capsys):
 def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_named(composer, tmp_path):
     import json
 
-    from grft.results.tables import FAILED
+    from experiments.paper.tables import FAILED
 
     t1 = SPEC.target("table1")
     grft_row = next(r for r in t1.rows if r.label == "GRFT")

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from results_fixtures import ROOT, search_path, write_fixture_record, write_stubs
 
-from grft.results.__main__ import main as cli
-from grft.results.compose import Composer
-from grft.results.spec import SpecError, load_spec
-from grft.results.sweeps import plan, plan_all
+from experiments.paper.__main__ import main as cli
+from experiments.paper.compose import Composer
+from experiments.paper.spec import SpecError, load_spec
+from experiments.paper.sweeps import plan, plan_all
 
 SPEC = load_spec()
 FGVC = 5
@@ -92,10 +92,10 @@ def test_make_targets_exist_and_call_the_results_cli():
     out = subprocess.run(["make", "-n", "table1", "fig4-run", "table2-render", "hparams", "paper-dry-run", "STAMP=",
                           "PYTHON=python", "LAUNCHER=submitit_slurm", "SEEDS=0,1"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "python -m grft.results run table1 --launcher submitit_slurm --rows default --seeds 0,1" in out
-    assert "python -m grft.results render table1" in out and "python -m grft.results run fig4 " in out
-    assert "python -m grft.results render table2" in out and "python -m grft.results hparams" in out
-    assert "python -m grft.results run paper" in out and "--dry-run" in out
+    assert "python -m experiments.paper run table1 --launcher submitit_slurm --rows default --seeds 0,1" in out
+    assert "python -m experiments.paper render table1" in out and "python -m experiments.paper run fig4 " in out
+    assert "python -m experiments.paper render table2" in out and "python -m experiments.paper hparams" in out
+    assert "python -m experiments.paper run paper" in out and "--dry-run" in out
 
 
 def _tiny_project(folder):
@@ -144,7 +144,7 @@ def test_a_real_smoke_sweep_appears_in_the_rendered_table(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     overrides = ["debug=smoke", f"paths.runs={runs}", search_path(project / "conf")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    base = [sys.executable, "-m", "grft.results", "--spec", str(project / "spec.yaml")]
+    base = [sys.executable, "-m", "experiments.paper", "--spec", str(project / "spec.yaml")]
     launched = subprocess.run([*base, "run", "tiny", *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
     assert "tiny: 2 jobs (2 cells x seeds), 0 done, 2 to launch in 1 multiruns" in launched.stdout

@@ -13,10 +13,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from grft.lit.app import run_dir_of
-from grft.lit.runner import run_task
-from grft.lit.settings import register_resolvers, run_key
-from grft.results.records import CorruptRecord
+from grft_app.lit.app import run_dir_of
+from grft_app.lit.runner import run_task
+from grft_app.lit.settings import register_resolvers, run_key
+from grft_app.record import CorruptRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -41,7 +41,7 @@ def test_force_trains_again_from_the_pretrained_weights_and_keeps_the_old_record
     first = run_task(cfg, run_dir)
     assert first["done"] and first["launches"][0]["steps"] > 0
 
-    import grft.methods.grft as grft_method
+    import grft_app.methods.grft as grft_method
 
     probes = []
     real_select = grft_method.select
@@ -77,7 +77,7 @@ def test_the_run_key_follows_the_data_folder_its_split_files_and_the_code_versio
     (folder / "train.json").write_text(json.dumps({"a.jpg": 0}))
     assert key(a) != before                      # a split list changed in place
     assert key(tmp_path / "absent") != key(a)    # missing data has its own key
-    import grft.lit.settings as settings
+    import grft_app.lit.settings as settings
 
     current = key(a)
     monkeypatch.setattr(settings, "__version__", "999")
@@ -86,7 +86,7 @@ def test_the_run_key_follows_the_data_folder_its_split_files_and_the_code_versio
 
 def test_the_same_config_on_another_data_folder_is_not_already_done(tmp_path):
     """The reported bug: pointed at another folder, a run was "already done" with the other folder's metrics."""
-    from grft.data.identity import data_identity
+    from grft_app.data.identity import data_identity
 
     digits = make_cfg(tmp_path)
     assert data_identity(digits.dataset, digits.data_dir) == {"folder": None, "splits": "built-in"}
@@ -107,8 +107,8 @@ def test_a_damaged_record_names_itself_and_force_gets_past_it(tmp_path):
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
     assert f"error: {record} is not a valid run record" in broken.stderr and "force=true" in broken.stderr
     # The sweep tool stops on it with the same line; rendering names it and goes on.
-    from grft.results.matching import RecordIndex
-    from grft.results.sweeps import is_done
+    from experiments.paper.matching import RecordIndex
+    from experiments.paper.sweeps import is_done
 
     with pytest.raises(CorruptRecord, match=str(record)):
         is_done(record.parent)

@@ -8,10 +8,10 @@ import torch
 from conftest import image_batches, make_tiny_vit
 
 import grft
-from grft.lit.module import TrainSettings, make_optimizer
-from grft.methods import MethodSettings, make_method
-from grft.data.splits import InputSpec
-from grft.models import ModelBundle
+from grft_app.lit.module import TrainSettings, make_optimizer
+from grft_app.methods import MethodSettings, make_method
+from grft_app.data.splits import InputSpec
+from grft_app.models import ModelBundle
 
 
 def tuned(seed: int = 0):

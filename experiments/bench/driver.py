@@ -24,9 +24,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from grft_app.paths import ROOT
+
 from .names import LLAMA_LAYERS, METHODS, MODELS
 
-ROOT = Path(__file__).resolve().parents[2]
 # Steps per device: (warm-up, measured, interleaved rounds per model). A CPU ViT-B/16 step takes
 # seconds; the CPU Llama's (2 layers) a quarter of that, so it gets three times the rounds.
 STEPS = {"cpu": (1, 3, {"vit": 12, "llama": 36}), "cuda": (5, 20, {"vit": 20, "llama": 20})}

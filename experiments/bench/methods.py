@@ -2,7 +2,7 @@
 
 - full: every parameter trains.
 - gps: gradient-based parameter selection (Zhang et al. 2024) as ``method=gps`` runs it
-  (``grft.methods.gps``): every eligible weight requires a full gradient and keeps full-size Adam
+  (``grft_app.methods.gps``): every eligible weight requires a full gradient and keeps full-size Adam
   state, and its gradient is zeroed outside a full-size mask (the top-k ``|H|`` entries of each
   row of the SCL probe gradient) before the optimizer step. Eligible biases and the head train in
   full, as in GRFT.
@@ -31,7 +31,7 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 import grft
-from grft.methods import gps
+from grft_app.methods import gps
 from grft.targets import detect_architecture, eligible_layers
 
 from .models import Workload
@@ -104,7 +104,7 @@ def _timed(fn: Callable, sync: Callable[[], None]):
 # --- GPS ------------------------------------------------------------------------------------------
 
 def prepare_gps(work: Workload, k: int, sync) -> Trainable:
-    """The framework's GPS (``grft.methods.gps``): its masks, its gradient edit, its adapter file."""
+    """The framework's GPS (``grft_app.methods.gps``): its masks, its gradient edit, its adapter file."""
     model = work.model
     arch = detect_architecture(model)
     layers = eligible_layers(model, arch)

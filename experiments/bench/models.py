@@ -22,7 +22,7 @@ class Workload:
     inputs: a tensor (images ``[batch, 3, H, W]``) or a dict (``input_ids``/``attention_mask``
     ``[batch, tokens]``); labels ``[batch]``. probe_batches: ``(inputs, labels)`` pairs for the
     gradient probe, each label appearing twice so the contrastive loss has positive pairs; ViT
-    probe inputs are ``[view1, view2]`` pairs (two views per image, what ``grft.lit``'s probe
+    probe inputs are ``[view1, view2]`` pairs (two views per image, what ``grft_app.lit``'s probe
     loader gives an image task), Llama's plain token batches (text has no views).
     floor: the module whose bias the ``floor`` method trains besides the head: the first layer
     of the network (ViT: the patch embedding; Llama: layer 0's ``q_proj``, given a zero bias).

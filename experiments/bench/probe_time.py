@@ -1,6 +1,6 @@
 """The probe's time per batch next to one full fine-tuning step, measured side by side.
 
-A run's probe walks the training set once at the training batch size (``grft.lit``'s probe
+A run's probe walks the training set once at the training batch size (``grft_app.lit``'s probe
 loader, two augmented views per image), so its time per batch against one training step is the
 probe's cost in training epochs, and against one full fine-tuning step it is the cost in the unit
 every method shares. The per-process workers time the probe and the steps minutes apart; here one

@@ -182,7 +182,7 @@ HOW_MEASURED = """## How it was measured
   GPU: `torch.cuda.max_memory_allocated` over the training steps.
 - Probe: `probe s` is the setup's probe (`grft.select` / `grft.accumulate_gradients`, the
   low-memory probe: blocks checkpointed, `grft/checkpointing.py`) over `--probe-batches` batches;
-  ViT probe batches hold two views of each image, as `grft.lit`'s probe loader gives them.
+  ViT probe batches hold two views of each image, as `grft_app.lit`'s probe loader gives them.
   `probe ÷ epoch`: a probe batch over the method's own training step, i.e. one probe pass over
   the training set (at the training batch size, the default) in training epochs. `probe batch ÷
   full step, side by side`: `python -m experiments.bench.probe_time` holds a full fine-tuning
@@ -194,7 +194,7 @@ HOW_MEASURED = """## How it was measured
   eligible biases, head). LoRA: peft's `adapter_model.safetensors` (A, B, head). full: the whole
   state dict. linear/floor: their trainable tensors. GPS: `save_gps` of `method=gps` (per masked
   matrix the selected entries' indices and values), plus biases and head.
-- GPS: the framework's `method=gps` (`grft/methods/gps.py`): every eligible weight holds a full
+- GPS: the framework's `method=gps` (`grft_app/methods/gps.py`): every eligible weight holds a full
   gradient and full-size Adam state; the gradient is zeroed outside a full-size bool mask (top-k
   |H| per row of the SCL probe gradient) before the step. Probe: `grft.accumulate_gradients`.
 - LoRA: peft, r=8, alpha=16, dropout 0, on ViT `qkv` / Llama `q_proj`, `v_proj`; head trained.

@@ -1,0 +1,173 @@
+"""Which run records belong to a cell: those whose configuration is the cell's, seeds aside.
+
+A record stores its full resolved config. A cell's expected config is composed from its overrides
+(``compose.Composer``). They match when every setting that decides the result agrees. Settings
+that only say where or how a run was launched (paths, logger, trainer device, tags, seed) are
+ignored, and so is a key that one side lacks (a record written before a new default key existed
+still counts; a key the record has that the cell lacks cannot contradict it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from grft_app.record import CorruptRecord, iter_records, record_metric_key, record_statistic, status_of
+
+# Where a run went and how it was launched, not what it computed.
+IGNORED = (
+    "hydra", "run_name", "seed", "paths", "logger", "data_dir", "num_workers", "force", "baselines", "progress",
+    "tags", "trace_memory_every", "eval_batch_size", "trainer", "model.cache_dir", "model.checkpoint",
+    "model.local_files_only",
+)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in IGNORED)
+
+
+def identity(config: DictConfig | Mapping) -> dict[str, Any]:
+    """The settings that decide a run's result, as flat ``dotted.key -> value``."""
+    if isinstance(config, DictConfig):
+        # run_name (and hydra.*) interpolate the run key, which needs the whole root: drop them first.
+        config = copy.copy(config)
+        with open_dict(config):
+            for key in ("hydra", "run_name"):
+                config.pop(key, None)
+        config = OmegaConf.to_container(config, resolve=True)
+    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def matches(expected: Mapping[str, Any], record_identity: Mapping[str, Any]) -> bool:
+    return all(same_value(value, record_identity[key]) for key, value in expected.items() if key in record_identity)
+
+
+@dataclass
+class Aggregate:
+    """A cell's result over its matched runs: one value per seed (the latest run of a seed)."""
+
+    values: list[float] = field(default_factory=list)
+    params_pct: list[float] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    statistics: list[str] = field(default_factory=list)  # per value: which number of its record it is
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+    @property
+    def params(self) -> float:
+        return statistics.fmean(self.params_pct) if self.params_pct else math.nan
+
+
+class RecordIndex:
+    """Done records under a runs folder, indexed by (task, method) for fast cell lookups.
+
+    Records of failed runs are kept apart (``failed``): a cell without a finished run but with a
+    failed one shows as failed, not as a hole. Damaged record files are listed in ``corrupt``.
+    """
+
+    def __init__(self, records: Iterable[dict], corrupt: Iterable[str] = ()):
+        self.by_task_method: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+        self.failed: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+        for record in records:
+            status = status_of(record)
+            if status not in ("done", "failed"):
+                continue
+            config = record.get("config") or {}
+            key = (str(record.get("task")), str(record.get("method")))
+            index = self.by_task_method if status == "done" else self.failed
+            index.setdefault(key, []).append((record, identity(config)))
+        self.used: set[str] = set()
+        self.corrupt = list(corrupt)
+
+    @classmethod
+    def load(cls, root: Path) -> "RecordIndex":
+        """Every record under ``root``; a damaged one is named in ``corrupt`` (with its fix), not dropped silently."""
+        corrupt: list[str] = []
+
+        def note(err: CorruptRecord) -> None:
+            corrupt.append(str(err))
+
+        records = list(iter_records(root, done_only=False, on_corrupt=note)) if Path(root).is_dir() else []
+        return cls(records, corrupt)
+
+    def failures(self, cfg: DictConfig) -> list[dict]:
+        """Failed runs' records matching ``cfg`` (any seed)."""
+        candidates = self.failed.get((str(cfg.dataset.name), str(cfg.method.name)), [])
+        if not candidates:
+            return []
+        expected = identity(cfg)
+        return [record for record, ident in candidates if matches(expected, ident)]
+
+    def candidates(self, task: str, method: str) -> list[tuple[dict, dict]]:
+        return self.by_task_method.get((task, method), [])
+
+    def find(self, cfg: DictConfig, metric: str, scale: float) -> Aggregate:
+        """Aggregate the records matching ``cfg``: each one's reported statistic of ``metric`` (the
+        best epoch's under protocol=reference; see ``records.record_metric_key``); a record without
+        that value does not count."""
+        candidates = self.candidates(str(cfg.dataset.name), str(cfg.method.name))
+        aggregate = Aggregate()
+        if not candidates:
+            return aggregate
+        expected = identity(cfg)
+        latest: dict[Any, dict] = {}
+        for record, ident in candidates:
+            if record_metric_key(record, metric) not in (record.get("metrics") or {}) or not matches(expected, ident):
+                continue
+            seed = record.get("seed")
+            if seed not in latest or str(record.get("finished_at", "")) > str(latest[seed].get("finished_at", "")):
+                latest[seed] = record
+        for seed in sorted(latest, key=str):
+            record = latest[seed]
+            self.used.add(record["run_dir"])
+            aggregate.records.append(record)
+            aggregate.values.append(scale * float(record["metrics"][record_metric_key(record, metric)]))
+            aggregate.statistics.append(record_statistic(record))
+            pct = (record.get("params") or {}).get("pct")
+            if pct is not None:
+                aggregate.params_pct.append(float(pct))
+        return aggregate
+
+    def unmatched(self, tasks: Iterable[str], methods: Iterable[str]) -> list[dict]:
+        """Records of these tasks and methods that no cell has claimed (other settings, stale configs)."""
+        tasks, methods = set(tasks), set(methods)
+        return [
+            record for (task, method), items in sorted(self.by_task_method.items()) if task in tasks and method in methods
+            for record, _ in items if record["run_dir"] not in self.used
+        ]

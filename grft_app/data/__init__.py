@@ -1,0 +1,44 @@
+"""Datasets in the on-disk layouts the PEFT community uses, built per task from its Hydra config.
+
+``build_datasets(dataset_cfg, data_dir, inputs)`` dispatches on ``dataset_cfg["family"]`` to the
+family's module (``grft_app.data.<family>.build``), which returns ``DataSplits``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Mapping
+
+from .splits import DataSplits, InputSpec
+
+FAMILIES = {
+    "digits": "grft_app.data.digits",
+    "vtab": "grft_app.data.vtab",
+    "fgvc": "grft_app.data.fgvc",
+    "glue": "grft_app.data.glue",
+}
+
+
+def build_datasets(dataset_cfg: Mapping, data_dir: str | Path, inputs: InputSpec) -> DataSplits:
+    family = dataset_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    module = importlib.import_module(FAMILIES[family])
+    return module.build(dataset_cfg, Path(data_dir), inputs)
+
+
+def check_data_present(dataset_cfg: Mapping, data_dir: str | Path) -> None:
+    """Fail fast (before a model is loaded) if the task's folder or split files are absent.
+
+    A family whose data ships with the code (digits) has nothing to check.
+    """
+    family = dataset_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    check = getattr(importlib.import_module(FAMILIES[family]), "check_present", None)
+    if check is not None:
+        check(dataset_cfg, Path(data_dir))
+
+
+__all__ = ["DataSplits", "InputSpec", "build_datasets", "check_data_present", "FAMILIES"]

@@ -1,0 +1,132 @@
+"""What ``python run.py`` does: run the configured task, then any side-by-side baselines."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..paths import CONF_DIR
+from ..record import record_metric_key
+from .lock import RunLocked
+from .runner import run_task
+from .settings import ConfigError, run_key
+from .sweep_summary import current_multirun
+
+log = logging.getLogger("grft")
+
+
+def with_method(cfg: DictConfig, name: str, overrides: dict | None = None) -> DictConfig:
+    """The same task with another method (its config group file, as ``method=<name>`` would give).
+
+    ``overrides``: top-level keys that differ for this method (e.g. its own learning rate).
+    """
+    path = CONF_DIR / "method" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+        raise ConfigError(f"baselines: method {name!r} is unknown; known: {', '.join(known)}")
+    other = copy.deepcopy(cfg)
+    with open_dict(other):
+        other.method = OmegaConf.load(path)
+        other.baselines = None
+        for key, value in (overrides or {}).items():
+            if key not in other:
+                raise ConfigError(f"baselines.{name}.{key}: no such top-level key")
+            other[key] = value
+    return other
+
+
+def baseline_specs(baselines) -> list[tuple[str, dict]]:
+    """``[linear, full]`` or ``{linear: {lr: 3e-2}, full: {lr: 3e-3}}`` as (name, overrides) pairs."""
+    if isinstance(baselines, DictConfig):
+        return [(name, OmegaConf.to_container(o or {}, resolve=True)) for name, o in baselines.items()]
+    return [(str(name), {}) for name in baselines]
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs) / str(cfg.dataset.name) / str(cfg.method.name) / run_key(cfg)
+
+
+def method_label(method: str, cfg: DictConfig) -> str:
+    return method + (f" ({cfg.selection.kind}, k={cfg.k})" if method == "grft" else "")
+
+
+def announce(cfg: DictConfig) -> None:
+    """Before a side-by-side launch: what is compared, on what, and where the records go."""
+    others = [name for name, _ in baseline_specs(cfg.baselines or [])]
+    print(f"{cfg.dataset.name}: {method_label(str(cfg.method.name), cfg)} vs {', '.join(others)}, each trained on "
+          f"the same data and seed ({cfg.seed}), then tested; records under {Path(cfg.paths.runs) / str(cfg.dataset.name)}/",
+          flush=True)
+
+
+def print_comparison(records: list[dict], dirs: list[Path] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{records[0]['task']}: test accuracy and trainable share")
+    for column in ("method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    for r in records:
+        label = r["method"] + (f" ({r['selection']}, k={r['k']})" if r["method"] == "grft" else "")
+        acc = r["metrics"][record_metric_key(r, "test_acc")]  # the number the run's protocol reports
+        table.add_row(label, f"{100 * acc:.1f}", f"{r['params']['pct']:.2f}",
+                      f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}")
+    console = Console()
+    console.print(table)
+    for r, folder in zip(records, dirs or []):  # one line each: a path must stay whole to be copied
+        console.print(f"  {r['method']:<7} record: {Path(folder).resolve() / 'record.json'}", soft_wrap=True, highlight=False)
+
+
+class JobFailed(RuntimeError):
+    """A job of a multirun failed; its record says ``failed`` and why, and the other jobs still run."""
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def main(cfg: DictConfig, run_dir: Path) -> dict:
+    """One run and its baselines. Alone, an error ends the process (status 2, one line for a user error).
+
+    In a multirun the failed job's record says ``failed``, the error is printed, and the job returns
+    so the launcher runs the remaining jobs (``sys.exit`` here would stop the basic launcher's
+    sweep); ``SweepSummary`` then ends the multirun with status 1. Without that callback the job
+    raises ``JobFailed``, which Hydra's launchers also collect and turn into status 1 at the end.
+    """
+    multirun = in_multirun()
+    dirs = [Path(run_dir)]
+    try:
+        if cfg.baselines:
+            announce(cfg)
+        record = run_task(cfg, run_dir, record_failure=multirun)
+        records = [record]
+        for name, overrides in baseline_specs(cfg.baselines or []):
+            other = with_method(cfg, name, overrides)
+            dirs.append(run_dir_of(other))
+            # A baseline run is shared by every launch of its task: wait for a concurrent holder, then skip it.
+            records.append(run_task(other, dirs[-1], wait=True, record_failure=multirun))
+    except Exception as err:
+        user_error = isinstance(err, (ConfigError, FileNotFoundError, ValueError, RunLocked))
+        if os.environ.get("GRFT_TRACEBACK") or not (user_error or multirun):
+            raise
+        if not multirun:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if not user_error:
+            log.exception("run %s failed", run_dir)
+        print(f"error: {err}", file=sys.stderr)
+        if current_multirun() is None and not isinstance(err, RunLocked):
+            raise JobFailed(f"{run_dir} (its record.json says failed, with this error): {err}") from None
+        if isinstance(err, RunLocked):
+            raise JobFailed(f"{run_dir}: {err}") from None  # no record of ours to say so: fail the job itself
+        return {}
+    if len(records) > 1 and all(records):
+        print_comparison(records, dirs)
+    return record

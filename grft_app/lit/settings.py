@@ -1,0 +1,199 @@
+"""From the composed Hydra config to typed settings, with one-line errors naming the key.
+
+Also the run key: a short hash of everything that decides a run's result, so a run's directory is
+the same every time the same configuration is launched (re-launching resumes or skips it) and two
+different configurations never share one. Besides the config, the key holds the data's identity
+(the task folder's resolved path and a hash of its split files, ``grft_app.data.identity``) and the
+code version (``grft.__version__``: raise it when a change alters the numbers). The git commit is
+not in the key, so a run resumes across commits that do not change results; the record keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from grft import __version__
+from grft.config import GRFTConfig
+from ..data.identity import data_identity
+from ..methods import MethodSettings, method_class
+from .module import Protocol, TrainSettings
+
+# Keys that change where or how a run is shown or launched, not what it computes.
+NOT_IN_KEY = (
+    "paths", "logger", "data_dir", "num_workers", "cpu_threads", "force", "baselines", "progress", "tags", "trace_memory_every",
+    "model.cache_dir",
+)
+
+
+GRFT_KEYS = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+
+
+class ConfigError(ValueError):
+    """A configuration value out of range; the message names the key and the allowed values."""
+
+
+def check_recipe(cfg) -> None:
+    """A baseline recipe (conf/recipe/) lists its settings per task: a task it lacks is one line, not a
+    failed interpolation deep in the config."""
+    recipe = cfg.get("recipe") or {}
+    tasks = recipe.get("tasks") or {}
+    task = (cfg.get("dataset") or {}).get("name")
+    if tasks and task not in tasks:
+        family = (cfg.get("dataset") or {}).get("family")
+        method = (cfg.get("method") or {}).get("name")
+        raise ConfigError(f"recipe={recipe.get('name')} has no settings for task {task!r} (it covers the tasks of "
+                          f"another benchmark); use recipe={method}_{family}")
+
+
+def run_key(root: DictConfig) -> str:
+    container = OmegaConf.to_container(root, resolve=False)
+    try:
+        check_recipe(container)
+    except ConfigError:
+        # Raised here, inside Hydra's run-directory interpolation, it would surface as a long traceback;
+        # the app's own checks (check_numbers) report it in one line before anything is written.
+        return "unresolved-config"
+    # hydra.run.dir interpolates run_name, which interpolates this key: drop them before resolving.
+    container.pop("hydra", None)
+    container.pop("run_name", None)
+    resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
+    resolved["data"] = data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir")))
+    resolved["code_version"] = __version__
+    for dotted in NOT_IN_KEY:
+        *parents, leaf = dotted.split(".")
+        node = resolved
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    # A baseline ignores GRFT's keys: the same baseline run serves every GRFT setting.
+    used = method_class(resolved["method"]["name"]).grft_keys
+    for key in GRFT_KEYS:
+        if key not in used:
+            resolved.pop(key, None)
+    return hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("grft.key"):
+        OmegaConf.register_new_resolver("grft.key", lambda *, _root_: run_key(_root_))
+    if not OmegaConf.has_resolver("grft.sum"):  # trainer.max_epochs = epochs + the protocol's cool-down
+        OmegaConf.register_new_resolver("grft.sum", lambda *values: sum(int(v) for v in values))
+
+
+def grft_config(cfg: DictConfig) -> GRFTConfig:
+    try:
+        return GRFTConfig(
+            k=_whole(cfg.k),
+            selection=str(cfg.selection.kind),
+            norm=str(cfg.norm.kind),
+            lam=float(cfg["lambda"]),
+            regular_layers=cfg.regular_layers,
+            subsets=_whole(cfg.subsets),
+            seed=int(cfg.seed),
+        )
+    except ValueError as err:
+        raise ConfigError(str(err).replace("lam (lambda)", "lambda")) from None
+
+
+def _whole(value: Any) -> Any:
+    """Hydra hands ``k=2.0`` or ``k='2'`` through as given; whole numbers become ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def method_settings(cfg: DictConfig) -> MethodSettings:
+    options = OmegaConf.to_container(cfg.method, resolve=True)
+    name = options.pop("name")
+    return MethodSettings(name=name, grft=grft_config(cfg), options=options)
+
+
+NUMBERS = {
+    "lr": float, "batch_size": int, "epochs": int, "seed": int, "k": int, "lambda": float, "subsets": int,
+    "warmup_epochs": float, "weight_decay": float,
+}
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """``lr=abc``: one line naming the key, before anything reads it as a number."""
+    check_recipe(cfg)
+    for key, kind in NUMBERS.items():
+        value = cfg.get(key)
+        try:
+            number = float(value)
+            if kind is int and not number.is_integer():
+                raise ValueError
+        except (TypeError, ValueError):
+            expected = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{key} must be {expected}, got {value!r}") from None
+
+
+SCHEDULES = ("epoch", "step")
+REPORTS = ("best", "final")
+REPORT_MODELS = ("raw", "ema")
+
+
+def protocol_settings(cfg: DictConfig) -> Protocol:
+    """The ``protocol`` group (conf/protocol/): schedule, evaluation cadence, reported statistic."""
+    p = cfg.protocol
+    protocol = Protocol(
+        name=str(p.name), schedule=str(p.schedule), warmup_lr=float(p.get("warmup_lr", 0.0)),
+        min_lr=float(p.get("min_lr", 0.0)), min_lr_ratio=float(p.get("min_lr_ratio", 0.0)),
+        cooldown_epochs=int(p.cooldown_epochs), test_every=int(p.test_every), report=str(p.report),
+        report_model=str(p.report_model), drop_last=bool(p.drop_last),
+    )
+    for key, value, allowed in (("schedule", protocol.schedule, SCHEDULES), ("report", protocol.report, REPORTS),
+                                ("report_model", protocol.report_model, REPORT_MODELS)):
+        if value not in allowed:
+            raise ConfigError(f"protocol.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    for key in ("cooldown_epochs", "test_every"):
+        if getattr(protocol, key) < 0:
+            raise ConfigError(f"protocol.{key} must be >= 0, got {getattr(protocol, key)}")
+    if protocol.report_model == "ema" and cfg.augment.ema is None:
+        raise ConfigError("protocol.report_model=ema needs augment.ema (an EMA decay, e.g. 0.9998); or report_model=raw")
+    if protocol.schedule == "step" and protocol.cooldown_epochs:
+        raise ConfigError("protocol.cooldown_epochs needs protocol.schedule=epoch (the per-step schedule has no cool-down)")
+    return protocol
+
+
+def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
+    for key in ("lr", "batch_size", "epochs"):
+        if not float(cfg[key]) > 0:
+            raise ConfigError(f"{key} must be > 0, got {cfg[key]!r}")
+    if float(cfg.warmup_epochs) < 0:
+        raise ConfigError(f"warmup_epochs must be >= 0, got {cfg.warmup_epochs!r}")
+    aug = cfg.augment
+    protocol = protocol_settings(cfg)
+    if (float(aug.mixup) or float(aug.cutmix)) and int(cfg.batch_size) % 2:
+        raise ConfigError(f"augment.mixup/cutmix pair each image with another: batch_size must be even, got {cfg.batch_size}")
+    if (float(aug.mixup) or float(aug.cutmix)) and not protocol.drop_last:
+        raise ConfigError("augment.mixup/cutmix need protocol.drop_last=true (a short last batch can be odd)")
+    return TrainSettings(
+        lr=float(cfg.lr),
+        weight_decay=float(cfg.weight_decay),
+        optimizer=str(cfg.optimizer),
+        epochs=int(cfg.epochs),
+        warmup_epochs=float(cfg.warmup_epochs),
+        protocol=protocol,
+        label_smoothing=float(aug.label_smoothing),
+        mixup=float(aug.mixup),
+        cutmix=float(aug.cutmix),
+        ema_decay=None if aug.ema is None else float(aug.ema),
+        seed=int(cfg.seed),
+        metrics=metrics,
+    )
+
+
+def reported_statistic(cfg: DictConfig) -> str:
+    """In words, the number a run of ``cfg`` reports (what a rendered table's 'ours' holds)."""
+    from .evaluation import describe
+
+    protocol = protocol_settings(cfg)
+    return describe(protocol, cfg.augment.ema is not None, protocol.total_epochs(int(cfg.epochs)))

@@ -1,0 +1,164 @@
+"""The contract between a fine-tuning method and the training loop.
+
+A method decides which parameters train (``prepare``), may look at the data before training
+(``probe``), may add to the loss (``extra_loss``) or edit gradients before the optimizer step, and
+saves what it trained (``save_adapter``). The LightningModule calls these hooks and nothing else,
+so every method runs under the same data, schedule and evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from grft.config import GRFTConfig
+from ..models import ModelBundle
+from grft.report import ParamReport
+
+Progress = Callable[[Iterable, str, Optional[int]], Iterable]
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The method's Hydra group (``options``: everything in it but ``name``) and the GRFT keys."""
+
+    name: str
+    grft: GRFTConfig = field(default_factory=GRFTConfig)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base: nothing trains but what ``prepare`` unfreezes; no probe, no extra loss."""
+
+    name = "base"
+    # Top-level GRFT keys this method reads; the others are left out of its run key and record.
+    grft_keys: tuple[str, ...] = ()
+    # Whether the method handles a head made of several modules (DistilBERT, DeBERTa-v2).
+    several_head_modules = False
+
+    def __init__(self, settings: MethodSettings):
+        self.settings = settings
+        self.base_parameter_count: Optional[int] = None
+
+    # --- building -----------------------------------------------------------------------------
+    def prepare(self, bundle: ModelBundle) -> nn.Module:
+        """Make ``bundle.model`` trainable as the method defines; return the module to train.
+
+        Runs in ``configure_model``: before the optimizer exists, before any data is seen.
+        """
+        if len(bundle.arch.heads) > 1 and not self.several_head_modules:
+            raise ValueError(
+                f"method {self.name} trains a head of one module, but this model's head is {list(bundle.arch.heads)}: "
+                "use method=grft, or pass an Architecture whose head is one module"
+            )
+        self.base_parameter_count = sum(p.numel() for p in bundle.model.parameters())
+        self.arch = bundle.arch
+        return self.configure(bundle)
+
+    def configure(self, bundle: ModelBundle) -> nn.Module:
+        raise NotImplementedError
+
+    def options_as(self, cls: type) -> Any:
+        """The method's Hydra options as the dataclass ``cls``; an unknown key is an error naming the allowed ones."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(self.settings.options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"method {self.name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}"
+            )
+        return cls(**self.settings.options)
+
+    # --- before training ------------------------------------------------------------------------
+    def needs_probe(self, model: nn.Module) -> bool:
+        return False
+
+    def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
+        """Look at the training data before training (GRFT/GPS selection); returns facts to record."""
+        return {}
+
+    # --- training -------------------------------------------------------------------------------
+    def check_training(self, settings: Any) -> None:
+        """Reject optimisation settings the method cannot honour (called when the optimizer is built).
+
+        ``settings`` carries at least ``optimizer`` and ``weight_decay``. GPS, for one, needs weight
+        decay 0: decay would move the entries its masks freeze.
+        """
+
+    def extra_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
+        return None
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        """Edit gradients after backward, before the step (GPS applies its masks here)."""
+
+    def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        """The optimizer's parameter groups: by default every trainable parameter, decayed by the
+        optimizer itself (AdamW: decoupled, Adam: L2), as in full fine-tuning."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def decay(self, model: nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float, decoupled: bool) -> None:
+        """Weight decay the optimizer does not do itself (called before each step); none by default."""
+
+    # --- reporting and saving -------------------------------------------------------------------
+    def gradient_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Parameter name -> 0/1 mask of the entries that may change; parameters not listed change in full.
+
+        Only a method that trains part of a tensor by masking its gradient (GPS) returns any.
+        """
+        return {}
+
+    def param_report(self, model: nn.Module) -> ParamReport:
+        """The Params column, one definition for every method.
+
+        trainable: the entries training can change: every parameter that requires grad, counted in
+        full, or by its gradient mask where the method has one (GPS). total: the parameters of the
+        original model with its new head, counted in ``prepare`` before the method adds anything
+        (LoRA matrices, adapters, prompts, GRFT slices are not in it).
+        """
+        if self.base_parameter_count is None:
+            raise ValueError(f"method {self.name}: param_report needs prepare(bundle) to have run (it counts the original model)")
+        masks = self.gradient_masks(model)
+        trainable = sum(
+            int(masks[name].count_nonzero()) if name in masks else p.numel()
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        )
+        return ParamReport(trainable, self.base_parameter_count)
+
+    def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
+        """Write what the method trained (small file); ``None`` if the method has no adapter format."""
+        from safetensors.torch import save_file
+
+        from grft.files import as_new_file
+
+        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(path))
+        as_new_file(path)
+        return path
+
+    def checkpoint_keys(self, model: nn.Module) -> Optional[set[str]]:
+        """State-dict keys a checkpoint must keep; ``None`` keeps everything.
+
+        Frozen pre-trained weights are rebuilt from the model config on resume, so a checkpoint
+        needs only what training changes.
+        """
+        keys = {n for n, p in model.named_parameters() if p.requires_grad}
+        return keys
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none (its Hydra group holds only ``name``)."""
+
+
+def freeze_all(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(True)

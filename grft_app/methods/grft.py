@@ -1,0 +1,64 @@
+"""GRFT as a method of the app: allocate slices up front, probe in ``on_fit_start``, penalise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from grft.adapter import running_statistics, save_adapter
+from grft.decay import add_slice_decay_grad_, decay_slices_
+from grft.penalty import penalty
+from grft.probe import select
+from grft.tuner import apply_selection, attach, has_selection, sliced_layers
+from ..models import ModelBundle
+from .base import Method, NoOptions, Progress
+
+
+class GRFTMethod(Method):
+    name = "grft"
+    grft_keys = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+    several_head_modules = True
+
+    def configure(self, bundle: ModelBundle) -> nn.Module:
+        self.options_as(NoOptions)
+        # Placeholders now (zeros, shape from k); the probe fills them in on_fit_start.
+        return attach(bundle.model, None, self.settings.grft, bundle.arch)
+
+    def needs_probe(self, model: nn.Module) -> bool:
+        return not has_selection(model)
+
+    def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
+        selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress)
+        apply_selection(model, selection)
+        return {"selection": selection}
+
+    def extra_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
+        return penalty(model)
+
+    def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        """Slices in a group of their own with the optimizer's decay off: ``decay`` decays the
+        selected weights themselves (grft/decay.py); biases and head decay as the optimizer does."""
+        deltas = [layer.grft_delta for layer in sliced_layers(model).values()]
+        ids = {id(p) for p in deltas}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "weight_decay": weight_decay}, {"params": deltas, "weight_decay": 0.0, "grft_slices": True}]
+
+    def decay(self, model: nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float, decoupled: bool) -> None:
+        if not weight_decay:
+            return
+        if decoupled:
+            for group in (g for g in optimizer.param_groups if g.get("grft_slices")):
+                decay_slices_(model, float(group["lr"]) * weight_decay)
+        else:
+            add_slice_decay_grad_(model, weight_decay)
+
+    def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
+        return save_adapter(model, path)
+
+    def checkpoint_keys(self, model: nn.Module) -> set[str]:
+        keys = super().checkpoint_keys(model)
+        keys |= {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1].startswith("grft_")}
+        return keys | set(running_statistics(model))

@@ -1,0 +1,48 @@
+"""Models by family, built from their Hydra config: timm ViTs, Hugging Face Llamas, the digits ViT,
+and any timm or transformers classifier (``timm``, ``hf``).
+
+``build_model(model_cfg, num_classes, pretrained=..., tiny=...)`` dispatches on
+``model_cfg["family"]`` to ``grft_app.models.<family>.build``. ``tiny=True`` builds a small random
+model of the same family (for ``debug=smoke`` and tests): same layer types, same names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import nn
+
+from ..data.splits import InputSpec
+from grft.targets import Architecture
+
+FAMILIES = {
+    "vit": "grft_app.models.vit",
+    "llama": "grft_app.models.llama",
+    "digits_vit": "grft_app.models.digits",
+    "timm": "grft_app.models.timm_classifier",
+    "hf": "grft_app.models.hf",
+}
+
+
+class ModelUnavailableError(FileNotFoundError):
+    """Pre-trained weights cannot be loaded (no file, no hub access); the message says how to provide them."""
+
+
+@dataclass
+class ModelBundle:
+    model: nn.Module
+    arch: Architecture
+    inputs: InputSpec
+
+
+def build_model(model_cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False) -> ModelBundle:
+    family = model_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"model family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    module = importlib.import_module(FAMILIES[family])
+    return module.build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
+
+
+__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "build_model"]

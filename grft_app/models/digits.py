@@ -1,0 +1,78 @@
+"""A small ViT for 8x8 digits, pre-trained on the source digits once and cached on disk.
+
+It stands in for "a model pre-trained on a large dataset" in the embedded default experiment:
+the target task then fine-tunes it on digits it never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..data.splits import InputSpec
+from grft.targets import Architecture
+
+ARCH = Architecture(head="head", blocks="blocks", stem=("patch_embed",))
+INPUTS = InputSpec(kind="image", img_size=8, in_chans=1, mean=(0.5,), std=(0.5,))
+
+
+def make_vit(cfg: Mapping, num_classes: int):
+    import timm
+
+    return timm.create_model(
+        "vit_base_patch16_224", pretrained=False, img_size=8, patch_size=2, in_chans=1,
+        embed_dim=int(cfg.get("embed_dim", 64)), depth=int(cfg.get("depth", 4)), num_heads=int(cfg.get("num_heads", 4)),
+        mlp_ratio=2.0, num_classes=num_classes,
+    )
+
+
+def source_checkpoint(cfg: Mapping) -> Path:
+    """The cached source-task weights, trained here on first use (a few seconds on a CPU)."""
+    from safetensors.torch import save_file
+
+    from ..data.digits import source_dataset
+
+    recipe = {k: cfg.get(k) for k in ("embed_dim", "depth", "num_heads", "source_classes", "source_epochs", "source_seed")}
+    key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:10]
+    path = Path(cfg.get("cache_dir", ".cache/grft")) / f"digits_vit_source_{key}.safetensors"
+    if path.is_file():
+        return path
+    torch.manual_seed(int(cfg.get("source_seed", 0)))
+    classes = list(cfg["source_classes"])
+    model = make_vit(cfg, len(classes))
+    data = torch.utils.data.DataLoader(source_dataset(cfg, INPUTS), batch_size=64, shuffle=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    epochs = int(cfg.get("source_epochs", 30))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=epochs * len(data))
+    print(f"pre-training the digits ViT on source classes {classes} ({epochs} epochs, cached at {path})")
+    model.train()
+    for _ in range(epochs):
+        for x, y in data:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
+    from safetensors.torch import load_file
+
+    from . import ModelBundle
+
+    model = make_vit(cfg, num_classes)
+    if pretrained and not tiny:
+        state = {k: v for k, v in load_file(str(source_checkpoint(cfg))).items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert set(missing) == {"head.weight", "head.bias"} and not unexpected, (missing, unexpected)
+    return ModelBundle(model, ARCH, INPUTS)

@@ -1,0 +1,106 @@
+"""Any timm image classifier (``model=timm model.name=<timm name>``): ConvNeXt, Swin, ResNet,
+EfficientNet, EVA, DeiT, ViT...
+
+The classifier is new, sized for the task; GRFT finds head, blocks and stem through timm's own
+``get_classifier()`` and ``pretrained_cfg`` (``grft.targets``). The input size, mean, std and
+interpolation come from the model's pretrained config unless ``model.*`` sets them.
+``model.checkpoint`` reads a local file instead of the hub (as for the ViT family).
+``tiny=True`` (``debug=smoke``, tests) builds a small random model of the same class.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ..data.splits import InputSpec
+from grft.targets import detect_architecture
+
+TINY_IMG_SIZE = 32
+_VIT = dict(img_size=TINY_IMG_SIZE, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+# Small overrides per timm model class: (timm name to build instead or None for the user's, kwargs).
+# EfficientNet's variants fix their widths inside timm, so its tiny model is timm's own test model.
+TINY = {
+    "VisionTransformer": (None, _VIT),
+    "Eva": (None, _VIT),
+    "SwinTransformer": (None, dict(img_size=TINY_IMG_SIZE, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
+                                   num_heads=(1, 2))),
+    "ConvNeXt": (None, dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16))),
+    "ResNet": (None, dict(layers=(1, 1, 1, 1), channels=(8, 16, 16, 16), stem_width=8)),
+    "EfficientNet": ("test_efficientnet", {}),
+}
+
+
+def model_class(name: str) -> str:
+    """The timm class ``name`` builds (on the meta device: no memory, no download)."""
+    import timm
+
+    with torch.device("meta"):
+        return type(timm.create_model(name, pretrained=False)).__name__
+
+
+def tiny_model(name: str, num_classes: int, overrides: Mapping | None = None):
+    """A small random model of ``name``'s class; ``overrides`` replaces the built-in recipe."""
+    import timm
+
+    if overrides is not None:
+        recipe = (None, dict(overrides))
+    else:
+        cls = model_class(name)
+        if cls not in TINY:
+            raise ValueError(
+                f"no tiny recipe for timm's {cls} ({name}); give model.tiny_kwargs (timm.create_model options "
+                f"that shrink it), known classes: {', '.join(sorted(TINY))}"
+            )
+        recipe = TINY[cls]
+    tiny_name, kwargs = recipe
+    return timm.create_model(tiny_name or name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
+    import timm
+
+    from . import ModelUnavailableError
+    from .vit import _unavailable, overlay_for
+
+    name = str(cfg["name"])
+    kwargs = dict(cfg.get("kwargs") or {})
+    if cfg.get("img_size") is not None:
+        kwargs.setdefault("img_size", int(cfg["img_size"]))
+    checkpoint = cfg.get("checkpoint")
+    if pretrained and checkpoint:
+        kwargs["pretrained_cfg_overlay"] = overlay_for(str(checkpoint), name)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except RuntimeError as err:
+        if any(s in str(err) for s in ("size mismatch", "Missing key", "Unexpected key")):
+            raise ValueError(f"model.checkpoint={checkpoint} does not fit {name} (model.kwargs={kwargs}): {err}") from err
+        raise _unavailable(name, err, ModelUnavailableError) from err
+    except (OSError, ConnectionError) as err:
+        raise _unavailable(name, err, ModelUnavailableError) from err
+
+
+def input_spec(model, cfg: Mapping) -> InputSpec:
+    """What the model was pre-trained on (its pretrained config), unless the config says otherwise."""
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    img_size = cfg.get("img_size") or (pcfg.get("input_size") or (3, 224, 224))[-1]
+    return InputSpec(
+        kind="image",
+        img_size=int(img_size),
+        mean=tuple(cfg.get("mean") or pcfg.get("mean") or (0.485, 0.456, 0.406)),
+        std=tuple(cfg.get("std") or pcfg.get("std") or (0.229, 0.224, 0.225)),
+        interpolation=str(cfg.get("interpolation") or pcfg.get("interpolation") or "bicubic"),
+    )
+
+
+def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
+    from . import ModelBundle
+
+    if tiny:
+        model = tiny_model(str(cfg["name"]), num_classes, cfg.get("tiny_kwargs"))
+        inputs = InputSpec(kind="image", img_size=TINY_IMG_SIZE, mean=(0.5,) * 3, std=(0.5,) * 3)
+    else:
+        model = create(cfg, num_classes, pretrained=pretrained)
+        inputs = input_spec(model, cfg)
+    return ModelBundle(model, detect_architecture(model), inputs)
