@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+import grft
+
+from ..paths import ROOT
+
 HYDRA_FILES = {".hydra", "run.log"}
+# Frames from these folders are ours (the library and the app); the others are libraries' or Python's.
+OUR_PACKAGES = (f"{Path(grft.__file__).parent}{os.sep}", f"{ROOT / 'grft_app'}{os.sep}")
 # What a launch writes into a run directory that is worth nothing without a record or a checkpoint.
 HUSKS = (".lock", "logs", "tensorboard", "wandb", "memory.csv", "selection.safetensors", "adapter.safetensors",
          "checkpoints")
@@ -66,7 +72,7 @@ def explain(err: BaseException, traceback_at: Optional[Path] = None) -> str:
     if is_user_error(err):
         return f"error: {first_line(err) or type(err).__name__}"
     frames = traceback.extract_tb(err.__traceback__)
-    ours = [f for f in frames if f"{os.sep}grft{os.sep}" in f.filename]
+    ours = [f for f in frames if f.filename.startswith(OUR_PACKAGES)]
     where = f" in {_frame(frames[-1])}" if frames else ""
     if ours and ours[-1] is not frames[-1]:
         where += f", called from {_frame(ours[-1])}"
