@@ -162,3 +162,11 @@ def freeze_all(model: nn.Module) -> None:
 def unfreeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(True)
+
+
+def train_added(model: nn.Module, added: Iterable[nn.Module], head: str) -> nn.Module:
+    """Unfreeze the modules a method added (adapters, prompts, scale-shifts) and the head; return ``model``."""
+    for module in added:
+        unfreeze(module)
+    unfreeze(model.get_submodule(head))
+    return model
