@@ -23,8 +23,9 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.bench import arms, driver, interleave, report, targets, worker
+from experiments.bench import arms, driver, interleave, launch, report, targets, worker
 from experiments.bench.models import build_llama, build_vit, call
+from experiments.bench.names import METHODS
 from grft_app.methods.gps import model_masks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ REQUIRED = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params",
 def run_worker(method: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "experiments.bench.worker", "--model", "vit", "--method", method, "--tiny",
            "--steps", "2", "--warmup", "1", "--threads", "1", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=driver.worker_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -308,7 +309,7 @@ def test_unknown_method_is_rejected_with_the_list(capsys):
     err = capsys.readouterr().err
     assert "bitfit" in err and "full, gps, lora, grft_row, grft_column, linear, floor" in err
     with pytest.raises(SystemExit):
-        driver.parse(["--methods", "lora,bitfit"])
+        launch.parse(["--methods", "lora,bitfit"])
     assert "choose from full, gps, lora" in capsys.readouterr().err
 
 
@@ -322,11 +323,11 @@ def test_cuda_without_a_gpu_says_so(capsys):
 def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     cmd = [sys.executable, "-m", "experiments.bench", "--tiny", "--models", "vit", "--steps", "2", "--warmup", "1",
            "--fig3-steps", "2", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=driver.worker_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "latest.csv")
     assert set(REQUIRED) <= set(table.columns)
-    assert sorted(table["method"]) == sorted(driver.METHODS)
+    assert sorted(table["method"]) == sorted(METHODS)
     assert (tmp_path / "latest.png").stat().st_size > 0 and (tmp_path / "fig3_memory.png").stat().st_size > 0
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
     assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps", "lora"}
@@ -342,3 +343,43 @@ def test_profile_table_lists_each_method_and_a_total(tmp_path, capsys):
     text = out.read_text()
     assert "floor ms (calls)" in text and "grft_column ms (calls)" in text and "**all operators**" in text
     assert "_SlicedLinearFn" in text  # GRFT's own layer shows up, the floor has none
+
+
+def bench_imports() -> dict[str, set[str]]:
+    """Module -> the benchmark modules it imports (anywhere in the file, function bodies included)."""
+    import ast
+
+    folder = ROOT / "experiments" / "bench"
+    names = {p.stem for p in folder.glob("*.py")}
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level == 1:
+                    found |= {module} if module else {a.name for a in node.names}
+                elif module.startswith("experiments.bench"):
+                    rest = module.removeprefix("experiments.bench").lstrip(".")
+                    found |= {rest.split(".")[0]} if rest else {a.name for a in node.names}
+        graph[path.stem] = found & names - {path.stem}
+    return graph
+
+
+def test_bench_modules_import_each_other_without_a_cycle():
+    graph = bench_imports()
+    assert "memory_trace" in graph["driver"] and "driver" not in graph["memory_trace"]
+    done, path = set(), []
+
+    def visit(module: str) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module):] + [module])}"
+        if module in done:
+            return
+        path.append(module)
+        for other in sorted(graph[module]):
+            visit(other)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
