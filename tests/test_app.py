@@ -36,6 +36,11 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
     assert saved["timings"]["probe_s"] > 0 and saved["params"]["trainable"] > 0
     selection_file = grft.Selection.load(run_dir / saved["selection_file"])
     assert selection_file.kind == selection and selection_file.k == saved["k"]
+    # The probe's facts: k rows of [out, in] hold k * in entries, k columns (or k per row) k * out.
+    per_layer = {"row": lambda out, inp: saved["k"] * inp, "column": lambda out, inp: saved["k"] * out,
+                 "sparse": lambda out, inp: saved["k"] * out}[selection]
+    shapes = [selection_file[name].shape for name in selection_file]
+    assert saved["probe_facts"] == {"layers": len(shapes), "selected_entries": sum(per_layer(*s) for s in shapes)}
     # The adapter on a fresh base model reproduces the run's tuned model.
     assert (run_dir / saved["adapter_file"]).stat().st_size > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -89,6 +94,7 @@ def test_resume_keeps_the_selection_skips_the_probe_and_matches_an_uninterrupted
     monkeypatch.setattr(grft_method, "select", no_probe)
     resumed = run_task(cfg, run_dir)
     assert resumed["resumed"] is True
+    assert resumed["probe_facts"] == straight["probe_facts"] and resumed["probe_facts"]["selected_entries"] > 0
     assert grft.Selection.load(run_dir / resumed["selection_file"]) == grft.Selection.load(
         straight_dir / straight["selection_file"]
     )

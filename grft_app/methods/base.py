@@ -77,7 +77,10 @@ class Method:
         return False
 
     def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
-        """Look at the training data before training (GRFT/GPS selection); returns facts to record."""
+        """Look at the training data before training (GRFT/GPS selection); returns facts to record.
+
+        The facts are JSON values (numbers, strings); the run record keeps them under ``probe_facts``.
+        """
         return {}
 
     # --- training -------------------------------------------------------------------------------
