@@ -46,6 +46,27 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_a_baseline_gets_the_method_group_hydra_composes(tmp_path):
+    from hydra import initialize_config_dir
+
+    from grft_app.lit.app import with_method
+    from grft_app.lit.settings import ConfigError
+
+    cfg = make_cfg(tmp_path, "method=grft")
+    other = with_method(cfg, "lora", {"lr": 0.5})
+    expected = make_cfg(tmp_path, "method=lora")
+    assert other.method == expected.method and other.method.name == "lora"
+    assert other.lr == 0.5 and other.baselines is None and other.dataset == cfg.dataset and cfg.method.name == "grft"
+    # Through Hydra's config search path, not a file under conf/: a group only another config dir holds.
+    extra = tmp_path / "conf"
+    (extra / "method").mkdir(parents=True)
+    (extra / "method" / "lora_r2.yaml").write_text("name: lora\nr: 2\n")
+    with initialize_config_dir(config_dir=str(extra), version_base="1.3"):
+        assert with_method(cfg, "lora_r2").method == {"name": "lora", "r": 2}
+    with pytest.raises(ConfigError, match="'nope' is unknown; known: adapter, bias, full"):
+        with_method(cfg, "nope")
+
+
 def test_run_py_entry_point_and_output_dir(tmp_path):
     env = {**os.environ, "GRFT_RUNS": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
