@@ -36,9 +36,35 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
     assert saved["timings"]["probe_s"] > 0 and saved["params"]["trainable"] > 0
     selection_file = grft.Selection.load(run_dir / saved["selection_file"])
     assert selection_file.kind == selection and selection_file.k == saved["k"]
+    # The probe's facts: k rows of [out, in] hold k * in entries, k columns (or k per row) k * out.
+    per_layer = {"row": lambda out, inp: saved["k"] * inp, "column": lambda out, inp: saved["k"] * out,
+                 "sparse": lambda out, inp: saved["k"] * out}[selection]
+    shapes = [selection_file[name].shape for name in selection_file]
+    assert saved["probe_facts"] == {"layers": len(shapes), "selected_entries": sum(per_layer(*s) for s in shapes)}
     # The adapter on a fresh base model reproduces the run's tuned model.
     assert (run_dir / saved["adapter_file"]).stat().st_size > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_baseline_gets_the_method_group_hydra_composes(tmp_path):
+    from hydra import initialize_config_dir
+
+    from grft_app.lit.app import with_method
+    from grft_app.lit.settings import ConfigError
+
+    cfg = make_cfg(tmp_path, "method=grft")
+    other = with_method(cfg, "lora", {"lr": 0.5})
+    expected = make_cfg(tmp_path, "method=lora")
+    assert other.method == expected.method and other.method.name == "lora"
+    assert other.lr == 0.5 and other.baselines is None and other.dataset == cfg.dataset and cfg.method.name == "grft"
+    # Through Hydra's config search path, not a file under conf/: a group only another config dir holds.
+    extra = tmp_path / "conf"
+    (extra / "method").mkdir(parents=True)
+    (extra / "method" / "lora_r2.yaml").write_text("name: lora\nr: 2\n")
+    with initialize_config_dir(config_dir=str(extra), version_base="1.3"):
+        assert with_method(cfg, "lora_r2").method == {"name": "lora", "r": 2}
+    with pytest.raises(ConfigError, match="'nope' is unknown; known: adapter, bias, full"):
+        with_method(cfg, "nope")
 
 
 def test_run_py_entry_point_and_output_dir(tmp_path):
@@ -89,6 +115,7 @@ def test_resume_keeps_the_selection_skips_the_probe_and_matches_an_uninterrupted
     monkeypatch.setattr(grft_method, "select", no_probe)
     resumed = run_task(cfg, run_dir)
     assert resumed["resumed"] is True
+    assert resumed["probe_facts"] == straight["probe_facts"] and resumed["probe_facts"]["selected_entries"] > 0
     assert grft.Selection.load(run_dir / resumed["selection_file"]) == grft.Selection.load(
         straight_dir / straight["selection_file"]
     )

@@ -5,6 +5,9 @@
   is a small fraction of a full fp32 checkpoint (4 bytes x parameters).
 - GPS: the masks keep exactly k entries per row, and the masked-out entries of every weight are
   bit-identical after several Adam steps while kept entries move.
+- Every arm but the floor is the app's method, built by the app's factory; the LoRA arm is the
+  app's LoRA with the recipe of the paper's table for each model (what ``python run.py method=lora
+  recipe=...`` composes), and its trainable count is the hand count for that rank and those targets.
 - The targets report says met/missed from the ratios, as hand arithmetic says it should.
 - Bad input gets an error that names the fix.
 """
@@ -20,8 +23,10 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.bench import driver, interleave, methods, report, targets, worker
+from experiments.bench import arms, driver, interleave, launch, report, targets, worker
 from experiments.bench.models import build_llama, build_vit, call
+from experiments.bench.names import METHODS
+from grft_app.methods.gps import model_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
@@ -31,7 +36,7 @@ REQUIRED = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params",
 def run_worker(method: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "experiments.bench.worker", "--model", "vit", "--method", method, "--tiny",
            "--steps", "2", "--warmup", "1", "--threads", "1", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=driver.worker_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -88,8 +93,8 @@ def test_gps_masks_keep_k_per_row_and_frozen_entries_never_move():
     torch.manual_seed(0)
     work = build_vit(batch=8, tiny=True, probe_batches=2)
     k = 2
-    trainable = methods.prepare("gps", work, k)
-    masks = trainable.masks
+    trainable = arms.prepare("gps", work, k)
+    masks = model_masks(trainable.model)
     for name, mask in masks.items():
         rows = mask.reshape(mask.shape[0], -1)
         assert torch.equal(rows.sum(dim=1), torch.full((rows.shape[0],), k)), name
@@ -107,11 +112,58 @@ def test_gps_masks_keep_k_per_row_and_frozen_entries_never_move():
     assert moved > 0, "no kept entry moved: GPS did not train"
 
 
+@pytest.mark.parametrize("model, recipe", [("vit", "lora_vtab"), ("llama", "lora_glue")])
+def test_lora_arm_settings_are_what_the_app_composes_for_the_tables_recipe(model, recipe):
+    from hydra import compose, initialize_config_dir
+
+    from grft_app.lit.settings import method_settings
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["method=lora", f"recipe={recipe}"])
+    app = method_settings(cfg)
+    bench = arms.arm_settings("lora", model, k=2)
+    assert (bench.name, bench.options) == (app.name, app.options)
+    assert app.options["r"] == 16 and float(app.options["alpha"]) == 16.0  # the recipes' rank and scale
+
+
+def test_every_arm_but_the_floor_is_the_apps_method():
+    from grft_app.methods import method_class
+
+    for arm, name in arms.APP_METHODS.items():
+        trainable = arms.prepare(arm, build_vit(batch=4, tiny=True, probe_batches=1), k=1)
+        assert type(trainable.method) is method_class(name), arm
+    trainable = arms.prepare("grft_column", build_vit(batch=4, tiny=True, probe_batches=1), k=1)
+    assert trainable.method.settings.grft.selection == "column" and trainable.probe_s > 0
+    assert arms.prepare("floor", build_vit(batch=4, tiny=True, probe_batches=1), k=1).method is None
+
+
+def test_lora_arm_trains_rank_16_on_the_recipes_targets_by_hand_count(tmp_path):
+    from grft_app.methods.lora import load_lora
+
+    # tiny ViT: width 64, 2 blocks, fused qkv 64 -> 192, 10 classes; r=16 on qkv, plus the head.
+    vit = arms.prepare("lora", build_vit(batch=4, tiny=True, probe_batches=1), k=2)
+    assert vit.moving == 2 * 16 * (64 + 192) + (10 * 64 + 10)
+    assert sum(p.numel() for p in vit.params) == vit.moving
+    scalings = [m.scaling["default"] for n, m in vit.model.named_modules() if n.endswith(".qkv")]
+    assert scalings == [1.0, 1.0]  # alpha / r = 16 / 16
+    # tiny Llama: width 32, 2 layers, 4 heads of 8, 2 KV heads (k, v: 32 -> 16); q, k, v at r=16; head 2 x 32.
+    work = build_llama(batch=4, tiny=True, probe_batches=1, layers=2, seq_len=8)
+    llama = arms.prepare("lora", work, k=2)
+    assert llama.moving == 2 * 16 * ((32 + 32) + 2 * (32 + 16)) + 2 * 32
+    # The arm's adapter file is the app's: loading it into a fresh model gives the trained model's outputs.
+    optimizer = torch.optim.Adam(llama.params, lr=1e-2)
+    worker.train_step(llama, optimizer, work.inputs, work.labels, lambda: torch.autocast("cpu", enabled=False))
+    path = llama.save(tmp_path)
+    fresh = load_lora(build_llama(batch=4, tiny=True, probe_batches=1, layers=2, seq_len=8).model, path)
+    with torch.no_grad():
+        assert torch.allclose(call(fresh, work.inputs), call(llama.model, work.inputs), atol=1e-6)
+
+
 def test_llama_floor_adds_a_zero_bias_that_changes_nothing_but_trains():
     work = build_llama(batch=4, tiny=True, probe_batches=1, layers=2, seq_len=8)
     with torch.no_grad():
         before = call(work.model, work.inputs).clone()
-    trainable = methods.prepare("floor", work, k=2)
+    trainable = arms.prepare("floor", work, k=2)
     names = {n for n, p in work.model.named_parameters() if p.requires_grad}
     assert names == {"score.weight", "model.layers.0.self_attn.q_proj.bias"}
     with torch.no_grad():
@@ -257,7 +309,7 @@ def test_unknown_method_is_rejected_with_the_list(capsys):
     err = capsys.readouterr().err
     assert "bitfit" in err and "full, gps, lora, grft_row, grft_column, linear, floor" in err
     with pytest.raises(SystemExit):
-        driver.parse(["--methods", "lora,bitfit"])
+        launch.parse(["--methods", "lora,bitfit"])
     assert "choose from full, gps, lora" in capsys.readouterr().err
 
 
@@ -271,11 +323,11 @@ def test_cuda_without_a_gpu_says_so(capsys):
 def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     cmd = [sys.executable, "-m", "experiments.bench", "--tiny", "--models", "vit", "--steps", "2", "--warmup", "1",
            "--fig3-steps", "2", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=driver.worker_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "latest.csv")
     assert set(REQUIRED) <= set(table.columns)
-    assert sorted(table["method"]) == sorted(driver.METHODS)
+    assert sorted(table["method"]) == sorted(METHODS)
     assert (tmp_path / "latest.png").stat().st_size > 0 and (tmp_path / "fig3_memory.png").stat().st_size > 0
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
     assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps", "lora"}
@@ -291,3 +343,43 @@ def test_profile_table_lists_each_method_and_a_total(tmp_path, capsys):
     text = out.read_text()
     assert "floor ms (calls)" in text and "grft_column ms (calls)" in text and "**all operators**" in text
     assert "_SlicedLinearFn" in text  # GRFT's own layer shows up, the floor has none
+
+
+def bench_imports() -> dict[str, set[str]]:
+    """Module -> the benchmark modules it imports (anywhere in the file, function bodies included)."""
+    import ast
+
+    folder = ROOT / "experiments" / "bench"
+    names = {p.stem for p in folder.glob("*.py")}
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level == 1:
+                    found |= {module} if module else {a.name for a in node.names}
+                elif module.startswith("experiments.bench"):
+                    rest = module.removeprefix("experiments.bench").lstrip(".")
+                    found |= {rest.split(".")[0]} if rest else {a.name for a in node.names}
+        graph[path.stem] = found & names - {path.stem}
+    return graph
+
+
+def test_bench_modules_import_each_other_without_a_cycle():
+    graph = bench_imports()
+    assert "memory_trace" in graph["driver"] and "driver" not in graph["memory_trace"]
+    done, path = set(), []
+
+    def visit(module: str) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module):] + [module])}"
+        if module in done:
+            return
+        path.append(module)
+        for other in sorted(graph[module]):
+            visit(other)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

@@ -38,6 +38,15 @@ def probed(model, k: int = K):
     return method, tuned
 
 
+def test_probe_facts_count_k_entries_in_every_row_of_every_eligible_weight():
+    model = make_tiny_vit()
+    rows = sum(model.get_submodule(name).weight.shape[0] for name in ELIGIBLE)
+    method = gps()
+    tuned = method.prepare(ModelBundle(model, detect_architecture(model), None)).train()
+    facts = method.probe(tuned, image_batches(n_batches=2, views=2))
+    assert facts == {"layers": len(ELIGIBLE), "selected_entries": K * rows}  # JSON values, for the run record
+
+
 def loop_top_k(matrix: torch.Tensor, k: int) -> torch.Tensor:
     """Per row, the k columns with the largest |value|, as a 0/1 matrix (a loop, no topk)."""
     out = torch.zeros(matrix.shape, dtype=torch.bool)

@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import image_batches, make_tiny_llama, make_tiny_vit
-from grft_app.baselines.adapter import AdapterConfig
-from grft_app.baselines.lora import LoRAConfig, load_lora
+from grft_app.methods.adapter import AdapterConfig
+from grft_app.methods.lora import LoRAConfig, load_lora
 from grft_app.methods import METHODS, MethodSettings, make_method
-from grft_app.methods.additive import PromptConfig
+from grft_app.methods.vpt import PromptConfig
 from grft_app.models import ModelBundle
 from grft.probe import call_model
 from grft.targets import detect_architecture

@@ -20,7 +20,7 @@ import sys
 import torch
 
 from . import device as devices
-from .methods import METHODS, prepare
+from .arms import METHODS, prepare
 from .worker import (add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, print_record,
                      timed_step)
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .driver import parse as parse_bench, run_worker, worker_command
+from .launch import parse as parse_bench, run_worker, worker_command
 
 TRACE_METHODS = ("grft_row", "gps", "lora")
 

@@ -24,17 +24,18 @@ class Workload:
     gradient probe, each label appearing twice so the contrastive loss has positive pairs; ViT
     probe inputs are ``[view1, view2]`` pairs (two views per image, what ``grft_app.lit``'s probe
     loader gives an image task), Llama's plain token batches (text has no views).
-    floor: the module whose bias the ``floor`` method trains besides the head: the first layer
+    floor: the module whose bias the ``floor`` arm trains besides the head: the first layer
     of the network (ViT: the patch embedding; Llama: layer 0's ``q_proj``, given a zero bias).
+    name: ``vit`` or ``llama`` (which recipe the LoRA arm follows).
     """
 
+    name: str
     model: nn.Module
     inputs: object
     labels: torch.Tensor
     probe_batches: list
     head: str
     floor: str
-    lora_targets: tuple[str, ...]
     describe: str
 
 
@@ -66,7 +67,7 @@ def build_vit(batch: int, tiny: bool, probe_batches: int, num_classes: int = 100
     labels = torch.randint(0, num_classes, (batch,), generator=g)
     probes = [([images(), images()], _probe_labels(batch, g)) for _ in range(probe_batches)]
     name = "ViT-B/16 (tiny)" if tiny else "ViT-B/16"
-    return Workload(model, images(), labels, probes, "head", "patch_embed.proj", ("qkv",),
+    return Workload("vit", model, images(), labels, probes, "head", "patch_embed.proj",
                     f"{name}, {size}x{size}, batch {batch}")
 
 
@@ -98,8 +99,8 @@ def build_llama(batch: int, tiny: bool, probe_batches: int, layers: int, seq_len
     labels = torch.randint(0, num_labels, (batch,), generator=g)
     probes = [({**tokens(), "labels": _probe_labels(batch, g)}) for _ in range(probe_batches)]
     name = "Llama (tiny)" if tiny else "Llama-3.2-1B shape"
-    return Workload(model, tokens(), labels, probes, "score", "model.layers.0.self_attn.q_proj",
-                    ("q_proj", "v_proj"), f"{name}, {layers} layers, {seq_len} tokens, batch {batch}")
+    return Workload("llama", model, tokens(), labels, probes, "score", "model.layers.0.self_attn.q_proj",
+                    f"{name}, {layers} layers, {seq_len} tokens, batch {batch}")
 
 
 def build(model: str, batch: int, tiny: bool, probe_batches: int, llama_layers: int, seq_len: int,

@@ -5,8 +5,9 @@ loader, two augmented views per image), so its time per batch against one traini
 probe's cost in training epochs, and against one full fine-tuning step it is the cost in the unit
 every method shares. The per-process workers time the probe and the steps minutes apart; here one
 process holds a full fine-tuning model and a GRFT model (same weights, same batches) and they take
-turns: one full step, one probe batch (``grft.select`` on that batch alone: forward and backward
-of the SCL loss on both views, then the ranking), the order reversed every other round.
+turns: one full step, one probe batch (the app's GRFT method's ``probe`` on that batch alone, as
+a run calls it: forward and backward of the SCL loss on both views, the ranking, the selection
+applied), the order reversed every other round.
 
     python -m experiments.bench.probe_time --model vit --rounds 3
 
@@ -22,10 +23,8 @@ import time
 
 import torch
 
-import grft
-
 from . import device as devices
-from .methods import PENALTY_LAMBDA, REGULAR_LAYERS, prepare
+from .arms import build_app_method, prepare
 from .worker import (add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, print_record,
                      timed_step)
 
@@ -40,10 +39,10 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def timed_probe_batch(model, batch, config, sync) -> float:
+def timed_probe_batch(method, model, batch, sync) -> float:
     sync()
     start = time.perf_counter()
-    grft.select(model, [batch], config)
+    method.probe(model, [batch])
     sync()
     return time.perf_counter() - start
 
@@ -58,19 +57,18 @@ def run(args: argparse.Namespace) -> dict:
     full_arm = (full, torch.optim.Adam(full.params, lr=args.lr, weight_decay=0.0), inputs, labels)
     probe_work, _, _, _ = build_workload(args, device)
     batch = probe_work.probe_batches[0]
-    config = grft.GRFTConfig(k=args.k, selection=args.selection, norm="l2", lam=PENALTY_LAMBDA,
-                             regular_layers=REGULAR_LAYERS)
+    method, model = build_app_method(f"grft_{args.selection}", probe_work, args.k)
     for _ in range(args.warmup):
         timed_step(*full_arm, autocast, sync)
-        timed_probe_batch(probe_work.model, batch, config, sync)
+        timed_probe_batch(method, model, batch, sync)
     probe_times, step_times = [], []
     for r in range(args.rounds):
         first_probe = r % 2 == 1
         if first_probe:
-            probe_times.append(timed_probe_batch(probe_work.model, batch, config, sync))
+            probe_times.append(timed_probe_batch(method, model, batch, sync))
         step_times.append(timed_step(*full_arm, autocast, sync)[0])
         if not first_probe:
-            probe_times.append(timed_probe_batch(probe_work.model, batch, config, sync))
+            probe_times.append(timed_probe_batch(method, model, batch, sync))
         log(f"{args.model}/probe vs full: round {r + 1}/{args.rounds} probe batch {probe_times[-1]:.2f}s, "
             f"full step {step_times[-1]:.2f}s")
     return {"model": args.model, "rounds": args.rounds, "device": devices.describe(device), "selection": args.selection,

@@ -180,8 +180,10 @@ HOW_MEASURED = """## How it was measured
   is told to map every allocation of 64 KiB or more on its own and to return what is freed at
   once (mallopt): the memory the step's live tensors need, without the allocator's fragmentation.
   GPU: `torch.cuda.max_memory_allocated` over the training steps.
-- Probe: `probe s` is the setup's probe (`grft.select` / `grft.accumulate_gradients`, the
-  low-memory probe: blocks checkpointed, `grft/checkpointing.py`) over `--probe-batches` batches;
+- Methods: every one but floor is the app's `method=<name>`, built by its factory and trained
+  through its hooks (`prepare`, `probe`, `extra_loss`, `before_optimizer_step`, `save_adapter`).
+- Probe: `probe s` is the setup's probe (the method's `probe`: `grft.select` /
+  `grft.accumulate_gradients`, the low-memory probe: blocks checkpointed, `grft/checkpointing.py`) over `--probe-batches` batches;
   ViT probe batches hold two views of each image, as `grft_app.lit`'s probe loader gives them.
   `probe ÷ epoch`: a probe batch over the method's own training step, i.e. one probe pass over
   the training set (at the training batch size, the default) in training epochs. `probe batch ÷
@@ -191,13 +193,14 @@ HOW_MEASURED = """## How it was measured
 - Trainable: entries that can change (GPS: the mask's ones plus biases and head). Adam state: the
   bytes of its `exp_avg` and `exp_avg_sq` tensors after the steps (step counters left out).
 - Adapter: the file each method must keep. GRFT: `grft.save_adapter` (indices int16, slices,
-  eligible biases, head). LoRA: peft's `adapter_model.safetensors` (A, B, head). full: the whole
-  state dict. linear/floor: their trainable tensors. GPS: `save_gps` of `method=gps` (per masked
+  eligible biases, head). LoRA: peft's LoRA state dict (A, B) and the head. full: every
+  parameter. linear/floor: their trainable tensors. GPS: `save_gps` of `method=gps` (per masked
   matrix the selected entries' indices and values), plus biases and head.
 - GPS: the framework's `method=gps` (`grft_app/methods/gps.py`): every eligible weight holds a full
   gradient and full-size Adam state; the gradient is zeroed outside a full-size bool mask (top-k
   |H| per row of the SCL probe gradient) before the step. Probe: `grft.accumulate_gradients`.
-- LoRA: peft, r=8, alpha=16, dropout 0, on ViT `qkv` / Llama `q_proj`, `v_proj`; head trained.
+- LoRA: `method=lora` with the paper table's recipe: ViT `recipe=lora_vtab` (r=16, alpha=16 on
+  `qkv`), Llama `recipe=lora_glue` (r=16, alpha=16 on `q_proj`, `k_proj`, `v_proj`); head trained.
 - floor: the head and the bias of the network's first layer, so backward crosses every layer but
   computes no weight gradient inside it — ViT: the patch embedding's bias; Llama (no biases): a
   zero bias given to layer 0's `q_proj` (the outputs do not change).

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from . import device as devices
 from .memory import MB, Memory, Sampler, compact_allocator, trim_allocator
-from .methods import METHODS, Trainable, check_method, prepare
+from .arms import METHODS, Trainable, check_method, prepare
 from .models import LLAMA_LAYERS, MODELS, build, call
 
 PROBED = ("gps", "grft_row", "grft_column")  # the methods whose setup runs the gradient probe
@@ -113,8 +113,9 @@ def train_step(trainable: Trainable, optimizer, inputs, labels, autocast) -> tor
     with autocast():
         logits = call(trainable.model, inputs)
         loss = F.cross_entropy(logits.float(), labels)
-        if trainable.extra_loss is not None:
-            loss = loss + trainable.extra_loss()
+        extra = trainable.extra_loss() if trainable.extra_loss is not None else None
+        if extra is not None:
+            loss = loss + extra
     loss.backward()
     if trainable.before_step is not None:
         trainable.before_step()

@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -20,18 +21,43 @@ from .sweep_summary import current_multirun
 log = logging.getLogger("grft")
 
 
+@contextmanager
+def _hydra():
+    """Hydra's composition as it stands: inside ``run.py`` (or a launcher's job) the app's own, with
+    its config search path; elsewhere (tests, tools) one on ``conf/`` for the duration."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield GlobalHydra.instance()
+        return
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield GlobalHydra.instance()
+
+
+def method_group(name: str) -> dict:
+    """The ``method`` node Hydra composes for the group override ``method=<name>``."""
+    from hydra import compose
+    from hydra.errors import MissingConfigException
+
+    with _hydra() as hydra:
+        try:
+            cfg = compose(config_name=None, overrides=[f"+method={name}"])
+        except MissingConfigException:
+            known = sorted(hydra.config_loader().get_group_options("method"))
+            raise ConfigError(f"baselines: method {name!r} is unknown; known: {', '.join(known)}") from None
+    return OmegaConf.to_container(cfg.method, resolve=False)
+
+
 def with_method(cfg: DictConfig, name: str, overrides: dict | None = None) -> DictConfig:
-    """The same task with another method (its config group file, as ``method=<name>`` would give).
+    """The same task with another method: its group composed by Hydra, as ``method=<name>`` gives it.
 
     ``overrides``: top-level keys that differ for this method (e.g. its own learning rate).
     """
-    path = CONF_DIR / "method" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
-        raise ConfigError(f"baselines: method {name!r} is unknown; known: {', '.join(known)}")
+    group = method_group(name)
     other = copy.deepcopy(cfg)
     with open_dict(other):
-        other.method = OmegaConf.load(path)
+        other.method = group
         other.baselines = None
         for key, value in (overrides or {}).items():
             if key not in other:

@@ -66,6 +66,7 @@ class FineTuneModule(L.LightningModule):
         self.progress = progress
         self.model: Optional[nn.Module] = None
         self.probe_seconds: Optional[float] = None
+        self.probe_facts: Optional[dict] = None  # what the method's probe returned (kept in checkpoints)
         self.ema: Optional[TrainableEMA] = None
         ema = bool(settings.ema_decay)
         self.val_views: list[EvalView] = val_views(has_val, settings.protocol.test_every, ema)
@@ -115,7 +116,7 @@ class FineTuneModule(L.LightningModule):
         start = time.perf_counter()
         was_training = self.model.training
         self.model.train()
-        self.method.probe(self.model, self.probe_loader(), self.progress)
+        self.probe_facts = self.method.probe(self.model, self.probe_loader(), self.progress)
         self.model.train(was_training)
         self.probe_seconds = time.perf_counter() - start
 
@@ -235,6 +236,7 @@ class FineTuneModule(L.LightningModule):
         if self.ema is not None:
             checkpoint["grft_ema"] = self.ema.state_dict()
         checkpoint["grft_probe_s"] = self.probe_seconds
+        checkpoint["grft_probe_facts"] = self.probe_facts
         checkpoint["grft_curve"] = self.curve
         checkpoint["grft_eval_s"] = self.eval_seconds
 
@@ -242,6 +244,7 @@ class FineTuneModule(L.LightningModule):
         if self.ema is not None and "grft_ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["grft_ema"])
         self.probe_seconds = checkpoint.get("grft_probe_s")
+        self.probe_facts = checkpoint.get("grft_probe_facts")
         self.curve = list(checkpoint.get("grft_curve", []))
         self.eval_seconds = float(checkpoint.get("grft_eval_s", 0.0))
 

@@ -260,6 +260,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
         **identity_facts(cfg),
         "metrics": metrics,
         "params": {"trainable": report.trainable, "total": report.total, "pct": report.percent},
+        "probe_facts": module.probe_facts,  # what the method's probe returned; None without a probe
         # train_s: all launches of this run together (a killed and resumed run counts every launch)
         "timings": {"probe_s": module.probe_seconds, "train_s": clock.total_s, "train_s_this_launch": clock.this_launch_s,
                     "eval_in_training_s": round(module.eval_seconds, 3), **monitor.summary(device)},

@@ -1,4 +1,11 @@
-"""Fine-tuning methods by name (Hydra ``method=<name>``); ``grft`` is the default."""
+"""Fine-tuning methods by name (Hydra ``method=<name>``); ``grft`` is the default.
+
+One method, one module: ``grft_app/methods/<name>.py`` holds its Method class and every torch piece
+it adds to a model (LoRA layers, adapters, prompts, scale-shifts, GPS masks), with its file format.
+``base.py`` is the contract with the training loop; ``vit_only.py`` the check the ViT-only methods
+share. ``make_method`` is the one factory: the app and the benchmark (``experiments/bench``) build
+every method through it.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,15 @@ from .base import Method, MethodSettings
 
 METHODS = {
     "grft": "grft_app.methods.grft:GRFTMethod",
-    "full": "grft_app.methods.simple:FullMethod",
-    "linear": "grft_app.methods.simple:LinearMethod",
-    "bias": "grft_app.methods.simple:BiasMethod",
+    "full": "grft_app.methods.full:FullMethod",
+    "linear": "grft_app.methods.linear:LinearMethod",
+    "bias": "grft_app.methods.bias:BiasMethod",
     "lora": "grft_app.methods.lora:LoRAMethod",
     "gps": "grft_app.methods.gps:GPSMethod",
-    "adapter": "grft_app.methods.additive:AdapterMethod",
-    "vpt_shallow": "grft_app.methods.additive:VPTShallowMethod",
-    "vpt_deep": "grft_app.methods.additive:VPTDeepMethod",
-    "ssf": "grft_app.methods.additive:SSFMethod",
+    "adapter": "grft_app.methods.adapter:AdapterMethod",
+    "vpt_shallow": "grft_app.methods.vpt:VPTShallowMethod",
+    "vpt_deep": "grft_app.methods.vpt:VPTDeepMethod",
+    "ssf": "grft_app.methods.ssf:SSFMethod",
 }
 
 

@@ -77,7 +77,10 @@ class Method:
         return False
 
     def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
-        """Look at the training data before training (GRFT/GPS selection); returns facts to record."""
+        """Look at the training data before training (GRFT/GPS selection); returns facts to record.
+
+        The facts are JSON values (numbers, strings); the run record keeps them under ``probe_facts``.
+        """
         return {}
 
     # --- training -------------------------------------------------------------------------------
@@ -162,3 +165,11 @@ def freeze_all(model: nn.Module) -> None:
 def unfreeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(True)
+
+
+def train_added(model: nn.Module, added: Iterable[nn.Module], head: str) -> nn.Module:
+    """Unfreeze the modules a method added (adapters, prompts, scale-shifts) and the head; return ``model``."""
+    for module in added:
+        unfreeze(module)
+    unfreeze(model.get_submodule(head))
+    return model

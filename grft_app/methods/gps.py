@@ -116,7 +116,8 @@ class GPSMethod(Method):
         with torch.no_grad():
             for name, mask in build_masks(grads, config.k).items():
                 layers[name]._buffers[MASK].copy_(mask)
-        return {"gps_selected": sum(int(m.count_nonzero()) for m in model_masks(model).values())}
+        masks = model_masks(model)
+        return {"layers": len(masks), "selected_entries": sum(int(m.count_nonzero()) for m in masks.values())}
 
     def check_training(self, settings) -> None:
         if float(settings.weight_decay) != 0.0:

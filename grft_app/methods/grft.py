@@ -33,7 +33,7 @@ class GRFTMethod(Method):
     def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
         selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress)
         apply_selection(model, selection)
-        return {"selection": selection}
+        return {"layers": len(selection), "selected_entries": selection.slice_numel()}
 
     def extra_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
         return penalty(model)

@@ -1,19 +1,65 @@
-"""LoRA as a method of the app: peft's LoRA layers on the attention projections, plus the head."""
+"""LoRA (Hu et al. 2021) through peft, injected into the model in place: the method and its file format.
+
+Trainable: the LoRA matrices A and B of every target layer, and the head (nothing else).
+
+``peft.inject_adapter_in_model`` swaps each target ``nn.Linear`` for peft's LoRA layer, which
+computes ``W x + (alpha / r) B A x`` with ``A: [r, in]`` (Kaiming init) and ``B: [out, r]`` (zeros).
+Unlike ``get_peft_model`` it returns the model itself, not a wrapper: the forward signature
+(``model(x)``, ``model(**inputs)``), the head's name and every other module name stay as they were,
+so the probe, the LightningModule and the checkpoints need nothing special. The head is not one of
+peft's ``modules_to_save``; the method unfreezes it itself.
+
+The adapter file holds peft's own LoRA state dict (``<module>.lora_A.weight``, ``.lora_B.weight``,
+as ``peft.get_peft_model_state_dict`` names them) plus the head, and the options as metadata.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 from torch import nn
 
-from ..baselines.lora import LoRAConfig, add_lora, save_lora
 from ..models import ModelBundle
 from .base import Method, freeze_all, unfreeze
 
+FORMAT = "grft-lora"
+VIT_TARGETS = ("qkv",)
+DECODER_TARGETS = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """r: rank; alpha: scale numerator (update = alpha / r * B A); dropout: on the LoRA input;
+    targets: module-name suffixes to adapt (``None``: ``qkv`` on timm ViTs, ``q_proj``/``v_proj`` on
+    Llama-style decoders)."""
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: Optional[tuple[str, ...]] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"lora r must be a whole number >= 1, got {self.r!r}")
+        if not float(self.alpha) > 0:
+            raise ValueError(f"lora alpha must be > 0, got {self.alpha!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "dropout", float(self.dropout))
+        if self.targets is not None:
+            targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+            if not targets or not all(isinstance(t, str) and t for t in targets):
+                raise ValueError(f"lora targets must be a non-empty list of module names, got {self.targets!r}")
+            object.__setattr__(self, "targets", targets)
+
 
 class LoRAMethod(Method):
-    """Trainable: the LoRA matrices A and B of every target layer, and the head (nothing else)."""
+    """peft's LoRA layers on the target projections (``method.r``, ``alpha``, ``dropout``, ``targets``) + head."""
 
     name = "lora"
 
@@ -27,3 +73,84 @@ class LoRAMethod(Method):
 
     def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
         return save_lora(model, path, self.config, self.arch.head)
+
+
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """The attention projections LoRA adapts by default: fused ``qkv`` (ViT) or ``q_proj`` + ``v_proj``."""
+    leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    for targets in (VIT_TARGETS, DECODER_TARGETS):
+        if set(targets) <= leaves:
+            return targets
+    raise ValueError(
+        "lora: found neither a 'qkv' nor 'q_proj'/'v_proj' linear layer; set method.targets=[...] to the "
+        "names of the linear layers to adapt"
+    )
+
+
+def add_lora(model: nn.Module, config: LoRAConfig, head: str) -> tuple[str, ...]:
+    """Inject LoRA into ``model`` in place; returns the target names used. Everything else is frozen by peft."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = config.targets or default_targets(model)
+    if head in targets:
+        raise ValueError(f"lora: the head {head!r} trains in full; leave it out of method.targets")
+    peft_config = LoraConfig(
+        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(targets), bias="none",
+        exclude_modules=[head],
+    )
+    try:
+        inject_adapter_in_model(peft_config, model)
+    except ValueError as err:
+        raise ValueError(f"lora: {err} (method.targets={list(targets)})") from None
+    return targets
+
+
+def lora_tensors(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
+    """peft's LoRA state dict plus the head's parameters, on the CPU."""
+    from peft import get_peft_model_state_dict
+
+    tensors = dict(get_peft_model_state_dict(model))
+    for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
+        tensors[f"{head}.{pname}"] = p
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def save_lora(model: nn.Module, path: str | Path, config: LoRAConfig, head: str) -> Path:
+    from safetensors.torch import save_file
+
+    from grft.files import as_new_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "config": asdict(config), "head": head}
+    save_file(lora_tensors(model, head), str(path), metadata={"grft": json.dumps(meta)})
+    as_new_file(path)
+    return path
+
+
+def load_lora(model: nn.Module, path: str | Path) -> nn.Module:
+    """Inject LoRA into a fresh base ``model`` and load a saved adapter (LoRA matrices and head)."""
+    from peft import set_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no LoRA adapter file at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("grft", "{}"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a LoRA adapter written by grft (format={meta.get('format')!r})")
+    config, head = LoRAConfig(**meta["config"]), meta["head"]
+    add_lora(model, config, head)
+    tensors = load_file(str(path))
+    head_state = {k[len(head) + 1 :]: v for k, v in tensors.items() if k.startswith(head + ".")}
+    lora_state = {k: v for k, v in tensors.items() if not k.startswith(head + ".")}
+    result = set_peft_model_state_dict(model, lora_state)
+    if result.unexpected_keys:
+        raise ValueError(f"{path}: LoRA tensors with no place in this model: {result.unexpected_keys[:5]}")
+    unfilled = [k for k in result.missing_keys if ".lora_" in k]
+    if unfilled:
+        raise ValueError(f"{path}: the file lacks LoRA tensors this model has: {unfilled[:5]}")
+    model.get_submodule(head).load_state_dict(head_state)
+    return model

@@ -1,4 +1,4 @@
-"""SSF: scale and shift deep features (Lian et al. 2022) on a frozen timm ViT.
+"""SSF: scale and shift deep features (Lian et al. 2022) on a frozen timm ViT: the method and its module.
 
 After every linear operation and every LayerNorm of the backbone (each block's qkv, proj, fc1,
 fc2, norm1, norm2; the patch embedding; the final norm) the output is rescaled per feature:
@@ -7,7 +7,8 @@ around 1 and 0 with std 0.02, as in the SSF paper). Because the operation is lin
 it folds into the preceding layer after training (``W' = diag(scale) W``, ``b' = scale * b + shift``).
 
 Each ``ScaleShift`` is a child of the layer it follows (``blocks.0.attn.qkv.ssf``) and runs from a
-forward hook, so the pre-trained parameters keep their names.
+forward hook, so the pre-trained parameters keep their names. What trains: every scale and shift
+and the new head.
 """
 
 from __future__ import annotations
@@ -15,9 +16,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .vit import parameter_like, require_vit
+from ..models import ModelBundle
+from .base import Method, NoOptions, freeze_all, train_added
+from .vit_only import parameter_like, require_vit
 
 INIT_STD = 0.02
+
+
+class SSFMethod(Method):
+    """A scale and a shift per feature after every linear layer and LayerNorm + head."""
+
+    name = "ssf"
+
+    def configure(self, bundle: ModelBundle) -> nn.Module:
+        self.options_as(NoOptions)
+        model = require_vit(bundle.model, self.name)
+        freeze_all(model)
+        added = add_ssf(model, bundle.arch.head)
+        return train_added(model, added.values(), bundle.arch.head)
 
 
 class ScaleShift(nn.Module):

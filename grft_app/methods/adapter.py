@@ -1,4 +1,4 @@
-"""Bottleneck adapters (Houlsby et al. 2019) on a frozen timm ViT.
+"""Bottleneck adapters (Houlsby et al. 2019) on a frozen timm ViT: the method and its modules.
 
 An adapter maps a sublayer's output ``h [batch, tokens, dim]`` to ``h + up(act(down(h)))`` with
 ``down: [bottleneck, dim]`` and ``up: [dim, bottleneck]``, before the block's residual add. ``up``
@@ -10,6 +10,7 @@ VPT code uses for its adapter baseline).
 
 Each adapter is a child of the sublayer it follows (``blocks.3.mlp.adapter``) and runs from a
 forward hook, so every pre-trained parameter keeps its name and timm's forward stays untouched.
+What trains: the adapters and the new head; every pre-trained parameter stays frozen.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .vit import parameter_like, require_vit
+from ..models import ModelBundle
+from .base import Method, freeze_all, train_added
+from .vit_only import parameter_like, require_vit
 
 PLACEMENTS = {"houlsby": ("attn", "mlp"), "pfeiffer": ("mlp",)}
 
@@ -55,6 +58,19 @@ class Bottleneck(nn.Module):
 
 def _run_adapter(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
     return module.adapter(output)
+
+
+class AdapterMethod(Method):
+    """Bottleneck adapters (``method.bottleneck``, ``method.placement``) + head."""
+
+    name = "adapter"
+
+    def configure(self, bundle: ModelBundle) -> nn.Module:
+        config = self.options_as(AdapterConfig)
+        model = require_vit(bundle.model, self.name)
+        freeze_all(model)
+        added = add_adapters(model, config)
+        return train_added(model, added.values(), bundle.arch.head)
 
 
 def add_adapters(model: nn.Module, config: AdapterConfig) -> dict[str, Bottleneck]:

@@ -1,4 +1,4 @@
-"""Visual prompt tuning (Jia et al. 2022) on a frozen timm ViT.
+"""Visual prompt tuning (Jia et al. 2022) on a frozen timm ViT: ``vpt_shallow`` and ``vpt_deep``.
 
 Learned tokens ``tokens: [layers, length, dim]`` join the sequence right after the prefix tokens
 (class token, and register tokens if any), with no position embedding:
@@ -12,18 +12,52 @@ Learned tokens ``tokens: [layers, length, dim]`` join the sequence right after t
 After the last block the prompt positions are removed, so the final norm, the pooling and the head
 see the token layout of the pre-trained model. The hooks sit on ``norm_pre`` (runs once, right
 before the blocks) and on the blocks themselves, so they fire however timm walks the blocks
-(plain, gradient checkpointing, or one by one).
+(plain, gradient checkpointing, or one by one). What trains: the prompts and the new head.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .vit import parameter_like, require_vit
+from ..models import ModelBundle
+from .base import Method, freeze_all, train_added
+from .vit_only import parameter_like, require_vit
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """length: prompt tokens (per block for vpt_deep)."""
+
+    length: int = 10
+
+
+class VPTMethod(Method):
+    """Prompt tokens (``method.length``; shallow: once before the blocks, deep: per block) + head."""
+
+    name = "vpt"
+    deep = False
+
+    def configure(self, bundle: ModelBundle) -> nn.Module:
+        config = self.options_as(PromptConfig)
+        model = require_vit(bundle.model, self.name)
+        freeze_all(model)
+        prompts = add_prompts(model, config.length, self.deep)
+        return train_added(model, [prompts], bundle.arch.head)
+
+
+class VPTShallowMethod(VPTMethod):
+    name = "vpt_shallow"
+    deep = False
+
+
+class VPTDeepMethod(VPTMethod):
+    name = "vpt_deep"
+    deep = True
 
 
 class PromptTokens(nn.Module):

@@ -1,4 +1,4 @@
-"""The one check the ViT-only baselines share: adapters, prompts and SSF know timm's ViT layout."""
+"""What the ViT-only methods share (adapter, vpt, ssf): they know timm's ViT layout, and say so for other models."""
 
 from __future__ import annotations
 

@@ -1,0 +1,180 @@
+"""The benchmark's arms, each made ready to train one model: the app's methods, and the floor.
+
+Every arm but ``floor`` is a method of the app (``grft_app/methods/<name>.py``), built by the app's
+one factory (``make_method``) from the settings objects a run builds (``MethodSettings``,
+``GRFTConfig``) and driven through the hooks the LightningModule calls: ``prepare`` (what
+trains), ``probe`` (GRFT's and GPS's selection, timed as ``probe_s``), ``extra_loss`` (GRFT's
+penalty), ``before_optimizer_step`` (GPS's masks), ``param_report`` (the trainable count) and
+``save_adapter`` (the file a run writes). So the benchmark measures what a run trains.
+
+- full, linear: ``method=full``, ``method=linear``.
+- gps: ``method=gps`` with ``k`` (``--k``) entries per row.
+- lora: ``method=lora`` with the recipe of the paper's table for that model, composed through
+  Hydra as ``python run.py method=lora recipe=...`` does: ViT ``recipe=lora_vtab`` (Tables 1-2:
+  r=16, alpha=16 on the fused ``qkv``), Llama ``recipe=lora_glue`` (Table 3: r=16, alpha=16 on
+  ``q_proj``, ``k_proj``, ``v_proj``).
+- grft_row / grft_column: ``method=grft`` with ``selection=row|column``, ``k`` (``--k``) and the
+  squared L2 pull, lambda 1e-3 over the last 2 blocks + stem + head (ours: a penalty that is on,
+  so its cost is measured).
+- floor (the benchmark's own): the head plus the bias of the network's first layer (ViT: the
+  patch embedding; Llama, which has no biases: a zero bias given to layer 0's ``q_proj``, so the
+  outputs do not change), so backward runs through every layer but computes no weight gradient
+  inside it. No method that trains inside the network can take less time or memory than this.
+
+Adam's weight decay is 0 in every arm, so the methods' own decay hooks have nothing to do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+import torch
+
+# Every arm's worker loads Hydra (the floor's too), so its few MB of modules count for all alike.
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+from torch import nn
+
+from grft.config import GRFTConfig
+from grft.targets import detect_architecture
+from grft_app.data.splits import InputSpec
+from grft_app.methods import Method, MethodSettings, make_method
+from grft_app.models import ModelBundle
+from grft_app.paths import CONF_DIR
+
+from .models import Workload
+from .names import METHODS
+
+PENALTY_LAMBDA = 1e-3
+REGULAR_LAYERS = 2
+# The recipe of the paper's table each model stands for (conf/recipe/): its LoRA row's settings.
+LORA_RECIPES = {"vit": "lora_vtab", "llama": "lora_glue"}
+# Arm -> the app's method (``method=<name>``); the floor is not one.
+APP_METHODS = {"full": "full", "gps": "gps", "lora": "lora", "grft_row": "grft", "grft_column": "grft",
+               "linear": "linear"}
+
+
+@dataclass
+class Trainable:
+    """A model made trainable by one arm.
+
+    model: what the training step calls. params: what Adam updates. extra_loss: added to the task
+    loss (may return ``None``). before_step: runs between backward and the optimizer step.
+    probe_s: wall seconds of the selection probe (0 if none). save: writes the arm's adapter file
+    under a folder, returns it. moving: the entries training can change (the app's Params column;
+    ``None``: every entry of ``params``). method: the app's method (``None`` for the floor).
+    """
+
+    model: nn.Module
+    params: list[nn.Parameter]
+    extra_loss: Optional[Callable[[], Optional[torch.Tensor]]]
+    before_step: Optional[Callable[[], None]]
+    probe_s: float
+    save: Callable[[Path], Path]
+    moving: Optional[int] = None
+    method: Optional[Method] = None
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def composed_method(name: str, recipe: Optional[str] = None) -> dict:
+    """The ``method`` node Hydra composes for ``method=<name>`` (then ``recipe=<recipe>``), as a dict."""
+    overrides = [f"+method={name}"] + ([f"+recipe={recipe}"] if recipe else [])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=None, overrides=overrides)
+    return OmegaConf.to_container(cfg.method, resolve=True)
+
+
+def arm_settings(arm: str, model: str, k: int) -> MethodSettings:
+    """The app's settings object for ``arm`` on ``model`` (``vit`` or ``llama``)."""
+    check_method(arm)
+    if arm not in APP_METHODS:
+        raise ValueError(f"arm {arm!r} is the benchmark's own, not a method of the app")
+    options = composed_method(APP_METHODS[arm], LORA_RECIPES[model] if arm == "lora" else None)
+    name = options.pop("name")
+    if arm.startswith("grft_"):
+        grft = GRFTConfig(k=k, selection=arm.removeprefix("grft_"), norm="l2", lam=PENALTY_LAMBDA,
+                          regular_layers=REGULAR_LAYERS)
+    else:
+        grft = GRFTConfig(k=k)  # GPS reads k; the others read no GRFT key
+    return MethodSettings(name=name, grft=grft, options=options)
+
+
+def bundle_of(work: Workload) -> ModelBundle:
+    """The workload's model as the app hands it to a method."""
+    if isinstance(work.inputs, dict):
+        inputs = InputSpec(kind="text", max_length=work.inputs["input_ids"].shape[1])
+    else:
+        inputs = InputSpec(kind="image", img_size=work.inputs.shape[-1])
+    return ModelBundle(work.model, detect_architecture(work.model), inputs)
+
+
+def _timed(fn: Callable, sync: Callable[[], None]):
+    sync()
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - start
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_app_method(arm: str, work: Workload, k: int) -> tuple[Method, nn.Module]:
+    """``arm``'s method from the app's factory, and ``work.model`` prepared by it (not probed yet)."""
+    method = make_method(arm_settings(arm, work.name, k))
+    model = method.prepare(bundle_of(work))
+    method.check_training(SimpleNamespace(optimizer="adam", weight_decay=0.0))
+    return method, model
+
+
+def prepare_app_method(arm: str, work: Workload, k: int, sync) -> Trainable:
+    """Build ``arm`` through the app's factory; run its probe (timed) if it has one."""
+    method, model = build_app_method(arm, work, k)
+    probe_s = 0.0
+    if method.needs_probe(model):
+        _, probe_s = _timed(lambda: method.probe(model, work.probe_batches), sync)
+
+    def save(folder: Path) -> Path:
+        return method.save_adapter(model, folder / "adapter.safetensors")
+
+    return Trainable(model, _trainable(model), lambda: method.extra_loss(model),
+                     lambda: method.before_optimizer_step(model), probe_s, save,
+                     method.param_report(model).trainable, method)
+
+
+def prepare_floor(work: Workload) -> Trainable:
+    """The head and the first layer's bias (given a zero one where it has none)."""
+    model = work.model
+    names = {f"{work.head}.{n}" for n, _ in model.get_submodule(work.head).named_parameters()}
+    first = model.get_submodule(work.floor)
+    if first.bias is None:  # a zero bias changes no output, and its gradient needs backward to reach here
+        weight = first.weight
+        first.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+    names.add(f"{work.floor}.bias")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in names)
+
+    def save(folder: Path) -> Path:
+        path = folder / "adapter.safetensors"
+        save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(path))
+        return path
+
+    return Trainable(model, _trainable(model), None, None, 0.0, save)
+
+
+def prepare(arm: str, work: Workload, k: int, sync: Callable[[], None] = lambda: None) -> Trainable:
+    """Make ``work.model`` trainable the way ``arm`` does (runs its probe, if it has one)."""
+    check_method(arm)
+    if arm == "floor":
+        return prepare_floor(work)
+    return prepare_app_method(arm, work, k, sync)
