@@ -79,8 +79,8 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
                     failed = [] if agg.n else index.failures(cfg)
                     if failed:
                         status = "failed"
-                        failures.append(f"Ours: {row.label} / {task} failed: {failed[0].get('error')} "
-                                        f"(record {failed[0]['run_dir']}; fix it and launch again)")
+                        failures.append(f"Ours: {row.label} / {task} failed: {failed[0].error} "
+                                        f"(record {failed[0].run_dir}; fix it and launch again)")
                     statistic = _statistic(cfg)
                 except ConfigUnavailable as err:
                     status = "unavailable"
@@ -238,7 +238,7 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     have = int((runnable["status"] == "ok").sum())
     notes = [f"Ours: {have} of {len(runnable)} runnable cells have finished runs."]
     if index.corrupt:
-        notes += [f"Ours: left out a damaged record: {problem}" for problem in index.corrupt]
+        notes += [f"Ours: left out a record that cannot be read: {problem}" for problem in index.corrupt]
     for label, group in runnable[runnable["status"] == "missing"].groupby("row", sort=False):
         if len(group) == len(target.tasks):
             notes.append(f"Ours, {label}: no finished runs yet.")
@@ -248,7 +248,7 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     stale = index.unmatched(target.tasks, methods)
     if stale:
         notes.append(f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings), "
-                     f"e.g. {stale[0]['run_dir']}.")
+                     f"e.g. {stale[0].run_dir}.")
     return notes
 
 
