@@ -144,7 +144,7 @@ def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> N
     except Exception:  # noqa: BLE001 - the error may be in the very values the facts read
         seed = cfg.get("seed")
         facts = {"task": str(cfg.dataset.get("name")), "method": str(cfg.method.get("name")),
-                 "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,  # as given: in config
+                 "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,  # a bad one: in config only
                  "config": OmegaConf.to_container(cfg, resolve=False), "multirun": current_multirun()}
     from ..record import CorruptRecord, archive_record
     from .lifecycle import read_launches
