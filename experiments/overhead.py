@@ -103,7 +103,7 @@ def measure(method: str, epochs: int, rounds: int, extra: list[str]) -> dict:
             clock = EpochClock()
             record = run_task(cfg, run_dir_of(cfg), extra_callbacks=[clock])
             lightning.append(clock.seconds / clock.steps)
-            step_only.append(record["timings"]["step_s_median"])
+            step_only.append(record.timings.step_s_median)
             plain.append(plain_loop(clock.module, clock.datamodule, clock.steps, float(cfg.lr)))
     return {"method": method, "lightning_s": statistics.median(lightning), "plain_s": statistics.median(plain),
             "step_only_s": statistics.median(step_only), "threads": torch.get_num_threads()}

@@ -1,33 +1,257 @@
-"""One self-describing record per run, written atomically; and reading them all back.
+"""One typed record per run, written atomically; and reading them all back.
 
-A record is ``record.json`` in the run's directory. ``done: true`` marks a finished run; sweeps
-skip a run whose record is done, and tables read only done records. A run that did not finish
-says why in ``status``: ``failed`` (with its ``error``) or ``preempted`` (stopped by SIGTERM;
-launching it again resumes it). A record without ``status`` is read as ``done`` or ``unfinished``
-from its ``done`` flag.
+A record is ``record.json`` in the run's directory, the JSON form of ``RunRecord``. ``done: true``
+marks a finished run; sweeps skip a run whose record is done, and tables read only done records.
+A run that did not finish says why in ``status``: ``failed`` (with its ``error``) or ``preempted``
+(stopped by SIGTERM; launching it again resumes it). A record without ``status`` is read as
+``done`` or ``unfinished`` from its ``done`` flag (``RunRecord.state``).
+
+The layout carries its version (``schema``). Reading is strict, so a table never shows a number
+read from a key that means something else: a file that is not JSON, a schema version this code
+does not read, an unknown key or a value of the wrong type is ``CorruptRecord``, one line naming the
+file and the fix. A key that the schema leaves optional and a record lacks (records written before
+it existed have no ``status``, ``evaluation``, ``launches``, ``code``...) reads as ``None``. Schema 1
+is the layout every record has had so far; a change of meaning or layout bumps ``SCHEMA_VERSION``.
+
+Hand-written (de)serialisation: the layout is a handful of small dataclasses, and the standard
+library's ``dataclasses`` and ``typing`` read it without a new dependency.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 from grft.files import as_new_file
 
 RECORD_NAME = "record.json"
 HISTORY_DIR = "history"   # earlier records of a run that force=true started again; not read by tables
-SCHEMA = 1
+SCHEMA_VERSION = 1        # the layout written now
+READABLE_SCHEMAS = (1,)   # the layouts this code reads
+FIX = "launch the run again with force=true (it trains the run again and keeps the old file in history/)"
+
+# Field metadata. ``key``: the JSON key when it is not the field's name. ``keep_null``: written even
+# when None (the run's identity: every record lists the same keys, null where a method does not use
+# one). ``transient``: never written (where the record was read from).
+KEEP_NULL = {"keep_null": True}
 
 
 class CorruptRecord(ValueError):
-    """A record file that is not valid JSON; the message names it and the fix."""
+    """A record file this code cannot read (not JSON, or not the layout it reads); the message names it and the fix."""
 
 
-def write_json_atomic(path: Path, payload: dict) -> Path:
+class UnknownSchema(CorruptRecord):
+    """A record written under a schema version this code does not read (by another version of the code)."""
+
+
+class _Mismatch(ValueError):
+    """A value that is not what the layout says; the message is the dotted key and what was found."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The layout (schema 1)
+
+
+@dataclass
+class CodeFacts:
+    """The code that ran: the package version (in the run key) and the checkout's commit (provenance only)."""
+
+    version: Optional[str] = field(default=None, metadata=KEEP_NULL)
+    commit: Optional[str] = field(default=None, metadata=KEEP_NULL)
+    uncommitted_changes: Optional[bool] = field(default=None, metadata=KEEP_NULL)
+
+
+@dataclass
+class Params:
+    """Trainable parameters of the tuned model (the same at every epoch)."""
+
+    trainable: int
+    total: int
+    pct: float
+
+
+@dataclass
+class Timings:
+    """Seconds and memory; a preempted record has only ``train_s``."""
+
+    train_s: Optional[float] = None              # all launches of the run together
+    train_s_this_launch: Optional[float] = None
+    probe_s: Optional[float] = None              # the selection probe (GRFT, GPS); None for other methods
+    eval_in_training_s: Optional[float] = None   # evaluation inside training (protocol.test_every), part of train_s
+    fit_s: Optional[float] = None
+    step_s_median: Optional[float] = None
+    steps_timed: Optional[int] = None
+    peak_mem_mb: Optional[float] = None
+    peak_mem_kind: Optional[str] = None          # cuda_max_allocated | ru_maxrss
+
+
+@dataclass
+class Launch:
+    """One launch of the run (``launches.json``; a resumed run has several)."""
+
+    started_at: str
+    resumed: bool
+    train_s: float
+    steps: int
+    outcome: str                  # trained | preempted | failed | killed (running: only while it runs)
+    ended_at: Optional[str] = None
+
+
+@dataclass
+class Reported:
+    """Which number of ``metrics`` the tables compare with the paper, and that in words."""
+
+    statistic: str    # final | best
+    model: str        # raw | ema
+    key: str          # the ``metrics`` key of test_acc
+    description: str
+
+
+@dataclass
+class Evaluation:
+    """What was evaluated when (docs/PROTOCOL.md, "Evaluation"); the values themselves are in ``metrics``."""
+
+    protocol: str
+    reported: Reported
+    test_every: Optional[int] = None
+    final_epoch: Optional[int] = None
+    ema: Optional[bool] = None
+    curve: Optional[list[dict[str, float]]] = None   # per evaluated epoch: {"epoch": e, "test_acc": ...}
+
+
+@dataclass
+class RunRecord:
+    """What a run was, and what became of it. ``to_json`` / ``from_json`` are the file's layout."""
+
+    task: str
+    method: str
+    done: bool
+    schema_version: int = field(default=SCHEMA_VERSION, metadata={"key": "schema"})
+    status: Optional[str] = None     # done | failed | preempted; absent in the earliest records
+    # What the run is (``runner.identity_facts``): GRFT's keys are None for a method that does not use them.
+    family: Optional[str] = field(default=None, metadata=KEEP_NULL)
+    model: Optional[str] = field(default=None, metadata=KEEP_NULL)
+    selection: Optional[str] = field(default=None, metadata=KEEP_NULL)
+    norm: Optional[str] = field(default=None, metadata=KEEP_NULL)
+    k: Optional[int] = field(default=None, metadata=KEEP_NULL)
+    lambda_: Optional[float] = field(default=None, metadata={"key": "lambda", **KEEP_NULL})
+    regular_layers: Union[int, str, None] = field(default=None, metadata=KEEP_NULL)
+    subsets: Optional[int] = field(default=None, metadata=KEEP_NULL)
+    seed: Optional[int] = field(default=None, metadata=KEEP_NULL)
+    lr: Optional[float] = field(default=None, metadata=KEEP_NULL)
+    batch_size: Optional[int] = field(default=None, metadata=KEEP_NULL)
+    epochs: Optional[int] = field(default=None, metadata=KEEP_NULL)
+    tags: Union[dict[str, Any], list[Any], None] = field(default=None, metadata=KEEP_NULL)
+    config: dict[str, Any] = field(default_factory=dict)   # the full resolved config (tables match on it)
+    code: Optional[CodeFacts] = None
+    multirun: Optional[str] = field(default=None, metadata=KEEP_NULL)   # the multirun's id (sweep_summary)
+    # What became of it.
+    metrics: Optional[dict[str, float]] = None
+    params: Optional[Params] = None
+    timings: Optional[Timings] = None
+    device: Optional[str] = None
+    memory_trace: Optional[str] = None          # file name in the run directory
+    adapter_file: Optional[str] = None          # the raw model's adapter (= adapter_files["raw"])
+    adapter_files: Optional[dict[str, str]] = None   # raw / ema -> file name
+    selection_file: Optional[str] = None
+    probe_facts: Optional[dict[str, Any]] = None   # what the method's probe returned; None without a probe
+    evaluation: Optional[Evaluation] = None     # absent in records written before records said so
+    resumed: Optional[bool] = None
+    launches: Optional[list[Launch]] = None
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    preempted_at: Optional[str] = None
+    failed_at: Optional[str] = None
+    error: Optional[str] = None
+    run_dir: Optional[Path] = field(default=None, compare=False, repr=False, metadata={"transient": True})
+
+    # -- the file's layout --------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """The JSON object of ``record.json`` (schema ``schema_version``)."""
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str | Path = "run record", run_dir: Path | None = None) -> "RunRecord":
+        """Strict: anything but the layout of a readable schema is ``CorruptRecord`` naming ``source`` and the fix."""
+        if not isinstance(data, dict):
+            raise CorruptRecord(f"{source} is not a valid run record (not a JSON object); delete it, or {FIX}")
+        schema = data.get("schema")
+        if schema not in READABLE_SCHEMAS:
+            raise UnknownSchema(_unknown_schema(source, schema, data))
+        try:
+            record = _from_json(cls, data, "")
+        except _Mismatch as err:
+            written = _written_by(data)
+            raise CorruptRecord(
+                f"{source} is not a valid run record of schema {schema} ({err}); if another version of grft wrote it"
+                f"{written}, render it with that version; otherwise delete it, or {FIX}"
+            ) from None
+        record.run_dir = Path(run_dir) if run_dir is not None else None
+        return record
+
+    # -- reading it --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``done``, ``failed``, ``preempted`` or ``unfinished`` (the earliest records carry only ``done``)."""
+        if self.done:
+            return "done"
+        return self.status or "unfinished"
+
+    def metric_key(self, metric: str) -> str:
+        """Where ``metrics`` keeps the number the run's protocol reports for ``metric`` (e.g. ``test_acc``).
+
+        A record written before records said so (no ``evaluation``) holds only the final test of
+        the model it evaluated: ``metric`` itself.
+        """
+        if self.evaluation is None:
+            return metric
+        reported = self.evaluation.reported
+        return reported_key(metric, reported.statistic, reported.model)
+
+    def reported(self, metric: str) -> Optional[float]:
+        """The number the run's protocol reports for ``metric``; None when the record has none."""
+        value = (self.metrics or {}).get(self.metric_key(metric))
+        return None if value is None else float(value)
+
+    @property
+    def statistic(self) -> str:
+        """The reported statistic in words (``final`` for records written before records said so)."""
+        if self.evaluation is None:
+            return "final test accuracy (a record without an evaluation block)"
+        return self.evaluation.reported.description
+
+
+def reported_key(metric: str, statistic: str = "final", model: str = "raw") -> str:
+    """The ``metrics`` key of ``metric`` (e.g. ``test_acc``) as a statistic of a model.
+
+    ``reported_key("test_acc", "best", "ema") == "test_ema_acc_best"``; final and raw are the plain key.
+    """
+    split, _, name = metric.partition("_")
+    key = f"{split}_ema_{name}" if model == "ema" else metric
+    return f"{key}_best" if statistic == "best" else key
+
+
+def status_of(record: RunRecord | None) -> str:
+    """``record.state``, or ``missing`` when there is no record."""
+    return record.state if record is not None else "missing"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
     """Write to a temporary file in the same folder, then rename: readers never see half a file.
 
     The file gets the permissions of any new file (``mkstemp`` would leave it private, 0600).
@@ -48,43 +272,34 @@ def write_json_atomic(path: Path, payload: dict) -> Path:
     return path
 
 
-def write_record(run_dir: Path, record: dict) -> Path:
-    return write_json_atomic(Path(run_dir) / RECORD_NAME, {"schema": SCHEMA, **record})
+def write_record(run_dir: Path, record: RunRecord) -> Path:
+    """Write ``record`` as the run's ``record.json``; a record this code could not read back is refused first."""
+    payload = record.to_json()
+    RunRecord.from_json(json.loads(json.dumps(payload, default=str)), f"the record of {run_dir}")
+    record.run_dir = Path(run_dir)
+    return write_json_atomic(Path(run_dir) / RECORD_NAME, payload)
 
 
-def load_record_file(path: Path) -> dict:
+def load_record_file(path: Path) -> RunRecord:
+    """The record in ``path`` (its ``run_dir`` the file's folder); ``CorruptRecord`` if it cannot be read."""
     try:
-        record = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptRecord(
-            f"{path} is not a valid run record ({err}); delete it, or launch the run again with force=true "
-            "(it trains the run again and keeps the damaged file in history/)"
-        ) from None
-    if not isinstance(record, dict):
-        raise CorruptRecord(f"{path} is not a valid run record (not a JSON object); delete it or re-run with force=true")
-    return record
+        raise CorruptRecord(f"{path} is not a valid run record ({err}); delete it, or {FIX}") from None
+    return RunRecord.from_json(data, path, run_dir=Path(path).parent)
 
 
-def read_record(run_dir: Path) -> dict | None:
-    """The run's record, ``None`` if it has none; ``CorruptRecord`` if the file is damaged."""
+def read_record(run_dir: Path) -> RunRecord | None:
+    """The run's record, ``None`` if it has none; ``CorruptRecord`` if the file cannot be read."""
     path = Path(run_dir) / RECORD_NAME
     if not path.is_file():
         return None
     return load_record_file(path)
 
 
-def status_of(record: dict | None) -> str:
-    """``done``, ``failed``, ``preempted`` or ``unfinished`` (older records carry only ``done``)."""
-    if not record:
-        return "missing"
-    if record.get("done"):
-        return "done"
-    return str(record.get("status") or "unfinished")
-
-
 def is_done(run_dir: Path) -> bool:
     record = read_record(run_dir)
-    return bool(record and record.get("done"))
+    return bool(record and record.done)
 
 
 def archive_record(run_dir: Path) -> Optional[Path]:
@@ -102,10 +317,11 @@ def archive_record(run_dir: Path) -> Optional[Path]:
     return target
 
 
-def iter_records(root: Path, done_only: bool = True, on_corrupt: Callable[[CorruptRecord], None] | None = None) -> Iterator[dict]:
-    """Every record under ``root`` (recursively), with its ``run_dir`` added.
+def iter_records(root: Path, done_only: bool = True,
+                 on_corrupt: Callable[[CorruptRecord], None] | None = None) -> Iterator[RunRecord]:
+    """Every record under ``root`` (recursively), each with its ``run_dir``.
 
-    A damaged record is passed to ``on_corrupt`` (default: raise), never dropped silently.
+    A record that cannot be read is passed to ``on_corrupt`` (default: raise), never dropped silently.
     """
     for path in sorted(Path(root).rglob(RECORD_NAME)):
         try:
@@ -115,35 +331,113 @@ def iter_records(root: Path, done_only: bool = True, on_corrupt: Callable[[Corru
                 raise
             on_corrupt(err)
             continue
-        if done_only and not record.get("done"):
+        if done_only and not record.done:
             continue
-        record["run_dir"] = str(path.parent)
         yield record
 
 
-def reported_key(metric: str, statistic: str = "final", model: str = "raw") -> str:
-    """The ``metrics`` key of ``metric`` (e.g. ``test_acc``) as a statistic of a model.
-
-    ``reported_key("test_acc", "best", "ema") == "test_ema_acc_best"``; final and raw are the plain key.
-    """
-    split, _, name = metric.partition("_")
-    key = f"{split}_ema_{name}" if model == "ema" else metric
-    return f"{key}_best" if statistic == "best" else key
+# ----------------------------------------------------------------------------------------------------
+# Dataclasses <-> JSON
 
 
-def record_metric_key(record: dict, metric: str) -> str:
-    """Where ``record`` keeps the number its protocol reports for ``metric``.
-
-    A record written before records said so (no ``evaluation`` block) holds only the final test of
-    the model it evaluated: ``metric`` itself.
-    """
-    reported = (record.get("evaluation") or {}).get("reported")
-    if not reported:
-        return metric
-    return reported_key(metric, reported["statistic"], reported["model"])
+def _json_key(f: dataclasses.Field) -> str:
+    return f.metadata.get("key", f.name)
 
 
-def record_statistic(record: dict) -> str:
-    """The reported statistic in words (``final`` for records written before records said so)."""
-    reported = (record.get("evaluation") or {}).get("reported")
-    return reported["description"] if reported else "final test accuracy (a record without an evaluation block)"
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.metadata.get("transient") or (item is None and not f.metadata.get("keep_null")):
+                continue
+            out[_json_key(f)] = _to_json(item)
+        return out
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_json(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise _Mismatch(f"{where or 'the record'} is {type(data).__name__}, not an object")
+    known = {_json_key(f): f for f in dataclasses.fields(cls) if not f.metadata.get("transient")}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise _Mismatch(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)}")
+    values = {}
+    for key, f in known.items():
+        if key in data:
+            values[f.name] = _value(_hints(cls)[f.name], data[key], where + key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _Mismatch(f"{where + key} is missing")
+    return cls(**values)
+
+
+def _value(kind: Any, value: Any, where: str) -> Any:
+    """``value`` checked against the annotation ``kind`` (dataclasses built, numbers kept as written)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _value(options[0], value, where)
+        for arg in options:
+            try:
+                return _value(arg, value, where)
+            except _Mismatch:
+                continue
+        raise _Mismatch(f"{where} is {_short(value)}, not {_name(kind)}")
+    if dataclasses.is_dataclass(kind):
+        return _from_json(kind, value, f"{where}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Mismatch(f"{where} is {_short(value)}, not a list")
+        return [_value(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch(f"{where} is {_short(value)}, not an object")
+        return {k: _value(args[1], item, f"{where}.{k}") for k, item in value.items()}
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits = {float: number, int: number and isinstance(value, int), bool: isinstance(value, bool),
+            str: isinstance(value, str)}.get(kind)
+    if fits is None:
+        raise TypeError(f"the record layout uses {kind!r}, which _value does not read")  # a bug here, not in a file
+    if not fits:
+        raise _Mismatch(f"{where} is {_short(value)}, not {_name(kind)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def _written_by(data: dict) -> str:
+    code = data.get("code")
+    version = code.get("version") if isinstance(code, dict) else None
+    return f" (version {version})" if version else ""
+
+
+def _unknown_schema(source: str | Path, schema: Any, data: dict) -> str:
+    if schema is None:
+        return f"{source} has no schema version, so it is not a run record grft wrote; delete it, or {FIX}"
+    readable = ", ".join(str(s) for s in READABLE_SCHEMAS)
+    return (f"{source} is a run record of schema {schema!r}, which this version of grft does not read (it reads "
+            f"schema {readable}); render it with the version that wrote it{_written_by(data)}, or {FIX}")

@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers
+from grft_app.record import RunRecord
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()
@@ -20,7 +21,7 @@ def make_cfg(runs: Path, *overrides: str):
         return compose("config", overrides=["debug=smoke", f"paths.runs={runs}", "baselines=null", *overrides])
 
 
-def run(runs: Path, *overrides: str, callbacks=None) -> tuple[dict, Path]:
+def run(runs: Path, *overrides: str, callbacks=None) -> tuple[RunRecord, Path]:
     """Train and test one run; its record and its directory."""
     cfg = make_cfg(runs, *overrides)
     run_dir = run_dir_of(cfg)

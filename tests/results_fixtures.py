@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from experiments.paper.compose import Composer, run_dir
-from grft_app.record import write_record
+from grft_app.record import Params, RunRecord, Timings, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,19 +61,19 @@ def write_fixture_record(composer: Composer, runs: Path, args: list[str], acc: f
         cfg.seed = seed
     folder = run_dir(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    record = {
-        "task": str(cfg.dataset.name), "family": str(cfg.dataset.family), "model": str(cfg.model.name),
-        "method": str(cfg.method.name), "selection": str(cfg.selection.kind), "norm": str(cfg.norm.kind),
-        "k": int(cfg.k), "lambda": float(cfg["lambda"]), "regular_layers": config["regular_layers"],
-        "subsets": int(cfg.subsets), "seed": seed, "lr": float(cfg.lr), "batch_size": int(cfg.batch_size),
-        "epochs": int(cfg.epochs), "tags": {}, "metrics": {"test_acc": acc},
-        "params": {"trainable": 1, "total": 100, "pct": pct}, "timings": {"peak_mem_mb": 1234.0},
-        "device": "fixture", "memory_trace": None, "config": config, "finished_at": finished_at, "done": True,
-    }
+    record = RunRecord(
+        task=str(cfg.dataset.name), family=str(cfg.dataset.family), model=str(cfg.model.name),
+        method=str(cfg.method.name), selection=str(cfg.selection.kind), norm=str(cfg.norm.kind),
+        k=int(cfg.k), lambda_=float(cfg["lambda"]), regular_layers=config["regular_layers"],
+        subsets=int(cfg.subsets), seed=seed, lr=float(cfg.lr), batch_size=int(cfg.batch_size),
+        epochs=int(cfg.epochs), tags={}, metrics={"test_acc": acc},
+        params=Params(trainable=1, total=100, pct=pct), timings=Timings(peak_mem_mb=1234.0),
+        device="fixture", config=config, finished_at=finished_at, done=True,
+    )
     if memory is not None:
         folder.mkdir(parents=True, exist_ok=True)
         lines = ["t_s,step,memory_mb"] + [f"{t},{s},{m}" for t, s, m in memory]
         (folder / "memory.csv").write_text("\n".join(lines) + "\n")
-        record["memory_trace"] = "memory.csv"
+        record.memory_trace = "memory.csv"
     write_record(folder, record)
     return folder

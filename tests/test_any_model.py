@@ -319,7 +319,7 @@ def test_app_smoke_run_on_a_model_the_user_names(tmp_path, task, overrides):
         cfg = compose("config", overrides=[f"dataset={task}", *overrides, "debug=smoke", f"paths.runs={tmp_path / 'runs'}",
                                            f"data_dir={tmp_path / 'data'}", "baselines=[]", "k=1"])
     record = run_task(cfg, run_dir_of(cfg))
-    assert record["done"] and 0.0 <= record["metrics"]["test_acc"] <= 1.0 and record["params"]["trainable"] > 0
+    assert record.done and 0.0 <= record.metrics["test_acc"] <= 1.0 and record.params.trainable > 0
 
 
 def test_batchnorm_statistics_moved_in_train_mode_travel_in_the_adapter(tmp_path):

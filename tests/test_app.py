@@ -30,7 +30,7 @@ register_resolvers()
 def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
     record, run_dir = run(tmp_path, f"selection={selection}", f"norm={norm}", "lambda=0.01")
     saved = json.loads((run_dir / "record.json").read_text())
-    assert saved["done"] is True and saved == {**record, "schema": saved["schema"]}
+    assert saved["done"] is True and saved == record.to_json()
     assert (saved["method"], saved["selection"], saved["norm"]) == ("grft", selection, norm)
     assert 0.0 <= saved["metrics"]["test_acc"] <= 1.0
     assert saved["timings"]["probe_s"] > 0 and saved["params"]["trainable"] > 0
@@ -114,24 +114,24 @@ def test_resume_keeps_the_selection_skips_the_probe_and_matches_an_uninterrupted
 
     monkeypatch.setattr(grft_method, "select", no_probe)
     resumed = run_task(cfg, run_dir)
-    assert resumed["resumed"] is True
-    assert resumed["probe_facts"] == straight["probe_facts"] and resumed["probe_facts"]["selected_entries"] > 0
-    assert grft.Selection.load(run_dir / resumed["selection_file"]) == grft.Selection.load(
-        straight_dir / straight["selection_file"]
+    assert resumed.resumed is True
+    assert resumed.probe_facts == straight.probe_facts and resumed.probe_facts["selected_entries"] > 0
+    assert grft.Selection.load(run_dir / resumed.selection_file) == grft.Selection.load(
+        straight_dir / straight.selection_file
     )
-    assert resumed["metrics"]["test_acc"] == straight["metrics"]["test_acc"]
-    assert resumed["metrics"]["test_loss"] == pytest.approx(straight["metrics"]["test_loss"], rel=1e-6)
+    assert resumed.metrics["test_acc"] == straight.metrics["test_acc"]
+    assert resumed.metrics["test_loss"] == pytest.approx(straight.metrics["test_loss"], rel=1e-6)
 
 
 def test_seeded_runs_are_deterministic_and_seeds_matter(tmp_path):
     first, first_dir = run(tmp_path / "a", "seed=3")
     second, second_dir = run(tmp_path / "b", "seed=3")
-    assert first["metrics"] == second["metrics"]
+    assert first.metrics == second.metrics
     assert grft.Selection.load(first_dir / "selection.safetensors") == grft.Selection.load(
         second_dir / "selection.safetensors"
     )
     other, _ = run(tmp_path / "c", "seed=4")
-    assert other["metrics"]["test_loss"] != first["metrics"]["test_loss"]
+    assert other.metrics["test_loss"] != first.metrics["test_loss"]
 
 
 def run_cli(tmp_path, *args):

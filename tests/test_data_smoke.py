@@ -28,7 +28,7 @@ MINIATURES = {
 EXTRA_METRICS = {"eurosat": set(), "oxford_flowers": set(), "cola": {"test_mcc"}, "mrpc": {"test_f1"}}
 
 
-def run(tmp_path: Path, *overrides: str) -> dict:
+def run(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, "debug=smoke", f"paths.runs={tmp_path / 'runs'}",
                                            f"data_dir={tmp_path / 'data'}", "baselines=[]"])
@@ -39,10 +39,10 @@ def run(tmp_path: Path, *overrides: str) -> dict:
 def test_smoke_run_on_a_miniature_of_each_family(tmp_path, task):
     MINIATURES[task](tmp_path / "data")
     record = run(tmp_path, f"dataset={task}")
-    assert record["done"] and record["task"] == task
-    assert {"test_acc"} | EXTRA_METRICS[task] <= set(record["metrics"])
-    assert 0.0 <= record["metrics"]["test_acc"] <= 1.0 and record["params"]["trainable"] > 0
-    assert record["model"] == {"cola": "meta-llama/Llama-3.2-1B", "mrpc": "meta-llama/Llama-3.2-1B"}.get(
+    assert record.done and record.task == task
+    assert {"test_acc"} | EXTRA_METRICS[task] <= set(record.metrics)
+    assert 0.0 <= record.metrics["test_acc"] <= 1.0 and record.params.trainable > 0
+    assert record.model == {"cola": "meta-llama/Llama-3.2-1B", "mrpc": "meta-llama/Llama-3.2-1B"}.get(
         task, "vit_base_patch16_224.augreg_in21k")  # the paper's model, in its tiny form under debug=smoke
 
 
@@ -53,7 +53,7 @@ def test_smoke_run_of_the_experiment_config(tmp_path, experiment, task):
         pytest.skip(f"conf/experiment/{experiment}.yaml is not in this checkout")
     MINIATURES[task](tmp_path / "data")
     record = run(tmp_path, f"experiment={experiment}")
-    assert record["done"] and record["task"] == task
+    assert record.done and record.task == task
 
 
 def test_missing_data_stops_the_run_with_the_fetch_command(tmp_path):

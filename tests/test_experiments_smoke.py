@@ -65,4 +65,4 @@ def test_smoke_run_of_the_experiments_with_probe_subsets(tmp_path, experiment, f
     cfg = smoke_cfg(tmp_path, experiment)
     write_fgvc(tmp_path / "data", folder, str(cfg.dataset.image_root), list(range(1, classes + 1)), per_split=(1, 1, 1))
     record = run_task(cfg, run_dir_of(cfg))
-    assert record["done"] and record["subsets"] == int(cfg.subsets) > 1
+    assert record.done and record.subsets == int(cfg.subsets) > 1

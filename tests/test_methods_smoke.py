@@ -32,26 +32,26 @@ def test_smoke_run_writes_a_record_with_params(name, tmp_path):
     cfg = smoke_config(name, tmp_path)
     run_dir = tmp_path / name
     record = run_task(cfg, run_dir)
-    assert record["done"] is True and record["method"] == name
-    params = record["params"]
-    assert 0 < params["trainable"] <= params["total"]
-    assert params["pct"] == pytest.approx(100 * params["trainable"] / params["total"])
-    assert (name == "full") == (params["pct"] == 100.0)
-    assert (run_dir / record["adapter_file"]).is_file()
+    assert record.done is True and record.method == name
+    params = record.params
+    assert 0 < params.trainable <= params.total
+    assert params.pct == pytest.approx(100 * params.trainable / params.total)
+    assert (name == "full") == (params.pct == 100.0)
+    assert (run_dir / record.adapter_file).is_file()
 
     # Slim checkpoints: the model part holds what the method trains and nothing frozen.
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     kept = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if name == "full":
-        assert sum(v.numel() for v in kept.values()) == params["total"]
+        assert sum(v.numel() for v in kept.values()) == params.total
     elif name == "gps":  # full weights (sparsely trained), biases, head, and the masks
         masks = {k: v for k, v in kept.items() if k.endswith(".gps_mask")}
         assert masks and sum(int(m.sum()) for m in masks.values()) + sum(
             v.numel() for k, v in kept.items() if k.endswith(".bias") or k.startswith("head.")
-        ) == params["trainable"]
+        ) == params.trainable
         assert not any("norm" in k or k in ("cls_token", "pos_embed") for k in kept)
     elif name != "grft":  # grft also keeps its index buffers and anchors (its own tests cover them)
-        assert sum(v.numel() for v in kept.values()) == params["trainable"]
+        assert sum(v.numel() for v in kept.values()) == params.trainable
 
 def test_resumed_lora_run_restores_its_adapters(tmp_path):
     """A run whose record is gone resumes from its slim checkpoint; LoRA's keys must load back."""
@@ -63,8 +63,8 @@ def test_resumed_lora_run_restores_its_adapters(tmp_path):
     assert lora_keys and all(k.startswith("model.") for k in lora_keys)
     (run_dir / "record.json").unlink()
     second = run_task(cfg, run_dir)
-    assert second["resumed"] is True
-    assert second["params"] == first["params"]
+    assert second.resumed is True
+    assert second.params == first.params
 
 
 def test_unknown_method_lists_the_methods(tmp_path):

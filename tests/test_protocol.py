@@ -92,21 +92,21 @@ def test_a_reference_run_trains_with_that_schedule_and_records_best_final_and_cu
     for epoch, lr in enumerate(expected):
         (used,) = seen.by_epoch[epoch]  # one LR for the whole epoch
         assert used == pytest.approx(lr, rel=1e-12), epoch
-    evaluation, metrics = record["evaluation"], record["metrics"]
-    curve = evaluation["curve"]
-    assert [p["epoch"] for p in curve] == list(range(6)) and evaluation["final_epoch"] == 5
+    evaluation, metrics = record.evaluation, record.metrics
+    curve = evaluation.curve
+    assert [p["epoch"] for p in curve] == list(range(6)) and evaluation.final_epoch == 5
     accs = [p["test_acc"] for p in curve]
     assert metrics["test_acc_best"] == max(accs) and metrics["test_acc_best_epoch"] == accs.index(max(accs))
     assert curve[-1]["test_acc"] == metrics["test_acc"]  # the final test is the last epoch's point
-    assert evaluation["reported"]["key"] == "test_acc_best" and "best epoch" in evaluation["reported"]["description"]
+    assert evaluation.reported.key == "test_acc_best" and "best epoch" in evaluation.reported.description
 
 
 def test_simple_protocol_reports_the_final_test_and_evaluates_once(tmp_path):
     record, _ = run(tmp_path / "runs", "epochs=2")
-    evaluation = record["evaluation"]
-    assert evaluation["protocol"] == "simple" and evaluation["reported"]["key"] == "test_acc"
-    assert [p["epoch"] for p in evaluation["curve"]] == [1]  # only the final test
-    assert record["metrics"]["test_acc_best"] == record["metrics"]["test_acc"]
+    evaluation = record.evaluation
+    assert evaluation.protocol == "simple" and evaluation.reported.key == "test_acc"
+    assert [p["epoch"] for p in evaluation.curve] == [1]  # only the final test
+    assert record.metrics["test_acc_best"] == record.metrics["test_acc"]
 
 
 # --- short last batches ---------------------------------------------------------------------------------
@@ -122,10 +122,10 @@ def nabirds_miniature(tmp_path: Path) -> list[str]:
 def test_fgvc_trainval_with_an_odd_remainder_trains_full_epochs_with_mixup_and_cutmix(tmp_path):
     seen = LearningRates()
     record, _ = run(tmp_path / "runs", *nabirds_miniature(tmp_path), callbacks=[seen])
-    cfg = record["config"]
+    cfg = record.config
     assert (cfg["augment"]["mixup"], cfg["augment"]["cutmix"], cfg["batch_size"]) == (0.8, 1.0, 4)
     assert seen.batch_sizes == [4] * (2 * (15 // 4))  # every epoch: 3 full batches, the 3 left over dropped
-    assert record["done"] and set(record["adapter_files"]) == {"raw", "ema"}
+    assert record.done and set(record.adapter_files) == {"raw", "ema"}
 
 
 def test_fgvc_odd_remainder_under_two_rank_ddp(tmp_path):
@@ -169,7 +169,7 @@ def accuracy(model: torch.nn.Module, dataset) -> float:
 
 def test_loading_each_adapter_of_an_ema_run_gives_its_recorded_accuracy(tmp_path):
     record, run_dir = run(tmp_path / "runs", "augment.ema=0.6", "epochs=3", "lr=3e-2", "trainer.limit_test_batches=1.0")
-    files = record["adapter_files"]
+    files = record.adapter_files
     assert files == {"raw": "adapter.safetensors", "ema": "adapter_ema.safetensors"}
     cfg = make_cfg(tmp_path / "runs", "augment.ema=0.6", "epochs=3", "lr=3e-2", "trainer.limit_test_batches=1.0")
     measured = {}
@@ -178,8 +178,8 @@ def test_loading_each_adapter_of_an_ema_run_gives_its_recorded_accuracy(tmp_path
         bundle = build_model(cfg.model, int(cfg.dataset.num_classes), pretrained=False, tiny=True)
         model = grft.load_adapter(bundle.model, run_dir / name, arch=bundle.arch)
         measured[which] = accuracy(model, build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs).test)
-    assert measured["raw"] == pytest.approx(record["metrics"]["test_acc"], abs=1e-6)
-    assert measured["ema"] == pytest.approx(record["metrics"]["test_ema_acc"], abs=1e-6)
+    assert measured["raw"] == pytest.approx(record.metrics["test_acc"], abs=1e-6)
+    assert measured["ema"] == pytest.approx(record.metrics["test_ema_acc"], abs=1e-6)
     # The two files hold different weights (the average lags the live ones).
     a, b = load_file(run_dir / files["raw"]), load_file(run_dir / files["ema"])
     assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("grft_delta"))

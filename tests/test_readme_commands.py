@@ -105,7 +105,7 @@ def test_readme_command(tmp_path, line):
         from grft_app.lit.app import main as run_app
 
         record = run_app(cfgs[0], run_dir_of(cfgs[0]))
-        assert record["done"]
+        assert record.done
 
 
 @pytest.mark.parametrize("snippet", PYTHON)

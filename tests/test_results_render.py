@@ -188,7 +188,7 @@ def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_name
     assert wide.loc[line + 1, "NABirds"] == FAILED and wide.loc[line + 1, "CUB-2011"] == HOLE
     notes = "\n".join(result.notes)
     assert "GRFT / nabirds failed: FileNotFoundError: nabirds: data missing" in notes
-    assert f"left out a damaged record: {damaged} is not a valid run record" in notes
+    assert f"left out a record that cannot be read: {damaged} is not a valid run record" in notes
 
 
 def test_rendering_smoke_runs_never_overwrites_the_real_tables(stubs, tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def test_force_trains_again_from_the_pretrained_weights_and_keeps_the_old_record
     cfg = make_cfg(tmp_path, "epochs=2")
     run_dir = run_dir_of(cfg)
     first = run_task(cfg, run_dir)
-    assert first["done"] and first["launches"][0]["steps"] > 0
+    assert first.done and first.launches[0].steps > 0
 
     import grft_app.methods.grft as grft_method
 
@@ -50,11 +50,11 @@ def test_force_trains_again_from_the_pretrained_weights_and_keeps_the_old_record
         cfg.force = True
     again = run_task(cfg, run_dir)
     # A re-run, not a resume from the final checkpoint (which would train 0 steps and skip the probe).
-    assert again["resumed"] is False and probes == [1]
-    assert [launch["steps"] for launch in again["launches"]] == [launch["steps"] for launch in first["launches"]]
-    assert again["metrics"] == first["metrics"]   # same seed, same data: the same numbers
+    assert again.resumed is False and probes == [1]
+    assert [launch.steps for launch in again.launches] == [launch.steps for launch in first.launches]
+    assert again.metrics == first.metrics   # same seed, same data: the same numbers
     kept = list((run_dir / "history").glob("*-record.json"))
-    assert len(kept) == 1 and json.loads(kept[0].read_text())["finished_at"] == first["finished_at"]
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["finished_at"] == first.finished_at
 
 
 def test_the_run_key_follows_the_data_folder_its_split_files_and_the_code_version(tmp_path, monkeypatch):

@@ -115,15 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 def render(spec, targets, composer, out: Path, runs: Path, banner: str | None = None) -> int:
     from .figures import render_memory, render_sweep
     from .matching import RecordIndex
-    from .tables import render_table
+    from .tables import render_table, shared_configs
 
     index = RecordIndex.load(runs)
+    shared = shared_configs(spec, composer) if any(t.kind == "table" for t in targets) else None
     print(f"records: {sum(len(v) for v in index.by_task_method.values())} finished runs under {runs}")
     for problem in index.corrupt:
         print(f"warning: left out: {problem}", file=sys.stderr)
     for target in targets:
         if target.kind == "table":
-            result = render_table(target, spec, composer, index, out / "tables", banner)
+            result = render_table(target, spec, composer, index, out / "tables", banner, shared)
         elif target.kind == "memory":
             result = render_memory(target, spec, composer, index, out / "figures")
         else:

@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 
 from .compose import Composer, ConfigUnavailable  # noqa: E402
 from .matching import Aggregate, RecordIndex  # noqa: E402
+from grft_app.record import RunRecord  # noqa: E402
 from .spec import Spec, Target, hydra_value  # noqa: E402
 
 
@@ -86,10 +87,10 @@ def render_sweep(target: Target, spec: Spec, composer: Composer, index: RecordIn
     return FigureResult(target.name, points, notes, [png, csv])
 
 
-def memory_trace(record: dict) -> pd.DataFrame | None:
+def memory_trace(record: RunRecord) -> pd.DataFrame | None:
     """The run's ``memory.csv`` (t_s, step, memory_mb), or None when the run kept none."""
-    name = record.get("memory_trace")
-    path = Path(record["run_dir"]) / name if name else None
+    name = record.memory_trace
+    path = Path(record.run_dir) / name if name else None
     if path is None or not path.is_file():
         return None
     trace = pd.read_csv(path)
@@ -113,11 +114,11 @@ def render_memory(target: Target, spec: Spec, composer: Composer, index: RecordI
             ax.plot([], [], label=f"{row.label} (missing)")
             continue
         record = agg.records[0]
-        peak = (record.get("timings") or {}).get("peak_mem_mb")
-        label = f"{row.label} (peak {peak:,.0f} MB)" if isinstance(peak, (int, float)) and not math.isnan(peak) else row.label
+        peak = record.timings.peak_mem_mb if record.timings else None
+        label = f"{row.label} (peak {peak:,.0f} MB)" if peak is not None and not math.isnan(peak) else row.label
         ax.plot(trace["t_s"], trace["memory_mb"], label=label)
-        frames.append(trace.assign(series=row.label, device=record.get("device"), run_dir=record["run_dir"]))
-        notes.append(f"{row.label}: {len(trace)} samples from {record['run_dir']} ({record.get('device')}).")
+        frames.append(trace.assign(series=row.label, device=record.device, run_dir=str(record.run_dir)))
+        notes.append(f"{row.label}: {len(trace)} samples from {record.run_dir} ({record.device}).")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("memory (MB)")
     ax.set_title(target.caption, fontsize=10)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grft_app.record import CorruptRecord, iter_records, record_metric_key, record_statistic, status_of
+from grft_app.record import CorruptRecord, RunRecord, iter_records
 
 # Where a run went and how it was launched, not what it computed.
 IGNORED = (
@@ -74,7 +74,7 @@ class Aggregate:
 
     values: list[float] = field(default_factory=list)
     params_pct: list[float] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)
     statistics: list[str] = field(default_factory=list)  # per value: which number of its record it is
 
     @property
@@ -101,17 +101,14 @@ class RecordIndex:
     failed one shows as failed, not as a hole. Damaged record files are listed in ``corrupt``.
     """
 
-    def __init__(self, records: Iterable[dict], corrupt: Iterable[str] = ()):
-        self.by_task_method: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
-        self.failed: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    def __init__(self, records: Iterable[RunRecord], corrupt: Iterable[str] = ()):
+        self.by_task_method: dict[tuple[str, str], list[tuple[RunRecord, dict]]] = {}
+        self.failed: dict[tuple[str, str], list[tuple[RunRecord, dict]]] = {}
         for record in records:
-            status = status_of(record)
-            if status not in ("done", "failed"):
+            if record.state not in ("done", "failed"):
                 continue
-            config = record.get("config") or {}
-            key = (str(record.get("task")), str(record.get("method")))
-            index = self.by_task_method if status == "done" else self.failed
-            index.setdefault(key, []).append((record, identity(config)))
+            index = self.by_task_method if record.state == "done" else self.failed
+            index.setdefault((record.task, record.method), []).append((record, identity(record.config)))
         self.used: set[str] = set()
         self.corrupt = list(corrupt)
 
@@ -126,7 +123,7 @@ class RecordIndex:
         records = list(iter_records(root, done_only=False, on_corrupt=note)) if Path(root).is_dir() else []
         return cls(records, corrupt)
 
-    def failures(self, cfg: DictConfig) -> list[dict]:
+    def failures(self, cfg: DictConfig) -> list[RunRecord]:
         """Failed runs' records matching ``cfg`` (any seed)."""
         candidates = self.failed.get((str(cfg.dataset.name), str(cfg.method.name)), [])
         if not candidates:
@@ -134,40 +131,39 @@ class RecordIndex:
         expected = identity(cfg)
         return [record for record, ident in candidates if matches(expected, ident)]
 
-    def candidates(self, task: str, method: str) -> list[tuple[dict, dict]]:
+    def candidates(self, task: str, method: str) -> list[tuple[RunRecord, dict]]:
         return self.by_task_method.get((task, method), [])
 
     def find(self, cfg: DictConfig, metric: str, scale: float) -> Aggregate:
         """Aggregate the records matching ``cfg``: each one's reported statistic of ``metric`` (the
-        best epoch's under protocol=reference; see ``records.record_metric_key``); a record without
+        best epoch's under protocol=reference; see ``RunRecord.metric_key``); a record without
         that value does not count."""
         candidates = self.candidates(str(cfg.dataset.name), str(cfg.method.name))
         aggregate = Aggregate()
         if not candidates:
             return aggregate
         expected = identity(cfg)
-        latest: dict[Any, dict] = {}
+        latest: dict[Any, RunRecord] = {}
         for record, ident in candidates:
-            if record_metric_key(record, metric) not in (record.get("metrics") or {}) or not matches(expected, ident):
+            if record.reported(metric) is None or not matches(expected, ident):
                 continue
-            seed = record.get("seed")
-            if seed not in latest or str(record.get("finished_at", "")) > str(latest[seed].get("finished_at", "")):
+            seed = record.seed
+            if seed not in latest or (record.finished_at or "") > (latest[seed].finished_at or ""):
                 latest[seed] = record
         for seed in sorted(latest, key=str):
             record = latest[seed]
-            self.used.add(record["run_dir"])
+            self.used.add(str(record.run_dir))
             aggregate.records.append(record)
-            aggregate.values.append(scale * float(record["metrics"][record_metric_key(record, metric)]))
-            aggregate.statistics.append(record_statistic(record))
-            pct = (record.get("params") or {}).get("pct")
-            if pct is not None:
-                aggregate.params_pct.append(float(pct))
+            aggregate.values.append(scale * record.reported(metric))
+            aggregate.statistics.append(record.statistic)
+            if record.params is not None:
+                aggregate.params_pct.append(float(record.params.pct))
         return aggregate
 
-    def unmatched(self, tasks: Iterable[str], methods: Iterable[str]) -> list[dict]:
+    def unmatched(self, tasks: Iterable[str], methods: Iterable[str]) -> list[RunRecord]:
         """Records of these tasks and methods that no cell has claimed (other settings, stale configs)."""
         tasks, methods = set(tasks), set(methods)
         return [
             record for (task, method), items in sorted(self.by_task_method.items()) if task in tasks and method in methods
-            for record, _ in items if record["run_dir"] not in self.used
+            for record, _ in items if str(record.run_dir) not in self.used
         ]

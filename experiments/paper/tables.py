@@ -79,8 +79,8 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
                     failed = [] if agg.n else index.failures(cfg)
                     if failed:
                         status = "failed"
-                        failures.append(f"Ours: {row.label} / {task} failed: {failed[0].get('error')} "
-                                        f"(record {failed[0]['run_dir']}; fix it and launch again)")
+                        failures.append(f"Ours: {row.label} / {task} failed: {failed[0].error} "
+                                        f"(record {failed[0].run_dir}; fix it and launch again)")
                     statistic = _statistic(cfg)
                 except ConfigUnavailable as err:
                     status = "unavailable"
@@ -238,7 +238,7 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     have = int((runnable["status"] == "ok").sum())
     notes = [f"Ours: {have} of {len(runnable)} runnable cells have finished runs."]
     if index.corrupt:
-        notes += [f"Ours: left out a damaged record: {problem}" for problem in index.corrupt]
+        notes += [f"Ours: left out a record that cannot be read: {problem}" for problem in index.corrupt]
     for label, group in runnable[runnable["status"] == "missing"].groupby("row", sort=False):
         if len(group) == len(target.tasks):
             notes.append(f"Ours, {label}: no finished runs yet.")
@@ -248,7 +248,7 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     stale = index.unmatched(target.tasks, methods)
     if stale:
         notes.append(f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings), "
-                     f"e.g. {stale[0]['run_dir']}.")
+                     f"e.g. {stale[0].run_dir}.")
     return notes
 
 
@@ -278,14 +278,16 @@ def table_title(target: Target) -> str:
     return target.caption.split(":", 1)[0]
 
 
-_KEYS: dict[tuple[int, int], dict[str, list[tuple[str, str, str, str]]]] = {}
+SharedConfigs = dict[str, list[tuple[str, str, str, str]]]
 
 
-def _config_keys(spec: Spec, composer: Composer) -> dict[str, list[tuple[str, str, str, str]]]:
-    """Every runnable table cell of the spec, grouped by its configuration: key -> [(table, row, task, printed)]."""
-    cached = _KEYS.get((id(spec), id(composer)))
-    if cached is not None:
-        return cached
+def shared_configs(spec: Spec, composer: Composer) -> SharedConfigs:
+    """Every table cell of the spec that may share its configuration with another table's, grouped by that
+    configuration: key -> [(table, row, task, printed)].
+
+    Composing is the slow part of rendering: ``render`` computes this once for all the tables it
+    renders and passes it to each ``render_table``.
+    """
     # Only cells whose (task, method) occurs in two tables can share a configuration: compose just those.
     tables = [t for t in spec.targets.values() if t.kind == "table"]
     owners: dict[tuple[str, str], set[str]] = {}
@@ -308,17 +310,16 @@ def _config_keys(spec: Spec, composer: Composer) -> dict[str, list[tuple[str, st
                     continue
                 key = json.dumps(ident, sort_keys=True, default=str)
                 keys.setdefault(key, []).append((target.name, row.label, task, paper.loc[row.label, task]))
-    _KEYS[(id(spec), id(composer))] = keys
     return keys
 
 
-def shared_config_notes(target: Target, spec: Spec, composer: Composer) -> list[str]:
+def shared_config_notes(target: Target, spec: Spec, composer: Composer, shared: SharedConfigs | None = None) -> list[str]:
     """Cells of other tables that run exactly this cell's configuration, and whether the paper prints the same number.
 
     E.g. Table 5's L2 row is Table 1's GRFT row (same settings: L2 is the default norm), so both
     printed numbers should come from the same run.
     """
-    keys = _config_keys(spec, composer)
+    keys = shared_configs(spec, composer) if shared is None else shared
     pairs: dict[tuple[str, str, str], list[tuple[str, str, str]]] = {}
     for cells in keys.values():
         for name, label, task, here in cells:
@@ -369,13 +370,16 @@ def mark_not_comparable(target: Target, wide: pd.DataFrame, labels: set[str]) ->
 
 
 def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIndex, out_dir: Path,
-                 banner: str | None = None) -> TableResult:
-    """Write ``<target>.md``, ``.tex`` and ``.csv`` under ``out_dir`` (created); ``banner`` heads the markdown."""
+                 banner: str | None = None, shared: SharedConfigs | None = None) -> TableResult:
+    """Write ``<target>.md``, ``.tex`` and ``.csv`` under ``out_dir`` (created); ``banner`` heads the markdown.
+
+    ``shared``: ``shared_configs(spec, composer)`` when the caller renders several tables (computed here if not given).
+    """
     paper_dir = spec.paper_dir
     cells, unavailable = collect(target, composer, index, paper_dir)
     not_comparable, recipes = recipe_notes(target, composer)
     wide = mark_not_comparable(target, wide_table(target, spec, cells), not_comparable)
-    notes = (paper_notes(target, spec, paper_dir) + shared_config_notes(target, spec, composer)
+    notes = (paper_notes(target, spec, paper_dir) + shared_config_notes(target, spec, composer, shared)
              + ours_notes(target, cells, index) + recipes + unavailable)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..paths import CONF_DIR
-from ..record import record_metric_key
+from ..record import RunRecord
 from .lock import RunLocked
 from .runner import run_task
 from .settings import ConfigError, run_key
@@ -89,22 +89,27 @@ def announce(cfg: DictConfig) -> None:
           flush=True)
 
 
-def print_comparison(records: list[dict], dirs: list[Path] | None = None) -> None:
+def print_comparison(records: list[RunRecord], dirs: list[Path] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{records[0]['task']}: test accuracy and trainable share")
+    table = Table(title=f"{records[0].task}: test accuracy and trainable share")
     for column in ("method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"):
         table.add_column(column, justify="right" if column != "method" else "left")
     for r in records:
-        label = r["method"] + (f" ({r['selection']}, k={r['k']})" if r["method"] == "grft" else "")
-        acc = r["metrics"][record_metric_key(r, "test_acc")]  # the number the run's protocol reports
-        table.add_row(label, f"{100 * acc:.1f}", f"{r['params']['pct']:.2f}",
-                      f"{r['params']['trainable']:,}", f"{r['timings']['train_s']:.0f}")
+        label = r.method + (f" ({r.selection}, k={r.k})" if r.method == "grft" else "")
+        acc = r.reported("test_acc")  # the number the run's protocol reports
+        train_s = r.timings.train_s if r.timings else None  # records written before train_s existed lack it
+        table.add_row(label, _number(acc, ".1f", 100), _number(r.params.pct if r.params else None, ".2f"),
+                      _number(r.params.trainable if r.params else None, ","), _number(train_s, ".0f"))
     console = Console()
     console.print(table)
     for r, folder in zip(records, dirs or []):  # one line each: a path must stay whole to be copied
-        console.print(f"  {r['method']:<7} record: {Path(folder).resolve() / 'record.json'}", soft_wrap=True, highlight=False)
+        console.print(f"  {r.method:<7} record: {Path(folder).resolve() / 'record.json'}", soft_wrap=True, highlight=False)
+
+
+def _number(value: float | None, spec: str, scale: float = 1) -> str:
+    return "—" if value is None else format(scale * value, spec)
 
 
 class JobFailed(RuntimeError):
@@ -118,7 +123,7 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def main(cfg: DictConfig, run_dir: Path) -> dict:
+def main(cfg: DictConfig, run_dir: Path) -> RunRecord | None:
     """One run and its baselines. Alone, an error ends the process (status 2, one line for a user error).
 
     In a multirun the failed job's record says ``failed``, the error is printed, and the job returns
@@ -152,7 +157,7 @@ def main(cfg: DictConfig, run_dir: Path) -> dict:
             raise JobFailed(f"{run_dir} (its record.json says failed, with this error): {err}") from None
         if isinstance(err, RunLocked):
             raise JobFailed(f"{run_dir}: {err}") from None  # no record of ours to say so: fail the job itself
-        return {}
+        return None
     if len(records) > 1 and all(records):
         print_comparison(records, dirs)
     return record

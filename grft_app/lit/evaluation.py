@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from ..record import reported_key
+from ..record import Evaluation, Reported, reported_key
 from .schedule import Protocol
 
 
@@ -74,15 +74,15 @@ def describe(protocol: Protocol, ema: bool, total_epochs: Optional[int] = None) 
     return f"{when} test accuracy of the {model} model ({span}{cadence}; protocol={protocol.name})"
 
 
-def evaluation_record(protocol: Protocol, curve: list[dict], final_epoch: int, ema: bool, metric: str = "test_acc") -> dict:
+def evaluation_record(protocol: Protocol, curve: list[dict], final_epoch: int, ema: bool, metric: str = "test_acc") -> Evaluation:
     """The record's ``evaluation`` block (the values themselves are in ``metrics``)."""
     key = reported_key(metric, protocol.report, protocol.report_model)
-    return {
-        "protocol": protocol.name,
-        "test_every": protocol.test_every,
-        "final_epoch": final_epoch,
-        "ema": ema,
-        "reported": {"statistic": protocol.report, "model": protocol.report_model, "key": key,
-                     "description": describe(protocol, ema, final_epoch + 1)},
-        "curve": curve,
-    }
+    return Evaluation(
+        protocol=protocol.name,
+        test_every=protocol.test_every,
+        final_epoch=final_epoch,
+        ema=ema,
+        reported=Reported(statistic=protocol.report, model=protocol.report_model, key=key,
+                          description=describe(protocol, ema, final_epoch + 1)),
+        curve=curve,
+    )

@@ -24,7 +24,7 @@ import lightning as L
 
 from grft import __version__
 from ..paths import ROOT
-from ..record import HISTORY_DIR, RECORD_NAME, write_json_atomic
+from ..record import HISTORY_DIR, RECORD_NAME, CodeFacts, write_json_atomic
 
 LAUNCHES_NAME = "launches.json"
 # Files of one attempt at a run: kept in history/ when force=true starts it again.
@@ -78,7 +78,7 @@ def check_checkpoint(path: Path) -> None:
         ) from None
 
 
-def code_facts() -> dict:
+def code_facts() -> CodeFacts:
     """The package version (in the run key) and the checkout's commit (provenance only)."""
     commit, dirty = None, None
     try:
@@ -88,7 +88,7 @@ def code_facts() -> dict:
                                     capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"version": __version__, "commit": commit, "uncommitted_changes": dirty}
+    return CodeFacts(version=__version__, commit=commit, uncommitted_changes=dirty)
 
 
 def read_launches(run_dir: Path) -> list[dict]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..data import build_datasets
 from ..methods import make_method
 from ..models import build_model
-from ..record import read_record, write_record
+from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
 from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
 from grft.tuner import current_selection
 from .data import TaskDataModule
@@ -64,19 +64,18 @@ def cluster_plugins() -> list:
 
 
 def grft_facts(cfg: DictConfig, used: tuple[str, ...]) -> dict:
-    """GRFT's keys as the record shows them: ``None`` where the method does not use the key."""
+    """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key."""
     values = {
         "selection": cfg.selection.kind, "norm": cfg.norm.kind, "k": int(cfg.k), "lambda": float(cfg["lambda"]),
         "regular_layers": cfg.regular_layers, "subsets": int(cfg.subsets),
     }
-    return {key: (value if key in used else None) for key, value in values.items()}
+    return {("lambda_" if key == "lambda" else key): (value if key in used else None) for key, value in values.items()}
 
 
-def _selection_facts(method, model, run_dir: Path) -> dict:
+def _selection_file(method, model, run_dir: Path) -> Optional[str]:
     if method.name != "grft":
-        return {}
-    path = current_selection(model).save(run_dir / "selection.safetensors")
-    return {"selection_file": path.name}
+        return None
+    return current_selection(model).save(run_dir / "selection.safetensors").name
 
 
 def _save_adapters(method, module, run_dir: Path) -> dict:
@@ -96,8 +95,8 @@ def _save_adapters(method, module, run_dir: Path) -> dict:
 
 
 def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = None, wait: bool = False,
-             record_failure: bool = False) -> dict:
-    """Train, test and record one run; returns the record (empty on ranks other than 0).
+             record_failure: bool = False) -> Optional[RunRecord]:
+    """Train, test and record one run; returns the record (None on ranks other than 0).
 
     ``wait``: if another process holds the run, wait for it (then find it done) instead of failing.
     ``record_failure``: an error writes a record with ``status: failed`` and the error before it is
@@ -117,7 +116,7 @@ def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = N
 
 
 def identity_facts(cfg: DictConfig) -> dict:
-    """What a record says about its run whatever became of it: task, method, settings, config, code."""
+    """What a record says about its run whatever became of it (``RunRecord`` fields): task, method, settings, config, code."""
     from ..methods import method_class
 
     name = str(cfg.method.name)
@@ -143,7 +142,9 @@ def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> N
     try:
         facts = identity_facts(cfg)
     except Exception:  # noqa: BLE001 - the error may be in the very values the facts read
-        facts = {"task": str(cfg.dataset.get("name")), "method": str(cfg.method.get("name")), "seed": cfg.get("seed"),
+        seed = cfg.get("seed")
+        facts = {"task": str(cfg.dataset.get("name")), "method": str(cfg.method.get("name")),
+                 "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,  # a bad one: in config only
                  "config": OmegaConf.to_container(cfg, resolve=False), "multirun": current_multirun()}
     from ..record import CorruptRecord, archive_record
     from .lifecycle import read_launches
@@ -152,11 +153,16 @@ def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> N
         read_record(run_dir)
     except CorruptRecord:
         archive_record(run_dir)  # keep the damaged file (history/) rather than write over it
-    write_record(run_dir, {**facts, "done": False, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                           "failed_at": now(), "launches": read_launches(run_dir)})
+    write_record(run_dir, RunRecord(**facts, done=False, status="failed", error=f"{type(err).__name__}: {err}",
+                                    failed_at=now(), launches=launches_of(read_launches(run_dir))))
 
 
-def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -> dict:
+def launches_of(launches: list[dict]) -> list[Launch]:
+    """``launches.json``'s entries as the record's ``Launch`` items."""
+    return [Launch(**launch) for launch in launches]
+
+
+def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -> Optional[RunRecord]:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if cfg.force:
@@ -167,8 +173,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
                          run_dir, kept[0].parent)
     else:
         previous = read_record(run_dir)
-        if previous and previous.get("done"):
-            log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.get("metrics"))
+        if previous and previous.done:
+            log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.metrics)
             return previous
     check_numbers(cfg)
 
@@ -237,9 +243,9 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     except SIGTERMException:
         clock.stop("preempted")
         if trainer.is_global_zero:
-            write_record(run_dir, {**identity_facts(cfg), "done": False, "status": "preempted", "resumed": resumed,
-                                   "started_at": started, "preempted_at": now(), "launches": clock.launches,
-                                   "timings": {"train_s": clock.total_s}})
+            write_record(run_dir, RunRecord(**identity_facts(cfg), done=False, status="preempted", resumed=resumed,
+                                            started_at=started, preempted_at=now(), launches=launches_of(clock.launches),
+                                            timings=Timings(train_s=clock.total_s)))
             log.warning("SIGTERM: stopped %s; launch it again to resume from its last end-of-epoch checkpoint", run_dir)
         raise Preempted() from None
     except BaseException:
@@ -247,7 +253,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
         raise
 
     if not trainer.is_global_zero:
-        return {}
+        return None
     report = method.param_report(module.model)
     adapters = _save_adapters(method, module, run_dir)
     metrics = {k.replace("/", "_"): float(v) for k, v in test_metrics.items()}
@@ -256,27 +262,27 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     curve = with_final(module.curve, metrics, final_epoch)
     metrics.update(best_of(curve))
     device = module.device
-    record = {
+    record = RunRecord(
         **identity_facts(cfg),
-        "metrics": metrics,
-        "params": {"trainable": report.trainable, "total": report.total, "pct": report.percent},
-        "probe_facts": module.probe_facts,  # what the method's probe returned; None without a probe
+        metrics=metrics,
+        params=Params(trainable=report.trainable, total=report.total, pct=report.percent),
+        probe_facts=module.probe_facts,
         # train_s: all launches of this run together (a killed and resumed run counts every launch)
-        "timings": {"probe_s": module.probe_seconds, "train_s": clock.total_s, "train_s_this_launch": clock.this_launch_s,
-                    "eval_in_training_s": round(module.eval_seconds, 3), **monitor.summary(device)},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "memory_trace": "memory.csv" if (run_dir / "memory.csv").is_file() else None,
-        "adapter_file": adapters.get("raw"),
-        "adapter_files": adapters,
-        "evaluation": evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None),
-        "resumed": resumed,
-        "launches": clock.launches,
-        "started_at": started,
-        "finished_at": now(),
-        "done": True,
-        "status": "done",
-        **_selection_facts(method, module.model, run_dir),
-    }
+        timings=Timings(probe_s=module.probe_seconds, train_s=clock.total_s, train_s_this_launch=clock.this_launch_s,
+                        eval_in_training_s=round(module.eval_seconds, 3), **monitor.summary(device)),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        memory_trace="memory.csv" if (run_dir / "memory.csv").is_file() else None,
+        adapter_file=adapters.get("raw"),
+        adapter_files=adapters,
+        evaluation=evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None),
+        resumed=resumed,
+        launches=launches_of(clock.launches),
+        started_at=started,
+        finished_at=now(),
+        done=True,
+        status="done",
+        selection_file=_selection_file(method, module.model, run_dir),
+    )
     write_record(run_dir, record)
     log.info("test %s | trainable %.2f%% | record %s", metrics, report.percent, run_dir / "record.json")
     return record

@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ..record import RECORD_NAME, CorruptRecord, load_record_file, status_of
+from ..record import RECORD_NAME, CorruptRecord, RunRecord, load_record_file
 
 ENV = "GRFT_MULTIRUN"
 
@@ -30,16 +30,16 @@ def current_multirun() -> str | None:
     return os.environ.get(ENV)
 
 
-def describe(record: dict, run_dir: Path) -> str:
-    status = status_of(record)
-    what = f"{record.get('task')}/{record.get('method')} seed={record.get('seed')}"
-    if record.get("method") == "grft":
-        what += f" {record.get('selection')} k={record.get('k')}"
+def describe(record: RunRecord, run_dir: Path) -> str:
+    status = record.state
+    what = f"{record.task}/{record.method} seed={record.seed}"
+    if record.method == "grft":
+        what += f" {record.selection} k={record.k}"
     if status == "done":
-        acc = (record.get("metrics") or {}).get("test_acc")
-        result = f"test_acc {acc:.4f}" if isinstance(acc, (int, float)) else "done"
+        acc = (record.metrics or {}).get("test_acc")
+        result = f"test_acc {acc:.4f}" if acc is not None else "done"
     else:
-        result = f"{status}" + (f": {record['error']}" if record.get("error") else "")
+        result = f"{status}" + (f": {record.error}" if record.error else "")
     return f"  {what}: {result}  ({run_dir})"
 
 
@@ -58,9 +58,9 @@ class SweepSummary(Callback):
                 record = load_record_file(path)
             except CorruptRecord:
                 continue
-            if record.get("multirun") == tag:
+            if record.multirun == tag:
                 lines.append(describe(record, path.parent))
-                failed += status_of(record) == "failed"
+                failed += record.state == "failed"
         if lines:
             print(f"this multirun wrote {len(lines)} records:", *lines, sep="\n", flush=True)
         if failed:
