@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 import grft
-from grft_app.methods import gps
+from grft.io import save_tensors
 from grft.targets import detect_architecture, eligible_layers
+from grft_app.methods import gps
 
 from .models import Workload
 from .names import METHODS
@@ -85,10 +86,7 @@ def _save_tensors(model: nn.Module) -> Callable[[Path], Path]:
     """Save the model's trainable tensors by name (what head-only methods must store)."""
 
     def save(folder: Path) -> Path:
-        path = folder / "adapter.safetensors"
-        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(path))
-        return path
+        return save_tensors(folder / "adapter.safetensors", {n: p for n, p in model.named_parameters() if p.requires_grad})
 
     return save
 
