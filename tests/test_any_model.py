@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from grft_app.models import hf, timm_classifier
 from grft.targets import detect_architecture, eligible_layers, in_prefixes
+from grft_app.models import hf, timm_classifier
 
 NUM_CLASSES = 3
 TIMM = {
@@ -50,7 +50,7 @@ def build(family: str):
     return copy.deepcopy(model), batch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(family: str):
     torch.manual_seed(0)
     source, name = family.split("-", 1)
