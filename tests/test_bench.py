@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments.bench import driver, interleave, methods, report, targets, worker
+from experiments.bench import driver, interleave, launch, methods, report, targets, worker
 from experiments.bench.models import build_llama, build_vit, call
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ REQUIRED = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params",
 def run_worker(method: str, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "experiments.bench.worker", "--model", "vit", "--method", method, "--tiny",
            "--steps", "2", "--warmup", "1", "--threads", "1", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=driver.worker_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -257,7 +257,7 @@ def test_unknown_method_is_rejected_with_the_list(capsys):
     err = capsys.readouterr().err
     assert "bitfit" in err and "full, gps, lora, grft_row, grft_column, linear, floor" in err
     with pytest.raises(SystemExit):
-        driver.parse(["--methods", "lora,bitfit"])
+        launch.parse(["--methods", "lora,bitfit"])
     assert "choose from full, gps, lora" in capsys.readouterr().err
 
 
@@ -271,11 +271,11 @@ def test_cuda_without_a_gpu_says_so(capsys):
 def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     cmd = [sys.executable, "-m", "experiments.bench", "--tiny", "--models", "vit", "--steps", "2", "--warmup", "1",
            "--fig3-steps", "2", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=driver.worker_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "latest.csv")
     assert set(REQUIRED) <= set(table.columns)
-    assert sorted(table["method"]) == sorted(driver.METHODS)
+    assert sorted(table["method"]) == sorted(launch.METHODS)
     assert (tmp_path / "latest.png").stat().st_size > 0 and (tmp_path / "fig3_memory.png").stat().st_size > 0
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
     assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps", "lora"}

@@ -3,8 +3,8 @@
 One worker process per method runs with a sampler thread recording memory every 50 ms (CPU:
 resident set from ``/proc/self/statm``; GPU: ``torch.cuda.memory_allocated``) through model
 build, the method's setup (GRFT's and GPS's probe) and training, so the figure shows the whole
-run a user launches, the probe included, with LoRA (no probe) beside. Writes ``fig3_memory.csv`` (``method,t_s,memory_mb,phase``) and
-``fig3_memory.png``.
+run a user launches, the probe included, with LoRA (no probe) beside. Writes ``fig3_memory.csv``
+(``method,t_s,memory_mb,phase``) and ``fig3_memory.png``.
 
     python -m experiments.bench.memory_trace --out results/bench/
     python -m experiments.bench.memory_trace --device cuda --batch 64 --fig3-steps 200
@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .driver import parse as parse_bench, run_worker, worker_command
+from .launch import parse as parse_bench
+from .launch import run_worker, worker_command
 
 TRACE_METHODS = ("grft_row", "gps", "lora")
 
