@@ -7,9 +7,9 @@ for rows and columns, ``[out, k]`` for sparse. It is what a checkpoint and an ad
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -125,7 +125,7 @@ class Selection:
         return save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Selection":
+    def load(cls, path: str | Path) -> Selection:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no selection file at {path}")

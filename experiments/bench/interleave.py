@@ -21,8 +21,15 @@ import torch
 
 from . import device as devices
 from .methods import METHODS, prepare
-from .worker import (add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, print_record,
-                     timed_step)
+from .worker import (
+    add_workload_arguments,
+    autocast_for,
+    build_workload,
+    check_workload_arguments,
+    log,
+    print_record,
+    timed_step,
+)
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:

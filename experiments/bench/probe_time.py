@@ -26,8 +26,15 @@ import grft
 
 from . import device as devices
 from .methods import PENALTY_LAMBDA, REGULAR_LAYERS, prepare
-from .worker import (add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, print_record,
-                     timed_step)
+from .worker import (
+    add_workload_arguments,
+    autocast_for,
+    build_workload,
+    check_workload_arguments,
+    log,
+    print_record,
+    timed_step,
+)
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -37,10 +37,11 @@ from torch import nn
 
 from grft.config import GRFTConfig
 from grft.io import load_tensors, read_metadata, save_tensors
-from ..models import ModelBundle
 from grft.probe import accumulate_gradients
 from grft.selection import as_matrix, check_k, compact_index, rank
 from grft.targets import Architecture, detect_architecture, eligible_layers
+
+from ..models import ModelBundle
 from .base import Method, NoOptions, Progress, freeze_all, unfreeze
 
 log = logging.getLogger("grft")

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
-from ..data.splits import InputSpec
 from grft.targets import Architecture
+
+from ..data.splits import InputSpec
 
 ARCH = Architecture(head="head", blocks="blocks", stem=("patch_embed",))
 INPUTS = InputSpec(kind="image", img_size=8, in_chans=1, mean=(0.5,), std=(0.5,))
