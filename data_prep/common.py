@@ -9,9 +9,9 @@ import sys
 import tarfile
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 from grft_app.data.catalog import Task, tasks_of
 
@@ -72,7 +72,7 @@ def read_splits(report: Report, files: dict, read, sizes: dict, wrong_count: str
     return splits
 
 
-def image_problem(path: Path) -> Optional[str]:
+def image_problem(path: Path) -> str | None:
     """None if ``path`` decodes as an image, else what is wrong with it."""
     from PIL import Image
 
@@ -129,7 +129,7 @@ def extract(archive: Path, dest: Path) -> None:
             t.extractall(dest, filter="data")
 
 
-def select_tasks(family: str, names: Optional[str]) -> list[Task]:
+def select_tasks(family: str, names: str | None) -> list[Task]:
     known = {t.name: t for t in tasks_of(family)}
     if not names:
         return list(known.values())
@@ -149,7 +149,7 @@ def parser(family: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run(tasks: list[Task], prepare: Optional[Callable[[Task], None]], check: Callable[[Task], Report]) -> int:
+def run(tasks: list[Task], prepare: Callable[[Task], None] | None, check: Callable[[Task], Report]) -> int:
     """Prepare (unless ``prepare`` is None) then check each task; exit status 1 if any has problems."""
     reports = []
     for task in tasks:

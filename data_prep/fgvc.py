@@ -26,7 +26,6 @@ import math
 import random
 import sys
 from pathlib import Path
-from typing import Optional
 
 from grft_app.data.catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, Task
 from grft_app.data.fgvc import SPLIT_FILES, class_index
@@ -110,7 +109,7 @@ def read_dogs(folder: Path) -> tuple[Split, Split]:
 
     def split(name: str) -> Split:
         mat = _loadmat(folder / name)
-        return {str(f): int(c) for f, c in zip(_flat(mat["file_list"]), _flat(mat["labels"]))}
+        return {str(f): int(c) for f, c in zip(_flat(mat["file_list"]), _flat(mat["labels"]), strict=True)}
 
     return split("train_list.mat"), split("test_list.mat")
 
@@ -150,9 +149,9 @@ def official_splits(task: Task, folder: Path) -> tuple[Split, Split, Split]:
 
 
 def write_splits(folder: Path, train: Split, val: Split, test: Split) -> dict[str, int]:
-    for name, split in zip(SPLIT_FILES, (train, val, test)):
+    for name, split in zip(SPLIT_FILES, (train, val, test), strict=True):
         (folder / f"{name}.json").write_text(json.dumps(split, indent=0))
-    return {name: len(split) for name, split in zip(SPLIT_FILES, (train, val, test))}
+    return {name: len(split) for name, split in zip(SPLIT_FILES, (train, val, test), strict=True)}
 
 
 # --- checking the layout ------------------------------------------------------------------------
@@ -164,7 +163,7 @@ def read_split(path: Path) -> Split:
         raise ValueError(f"{path.name} is not valid json ({err})") from err
 
 
-def check_task(task: Task, data_dir: Path, sizes: Optional[dict] = None, verify_images: bool = True) -> common.Report:
+def check_task(task: Task, data_dir: Path, sizes: dict | None = None, verify_images: bool = True) -> common.Report:
     """Three json splits with the expected counts, disjoint, ``num_classes`` classes together,
     every listed image present and decodable."""
     report = common.start_report(task, data_dir)
@@ -223,7 +222,7 @@ def prepare(task: Task, data_dir: Path) -> None:
     print(f"{task.name}: wrote {counts}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = common.parser("fgvc", "FGVC: fetch the official archives, write VPT's json splits, verify.")
     args = p.parse_args(argv)
     tasks = common.select_tasks("fgvc", args.tasks)

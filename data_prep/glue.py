@@ -12,8 +12,8 @@ numbers), which no loader reads. A copy of the original GLUE files can be unpack
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
 
 from grft_app.data.catalog import Task
 from grft_app.data.glue import LAYOUTS, SPLITS, read_tsv
@@ -63,7 +63,7 @@ def write_task(task: Task, folder: Path, splits: Mapping[str, Iterable[Mapping]]
 
 
 
-def check_task(task: Task, data_dir: Path, sizes: Optional[dict] = None) -> common.Report:
+def check_task(task: Task, data_dir: Path, sizes: dict | None = None) -> common.Report:
     """Both TSV files present, readable in the original layout, with the expected number of examples."""
     report = common.start_report(task, data_dir)
     if not report.ok:
@@ -87,7 +87,7 @@ def prepare(task: Task, data_dir: Path) -> None:
     print(f"{task.name}: wrote {counts}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = common.parser("glue", "GLUE CoLA/MRPC/RTE: download, write the original TSV layout, verify.")
     args = p.parse_args(argv)
     tasks = common.select_tasks("glue", args.tasks)

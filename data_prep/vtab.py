@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def write_task(folder: Path, train800: Iterable, val200: Iterable, test: Iterabl
 
 # --- checking the layout ------------------------------------------------------------------------
 
-def check_task(task: Task, data_dir: Path, sizes: Optional[dict] = None, verify_images: bool = True) -> common.Report:
+def check_task(task: Task, data_dir: Path, sizes: dict | None = None, verify_images: bool = True) -> common.Report:
     """Every list file present with its expected count, train800val200 = train800 + val200, labels in
     range, every listed image present and decodable."""
     report = common.start_report(task, data_dir)
@@ -110,7 +110,7 @@ class Source:
     start: float = 0.0  # fraction of the split where this part starts
     stop: float = 1.0
 
-    def tfds_split(self, num_examples: int, take: Optional[int] = None) -> str:
+    def tfds_split(self, num_examples: int, take: int | None = None) -> str:
         begin = int(self.start * num_examples)
         end = int(self.stop * num_examples)
         if take is not None:
@@ -230,7 +230,7 @@ SPECS: dict[str, Spec] = {
 }
 
 
-def tfds_items(spec: Spec, source: Source, take: Optional[int], tfds_dir: Optional[Path], manual_dir: Optional[Path]):
+def tfds_items(spec: Spec, source: Source, take: int | None, tfds_dir: Path | None, manual_dir: Path | None):
     """``(image, label)`` of one VTAB split, streamed from TFDS (downloads and prepares on first use)."""
     tfds = common.require("tensorflow_datasets", "prep-vtab", "downloading VTAB")
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir)) if manual_dir else None
@@ -242,7 +242,7 @@ def tfds_items(spec: Spec, source: Source, take: Optional[int], tfds_dir: Option
         yield spec.image(example), spec.label(example)
 
 
-def prepare(task: Task, data_dir: Path, tfds_dir: Optional[Path], manual_dir: Optional[Path], image_format: str) -> None:
+def prepare(task: Task, data_dir: Path, tfds_dir: Path | None, manual_dir: Path | None, image_format: str) -> None:
     folder = task.folder_in(data_dir)
     if all((folder / f"{stem}.txt").is_file() for stem in LIST_FILES):
         print(f"{task.name}: {folder} already has its list files; checking it (delete them to convert again)")
@@ -259,7 +259,7 @@ def prepare(task: Task, data_dir: Path, tfds_dir: Optional[Path], manual_dir: Op
     print(f"{task.name}: wrote {counts}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = common.parser("vtab", "VTAB-1k: download with TFDS, convert to vtab-1k/<folder>/, verify.")
     p.add_argument("--tfds-dir", type=Path, default=None, help="TFDS cache (default: TFDS's own, ~/tensorflow_datasets)")
     p.add_argument("--manual-dir", type=Path, default=None, help="where manually downloaded archives are (resisc45, retinopathy)")

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from grft_app.paths import ROOT
 
 
-
 class EpochClock(L.Callback):
     """Wall time and step count of the training epochs after the first (the first warms up)."""
 

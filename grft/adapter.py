@@ -14,16 +14,13 @@ the problem, and the model is left as it was.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import GRFTConfig
-from .files import as_new_file
+from .io import UnreadableFile, load_tensors, read_metadata, save_tensors
 from .layers import slice_shape
 from .selection import LayerSelection, Selection, check_k, compact_index
 from .targets import Architecture, detect_architecture, eligible_layers, weight_matrix
@@ -101,8 +98,6 @@ def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
     """Write the adapter of a tuned (attached, not merged) model; returns the path."""
     state = state_of(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     shapes = {name: list(layer.matrix.shape) for name, layer in sliced_layers(model).items()}
     tensors = adapter_tensors(model)
     meta = {
@@ -113,25 +108,17 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
         "sha256": tensors_checksum(tensors),
         "base_samples": base_fingerprint(model),
     }
-    save_file(tensors, str(path), metadata={"grft": json.dumps(meta)})
-    as_new_file(path)
-    return path
+    return save_tensors(path, tensors, meta)
+
+
+DAMAGED_FIX = "copy it again, or save the adapter again from its run"
 
 
 def read_adapter_metadata(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter file at {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("grft")
-        meta = json.loads(raw) if raw else {}
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own types; all mean a damaged file
-        raise AdapterMismatch(f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged: "
-                              "copy it again, or save the adapter again from its run") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a GRFT adapter (written by grft.save_adapter)")
-    return meta
+        return read_metadata(path, FORMAT, "GRFT adapter")
+    except UnreadableFile as err:
+        raise AdapterMismatch(f"{err}: {DAMAGED_FIX}") from None
 
 
 def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None = None) -> nn.Module:
@@ -144,10 +131,9 @@ def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None =
     path = Path(path)
     meta = read_adapter_metadata(path)
     try:
-        tensors = load_file(str(path))
-    except Exception as err:  # noqa: BLE001
-        raise AdapterMismatch(f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged: "
-                              "copy it again, or save the adapter again from its run") from None
+        tensors = load_tensors(path)
+    except UnreadableFile as err:
+        raise AdapterMismatch(f"{err}: {DAMAGED_FIX}") from None
     check_integrity(path, meta, tensors)
     config = GRFTConfig.from_dict(meta["config"])
     if getattr(model, "grft_state", None) is not None:
@@ -170,8 +156,7 @@ def check_integrity(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) ->
     """The tensors are the ones that were saved (checksum; older files without one: finite values)."""
     expected = meta.get("sha256")
     if expected is not None and tensors_checksum(tensors) != expected:
-        raise AdapterMismatch(f"{path} is damaged: its tensors do not match the checksum saved with them; "
-                              "copy it again, or save the adapter again from its run")
+        raise AdapterMismatch(f"{path} is damaged: its tensors do not match the checksum saved with them; {DAMAGED_FIX}")
     if expected is None:
         bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Optional, Union
 
 SELECTIONS = ("row", "column", "sparse")
 NORMS = ("l2", "l1", "none")
 
-RegularLayers = Union[int, str]
+RegularLayers = int | str
 
 
 @dataclass(frozen=True)
@@ -40,8 +39,8 @@ class GRFTConfig:
     subsets: int = 1
     temperature: float = 0.07
     seed: int = 0
-    target_modules: Optional[Union[str, tuple[str, ...]]] = None
-    exclude_modules: Optional[Union[str, tuple[str, ...]]] = None
+    target_modules: str | tuple[str, ...] | None = None
+    exclude_modules: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -66,7 +65,7 @@ class GRFTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "GRFTConfig":
+    def from_dict(cls, values: dict) -> GRFTConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,6 @@ from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from .selection import as_matrix
-from .targets import is_conv1d
 
 # Rows of the sparse slice gradient computed per block: bounds its transient to this many rows of W.
 SPARSE_BLOCK_ROWS = 256
@@ -365,6 +365,18 @@ class SlicedConv1D(SlicedLayer, nn.Module):
 
     def extra_repr(self) -> str:
         return f"nf={self.nf}, nx={self.nx}, grft={self.grft_kind}, k={self.grft_index.shape[-1]}"
+
+
+def conv1d_type() -> type | None:
+    """transformers' ``Conv1D`` (GPT-2's ``[in, out]`` linear) if transformers is loaded (a model can only hold
+    one if it is); never imported here, so the library does not load transformers."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    kind = conv1d_type()
+    return kind is not None and isinstance(module, kind)
 
 
 def make_sliced(layer: nn.Module, kind: str, k: int, index: torch.Tensor | None = None) -> SlicedLayer:

@@ -7,15 +7,14 @@ for rows and columns, ``[out, k]`` for sparse. It is what a checkpoint and an ad
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from .config import SELECTIONS
-from .files import as_new_file
+from .io import load_tensors, read_metadata, save_tensors, write_json_atomic
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -118,20 +117,15 @@ class Selection:
 
     def save(self, path: str | Path) -> Path:
         """Write the indices to ``.safetensors`` (default) or ``.json``; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = self._metadata()
-        if path.suffix == ".json":
+        if Path(path).suffix == ".json":
             meta["index"] = {n: layer.index.cpu().tolist() for n, layer in self.layers.items()}
-            path.write_text(json.dumps(meta, indent=1))
-        else:
-            tensors = {n: compact_index(layer.index, max(layer.shape)) for n, layer in self.layers.items()}
-            save_file(tensors, str(path), metadata={"grft": json.dumps(meta)})
-            as_new_file(path)
-        return path
+            return write_json_atomic(path, meta)
+        tensors = {n: compact_index(layer.index, max(layer.shape)) for n, layer in self.layers.items()}
+        return save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Selection":
+    def load(cls, path: str | Path) -> Selection:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no selection file at {path}")
@@ -139,14 +133,8 @@ class Selection:
             meta = json.loads(path.read_text())
             indices = {n: torch.tensor(v, dtype=torch.long) for n, v in meta["index"].items()}
         else:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                raw = (f.metadata() or {}).get("grft")
-            if raw is None:
-                raise ValueError(f"{path} is not a GRFT selection file (no 'grft' metadata)")
-            meta = json.loads(raw)
-            indices = load_file(str(path))
+            meta = read_metadata(path, what="GRFT selection file")
+            indices = load_tensors(path)
         if meta.get("format") != "grft-selection":
             raise ValueError(f"{path} is not a GRFT selection file (format={meta.get('format')!r})")
         layers = {n: LayerSelection(indices[n].long(), tuple(s)) for n, s in meta["shapes"].items()}

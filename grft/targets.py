@@ -18,19 +18,20 @@ own library where they are (timm: ``get_classifier()`` and ``pretrained_cfg``; t
 from __future__ import annotations
 
 import re
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
+
+from .layers import SlicedLayer, is_conv1d
 
 HEAD_NAMES = ("head", "score", "classifier", "fc", "lm_head")
 BLOCK_LISTS = ("blocks", "model.layers", "layers", "encoder.layer", "transformer.h", "h")
 STEM_NAMES = ("patch_embed", "embeddings.patch_embeddings", "conv1", "stem")
 
 Pool = Callable[[torch.Tensor, object], torch.Tensor]
-Names = Union[str, tuple[str, ...]]
+Names = str | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Architecture:
     head: Names
     blocks: Names
     stem: tuple[str, ...] = ()
-    pool: Optional[Pool] = field(default=None, compare=False)
+    pool: Pool | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.head, str):
@@ -94,32 +95,20 @@ def pool_like_the_head(features: torch.Tensor, head_output: torch.Tensor, inputs
 
 
 # --- which layers are one matrix --------------------------------------------------------------
-def conv1d_type() -> Optional[type]:
-    """transformers' ``Conv1D`` if transformers is loaded (a model can only hold one if it is)."""
-    module = sys.modules.get("transformers.pytorch_utils")
-    return getattr(module, "Conv1D", None)
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    kind = conv1d_type()
-    return kind is not None and isinstance(module, kind)
-
-
-def ineligible_reason(module: nn.Module) -> Optional[str]:
+def ineligible_reason(module: nn.Module) -> str | None:
     """Why a layer with a weight matrix is not sliced (None: it is eligible).
 
     Subclasses that change ``forward`` (timm's ``Conv2dSame`` pads at run time, ``StdConv2d``
     standardises its weight) are left out: the slice layer computes the plain product.
     """
-    from .layers import SlicedLayer
-
     if isinstance(module, SlicedLayer):
         return None
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             return f"grouped/depthwise Conv2d (groups={module.groups}): not one [out, in*kh*kw] matrix"
         if module.padding_mode != "zeros" or not isinstance(module.padding, tuple):
-            return f"Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r}: only zero padding is sliced"
+            return (f"Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r}: "
+                    "only zero padding is sliced")
         if type(module).forward is not nn.Conv2d.forward:
             return f"{type(module).__name__} overrides Conv2d.forward: slicing would change what it computes"
         return None
@@ -139,8 +128,6 @@ def ineligible_reason(module: nn.Module) -> Optional[str]:
 
 def is_eligible(module: nn.Module) -> bool:
     """Slice-trainable layer types: Linear, Conv2d that is a plain matrix product, Conv1D."""
-    from .layers import SlicedLayer
-
     if isinstance(module, SlicedLayer):
         return True
     if not isinstance(module, (nn.Linear, nn.Conv2d)) and not is_conv1d(module):
@@ -221,7 +208,7 @@ def detect_architecture(model: nn.Module) -> Architecture:
     return _named_architecture(model)
 
 
-def _name_of(model: nn.Module, target: nn.Module) -> Optional[str]:
+def _name_of(model: nn.Module, target: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is target), None)
 
 

@@ -19,6 +19,7 @@ from .layers import SlicedLayer, make_sliced
 from .selection import Selection, check_k
 from .targets import Architecture, detect_architecture, eligible_layers, regular_prefixes, weight_matrix
 
+
 @dataclass
 class GRFTState:
     """What ``attach`` decided; kept on the model as ``model.grft_state``."""

@@ -24,14 +24,13 @@ import datetime as dt
 import functools
 import json
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-from grft.files import as_new_file
+from grft.io import write_json_atomic
 
 RECORD_NAME = "record.json"
 HISTORY_DIR = "history"   # earlier records of a run that force=true started again; not read by tables
@@ -249,27 +248,6 @@ def status_of(record: RunRecord | None) -> str:
 
 # ----------------------------------------------------------------------------------------------------
 # Files
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file.
-
-    The file gets the permissions of any new file (``mkstemp`` would leave it private, 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        as_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_record(run_dir: Path, record: RunRecord) -> Path:

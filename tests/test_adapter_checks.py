@@ -12,8 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import grft
-from conftest import image_batches, make_tiny_vit
 from grft.adapter import AdapterMismatch
+from helpers.models import image_batches, make_tiny_vit
 
 
 def tuned_adapter(tmp_path, kind="row", base=None):

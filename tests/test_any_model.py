@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from grft_app.models import hf, timm_classifier
 from grft.targets import detect_architecture, eligible_layers, in_prefixes
+from grft_app.models import hf, timm_classifier
 
 NUM_CLASSES = 3
 TIMM = {
@@ -50,7 +50,7 @@ def build(family: str):
     return copy.deepcopy(model), batch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(family: str):
     torch.manual_seed(0)
     source, name = family.split("-", 1)
@@ -303,11 +303,11 @@ def test_app_smoke_run_on_a_model_the_user_names(tmp_path, task, overrides):
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
-    from miniature import write_glue, write_vtab
 
     from grft_app.lit.app import run_dir_of
     from grft_app.lit.runner import run_task
     from grft_app.lit.settings import register_resolvers
+    from helpers.miniature import write_glue, write_vtab
 
     register_resolvers()
     if task == "eurosat":

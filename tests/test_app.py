@@ -15,8 +15,7 @@ import grft
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers
-
-from app_runs import make_cfg, run  # noqa: E402
+from helpers.app_runs import make_cfg, run
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()

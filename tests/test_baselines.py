@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from results_fixtures import search_path, write_stubs
 
 from experiments.paper.baseline_shares import cell_report, row_share
 from experiments.paper.compose import Composer
@@ -20,6 +19,7 @@ from experiments.paper.matching import RecordIndex
 from experiments.paper.paper import load_paper_table
 from experiments.paper.spec import load_spec
 from experiments.paper.tables import NOT_COMPARABLE, render_table
+from helpers.results_fixtures import search_path, write_stubs
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = load_spec()
@@ -107,7 +107,8 @@ def test_every_paper_share_is_checked():
 
 # --- recipes: what each row runs with, and how the tables say it -------------------------------------------
 def test_full_finetuning_never_runs_with_grfts_adam_rate(composer):
-    """Full fine-tuning gets its recipe's AdamW rate on every task, never the task's GRFT setting (Adam at up to 7e-3)."""
+    """Full fine-tuning gets its recipe's AdamW rate on every task, never the task's GRFT setting (Adam at up to
+    7e-3)."""
     for name in ("table1", "table2", "table3"):
         target, row = _row(name, "Full")
         for task in target.tasks:

@@ -7,13 +7,13 @@ import shutil
 
 import pytest
 import torch
-from miniature import GLUE_ROWS, colour, glue_expected, write_fgvc, write_glue, write_vtab
 from PIL import Image
 
 from grft_app.data import build_datasets
 from grft_app.data.catalog import DataMissingError
 from grft_app.data.images import CorruptImageError
 from grft_app.data.splits import InputSpec
+from helpers.miniature import GLUE_ROWS, colour, glue_expected, write_fgvc, write_glue, write_vtab
 
 SPEC = InputSpec(kind="image", img_size=24, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -41,7 +41,7 @@ def test_vtab_reads_train800val200_and_test(tmp_path):
         image, got = splits.train[i]
         assert got == label and image.shape == (3, 24, 24)
         index = int(relative.rsplit("/", 1)[1].split(".")[0])
-        assert max(abs(a - b) for a, b in zip(pixel(image, 12, 12), colour(label, index))) <= 3  # jpeg
+        assert max(abs(a - b) for a, b in zip(pixel(image, 12, 12), colour(label, index), strict=True)) <= 3  # jpeg
     assert [splits.test[i][1] for i in range(10)] == [label for _, label in written["test"]]
     views, label = splits.probe[0]
     assert len(views) == 2 and views[0].shape == (3, 24, 24) and label == written["train800val200"][0][1]

@@ -84,10 +84,15 @@ def test_vtab_check_counts_against_the_expected_sizes(tmp_path):
 
 
 def test_vtab_labels_follow_the_task_definitions():
-    objects = lambda depths: {"objects": {"size": [0] * len(depths), "pixel_coords": [[0, 0, d] for d in depths]}}
+    def objects(depths):
+        return {"objects": {"size": [0] * len(depths), "pixel_coords": [[0, 0, d] for d in depths]}}
+
     assert prep_vtab.clevr_count(objects([9.0] * 5)) == 2  # 5 objects: counts start at 3
     assert [prep_vtab.clevr_distance(objects([d, 20.0])) for d in (7.9, 8.2, 8.7, 9.2, 9.7, 12.0)] == [0, 1, 2, 3, 4, 5]
-    kitti = lambda *objs: {"objects": {"type": [t for t, _ in objs], "location": [[0, 0, z] for _, z in objs]}}
+
+    def kitti(*objs):
+        return {"objects": {"type": [t for t, _ in objs], "location": [[0, 0, z] for _, z in objs]}}
+
     assert prep_vtab.kitti_distance(kitti((0, 5.0))) == 0  # a car 5 m ahead
     assert prep_vtab.kitti_distance(kitti((1, 15.0), (2, 30.0))) == 1  # closest vehicle (a van) counts
     assert prep_vtab.kitti_distance(kitti((3, 2.0), (0, 25.0))) == 2  # a pedestrian is not a vehicle

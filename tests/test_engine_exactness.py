@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from conftest import image_batches, make_tiny_vit
+from helpers.models import image_batches, make_tiny_vit
 
 DEPTH = 3  # blocks of the tiny ViT
 
@@ -58,7 +58,7 @@ def brute_force_gradients(model, batches) -> dict[str, torch.Tensor]:
         else:
             feats, labels = vit_features(ref, x), y
         grads = torch.autograd.grad(loop_scl(feats, labels), list(weights.values()))
-        for n, g in zip(weights, grads):
+        for n, g in zip(weights, grads, strict=True):
             total[n] += g
     return total
 
@@ -149,7 +149,7 @@ def dense_algorithm1(model, selection, cfg, batches, steps, lr, betas=(0.9, 0.99
             loss = loss + cfg.lam * sum((params[n] - start[n]).abs().sum() for n in in_r)
         grads = torch.autograd.grad(loss, list(params.values()))
         with torch.no_grad():
-            for (n, p), g in zip(params.items(), grads):
+            for (n, p), g in zip(params.items(), grads, strict=True):
                 module = n.rsplit(".", 1)[0]
                 if n.endswith(".weight") and module in masks:
                     g = g * masks[module]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from conftest import image_batches, make_tiny_llama, make_tiny_vit
+from helpers.models import image_batches, make_tiny_llama, make_tiny_vit
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import grft
-from conftest import image_batches, make_tiny_vit
+from helpers.models import image_batches, make_tiny_vit
 
 
 def train_steps(model, batches, steps=3, lr=1e-2):

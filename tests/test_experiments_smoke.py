@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from miniature import write_fgvc
 
 from grft_app.data.catalog import TASKS
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.preflight import preflight
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import ConfigError, register_resolvers
+from helpers.miniature import write_fgvc
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import grft
-from conftest import image_batches, make_tiny_vit
+from grft.targets import detect_architecture
 from grft_app.methods import MethodSettings, make_method
 from grft_app.methods.gps import build_masks, load_gps, model_masks
 from grft_app.models import ModelBundle
-from grft.targets import detect_architecture
+from helpers.models import image_batches, make_tiny_vit
 
 K = 2
 ELIGIBLE = ["patch_embed.proj"] + [f"blocks.{b}.{m}" for b in range(3) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]

@@ -60,7 +60,7 @@ def test_recomputed_input_gives_bit_identical_gradients_and_is_not_saved(produce
         y.backward(g_out)
         params = [layer.grft_delta, layer.bias] + [p for m in upstream for p in m.parameters()]
         grads[path] = [p.grad.clone() for p in params]
-    for got, want in zip(grads["recompute"], grads["saved"]):
+    for got, want in zip(grads["recompute"], grads["saved"], strict=True):
         assert torch.equal(got, want)
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import grft
-from grft_app.models import ModelUnavailableError, build_model
 from grft.targets import eligible_layers
+from grft_app.models import ModelUnavailableError, build_model
 
 # A ViT small enough for a test, in timm's architecture options.
 VIT_KWARGS = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)

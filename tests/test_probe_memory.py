@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import grft
-from conftest import image_batches, make_tiny_llama
+from helpers.models import image_batches, make_tiny_llama
 
 KINDS = ("row", "column", "sparse")
 

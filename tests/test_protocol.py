@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from miniature import write_fgvc
 from safetensors.torch import load_file
 
 import grft
@@ -21,8 +20,8 @@ from grft_app.data import build_datasets
 from grft_app.lit.schedule import epoch_scheduler
 from grft_app.lit.settings import ConfigError, register_resolvers, train_settings
 from grft_app.models import build_model
-
-from app_runs import make_cfg, run  # noqa: E402
+from helpers.app_runs import make_cfg, run
+from helpers.miniature import write_fgvc
 
 ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()

@@ -110,7 +110,7 @@ def test_readme_command(tmp_path, line):
 
 @pytest.mark.parametrize("snippet", PYTHON)
 def test_readme_library_example_runs_on_a_tiny_model(tmp_path, snippet, monkeypatch):
-    from conftest import image_batches, make_tiny_vit
+    from helpers.models import image_batches, make_tiny_vit
 
     monkeypatch.chdir(tmp_path)
     model = make_tiny_vit()

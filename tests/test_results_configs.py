@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from results_fixtures import CLASSES, ROOT, search_path, write_stubs
 
 from experiments.paper.compose import Composer, ConfigUnavailable
 from experiments.paper.spec import load_spec
+from helpers.results_fixtures import CLASSES, ROOT, search_path, write_stubs
 
 SPEC = load_spec()
 VISION = [(b, t) for b in ("fgvc", "vtab") for t in SPEC.tasks(b)]
@@ -80,8 +80,8 @@ def test_glue_experiments_state_what_the_paper_implies(stubbed, task):
     assert "Open in the paper" in text
 
 
-def test_fast_composition_equals_hydra_for_group_swaps(stubbed, tmp_path_factory):
-    """The cached composer swaps plain option files; that must equal a full Hydra compose."""
+def test_cached_composition_equals_a_full_hydra_compose(stubbed, tmp_path_factory):
+    """The composer caches the group choices' compose and applies the values after; that must equal a full compose."""
     from grft_app.lit.settings import register_resolvers
 
     register_resolvers()
@@ -93,6 +93,8 @@ def test_fast_composition_equals_hydra_for_group_swaps(stubbed, tmp_path_factory
         ["experiment=vtab/dmlab", "selection=row", "regular_layers=3"],
         ["experiment=glue/rte", "method=lora", "lr=0.0002"],
         ["experiment=fgvc/cub", "debug=smoke", "selection=row"],
+        ["experiment=fgvc/cub", "+extra_note=1", "~lambda", "method.name=renamed"],
+        ["experiment=fgvc/cub", "method=gps", "k=3"],   # the same group choices as the first case: from the cache
     ]
     for overrides in cases:
         fast = OmegaConf.to_container(stubbed.config(overrides))
@@ -107,3 +109,7 @@ def test_missing_configs_are_reported_not_raised_deep_inside():
         composer.config(["experiment=fgvc/no_such_task"])
     with pytest.raises(ConfigUnavailable):
         composer.config(["dataset=digits", "method=no_such_method"])
+    with pytest.raises(ConfigUnavailable, match="no_such_key"):
+        composer.config(["dataset=digits", "no_such_key=1"])     # a value for a key the config lacks, as Hydra says
+    with pytest.raises(ConfigUnavailable, match="Ambiguous value"):
+        composer.config(["dataset=digits", "k=1,2"])             # a sweep is not one cell

@@ -6,12 +6,12 @@ import math
 
 import pandas as pd
 import pytest
-from results_fixtures import search_path, write_stubs
 
 from experiments.paper.compose import Composer
 from experiments.paper.hparams import FIELDS, sci, write_hparams
 from experiments.paper.paper import load_paper_table
 from experiments.paper.spec import load_spec
+from helpers.results_fixtures import search_path, write_stubs
 
 SPEC = load_spec()
 TASKS = [t for b in ("fgvc", "vtab", "glue") for t in SPEC.tasks(b)]

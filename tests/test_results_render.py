@@ -6,7 +6,6 @@ import math
 
 import pandas as pd
 import pytest
-from results_fixtures import search_path, write_fixture_record, write_stubs
 
 from experiments.paper.__main__ import main as cli
 from experiments.paper.compose import Composer
@@ -14,6 +13,7 @@ from experiments.paper.figures import render_memory, render_sweep
 from experiments.paper.matching import RecordIndex
 from experiments.paper.spec import load_spec
 from experiments.paper.tables import HOLE, NOT_COMPARABLE, render_table
+from helpers.results_fixtures import search_path, write_fixture_record, write_stubs
 
 SPEC = load_spec()
 

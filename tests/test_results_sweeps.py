@@ -9,12 +9,12 @@ import textwrap
 
 import pandas as pd
 import pytest
-from results_fixtures import ROOT, search_path, write_fixture_record, write_stubs
 
 from experiments.paper.__main__ import main as cli
 from experiments.paper.compose import Composer
 from experiments.paper.spec import SpecError, load_spec
 from experiments.paper.sweeps import plan, plan_all
+from helpers.results_fixtures import ROOT, search_path, write_fixture_record, write_stubs
 
 SPEC = load_spec()
 FGVC = 5
@@ -71,7 +71,8 @@ def test_dry_run_lists_job_counts_and_commands(stubs, tmp_path, capsys):
     assert code == 0
     assert "table3: 9 jobs (9 cells x seeds), 0 done, 9 to launch in 3 multiruns" in out
     assert "fig3: 2 jobs (2 cells x seeds), 0 done, 2 to launch in 2 multiruns" in out
-    assert "python run.py -m experiment=glue/cola,glue/mrpc,glue/rte method=lora recipe=lora_glue seed=0 hydra/launcher=basic" in out
+    assert ("python run.py -m experiment=glue/cola,glue/mrpc,glue/rte method=lora recipe=lora_glue seed=0 "
+            "hydra/launcher=basic") in out
     assert "total: 11 jobs to launch in 5 multiruns" in out
     # Which number the cells will compare with the paper, from their protocol (docs/PROTOCOL.md).
     assert "compared with the paper: best epoch's test accuracy of the raw model (110 epochs, test split evaluated " \

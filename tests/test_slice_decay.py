@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import image_batches, make_tiny_vit
 
 import grft
+from grft_app.data.splits import InputSpec
 from grft_app.lit.module import TrainSettings, make_optimizer
 from grft_app.methods import MethodSettings, make_method
-from grft_app.data.splits import InputSpec
 from grft_app.models import ModelBundle
+from helpers.models import image_batches, make_tiny_vit
 
 
 def tuned(seed: int = 0):

@@ -67,7 +67,7 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def probe_ratios(record: dict) -> list[float]:
     """Per-round ratios of a probe batch's time to the full fine-tuning step taken beside it."""
-    return [p / s for p, s in zip(record["probe_batch_times"], record["full_step_times"])]
+    return [p / s for p, s in zip(record["probe_batch_times"], record["full_step_times"], strict=True)]
 
 
 def aggregate(records: list[dict], interleaved: list[dict] = (), probe_times: list[dict] = ()):

@@ -115,7 +115,7 @@ class Sampler:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="memory-sampler")
         self._t0 = time.perf_counter()
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 

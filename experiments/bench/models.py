@@ -9,6 +9,7 @@ The shapes are the paper's: timm ViT-B/16 at 224² and a Llama-3.2-1B-shaped seq
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 

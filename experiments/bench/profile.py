@@ -20,7 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import device as devices
-from .interleave import make_parser, prepare_arms, parse as parse_interleave
+from .interleave import make_parser, prepare_arms
+from .interleave import parse as parse_interleave
 from .worker import autocast_for, log, timed_step
 
 
@@ -77,10 +78,11 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"# Profile: {args.model}, {', '.join(args.methods)}",
         "",
-        f"torch.profiler self CPU time per training step (mean of {args.rounds} profiled steps per method, taken in "
-        f"turn in one process; {args.threads} threads, batch {args.batch}, {args.precision}). Profiling adds its own "
-        "overhead, so the totals exceed the step times of latest.md; the differences between columns are what "
-        "this table is for. The 8 largest operators come first, then those that differ most between methods.",
+        f"torch.profiler self CPU time per training step (mean of {args.rounds} profiled steps per method, "
+        f"taken in turn in one process; {args.threads} threads, batch {args.batch}, {args.precision}). "
+        "Profiling adds its own overhead, so the totals exceed the step times of latest.md; the differences "
+        "between columns are what this table is for. The 8 largest operators come first, then those that differ "
+        "most between methods.",
         "",
         f"    python -m experiments.bench.profile {' '.join(sys.argv[1:] if argv is None else argv)}",
         "",

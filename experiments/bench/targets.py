@@ -83,7 +83,7 @@ def round_ratios(interleaved: list[dict], model: str, method: str, reference: st
     for rec in interleaved:
         times = rec["methods"]
         if rec["model"] == model and method in times and reference in times:
-            return [a / b for a, b in zip(times[method]["step_times"], times[reference]["step_times"])]
+            return [a / b for a, b in zip(times[method]["step_times"], times[reference]["step_times"], strict=True)]
     return []
 
 

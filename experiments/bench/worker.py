@@ -4,8 +4,8 @@ Run by the driver (``python -m experiments.bench``) once per pair, so each metho
 is its own. The process builds the model, lets the method set itself up (its probe, if any, is
 timed as ``probe_s``), builds Adam (weight decay 0), starts a new memory peak, and runs
 ``warmup + steps`` training steps on one fixed batch. The peak is measured per phase (model build,
-the method's setup with its probe, training) and over the whole run, as a user launches it. A step is forward + loss + backward + Adam
-step; gradients are released right after each step, for every method alike.
+the method's setup with its probe, training) and over the whole run, as a user launches it. A step is
+forward + loss + backward + Adam step; gradients are released right after each step, for every method alike.
 
     python -m experiments.bench.worker --model vit --method grft_row --steps 5
 """
@@ -44,7 +44,7 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     p.add_argument("--probe-batches", type=int, default=2)
     p.add_argument("--llama-shape", default="cpu", choices=sorted(LLAMA_LAYERS),
-                   help="layers of the Llama-3.2-1B-wide model: cpu=%d, 1b=%d" % (LLAMA_LAYERS["cpu"], LLAMA_LAYERS["1b"]))
+                   help=f"layers of the Llama-3.2-1B-wide model: cpu={LLAMA_LAYERS['cpu']}, 1b={LLAMA_LAYERS['1b']}")
     p.add_argument("--seq-len", type=int, default=32, help="tokens per Llama sequence")
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests)")
     p.add_argument("--lr", type=float, default=1e-4)

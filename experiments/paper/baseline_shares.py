@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from grft.report import ParamReport
+
 from .compose import Composer
 from .hparams import meta_model
 from .spec import Row, Target

@@ -58,7 +58,7 @@ def render_sweep(target: Target, spec: Spec, composer: Composer, index: RecordIn
     for ax in list(axes.flat)[len(target.panels):]:
         ax.set_visible(False)
     notes = []
-    for ax, panel in zip(axes.flat, target.panels):
+    for ax, panel in zip(axes.flat, target.panels, strict=False):  # the grid may have one axis more (hidden)
         mine = points[points["panel"] == panel.name]
         for task in target.tasks:
             series = mine[mine["task"] == task]

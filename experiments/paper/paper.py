@@ -8,9 +8,9 @@ rounding of the printed cells and of the printed mean can explain.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 

@@ -7,8 +7,8 @@ family's module (``grft_app.data.<family>.build``), which returns ``DataSplits``
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .splits import DataSplits, InputSpec
 

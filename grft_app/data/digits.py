@@ -7,8 +7,8 @@ are the test set. Nothing is downloaded: the images ship inside scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset, TensorDataset

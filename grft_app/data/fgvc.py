@@ -14,8 +14,8 @@ Reference transforms: RandomResizedCrop + flip for training; resize to ``img_siz
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, missing
 from .images import ImageItems, check_files_exist, image_splits, require_images

@@ -12,9 +12,10 @@ pairs) and pads it into ``{"input_ids", "attention_mask", "labels"}``.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -31,8 +32,8 @@ class Layout:
     header: bool
     text: str
     label: str
-    pair: Optional[str] = None
-    label_names: Optional[tuple[str, ...]] = None  # None: labels are the integers 0..n-1
+    pair: str | None = None
+    label_names: tuple[str, ...] | None = None  # None: labels are the integers 0..n-1
 
 
 LAYOUTS = {
@@ -48,7 +49,7 @@ SPLITS = {"train": "train.tsv", "test": "dev.tsv"}
 class TextItems(Dataset):
     """``({"text": str, "text_pair": str | None}, label)`` items of one TSV file."""
 
-    def __init__(self, texts: Sequence[str], labels: Sequence[int], pairs: Optional[Sequence[str]] = None):
+    def __init__(self, texts: Sequence[str], labels: Sequence[int], pairs: Sequence[str] | None = None):
         self.texts, self.labels, self.pairs = list(texts), list(labels), list(pairs) if pairs is not None else None
 
     def __len__(self) -> int:

@@ -10,8 +10,8 @@ and every sweep plan), so replacing an image under the same name goes unnoticed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .catalog import FAMILY_ROOTS
 

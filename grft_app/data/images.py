@@ -13,8 +13,8 @@ All end with ToTensor + Normalize(mean, std) of the model's ``InputSpec``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
 
 from torch.utils.data import Dataset
 
@@ -116,7 +116,7 @@ def image_splits(
     inputs: InputSpec,
     train: ImageItems,
     test: ImageItems,
-    val: Optional[ImageItems] = None,
+    val: ImageItems | None = None,
     defaults: Mapping[str, object] = (),
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -42,6 +43,6 @@ class DataSplits:
     probe: Dataset
     test: Dataset
     num_classes: int
-    val: Optional[Dataset] = None
-    collate_fn: Optional[Callable] = None
+    val: Dataset | None = None
+    collate_fn: Callable | None = None
     metrics: tuple[str, ...] = field(default_factory=lambda: ("acc",))

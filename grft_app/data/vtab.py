@@ -10,8 +10,8 @@ Reference transform: direct resize to the model's size (bicubic), no augmentatio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .catalog import FAMILY_ROOTS, missing
 from .images import ImageItems, check_files_exist, check_labels, image_splits, require_images

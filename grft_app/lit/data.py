@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import lightning as L
 import torch
@@ -19,7 +19,7 @@ class TaskDataModule(L.LightningDataModule):
     loader per view, in the order of the module's views (a split seen by raw and EMA weights is
     walked twice)."""
 
-    def __init__(self, splits: DataSplits, batch_size: int, eval_batch_size: Optional[int] = None,
+    def __init__(self, splits: DataSplits, batch_size: int, eval_batch_size: int | None = None,
                  num_workers: int = 0, seed: int = 0, drop_last: bool = True,
                  val_views: Sequence[str] = ("val",), test_views: Sequence[str] = ("test",)):
         super().__init__()
@@ -46,7 +46,8 @@ class TaskDataModule(L.LightningDataModule):
         per_rank = -(-size // world)
         if self.drop_last and per_rank < self.batch_size:
             raise ValueError(
-                f"the training split has {size} items ({per_rank} per process), fewer than batch_size={self.batch_size}: "
+                f"the training split has {size} items ({per_rank} per process), "
+                f"fewer than batch_size={self.batch_size}: "
                 "with the short last batch dropped nothing would train; lower batch_size"
             )
         sampler = EpochSeededSampler(size, self.seed, self._current_epoch)
@@ -70,7 +71,7 @@ class TaskDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._eval_loaders(self.test_views)
 
-    def probe_dataloader(self, max_batches: Optional[int] = None, batch_size: Optional[int] = None) -> DataLoader:
+    def probe_dataloader(self, max_batches: int | None = None, batch_size: int | None = None) -> DataLoader:
         """The probe walks the training set in one seeded random order, the same on every pass.
 
         A fixed order matters for ``subsets > 1``, which measures each part's loss and then takes
@@ -105,7 +106,7 @@ class _UnpaddedShard(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
-def shard_without_padding(dataset: Dataset) -> Optional[DistributedSampler]:
+def shard_without_padding(dataset: Dataset) -> DistributedSampler | None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return _UnpaddedShard(dataset, shuffle=False)
     return None

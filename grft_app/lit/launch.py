@@ -19,9 +19,9 @@ import logging
 import os
 import shutil
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 import grft
 
@@ -60,7 +60,7 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def explain(err: BaseException, traceback_at: Optional[Path] = None) -> str:
+def explain(err: BaseException, traceback_at: Path | None = None) -> str:
     """One line: the problem and what to do about it."""
     import torch
 
@@ -86,7 +86,7 @@ def _frame(frame: traceback.FrameSummary) -> str:
     return f"{Path(frame.filename).name}:{frame.lineno} ({frame.name})"
 
 
-def log_traceback(err: BaseException) -> Optional[Path]:
+def log_traceback(err: BaseException) -> Path | None:
     """Write the full traceback to the run's log file only (not the console); returns that file."""
     record = logging.LogRecord("grft", logging.ERROR, __file__, 0, "launch failed", None,
                                (type(err), err, err.__traceback__))
@@ -103,7 +103,7 @@ class Before:
     """A run directory as it was when the launch began: its top-level entries, and whether it was fresh."""
 
     path: Path
-    entries: Optional[set[str]]  # None: it did not exist
+    entries: set[str] | None  # None: it did not exist
 
     @property
     def fresh(self) -> bool:
@@ -136,7 +136,7 @@ def _held_by_another(run_dir: Path) -> bool:
     return False
 
 
-def tidy(before: Before, keep_report: bool, runs_root: Optional[Path] = None) -> None:
+def tidy(before: Before, keep_report: bool, runs_root: Path | None = None) -> None:
     """Remove what a failed launch created in ``before.path`` (see the module docstring).
 
     ``keep_report``: keep Hydra's config and ``run.log`` (they hold the traceback of an unexpected
@@ -155,7 +155,7 @@ def tidy(before: Before, keep_report: bool, runs_root: Optional[Path] = None) ->
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
 
 
-def _prune_empty_parents(folder: Path, stop: Optional[Path]) -> None:
+def _prune_empty_parents(folder: Path, stop: Path | None) -> None:
     """``<runs>/<dataset>/<method>/`` left empty by the removal go too, up to ``stop``."""
     if stop is None:
         return

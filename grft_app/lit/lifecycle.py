@@ -23,8 +23,10 @@ from pathlib import Path
 import lightning as L
 
 from grft import __version__
+from grft.io import write_json_atomic
+
 from ..paths import ROOT
-from ..record import HISTORY_DIR, RECORD_NAME, CodeFacts, write_json_atomic
+from ..record import HISTORY_DIR, RECORD_NAME, CodeFacts
 
 LAUNCHES_NAME = "launches.json"
 # Files of one attempt at a run: kept in history/ when force=true starts it again.

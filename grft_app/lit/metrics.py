@@ -16,7 +16,7 @@ class TaskMetrics(nn.Module):
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {', '.join(KNOWN)}")
         if "f1" in names and num_classes != 2:
-            raise ValueError("metric f1 is the positive-class F1 of a binary task; this task has %d classes" % num_classes)
+            raise ValueError(f"metric f1 is the positive-class F1 of a binary task; this task has {num_classes} classes")
         makers = {
             "acc": lambda: MulticlassAccuracy(num_classes, average="micro"),
             "mcc": lambda: MulticlassMatthewsCorrCoef(num_classes),
@@ -26,7 +26,7 @@ class TaskMetrics(nn.Module):
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         preds = logits.argmax(dim=-1)
-        for name, metric in self.items.items():
+        for metric in self.items.values():
             metric.update(preds, labels)
 
     def compute(self) -> dict[str, torch.Tensor]:

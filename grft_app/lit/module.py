@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -19,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grft.probe import call_model, split_batch
+
 from ..methods import Method
 from ..models import ModelBundle
-from grft.probe import call_model, split_batch
 from .ema import TrainableEMA
 from .evaluation import EvalView, test_views, val_views
 from .metrics import TaskMetrics
@@ -41,7 +43,7 @@ class TrainSettings:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
-    ema_decay: Optional[float] = None
+    ema_decay: float | None = None
     seed: int = 0
     metrics: tuple[str, ...] = ("acc",)
 
@@ -53,8 +55,8 @@ class FineTuneModule(L.LightningModule):
         method: Method,
         num_classes: int,
         settings: TrainSettings,
-        probe_loader: Optional[Callable[[], Any]] = None,
-        progress: Optional[Callable] = None,
+        probe_loader: Callable[[], Any] | None = None,
+        progress: Callable | None = None,
         has_val: bool = False,
     ):
         super().__init__()
@@ -64,10 +66,10 @@ class FineTuneModule(L.LightningModule):
         self.settings = settings
         self.probe_loader = probe_loader
         self.progress = progress
-        self.model: Optional[nn.Module] = None
-        self.probe_seconds: Optional[float] = None
-        self.probe_facts: Optional[dict] = None  # what the method's probe returned (kept in checkpoints)
-        self.ema: Optional[TrainableEMA] = None
+        self.model: nn.Module | None = None
+        self.probe_seconds: float | None = None
+        self.probe_facts: dict | None = None  # what the method's probe returned (kept in checkpoints)
+        self.ema: TrainableEMA | None = None
         ema = bool(settings.ema_decay)
         self.val_views: list[EvalView] = val_views(has_val, settings.protocol.test_every, ema)
         self.test_views: list[EvalView] = test_views(ema)
@@ -75,7 +77,7 @@ class FineTuneModule(L.LightningModule):
         self.metrics = nn.ModuleDict({name: TaskMetrics(num_classes, settings.metrics) for name in names})
         self.curve: list[dict] = []  # one point per epoch the test split was evaluated in training
         self.eval_seconds = 0.0      # time spent evaluating during training (the cost of protocol.test_every)
-        self._eval_started: Optional[float] = None
+        self._eval_started: float | None = None
         self.epoch_schedule = None
         self.mixup = self._make_mixup()
         # Checkpoints keep only what training changes; frozen weights are rebuilt from the config.

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 
 def rich_progress(enabled: bool = True):
-    def wrap(iterable: Iterable, description: str, total: Optional[int] = None) -> Iterable:
+    def wrap(iterable: Iterable, description: str, total: int | None = None) -> Iterable:
         from lightning.fabric.utilities.rank_zero import rank_zero_only
 
         if not enabled or rank_zero_only.rank != 0:

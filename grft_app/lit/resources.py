@@ -7,7 +7,6 @@ import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import torch
@@ -31,7 +30,7 @@ def peak_memory_mb(device: torch.device) -> float:
 class ResourceMonitor(L.Callback):
     """Times every training step and samples memory every ``trace_every`` steps into a CSV."""
 
-    def __init__(self, trace_path: Optional[Path] = None, trace_every: int = 10, warmup_steps: int = 5):
+    def __init__(self, trace_path: Path | None = None, trace_every: int = 10, warmup_steps: int = 5):
         self.trace_path = trace_path
         self.trace_every = trace_every
         self.warmup_steps = warmup_steps

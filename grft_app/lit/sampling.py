@@ -11,8 +11,8 @@ of item ``index`` from that key in a forked RNG state.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

@@ -13,8 +13,8 @@ epoch count; the embedded default and users' own tasks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

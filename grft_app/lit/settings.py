@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grft import __version__
 from grft.config import GRFTConfig
+
 from ..data.identity import data_identity
 from ..methods import MethodSettings, method_class
 from .module import Protocol, TrainSettings

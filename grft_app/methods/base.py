@@ -133,14 +133,9 @@ class Method:
 
     def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
         """Write what the method trained (small file); ``None`` if the method has no adapter format."""
-        from safetensors.torch import save_file
+        from grft.io import save_tensors
 
-        from grft.files import as_new_file
-
-        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(path))
-        as_new_file(path)
-        return path
+        return save_tensors(path, {n: p for n, p in model.named_parameters() if p.requires_grad})
 
     def checkpoint_keys(self, model: nn.Module) -> Optional[set[str]]:
         """State-dict keys a checkpoint must keep; ``None`` keeps everything.

@@ -28,22 +28,20 @@ selected entries plus the trained biases and head: enough to rebuild the model f
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from grft.config import GRFTConfig
-from grft.files import as_new_file
-from ..models import ModelBundle
+from grft.io import load_tensors, read_metadata, save_tensors
 from grft.probe import accumulate_gradients
 from grft.selection import as_matrix, check_k, compact_index, rank
 from grft.targets import Architecture, detect_architecture, eligible_layers
+
+from ..models import ModelBundle
 from .base import Method, NoOptions, Progress, freeze_all, unfreeze
 
 log = logging.getLogger("grft")
@@ -151,8 +149,6 @@ def selected_entries(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
 
 def save_gps(model: nn.Module, path: str | Path, head: str) -> Path:
     """Selected entries (indices + values), the masked layers' biases and the head, in safetensors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors, shapes = {}, {}
     for name, layer in masked_layers(model).items():
         index, values = selected_entries(layer.weight.detach(), layer._buffers[MASK])
@@ -164,25 +160,17 @@ def save_gps(model: nn.Module, path: str | Path, head: str) -> Path:
     for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
         tensors[f"{head}.{pname}"] = p
     meta = {"format": FORMAT, "head": head, "shapes": shapes}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata={"grft": json.dumps(meta)})
-    as_new_file(path)
-    return path
+    return save_tensors(path, tensors, meta)
 
 
 @torch.no_grad()
 def load_gps(model: nn.Module, path: str | Path, arch: Optional[Architecture] = None) -> nn.Module:
     """Write a saved GPS adapter into a fresh pre-trained ``model`` (plain layers, no masks)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no GPS adapter file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("grft", "{}"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a GPS adapter written by grft (format={meta.get('format')!r})")
+    meta = read_metadata(path, FORMAT, "GPS adapter")
     arch = arch or detect_architecture(model)
     if arch.head != meta["head"]:
         raise ValueError(f"the adapter's head is {meta['head']!r}, this model's is {arch.head!r}")
-    tensors = load_file(str(path))
+    tensors = load_tensors(path)
     modules = dict(model.named_modules())
     for name, shape in meta["shapes"].items():
         layer = modules.get(name)

@@ -15,13 +15,14 @@ as ``peft.get_peft_model_state_dict`` names them) plus the head, and the options
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
+
+from grft.io import load_tensors, read_metadata, save_tensors
 
 from ..models import ModelBundle
 from .base import Method, freeze_all, unfreeze
@@ -116,34 +117,18 @@ def lora_tensors(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
 
 
 def save_lora(model: nn.Module, path: str | Path, config: LoRAConfig, head: str) -> Path:
-    from safetensors.torch import save_file
-
-    from grft.files import as_new_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": asdict(config), "head": head}
-    save_file(lora_tensors(model, head), str(path), metadata={"grft": json.dumps(meta)})
-    as_new_file(path)
-    return path
+    return save_tensors(path, lora_tensors(model, head), meta)
 
 
 def load_lora(model: nn.Module, path: str | Path) -> nn.Module:
     """Inject LoRA into a fresh base ``model`` and load a saved adapter (LoRA matrices and head)."""
     from peft import set_peft_model_state_dict
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no LoRA adapter file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("grft", "{}"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a LoRA adapter written by grft (format={meta.get('format')!r})")
+    meta = read_metadata(path, FORMAT, "LoRA adapter")
     config, head = LoRAConfig(**meta["config"]), meta["head"]
     add_lora(model, config, head)
-    tensors = load_file(str(path))
+    tensors = load_tensors(path)
     head_state = {k[len(head) + 1 :]: v for k, v in tensors.items() if k.startswith(head + ".")}
     lora_state = {k: v for k, v in tensors.items() if not k.startswith(head + ".")}
     result = set_peft_model_state_dict(model, lora_state)

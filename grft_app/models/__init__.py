@@ -9,13 +9,14 @@ model of the same family (for ``debug=smoke`` and tests): same layer types, same
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from torch import nn
 
-from ..data.splits import InputSpec
 from grft.targets import Architecture
+
+from ..data.splits import InputSpec
 
 FAMILIES = {
     "vit": "grft_app.models.vit",

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
-from ..data.splits import InputSpec
 from grft.targets import Architecture
+
+from ..data.splits import InputSpec
 
 ARCH = Architecture(head="head", blocks="blocks", stem=("patch_embed",))
 INPUTS = InputSpec(kind="image", img_size=8, in_chans=1, mean=(0.5,), std=(0.5,))
@@ -33,7 +34,7 @@ def make_vit(cfg: Mapping, num_classes: int):
 
 def source_checkpoint(cfg: Mapping) -> Path:
     """The cached source-task weights, trained here on first use (a few seconds on a CPU)."""
-    from safetensors.torch import save_file
+    from grft.io import save_tensors
 
     from ..data.digits import source_dataset
 
@@ -58,21 +59,17 @@ def source_checkpoint(cfg: Mapping) -> Path:
             loss.backward()
             optimizer.step()
             schedule.step()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    return path
+    return save_tensors(path, model.state_dict())
 
 
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
-    from safetensors.torch import load_file
+    from grft.io import load_tensors
 
     from . import ModelBundle
 
     model = make_vit(cfg, num_classes)
     if pretrained and not tiny:
-        state = {k: v for k, v in load_file(str(source_checkpoint(cfg))).items() if not k.startswith("head.")}
+        state = {k: v for k, v in load_tensors(source_checkpoint(cfg)).items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         assert set(missing) == {"head.weight", "head.bias"} and not unexpected, (missing, unexpected)
     return ModelBundle(model, ARCH, INPUTS)

@@ -13,10 +13,11 @@ from ``model.model_type`` or, if the model's files are here, from its config.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+
+from grft.targets import detect_architecture
 
 from ..data.splits import InputSpec
-from grft.targets import detect_architecture
 from .llama import offline, tiny_tokenizer, weight_dtype
 
 _DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -13,13 +13,14 @@ GRFT's eligible matrices are each layer's q, k, v, o, gate, up and down projecti
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
-from ..data.splits import InputSpec
 from grft.targets import Architecture, pool_last_token
+
+from ..data.splits import InputSpec
 
 LLAMA_ARCH = Architecture(head="score", blocks="model.layers", stem=(), pool=pool_last_token)
 

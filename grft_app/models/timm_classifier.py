@@ -10,12 +10,14 @@ interpolation come from the model's pretrained config unless ``model.*`` sets th
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
-from ..data.splits import InputSpec
 from grft.targets import detect_architecture
+
+from ..data.splits import InputSpec
 
 TINY_IMG_SIZE = 32
 _VIT = dict(img_size=TINY_IMG_SIZE, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
@@ -30,6 +32,9 @@ TINY = {
     "ResNet": (None, dict(layers=(1, 1, 1, 1), channels=(8, 16, 16, 16), stem_width=8)),
     "EfficientNet": ("test_efficientnet", {}),
 }
+
+# Checkpoint files timm reads: Google's npz (the ViT's own loader), or a state dict in timm's naming.
+CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
 
 
 def model_class(name: str) -> str:
@@ -58,11 +63,35 @@ def tiny_model(name: str, num_classes: int, overrides: Mapping | None = None):
     return timm.create_model(tiny_name or name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
+def overlay_for(checkpoint: str, name: str) -> dict:
+    """timm's pretrained-config overlay that makes it read ``checkpoint`` instead of the hub."""
+    from . import ModelUnavailableError
+
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ModelUnavailableError(
+            f"model.checkpoint={checkpoint} does not exist; give the path of a .npz (Google's release) or "
+            f".safetensors (the timm hub file) checkpoint of {name}"
+        )
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"model.checkpoint={checkpoint}: unknown format {path.suffix!r}; "
+                         f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    # Google's npz needs the ViT's custom loader; a state dict goes through timm's usual filter.
+    return {"file": str(path.resolve()), "custom_load": path.suffix == ".npz"}
+
+
+def _unavailable(name: str, err: Exception, cls) -> Exception:
+    return cls(
+        f"could not load pre-trained weights for {name} ({err.__class__.__name__}: {err}). Without internet "
+        f"access, download the checkpoint elsewhere (e.g. `hf download timm/{name} model.safetensors`, "
+        "or Google's .npz) and pass model.checkpoint=/path/to/file"
+    )
+
+
 def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
     import timm
 
     from . import ModelUnavailableError
-    from .vit import _unavailable, overlay_for
 
     name = str(cfg["name"])
     kwargs = dict(cfg.get("kwargs") or {})

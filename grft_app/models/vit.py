@@ -9,55 +9,29 @@ classification head is always new, sized for the task.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
+
+from grft.targets import Architecture
 
 from ..data.splits import InputSpec
-from grft.targets import Architecture
+from .timm_classifier import create as create_timm_classifier
 
 VIT_ARCH = Architecture(head="head", blocks="blocks", stem=("patch_embed",))
 TINY_IMG_SIZE = 32
 # The same family in miniature, for debug=smoke and tests: random weights, no download.
 # Depth 8: every regular_layers value of the paper configs and of the Fig. 4c sweep (1..8) fits.
 TINY_KWARGS = dict(img_size=TINY_IMG_SIZE, patch_size=8, embed_dim=32, depth=8, num_heads=2, mlp_ratio=2.0)
-CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
-
-
-def overlay_for(checkpoint: str, name: str) -> dict:
-    """timm's pretrained-config overlay that makes it read ``checkpoint`` instead of the hub."""
-    from . import ModelUnavailableError
-
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise ModelUnavailableError(
-            f"model.checkpoint={checkpoint} does not exist; give the path of a .npz (Google's release) or "
-            f".safetensors (the timm hub file) checkpoint of {name}"
-        )
-    if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise ValueError(f"model.checkpoint={checkpoint}: unknown format {path.suffix!r}; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    # Google's npz needs the ViT's custom loader; a state dict goes through timm's usual filter.
-    return {"file": str(path.resolve()), "custom_load": path.suffix == ".npz"}
 
 
 def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
     """A timm VisionTransformer (any other timm classifier goes through ``model=timm``)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from .timm_classifier import create as create_timm_classifier
-
     model = create_timm_classifier(cfg, num_classes, pretrained=pretrained)
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"model.name={cfg['name']} is a {type(model).__name__}, not a timm VisionTransformer; "
                          "the vit family needs one (blocks, patch_embed, head)")
     return model
-
-
-def _unavailable(name: str, err: Exception, cls) -> Exception:
-    return cls(
-        f"could not load pre-trained weights for {name} ({err.__class__.__name__}: {err}). Without internet "
-        f"access, download the checkpoint elsewhere (e.g. `hf download timm/{name} model.safetensors`, "
-        "or Google's .npz) and pass model.checkpoint=/path/to/file"
-    )
 
 
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers
+from grft_app.paths import CONF_DIR as CONF
 from grft_app.record import RunRecord
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()
 
 

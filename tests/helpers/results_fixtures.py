@@ -12,9 +12,8 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from experiments.paper.compose import Composer, run_dir
+from grft_app.paths import ROOT
 from grft_app.record import Params, RunRecord, Timings, write_record
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Class counts of the paper's benchmarks (FGVC, VTAB-1k, GLUE): facts about the datasets.
 CLASSES = {
@@ -55,7 +54,8 @@ def search_path(folder: Path) -> str:
 
 def write_fixture_record(composer: Composer, runs: Path, args: list[str], acc: float, seed: int = 0, pct: float = 0.5,
                          memory: list[tuple[float, int, float]] | None = None, finished_at: str = "2026-01-01T00:00:00") -> Path:
-    """A finished run's record for the cell ``args`` under ``runs`` (laid out as the runner does), with a known accuracy."""
+    """A finished run's record for the cell ``args`` under ``runs`` (laid out as the runner does), with a known
+    accuracy."""
     cfg = copy.deepcopy(composer.config([*args, f"paths.runs={runs}"]))
     with open_dict(cfg):
         cfg.seed = seed

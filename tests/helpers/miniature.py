@@ -43,7 +43,7 @@ def write_fgvc(data_dir: Path, folder: str, image_root: str, class_ids: list, pe
     splits = {"train": {}, "val": {}, "test": {}}
     index = 0
     for cls in class_ids:
-        for split, count in zip(splits, per_split):
+        for split, count in zip(splits, per_split, strict=True):
             for _ in range(count):
                 relative = f"{cls:04d}.species/img_{index:05d}.png"
                 save_image(root / image_root / relative, int(cls), index, size=(30, 22))
@@ -67,14 +67,14 @@ GLUE_ROWS = {
         "r-67\t0\t*\tJohn whined Mary.",
     ]),
     "mrpc": ("MRPC", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", [
-        "1\t702876\t702977\tAmrozi accused his brother .\tReferring to him as only \"the witness\" , Amrozi accused his brother .",
+        "1\t702876\t702977\tAmrozi accused his brother .\tReferring to him as only \"the witness\" , Amrozi accused his brother .",  # noqa: E501 - one TSV row, kept whole like the file it stands for
         "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's in 1995 .",
-        "1\t1330381\t1330521\tThey had published an advertisement .\tOn June 10 , they published an advertisement .",
+        "1\t1330381\t1330521\tThey had published an advertisement .\tOn June 10 , they published an advertisement .",  # noqa: E501 - one TSV row, kept whole like the file it stands for
         "0\t3344667\t3344648\tTab Tab is a shop .\tThe shop sells tabs .",
     ]),
     "rte": ("RTE", "index\tsentence1\tsentence2\tlabel", [
         "0\tDana Reeve died of lung cancer.\tChristopher Reeve had an accident.\tnot_entailment",
-        "1\tYet, we now are discovering that antibiotics are losing their effectiveness.\tBacteria is winning.\tentailment",
+        "1\tYet, we now are discovering that antibiotics are losing their effectiveness.\tBacteria is winning.\tentailment",  # noqa: E501 - one TSV row, kept whole like the file it stands for
         "2\tCairo is now home to some 15 million people.\t15 million people live in Cairo.\tentailment",
         "3\tThe cat sat.\tThe dog ran.\tnot_entailment",
     ]),
