@@ -23,13 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grft
-
 from ..paths import ROOT
 
+# Where our own frames of a traceback live (the library and the app, not the packages they call).
+OUR_CODE = tuple(f"{ROOT / tier}{os.sep}" for tier in ("grft", "grft_app"))
 HYDRA_FILES = {".hydra", "run.log"}
-# Frames from these folders are ours (the library and the app); the others are libraries' or Python's.
-OUR_PACKAGES = (f"{Path(grft.__file__).parent}{os.sep}", f"{ROOT / 'grft_app'}{os.sep}")
 # What a launch writes into a run directory that is worth nothing without a record or a checkpoint.
 HUSKS = (".lock", "logs", "tensorboard", "wandb", "memory.csv", "selection.safetensors", "adapter.safetensors",
          "checkpoints")
@@ -72,7 +70,7 @@ def explain(err: BaseException, traceback_at: Path | None = None) -> str:
     if is_user_error(err):
         return f"error: {first_line(err) or type(err).__name__}"
     frames = traceback.extract_tb(err.__traceback__)
-    ours = [f for f in frames if f.filename.startswith(OUR_PACKAGES)]
+    ours = [f for f in frames if f.filename.startswith(OUR_CODE)]
     where = f" in {_frame(frames[-1])}" if frames else ""
     if ours and ours[-1] is not frames[-1]:
         where += f", called from {_frame(ours[-1])}"
