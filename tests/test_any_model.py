@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import grft
 from grft.targets import detect_architecture, eligible_layers, in_prefixes
 from grft_app.models import hf, timm_classifier
+from grft_app.paths import CONF_DIR
 
 NUM_CLASSES = 3
 TIMM = {
@@ -300,7 +301,6 @@ def test_hf_smoke_without_files_needs_the_model_type():
 )
 def test_app_smoke_run_on_a_model_the_user_names(tmp_path, task, overrides):
     """``model=timm|hf model.name=...`` with ``debug=smoke``: a tiny random model of that family, end to end."""
-    from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
@@ -314,7 +314,7 @@ def test_app_smoke_run_on_a_model_the_user_names(tmp_path, task, overrides):
         write_vtab(tmp_path / "data", "eurosat", num_classes=10)
     else:
         write_glue(tmp_path / "data", task)
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = CONF_DIR
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=[f"dataset={task}", *overrides, "debug=smoke", f"paths.runs={tmp_path / 'runs'}",
                                            f"data_dir={tmp_path / 'data'}", "baselines=[]", "k=1"])

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -15,9 +14,9 @@ import grft
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers
+from grft_app.paths import ROOT
 from helpers.app_runs import make_cfg, run
 
-ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 

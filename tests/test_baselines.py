@@ -9,8 +9,6 @@ heads of 64, MLP 8192), so a miscount in the methods cannot pass by agreeing wit
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from experiments.paper.baseline_shares import cell_report, row_share
@@ -19,9 +17,9 @@ from experiments.paper.matching import RecordIndex
 from experiments.paper.paper import load_paper_table
 from experiments.paper.spec import load_spec
 from experiments.paper.tables import NOT_COMPARABLE, render_table
+from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_stubs
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEC = load_spec()
 BASELINES = ("full", "linear", "bias", "adapter", "lora", "vpt_shallow", "vpt_deep", "ssf")
 ROWS = [(name, row.label) for name in ("table1", "table2", "table3") for row in SPEC.target(name).rows

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -27,8 +26,8 @@ from experiments.bench import arms, driver, interleave, launch, report, targets,
 from experiments.bench.models import build_llama, build_vit, call
 from experiments.bench.names import METHODS
 from grft_app.methods.gps import model_masks
+from grft_app.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
             "probe_s", "device")
 

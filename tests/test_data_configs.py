@@ -3,15 +3,13 @@ benchmarks' published definitions, written out here), and each composes with the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 
 from grft_app.data.catalog import TASKS
 from grft_app.lit.settings import register_resolvers
+from grft_app.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 # name: (family, folder, classes) from VTAB's task definitions, VPT's FGVC folders and GLUE.

@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers
+from grft_app.paths import ROOT
 from helpers.miniature import write_fgvc, write_glue, write_vtab
 
-ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 MINIATURES = {

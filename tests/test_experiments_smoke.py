@@ -13,9 +13,9 @@ from grft_app.lit.app import run_dir_of
 from grft_app.lit.preflight import preflight
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import ConfigError, register_resolvers
+from grft_app.paths import ROOT
 from helpers.miniature import write_fgvc
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))
                      for p in (ROOT / "conf" / "experiment").rglob("*.yaml"))
 # The file names each family's loader opens first (written empty: the pre-flight checks presence only).

@@ -14,8 +14,8 @@ from grft_app.lit import launch
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers
+from grft_app.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 

@@ -23,9 +23,9 @@ from torch import nn
 
 from grft.probe import call_model
 from grft.targets import detect_architecture
+from grft_app.methods import METHODS, MethodSettings, make_method
 from grft_app.methods.adapter import AdapterConfig
 from grft_app.methods.lora import LoRAConfig, load_lora
-from grft_app.methods import METHODS, MethodSettings, make_method
 from grft_app.methods.vpt import PromptConfig
 from grft_app.models import ModelBundle
 from helpers.models import image_batches, make_tiny_llama, make_tiny_vit

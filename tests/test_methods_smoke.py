@@ -17,8 +17,9 @@ from hydra.errors import MissingConfigException
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers
 from grft_app.methods import METHODS
+from grft_app.paths import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 
 
 def smoke_config(name: str, runs: Path, *extra: str):

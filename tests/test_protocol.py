@@ -20,10 +20,10 @@ from grft_app.data import build_datasets
 from grft_app.lit.schedule import epoch_scheduler
 from grft_app.lit.settings import ConfigError, register_resolvers, train_settings
 from grft_app.models import build_model
+from grft_app.paths import ROOT
 from helpers.app_runs import make_cfg, run
 from helpers.miniature import write_fgvc
 
-ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 

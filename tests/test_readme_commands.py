@@ -23,8 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.settings import method_settings, register_resolvers, train_settings
+from grft_app.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 

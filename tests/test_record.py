@@ -12,8 +12,21 @@ from pathlib import Path
 import pytest
 
 from grft_app.record import (
-    RECORD_NAME, CodeFacts, CorruptRecord, Evaluation, Launch, Params, Reported, RunRecord, Timings, UnknownSchema,
-    is_done, iter_records, read_record, status_of, write_record,
+    RECORD_NAME,
+    CodeFacts,
+    CorruptRecord,
+    Evaluation,
+    Launch,
+    Params,
+    Reported,
+    RunRecord,
+    Timings,
+    UnknownSchema,
+    is_done,
+    iter_records,
+    read_record,
+    status_of,
+    write_record,
 )
 
 SCHEMA1 = Path(__file__).parent / "data" / "record_schema1.json"

@@ -13,6 +13,7 @@ from experiments.paper.figures import render_memory, render_sweep
 from experiments.paper.matching import RecordIndex
 from experiments.paper.spec import load_spec
 from experiments.paper.tables import HOLE, NOT_COMPARABLE, render_table
+from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_fixture_record, write_stubs
 
 SPEC = load_spec()
@@ -219,9 +220,8 @@ def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer
            "evaluated after every epoch; protocol=reference)." in text
     assert "GRFT, CUB-2011: some runs report best epoch's test accuracy (fixture)." in text  # not the config's words
     import re
-    from pathlib import Path
 
     (link,) = re.findall(r"\[PROTOCOL\.md\]\(([^)]+)\)", text)  # linked relative to the table's folder
-    assert ((tmp_path / "tables") / link).resolve() == Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
+    assert ((tmp_path / "tables") / link).resolve() == ROOT / "docs" / "PROTOCOL.md"
     csv = pd.read_csv(tmp_path / "tables" / "table1.csv")
     assert csv[(csv.row == "GRFT") & (csv.column == "cub")]["statistic"].item().startswith("best epoch's")

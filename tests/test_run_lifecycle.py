@@ -16,9 +16,9 @@ from omegaconf import open_dict
 from grft_app.lit.app import run_dir_of
 from grft_app.lit.runner import run_task
 from grft_app.lit.settings import register_resolvers, run_key
+from grft_app.paths import ROOT
 from grft_app.record import CorruptRecord
 
-ROOT = Path(__file__).resolve().parents[1]
 register_resolvers()
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 import grft
-
-ROOT = Path(__file__).resolve().parents[1]
+from grft_app.paths import ROOT
 
 
 def cli(runs: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
