@@ -1,4 +1,4 @@
-"""Two augmented views of each training image, for the supervised contrastive probe."""
+"""A training dataset seen through a transform: once per image for training, twice for the SCL probe."""
 
 from __future__ import annotations
 
@@ -7,22 +7,8 @@ from collections.abc import Callable
 from torch.utils.data import Dataset
 
 
-class TwoViews(Dataset):
-    """Wraps a dataset of ``(raw_image, label)``: returns ``([t(raw), t(raw)], label)``."""
-
-    def __init__(self, raw: Dataset, transform: Callable):
-        self.raw, self.transform = raw, transform
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, i: int):
-        image, label = self.raw[i]
-        return [self.transform(image), self.transform(image)], label
-
-
 class Transformed(Dataset):
-    """``(transform(raw_image), label)``."""
+    """Wraps a dataset of ``(raw_image, label)``: returns ``(transform(raw), label)``."""
 
     def __init__(self, raw: Dataset, transform: Callable):
         self.raw, self.transform = raw, transform
@@ -33,3 +19,11 @@ class Transformed(Dataset):
     def __getitem__(self, i: int):
         image, label = self.raw[i]
         return self.transform(image), label
+
+
+class TwoViews(Transformed):
+    """Two augmented views of each image: ``([transform(raw), transform(raw)], label)``."""
+
+    def __getitem__(self, i: int):
+        image, label = self.raw[i]
+        return [self.transform(image), self.transform(image)], label
