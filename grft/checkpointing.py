@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ from .heap import release_free_pages
 from .targets import Architecture, block_names
 
 
-def _hidden_state(out: object) -> Optional[torch.Tensor]:
+def _hidden_state(out: object) -> torch.Tensor | None:
     """A block's output tensor, or the first element of the tuple a transformers layer returns."""
     if torch.is_tensor(out):
         return out

@@ -24,11 +24,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from typing import Optional
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Optional[ctypes._CFuncPtr]:
+def _malloc_trim() -> ctypes._CFuncPtr | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc.malloc_trim
