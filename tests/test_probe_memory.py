@@ -1,4 +1,4 @@
-"""The low-memory probe (blocks checkpointed) selects exactly what the plain probe selects.
+"""The low-memory probe (blocks but the last checkpointed, heap pages released) selects exactly what the plain probe selects.
 
 - Single process: the accumulated gradients H are bit-identical, hence every index of rows,
   columns and sparse, for subsets=1 and 2, on ViT (two views, dropout and stochastic depth on, so

@@ -181,7 +181,8 @@ HOW_MEASURED = """## How it was measured
   once (mallopt): the memory the step's live tensors need, without the allocator's fragmentation.
   GPU: `torch.cuda.max_memory_allocated` over the training steps.
 - Probe: `probe s` is the setup's probe (`grft.select` / `grft.accumulate_gradients`, the
-  low-memory probe: blocks checkpointed, `grft/checkpointing.py`) over `--probe-batches` batches;
+  low-memory probe: every block but the last checkpointed and, on CPU, the heap's freed pages
+  handed back between blocks, `grft/checkpointing.py`) over `--probe-batches` batches;
   ViT probe batches hold two views of each image, as `grft_app.lit`'s probe loader gives them.
   `probe ÷ epoch`: a probe batch over the method's own training step, i.e. one probe pass over
   the training set (at the training batch size, the default) in training epochs. `probe batch ÷
