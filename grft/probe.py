@@ -208,11 +208,13 @@ def accumulate_gradients(
     """``H`` per eligible matrix: the probe loss's gradient summed over the chosen batches.
 
     Returns full-size gradients: this is the one place they exist, before training starts.
-    low_memory: checkpoint every block while taking gradients (``grft.checkpointing``), so the
-    probe holds one block's activations instead of all of them, and sum the gradients into one
-    flat buffer as soon as each exists (``grft.accumulation``). For float32/float64 weights the
-    gradients are the same bits as with ``False`` (the plain probe: autograd's ``.grad``), at the
-    price of one more forward pass per batch; half-precision weights are summed in float32.
+    low_memory: checkpoint every block but the last while taking gradients
+    (``grft.checkpointing``), so the probe holds one block's activations instead of all of them,
+    hand the C heap's free pages back between blocks on CPU (``grft.heap``), and sum the
+    gradients into one flat buffer as soon as each exists (``grft.accumulation``). For
+    float32/float64 weights the gradients are the same bits as with ``False`` (the plain probe:
+    autograd's ``.grad``), at the price of one more forward pass of all blocks but the last per
+    batch; half-precision weights are summed in float32.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)

@@ -183,7 +183,8 @@ HOW_MEASURED = """## How it was measured
 - Methods: every one but floor is the app's `method=<name>`, built by its factory and trained
   through its hooks (`prepare`, `probe`, `extra_loss`, `before_optimizer_step`, `save_adapter`).
 - Probe: `probe s` is the setup's probe (the method's `probe`: `grft.select` /
-  `grft.accumulate_gradients`, the low-memory probe: blocks checkpointed, `grft/checkpointing.py`) over `--probe-batches` batches;
+  `grft.accumulate_gradients`, the low-memory probe: every block but the last checkpointed and, on CPU, the heap's freed pages
+  handed back between blocks, `grft/checkpointing.py`) over `--probe-batches` batches;
   ViT probe batches hold two views of each image, as `grft_app.lit`'s probe loader gives them.
   `probe ÷ epoch`: a probe batch over the method's own training step, i.e. one probe pass over
   the training set (at the training batch size, the default) in training epochs. `probe batch ÷
