@@ -23,7 +23,9 @@ def launched_dirs(cfg: DictConfig, run_dir: Path) -> list[Path]:
 
     dirs = [run_dir]
     try:
-        dirs += [run_dir_of(with_method(cfg, name, overrides)) for name, overrides in baseline_specs(cfg.baselines or [])]
+        dirs += [
+            run_dir_of(with_method(cfg, name, overrides)) for name, overrides in baseline_specs(cfg.baselines or [])
+        ]
     except Exception:  # a bad baseline spec fails the launch itself, with its own message
         pass
     return dirs

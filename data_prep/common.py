@@ -113,7 +113,9 @@ def download(url: str, dest: Path) -> Path:
             shutil.copyfileobj(response, out, length=1 << 20)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise SystemExit(f"could not download {url} ({err}); fetch it by hand and put it at {dest}, then run again") from None
+        raise SystemExit(
+            f"could not download {url} ({err}); fetch it by hand and put it at {dest}, then run again"
+        ) from None
     tmp.replace(dest)
     return dest
 
@@ -145,7 +147,9 @@ def parser(family: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="the run's data_dir (default: data)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all of the family)")
     p.add_argument("--check", action="store_true", help="only verify the folders and report problems")
-    p.add_argument("--no-verify-images", action="store_true", help="check that listed images exist, not that they decode")
+    p.add_argument(
+        "--no-verify-images", action="store_true", help="check that listed images exist, not that they decode"
+    )
     return p
 
 

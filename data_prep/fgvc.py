@@ -35,7 +35,9 @@ from . import common
 Split = dict[str, int]
 
 DOWNLOADS = {
-    "cub": [("https://data.caltech.edu/records/65de6-vzc80/files/CUB_200_2011.tgz?download=1", "CUB_200_2011.tgz", "..")],
+    "cub": [
+        ("https://data.caltech.edu/records/65de6-vzc80/files/CUB_200_2011.tgz?download=1", "CUB_200_2011.tgz", "..")
+    ],
     "oxford_flowers": [
         ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz", "102flowers.tgz", "."),
         ("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat", "imagelabels.mat", None),
@@ -48,10 +50,10 @@ DOWNLOADS = {
 }
 MANUAL = {
     "nabirds": "download nabirds.tar.gz from the Cornell Lab's NABirds page (accept its terms of use) and unpack it "
-               "so that {folder} holds images/, images.txt, image_class_labels.txt and train_test_split.txt",
+    "so that {folder} holds images/, images.txt, image_class_labels.txt and train_test_split.txt",
     "stanford_cars": "the official Stanford Cars site is offline; get a copy of the original release (cars_train/, "
-                     "cars_test/, devkit/cars_train_annos.mat and cars_test_annos_withlabels.mat) and unpack it "
-                     "into {folder}",
+    "cars_test/, devkit/cars_train_annos.mat and cars_test_annos_withlabels.mat) and unpack it "
+    "into {folder}",
 }
 
 
@@ -116,8 +118,14 @@ def read_dogs(folder: Path) -> tuple[Split, Split]:
 
 def read_cars(folder: Path) -> tuple[Split, Split]:
     """Official train / test of Stanford Cars (paths relative to the folder: ``cars_train/...``)."""
-    test_annos = next((p for p in (folder / "cars_test_annos_withlabels.mat", folder / "devkit" / "cars_test_annos_withlabels.mat")
-                       if p.is_file()), folder / "cars_test_annos_withlabels.mat")
+    test_annos = next(
+        (
+            p
+            for p in (folder / "cars_test_annos_withlabels.mat", folder / "devkit" / "cars_test_annos_withlabels.mat")
+            if p.is_file()
+        ),
+        folder / "cars_test_annos_withlabels.mat",
+    )
 
     def split(path: Path, images: str) -> Split:
         annotations = _flat(_loadmat(path)["annotations"])
@@ -156,6 +164,7 @@ def write_splits(folder: Path, train: Split, val: Split, test: Split) -> dict[st
 
 # --- checking the layout ------------------------------------------------------------------------
 
+
 def read_split(path: Path) -> Split:
     try:
         return json.loads(path.read_text())
@@ -171,11 +180,16 @@ def check_task(task: Task, data_dir: Path, sizes: dict | None = None, verify_ima
         return report
     folder = report.folder
     sizes = sizes or task.sizes
-    splits = common.read_splits(report, {name: f"{name}.json" for name in SPLIT_FILES}, read_split, sizes,
-                                "{file} lists {got} images, expected {want}")
+    splits = common.read_splits(
+        report,
+        {name: f"{name}.json" for name in SPLIT_FILES},
+        read_split,
+        sizes,
+        "{file} lists {got} images, expected {want}",
+    )
     names = list(splits)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             shared = splits[a].keys() & splits[b].keys()
             if shared:
                 report.add(f"{len(shared)} image(s) are in both {a}.json and {b}.json (e.g. {sorted(shared)[0]})")
@@ -217,8 +231,10 @@ def prepare(task: Task, data_dir: Path) -> None:
     try:
         counts = write_splits(folder, *official_splits(task, folder))
     except (FileNotFoundError, KeyError) as err:
-        raise SystemExit(f"{task.name}: {folder} lacks an official annotation file or entry ({err}); "
-                         "unpack the complete official release there") from None
+        raise SystemExit(
+            f"{task.name}: {folder} lacks an official annotation file or entry ({err}); "
+            "unpack the complete official release there"
+        ) from None
     print(f"{task.name}: wrote {counts}")
 
 

@@ -44,7 +44,9 @@ def mrpc_lines(rows: Iterable[Mapping]) -> list[str]:
 def rte_lines(rows: Iterable[Mapping]) -> list[str]:
     names = LAYOUTS["rte"].label_names
     lines = ["\t".join(LAYOUTS["rte"].columns)]
-    lines += [f"{i}\t{clean(r['sentence1'])}\t{clean(r['sentence2'])}\t{names[int(r['label'])]}" for i, r in enumerate(rows)]
+    lines += [
+        f"{i}\t{clean(r['sentence1'])}\t{clean(r['sentence2'])}\t{names[int(r['label'])]}" for i, r in enumerate(rows)
+    ]
     return lines
 
 
@@ -62,7 +64,6 @@ def write_task(task: Task, folder: Path, splits: Mapping[str, Iterable[Mapping]]
     return counts
 
 
-
 def check_task(task: Task, data_dir: Path, sizes: dict | None = None) -> common.Report:
     """Both TSV files present, readable in the original layout, with the expected number of examples."""
     report = common.start_report(task, data_dir)
@@ -70,8 +71,13 @@ def check_task(task: Task, data_dir: Path, sizes: dict | None = None) -> common.
         return report
     sizes = sizes or task.sizes
     files = {filename.removesuffix(".tsv"): filename for filename in SPLITS.values()}
-    common.read_splits(report, files, lambda path: read_tsv(path, LAYOUTS[task.name], task.num_classes), sizes,
-                       "{file} has {got} examples, expected {want}")
+    common.read_splits(
+        report,
+        files,
+        lambda path: read_tsv(path, LAYOUTS[task.name], task.num_classes),
+        sizes,
+        "{file} has {got} examples, expected {want}",
+    )
     return report
 
 

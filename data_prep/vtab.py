@@ -61,7 +61,9 @@ def write_split(folder: Path, split: str, items: Iterable, image_format: str) ->
     return lines
 
 
-def write_task(folder: Path, train800: Iterable, val200: Iterable, test: Iterable, image_format: str = "png") -> dict[str, int]:
+def write_task(
+    folder: Path, train800: Iterable, val200: Iterable, test: Iterable, image_format: str = "png"
+) -> dict[str, int]:
     """Write one task folder from ``(image, label)`` iterables; returns the number of lines per list file.
 
     The list files are written last, so an interrupted conversion leaves a folder the loader and
@@ -79,6 +81,7 @@ def write_task(folder: Path, train800: Iterable, val200: Iterable, test: Iterabl
 
 # --- checking the layout ------------------------------------------------------------------------
 
+
 def check_task(task: Task, data_dir: Path, sizes: dict | None = None, verify_images: bool = True) -> common.Report:
     """Every list file present with its expected count, train800val200 = train800 + val200, labels in
     range, every listed image present and decodable."""
@@ -87,8 +90,13 @@ def check_task(task: Task, data_dir: Path, sizes: dict | None = None, verify_ima
         return report
     folder = report.folder
     sizes = sizes or task.sizes
-    lists = common.read_splits(report, {stem: f"{stem}.txt" for stem in LIST_FILES}, read_list, sizes,
-                               "{file} lists {got} images, expected {want}")
+    lists = common.read_splits(
+        report,
+        {stem: f"{stem}.txt" for stem in LIST_FILES},
+        read_list,
+        sizes,
+        "{file} lists {got} images, expected {want}",
+    )
     for stem, items in lists.items():
         bad = sorted({label for _, label in items if not 0 <= label < task.num_classes})
         if bad:
@@ -219,14 +227,38 @@ SPECS: dict[str, Spec] = {
     "clevr_dist": _train_fraction(0.9, "clevr", test_split="validation", label=clevr_distance),
     "dmlab": _three_splits("dmlab"),
     "kitti": _three_splits("kitti", label=kitti_distance),
-    "dsprites_loc": Spec("dsprites", Source("train", 0.0, 0.8), Source("train", 0.8, 0.9), Source("train", 0.9, 1.0),
-                         label=binned("label_x_position", 32, 16), image=grey_to_rgb(255)),
-    "dsprites_ori": Spec("dsprites", Source("train", 0.0, 0.8), Source("train", 0.8, 0.9), Source("train", 0.9, 1.0),
-                         label=binned("label_orientation", 40, 16), image=grey_to_rgb(255)),
-    "smallnorb_azi": Spec("smallnorb", Source("train"), Source("test", 0.0, 0.5), Source("test", 0.5, 1.0),
-                          label=label_of("label_azimuth"), image=grey_to_rgb()),
-    "smallnorb_ele": Spec("smallnorb", Source("train"), Source("test", 0.0, 0.5), Source("test", 0.5, 1.0),
-                          label=label_of("label_elevation"), image=grey_to_rgb()),
+    "dsprites_loc": Spec(
+        "dsprites",
+        Source("train", 0.0, 0.8),
+        Source("train", 0.8, 0.9),
+        Source("train", 0.9, 1.0),
+        label=binned("label_x_position", 32, 16),
+        image=grey_to_rgb(255),
+    ),
+    "dsprites_ori": Spec(
+        "dsprites",
+        Source("train", 0.0, 0.8),
+        Source("train", 0.8, 0.9),
+        Source("train", 0.9, 1.0),
+        label=binned("label_orientation", 40, 16),
+        image=grey_to_rgb(255),
+    ),
+    "smallnorb_azi": Spec(
+        "smallnorb",
+        Source("train"),
+        Source("test", 0.0, 0.5),
+        Source("test", 0.5, 1.0),
+        label=label_of("label_azimuth"),
+        image=grey_to_rgb(),
+    ),
+    "smallnorb_ele": Spec(
+        "smallnorb",
+        Source("train"),
+        Source("test", 0.0, 0.5),
+        Source("test", 0.5, 1.0),
+        label=label_of("label_elevation"),
+        image=grey_to_rgb(),
+    ),
 }
 
 
@@ -261,13 +293,19 @@ def prepare(task: Task, data_dir: Path, tfds_dir: Path | None, manual_dir: Path 
 
 def main(argv: list[str] | None = None) -> int:
     p = common.parser("vtab", "VTAB-1k: download with TFDS, convert to vtab-1k/<folder>/, verify.")
-    p.add_argument("--tfds-dir", type=Path, default=None, help="TFDS cache (default: TFDS's own, ~/tensorflow_datasets)")
-    p.add_argument("--manual-dir", type=Path, default=None, help="where manually downloaded archives are (resisc45, retinopathy)")
+    p.add_argument(
+        "--tfds-dir", type=Path, default=None, help="TFDS cache (default: TFDS's own, ~/tensorflow_datasets)"
+    )
+    p.add_argument(
+        "--manual-dir", type=Path, default=None, help="where manually downloaded archives are (resisc45, retinopathy)"
+    )
     p.add_argument("--image-format", default="png", choices=("png", "jpg"), help="png keeps the decoded pixels exactly")
     args = p.parse_args(argv)
     tasks = common.select_tasks("vtab", args.tasks)
     verify = not args.no_verify_images
-    prep = None if args.check else (lambda t: prepare(t, args.data_dir, args.tfds_dir, args.manual_dir, args.image_format))
+    prep = (
+        None if args.check else (lambda t: prepare(t, args.data_dir, args.tfds_dir, args.manual_dir, args.image_format))
+    )
     return common.run(tasks, prep, lambda t: check_task(t, args.data_dir, verify_images=verify))
 
 

@@ -81,8 +81,14 @@ def compose(method: str, epochs: int, runs: Path, extra: list[str]):
     from grft_app.lit.settings import register_resolvers
 
     register_resolvers()
-    overrides = [f"method={method}", f"epochs={epochs}", "warmup_epochs=1", "baselines=null",
-                 f"paths.runs={runs}", *extra]
+    overrides = [
+        f"method={method}",
+        f"epochs={epochs}",
+        "warmup_epochs=1",
+        "baselines=null",
+        f"paths.runs={runs}",
+        *extra,
+    ]
     if method in ("linear", "full"):  # the learning rates `make run` gives them (conf/dataset/digits.yaml)
         overrides.append({"linear": "lr=3e-2", "full": "lr=3e-3"}[method])
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -104,8 +110,13 @@ def measure(method: str, epochs: int, rounds: int, extra: list[str]) -> dict:
             lightning.append(clock.seconds / clock.steps)
             step_only.append(record.timings.step_s_median)
             plain.append(plain_loop(clock.module, clock.datamodule, clock.steps, float(cfg.lr)))
-    return {"method": method, "lightning_s": statistics.median(lightning), "plain_s": statistics.median(plain),
-            "step_only_s": statistics.median(step_only), "threads": torch.get_num_threads()}
+    return {
+        "method": method,
+        "lightning_s": statistics.median(lightning),
+        "plain_s": statistics.median(plain),
+        "step_only_s": statistics.median(step_only),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv=None) -> None:
@@ -119,10 +130,14 @@ def main(argv=None) -> None:
     print(f"\nper training step, embedded default, {args.epochs - 1} timed epochs x {args.rounds} rounds (medians)")
     print(f"{'method':8} {'lightning (ms)':>15} {'plain loop (ms)':>16} {'ratio':>6} {'step only (ms)':>15} threads")
     for r in rows:
-        print(f"{r['method']:8} {1000 * r['lightning_s']:15.2f} {1000 * r['plain_s']:16.2f} "
-              f"{r['lightning_s'] / r['plain_s']:6.2f} {1000 * r['step_only_s']:15.2f} {r['threads']:7d}")
-    print("lightning: epoch wall time / steps (data, loop, logging, progress, checkpoint included); "
-          "step only: the record's step_s_median")
+        print(
+            f"{r['method']:8} {1000 * r['lightning_s']:15.2f} {1000 * r['plain_s']:16.2f} "
+            f"{r['lightning_s'] / r['plain_s']:6.2f} {1000 * r['step_only_s']:15.2f} {r['threads']:7d}"
+        )
+    print(
+        "lightning: epoch wall time / steps (data, loop, logging, progress, checkpoint included); "
+        "step only: the record's step_s_median"
+    )
 
 
 if __name__ == "__main__":

@@ -44,14 +44,14 @@ class FlatAccumulator:
             offset = 0
             for n in names:
                 size = weights[n].numel()
-                self.sums[n] = flat[offset:offset + size].view(weights[n].shape)
+                self.sums[n] = flat[offset : offset + size].view(weights[n].shape)
                 offset += size
             self.buffers.append(flat)
         self.sums = {n: self.sums[first[id(w)]] for n, w in weights.items()}  # the caller's order
         self._weights = {name: weights[name] for name in first.values()}
         self._handles = []
 
-    def __enter__(self) -> "FlatAccumulator":
+    def __enter__(self) -> FlatAccumulator:
         for name, w in self._weights.items():
             self._handles.append(w.register_post_accumulate_grad_hook(self._adder(self.sums[name])))
         return self

@@ -27,8 +27,8 @@ from .targets import Architecture, detect_architecture, eligible_layers, weight_
 from .tuner import attach, sliced_layers, state_of
 
 FORMAT = "grft-adapter"
-SAMPLES_PER_MATRIX = 4   # pre-trained values per eligible matrix in the base fingerprint
-SAMPLE_RTOL = 2e-2       # the same base in bf16 or fp16 still matches (bf16 keeps ~3 significant digits)
+SAMPLES_PER_MATRIX = 4  # pre-trained values per eligible matrix in the base fingerprint
+SAMPLE_RTOL = 2e-2  # the same base in bf16 or fp16 still matches (bf16 keeps ~3 significant digits)
 
 
 class AdapterMismatch(ValueError):
@@ -140,8 +140,9 @@ def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None =
         raise ValueError("model already has GRFT layers attached; load the adapter onto a fresh base model")
     arch = arch or detect_architecture(model)
     if arch.head != Architecture(head=meta["head"], blocks=()).head:  # a list in the file when several
-        raise AdapterMismatch(f"the adapter's head is {meta['head']!r}, this model's is {arch.head!r}; "
-                              "pass arch=grft.Architecture(...)")
+        raise AdapterMismatch(
+            f"the adapter's head is {meta['head']!r}, this model's is {arch.head!r}; pass arch=grft.Architecture(...)"
+        )
     layers = check_fits(path, meta, tensors, model, arch, config)
     attach(model, Selection(config.selection, config.k, layers), config, arch)
     params = {**dict(model.named_parameters()), **running_statistics(model)}
@@ -156,15 +157,20 @@ def check_integrity(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) ->
     """The tensors are the ones that were saved (checksum; older files without one: finite values)."""
     expected = meta.get("sha256")
     if expected is not None and tensors_checksum(tensors) != expected:
-        raise AdapterMismatch(f"{path} is damaged: its tensors do not match the checksum saved with them; {DAMAGED_FIX}")
+        raise AdapterMismatch(
+            f"{path} is damaged: its tensors do not match the checksum saved with them; {DAMAGED_FIX}"
+        )
     if expected is None:
         bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
-            raise AdapterMismatch(f"{path} holds non-finite values in {bad[:3]}; the file is damaged or the run diverged")
+            raise AdapterMismatch(
+                f"{path} holds non-finite values in {bad[:3]}; the file is damaged or the run diverged"
+            )
 
 
-def check_fits(path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: nn.Module, arch: Architecture,
-               config: GRFTConfig) -> dict[str, LayerSelection]:
+def check_fits(
+    path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: nn.Module, arch: Architecture, config: GRFTConfig
+) -> dict[str, LayerSelection]:
     """Every tensor has its place and shape in ``model``, and ``model`` is the base it was trained on."""
     eligible = {name: tuple(weight_matrix(layer).shape) for name, layer in eligible_layers(model, arch, config).items()}
     saved = {name: tuple(shape) for name, shape in meta["shapes"].items()}
@@ -194,9 +200,11 @@ def check_fits(path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: 
         want_index = (shape[0], config.k) if config.selection == "sparse" else (config.k,)
         side = shape[0] if config.selection == "row" else shape[1]
         if tuple(index.shape) != want_index or tuple(delta.shape) != slice_shape(config.selection, config.k, shape):
-            raise AdapterMismatch(f"{path}: {name} has index {tuple(index.shape)} and delta {tuple(delta.shape)}, "
-                                  f"but {config.selection} k={config.k} of a {shape} matrix needs {want_index} and "
-                                  f"{slice_shape(config.selection, config.k, shape)}")
+            raise AdapterMismatch(
+                f"{path}: {name} has index {tuple(index.shape)} and delta {tuple(delta.shape)}, "
+                f"but {config.selection} k={config.k} of a {shape} matrix needs {want_index} and "
+                f"{slice_shape(config.selection, config.k, shape)}"
+            )
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= side):
             raise AdapterMismatch(f"{path}: {name} has indices outside 0..{side - 1}")
         layers[name] = LayerSelection(index.long(), shape)
@@ -212,6 +220,8 @@ def check_fits(path: Path, meta: dict, tensors: dict[str, torch.Tensor], model: 
         if name not in params:
             raise AdapterMismatch(f"adapter tensor {name} of {path} has no place in this model")
         if params[name].shape != value.shape:
-            raise AdapterMismatch(f"adapter tensor {name} of {path} has shape {tuple(value.shape)}, the model's is "
-                                  f"{tuple(params[name].shape)} (another number of classes?)")
+            raise AdapterMismatch(
+                f"adapter tensor {name} of {path} has shape {tuple(value.shape)}, the model's is "
+                f"{tuple(params[name].shape)} (another number of classes?)"
+            )
     return layers

@@ -89,10 +89,14 @@ def read_metadata(path: str | Path, expect_format: str | None = None, what: str 
             raw = (f.metadata() or {}).get(METADATA_KEY)
         meta = json.loads(raw) if raw else {}
     except Exception as err:  # noqa: BLE001 - safetensors raises its own types; all mean a damaged file
-        raise UnreadableFile(f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged") from None
+        raise UnreadableFile(
+            f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged"
+        ) from None
     if expect_format is not None and meta.get("format") != expect_format:
-        raise ValueError(f"{path} is not a {what} written by grft (its format is {meta.get('format')!r}, "
-                         f"a {what} has {expect_format!r})")
+        raise ValueError(
+            f"{path} is not a {what} written by grft (its format is {meta.get('format')!r}, "
+            f"a {what} has {expect_format!r})"
+        )
     return meta
 
 
@@ -103,4 +107,6 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - as in read_metadata
-        raise UnreadableFile(f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged") from None
+        raise UnreadableFile(
+            f"{path} cannot be read as a safetensors file ({err}); it is truncated or damaged"
+        ) from None

@@ -269,7 +269,9 @@ class SlicedLayer:
         self.register_buffer("grft_selected", torch.tensor(selected, device=weight.device))
         if self.bias is not None:
             self.register_buffer("grft_bias_start", self.bias.detach().clone())
-        self.grft_delta = nn.Parameter(torch.zeros(slice_shape(kind, k, shape), dtype=weight.dtype, device=weight.device))
+        self.grft_delta = nn.Parameter(
+            torch.zeros(slice_shape(kind, k, shape), dtype=weight.dtype, device=weight.device)
+        )
         weight.requires_grad_(False)
 
     @property
@@ -286,7 +288,9 @@ class SlicedLayer:
         """Fill in the probe's choice; the output stays that of the pre-trained layer (delta = 0)."""
         index = index.to(device=self.grft_index.device, dtype=torch.long)
         if index.shape != self.grft_index.shape:
-            raise ValueError(f"index of shape {tuple(index.shape)} does not fit the allocated {tuple(self.grft_index.shape)}")
+            raise ValueError(
+                f"index of shape {tuple(index.shape)} does not fit the allocated {tuple(self.grft_index.shape)}"
+            )
         write_slice(self.matrix, self.grft_kind, self.grft_index, self.grft_base)  # restore W_pre
         self.grft_index.copy_(index)
         self.grft_base.copy_(read_slice(self.matrix, self.grft_kind, index))
@@ -324,8 +328,19 @@ class SlicedConv2d(SlicedLayer, nn.Conv2d):
 
     def __init__(self, base: nn.Conv2d, kind: str, k: int, index: torch.Tensor | None = None):
         nn.Module.__init__(self)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                     "transposed", "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+        for attr in (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "transposed",
+            "output_padding",
+            "groups",
+            "padding_mode",
+            "_reversed_padding_repeated_twice",
+        ):
             setattr(self, attr, getattr(base, attr))
         self.weight, self.bias = base.weight, base.bias
         self._init_slice(base, kind, k, index)
@@ -335,7 +350,9 @@ class SlicedConv2d(SlicedLayer, nn.Conv2d):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         self.write_delta()
         geometry = (self.stride, self.padding, self.dilation)
-        return _SlicedConv2dFn.apply(x, self.grft_delta, self.bias, self.weight, self.grft_index, self.grft_kind, geometry)
+        return _SlicedConv2dFn.apply(
+            x, self.grft_delta, self.bias, self.weight, self.grft_index, self.grft_kind, geometry
+        )
 
 
 class SlicedConv1D(SlicedLayer, nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterable, Iterator, Optional
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -27,15 +27,17 @@ from .selection import LayerSelection, Selection, as_matrix, check_k, rank
 from .targets import Architecture, detect_architecture, eligible_layers, layer_matrix, pool_like_the_head, weight_matrix
 
 # loss_fn(model, batch) -> scalar, or None to skip a batch that carries no signal for the probe.
-LossFn = Callable[[nn.Module, object], Optional[torch.Tensor]]
+LossFn = Callable[[nn.Module, object], torch.Tensor | None]
 NO_SIGNAL = (
     "no probe batch gave the SCL loss a positive pair: give two augmented views per image "
     "(inputs as a [view1, view2] pair) or batches with repeated labels"
 )
-Progress = Callable[[Iterable, str, Optional[int]], Iterable]
+Progress = Callable[[Iterable, str, int | None], Iterable]
 
 
-def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def supervised_contrastive_loss(
+    features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
     """Khosla et al. (2020), Eq. 2, averaged over anchors that have a positive.
 
     features ``[n, d]`` (normalised here), labels ``[n]``. Each anchor's positives are the other
@@ -151,11 +153,11 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _walk(batches: Iterable, progress: Optional[Progress], desc: str, total: Optional[int]) -> Iterable:
+def _walk(batches: Iterable, progress: Progress | None, desc: str, total: int | None) -> Iterable:
     return progress(batches, desc, total) if progress is not None else batches
 
 
-def _choose_part(model, batches, loss_fn, device, subsets, seed, progress) -> tuple[Optional[set[int]], int]:
+def _choose_part(model, batches, loss_fn, device, subsets, seed, progress) -> tuple[set[int] | None, int]:
     """Measure every batch's loss, split positions into random parts, return the lowest-loss part.
 
     Returns the local positions of the chosen part's batches and the local batch count. Under
@@ -200,9 +202,9 @@ def accumulate_gradients(
     model: nn.Module,
     batches: Iterable,
     config: GRFTConfig,
-    loss_fn: Optional[LossFn] = None,
-    arch: Optional[Architecture] = None,
-    progress: Optional[Progress] = None,
+    loss_fn: LossFn | None = None,
+    arch: Architecture | None = None,
+    progress: Progress | None = None,
     low_memory: bool = True,
 ) -> dict[str, torch.Tensor]:
     """``H`` per eligible matrix: the probe loss's gradient summed over the chosen batches.
@@ -242,7 +244,9 @@ def accumulate_gradients(
                     skipped += 1
                     continue
                 if not torch.isfinite(loss):
-                    raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
+                    raise ValueError(
+                        f"the probe loss is {float(loss)} on batch {position}; check the data and the model"
+                    )
                 loss.backward()
                 del loss
                 used += 1
@@ -285,9 +289,9 @@ def select(
     model: nn.Module,
     batches: Iterable,
     config: GRFTConfig,
-    loss_fn: Optional[LossFn] = None,
-    arch: Optional[Architecture] = None,
-    progress: Optional[Progress] = None,
+    loss_fn: LossFn | None = None,
+    arch: Architecture | None = None,
+    progress: Progress | None = None,
     low_memory: bool = True,
 ) -> Selection:
     """Probe ``model`` on ``batches`` and return the slices to train.

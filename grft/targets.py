@@ -107,8 +107,10 @@ def ineligible_reason(module: nn.Module) -> str | None:
         if module.groups != 1:
             return f"grouped/depthwise Conv2d (groups={module.groups}): not one [out, in*kh*kw] matrix"
         if module.padding_mode != "zeros" or not isinstance(module.padding, tuple):
-            return (f"Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r}: "
-                    "only zero padding is sliced")
+            return (
+                f"Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r}: "
+                "only zero padding is sliced"
+            )
         if type(module).forward is not nn.Conv2d.forward:
             return f"{type(module).__name__} overrides Conv2d.forward: slicing would change what it computes"
         return None
@@ -261,9 +263,7 @@ def _named_architecture(model: nn.Module) -> Architecture:
             "could not find the classification head (looked for a module holding an nn.Linear named "
             f"{', '.join(HEAD_NAMES)}); pass grft.Architecture(head=..., blocks=...)"
         )
-    blocks = next(
-        (n for n in BLOCK_LISTS if isinstance(modules.get(n), (nn.ModuleList, nn.Sequential))), None
-    )
+    blocks = next((n for n in BLOCK_LISTS if isinstance(modules.get(n), (nn.ModuleList, nn.Sequential))), None)
     if blocks is None:
         blocks = _repeated_blocks(model, Architecture(head=head, blocks=()))
     if not blocks:
@@ -345,7 +345,9 @@ def regular_prefixes(model: nn.Module, arch: Architecture, regular_layers) -> li
     blocks = block_names(model, arch)
     depth = len(blocks)
     if regular_layers > depth:
-        raise ValueError(f"regular_layers={regular_layers} exceeds the model's {depth} blocks; allowed: 0..{depth} or 'all'")
+        raise ValueError(
+            f"regular_layers={regular_layers} exceeds the model's {depth} blocks; allowed: 0..{depth} or 'all'"
+        )
     return blocks[depth - regular_layers :] + list(arch.stem) + list(arch.heads)
 
 

@@ -46,7 +46,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def attach(model: nn.Module, selection: Selection | None, config: GRFTConfig, arch: Architecture | None = None) -> nn.Module:
+def attach(
+    model: nn.Module, selection: Selection | None, config: GRFTConfig, arch: Architecture | None = None
+) -> nn.Module:
     """Make ``model`` GRFT-trainable in place and return it.
 
     ``selection=None`` allocates every slice (zeros, shape known from k) with placeholder indices;
@@ -94,7 +96,9 @@ def _check_selection_fits(selection: Selection, layers: dict[str, nn.Module], co
     missing = sorted(set(layers) - set(selection.layers))
     extra = sorted(set(selection.layers) - set(layers))
     if missing or extra:
-        raise ValueError(f"selection does not match the model's eligible layers (missing: {missing[:5]}, unknown: {extra[:5]})")
+        raise ValueError(
+            f"selection does not match the model's eligible layers (missing: {missing[:5]}, unknown: {extra[:5]})"
+        )
     for name, layer in layers.items():
         shape = tuple(weight_matrix(layer).shape)
         if tuple(selection[name].shape) != shape:

@@ -26,16 +26,17 @@ import json
 import os
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Union
 
 from grft.io import write_json_atomic
 
 RECORD_NAME = "record.json"
-HISTORY_DIR = "history"   # earlier records of a run that force=true started again; not read by tables
-SCHEMA_VERSION = 1        # the layout written now
-READABLE_SCHEMAS = (1,)   # the layouts this code reads
+HISTORY_DIR = "history"  # earlier records of a run that force=true started again; not read by tables
+SCHEMA_VERSION = 1  # the layout written now
+READABLE_SCHEMAS = (1,)  # the layouts this code reads
 FIX = "launch the run again with force=true (it trains the run again and keeps the old file in history/)"
 
 # Field metadata. ``key``: the JSON key when it is not the field's name. ``keep_null``: written even
@@ -64,9 +65,9 @@ class _Mismatch(ValueError):
 class CodeFacts:
     """The code that ran: the package version (in the run key) and the checkout's commit (provenance only)."""
 
-    version: Optional[str] = field(default=None, metadata=KEEP_NULL)
-    commit: Optional[str] = field(default=None, metadata=KEEP_NULL)
-    uncommitted_changes: Optional[bool] = field(default=None, metadata=KEEP_NULL)
+    version: str | None = field(default=None, metadata=KEEP_NULL)
+    commit: str | None = field(default=None, metadata=KEEP_NULL)
+    uncommitted_changes: bool | None = field(default=None, metadata=KEEP_NULL)
 
 
 @dataclass
@@ -82,15 +83,15 @@ class Params:
 class Timings:
     """Seconds and memory; a preempted record has only ``train_s``."""
 
-    train_s: Optional[float] = None              # all launches of the run together
-    train_s_this_launch: Optional[float] = None
-    probe_s: Optional[float] = None              # the selection probe (GRFT, GPS); None for other methods
-    eval_in_training_s: Optional[float] = None   # evaluation inside training (protocol.test_every), part of train_s
-    fit_s: Optional[float] = None
-    step_s_median: Optional[float] = None
-    steps_timed: Optional[int] = None
-    peak_mem_mb: Optional[float] = None
-    peak_mem_kind: Optional[str] = None          # cuda_max_allocated | ru_maxrss
+    train_s: float | None = None  # all launches of the run together
+    train_s_this_launch: float | None = None
+    probe_s: float | None = None  # the selection probe (GRFT, GPS); None for other methods
+    eval_in_training_s: float | None = None  # evaluation inside training (protocol.test_every), part of train_s
+    fit_s: float | None = None
+    step_s_median: float | None = None
+    steps_timed: int | None = None
+    peak_mem_mb: float | None = None
+    peak_mem_kind: str | None = None  # cuda_max_allocated | ru_maxrss
 
 
 @dataclass
@@ -101,17 +102,17 @@ class Launch:
     resumed: bool
     train_s: float
     steps: int
-    outcome: str                  # trained | preempted | failed | killed (running: only while it runs)
-    ended_at: Optional[str] = None
+    outcome: str  # trained | preempted | failed | killed (running: only while it runs)
+    ended_at: str | None = None
 
 
 @dataclass
 class Reported:
     """Which number of ``metrics`` the tables compare with the paper, and that in words."""
 
-    statistic: str    # final | best
-    model: str        # raw | ema
-    key: str          # the ``metrics`` key of test_acc
+    statistic: str  # final | best
+    model: str  # raw | ema
+    key: str  # the ``metrics`` key of test_acc
     description: str
 
 
@@ -121,10 +122,10 @@ class Evaluation:
 
     protocol: str
     reported: Reported
-    test_every: Optional[int] = None
-    final_epoch: Optional[int] = None
-    ema: Optional[bool] = None
-    curve: Optional[list[dict[str, float]]] = None   # per evaluated epoch: {"epoch": e, "test_acc": ...}
+    test_every: int | None = None
+    final_epoch: int | None = None
+    ema: bool | None = None
+    curve: list[dict[str, float]] | None = None  # per evaluated epoch: {"epoch": e, "test_acc": ...}
 
 
 @dataclass
@@ -135,43 +136,43 @@ class RunRecord:
     method: str
     done: bool
     schema_version: int = field(default=SCHEMA_VERSION, metadata={"key": "schema"})
-    status: Optional[str] = None     # done | failed | preempted; absent in the earliest records
+    status: str | None = None  # done | failed | preempted; absent in the earliest records
     # What the run is (``runner.identity_facts``): GRFT's keys are None for a method that does not use them.
-    family: Optional[str] = field(default=None, metadata=KEEP_NULL)
-    model: Optional[str] = field(default=None, metadata=KEEP_NULL)
-    selection: Optional[str] = field(default=None, metadata=KEEP_NULL)
-    norm: Optional[str] = field(default=None, metadata=KEEP_NULL)
-    k: Optional[int] = field(default=None, metadata=KEEP_NULL)
-    lambda_: Optional[float] = field(default=None, metadata={"key": "lambda", **KEEP_NULL})
-    regular_layers: Union[int, str, None] = field(default=None, metadata=KEEP_NULL)
-    subsets: Optional[int] = field(default=None, metadata=KEEP_NULL)
-    seed: Optional[int] = field(default=None, metadata=KEEP_NULL)
-    lr: Optional[float] = field(default=None, metadata=KEEP_NULL)
-    batch_size: Optional[int] = field(default=None, metadata=KEEP_NULL)
-    epochs: Optional[int] = field(default=None, metadata=KEEP_NULL)
-    tags: Union[dict[str, Any], list[Any], None] = field(default=None, metadata=KEEP_NULL)
-    config: dict[str, Any] = field(default_factory=dict)   # the full resolved config (tables match on it)
-    code: Optional[CodeFacts] = None
-    multirun: Optional[str] = field(default=None, metadata=KEEP_NULL)   # the multirun's id (sweep_summary)
+    family: str | None = field(default=None, metadata=KEEP_NULL)
+    model: str | None = field(default=None, metadata=KEEP_NULL)
+    selection: str | None = field(default=None, metadata=KEEP_NULL)
+    norm: str | None = field(default=None, metadata=KEEP_NULL)
+    k: int | None = field(default=None, metadata=KEEP_NULL)
+    lambda_: float | None = field(default=None, metadata={"key": "lambda", **KEEP_NULL})
+    regular_layers: int | str | None = field(default=None, metadata=KEEP_NULL)
+    subsets: int | None = field(default=None, metadata=KEEP_NULL)
+    seed: int | None = field(default=None, metadata=KEEP_NULL)
+    lr: float | None = field(default=None, metadata=KEEP_NULL)
+    batch_size: int | None = field(default=None, metadata=KEEP_NULL)
+    epochs: int | None = field(default=None, metadata=KEEP_NULL)
+    tags: dict[str, Any] | list[Any] | None = field(default=None, metadata=KEEP_NULL)
+    config: dict[str, Any] = field(default_factory=dict)  # the full resolved config (tables match on it)
+    code: CodeFacts | None = None
+    multirun: str | None = field(default=None, metadata=KEEP_NULL)  # the multirun's id (sweep_summary)
     # What became of it.
-    metrics: Optional[dict[str, float]] = None
-    params: Optional[Params] = None
-    timings: Optional[Timings] = None
-    device: Optional[str] = None
-    memory_trace: Optional[str] = None          # file name in the run directory
-    adapter_file: Optional[str] = None          # the raw model's adapter (= adapter_files["raw"])
-    adapter_files: Optional[dict[str, str]] = None   # raw / ema -> file name
-    selection_file: Optional[str] = None
-    probe_facts: Optional[dict[str, Any]] = None   # what the method's probe returned; None without a probe
-    evaluation: Optional[Evaluation] = None     # absent in records written before records said so
-    resumed: Optional[bool] = None
-    launches: Optional[list[Launch]] = None
-    started_at: Optional[str] = None
-    finished_at: Optional[str] = None
-    preempted_at: Optional[str] = None
-    failed_at: Optional[str] = None
-    error: Optional[str] = None
-    run_dir: Optional[Path] = field(default=None, compare=False, repr=False, metadata={"transient": True})
+    metrics: dict[str, float] | None = None
+    params: Params | None = None
+    timings: Timings | None = None
+    device: str | None = None
+    memory_trace: str | None = None  # file name in the run directory
+    adapter_file: str | None = None  # the raw model's adapter (= adapter_files["raw"])
+    adapter_files: dict[str, str] | None = None  # raw / ema -> file name
+    selection_file: str | None = None
+    probe_facts: dict[str, Any] | None = None  # what the method's probe returned; None without a probe
+    evaluation: Evaluation | None = None  # absent in records written before records said so
+    resumed: bool | None = None
+    launches: list[Launch] | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    preempted_at: str | None = None
+    failed_at: str | None = None
+    error: str | None = None
+    run_dir: Path | None = field(default=None, compare=False, repr=False, metadata={"transient": True})
 
     # -- the file's layout --------------------------------------------------------------------------
 
@@ -180,7 +181,7 @@ class RunRecord:
         return _to_json(self)
 
     @classmethod
-    def from_json(cls, data: Any, source: str | Path = "run record", run_dir: Path | None = None) -> "RunRecord":
+    def from_json(cls, data: Any, source: str | Path = "run record", run_dir: Path | None = None) -> RunRecord:
         """Strict: anything but the layout of a readable schema is ``CorruptRecord`` naming ``source`` and the fix."""
         if not isinstance(data, dict):
             raise CorruptRecord(f"{source} is not a valid run record (not a JSON object); delete it, or {FIX}")
@@ -218,7 +219,7 @@ class RunRecord:
         reported = self.evaluation.reported
         return reported_key(metric, reported.statistic, reported.model)
 
-    def reported(self, metric: str) -> Optional[float]:
+    def reported(self, metric: str) -> float | None:
         """The number the run's protocol reports for ``metric``; None when the record has none."""
         value = (self.metrics or {}).get(self.metric_key(metric))
         return None if value is None else float(value)
@@ -280,7 +281,7 @@ def is_done(run_dir: Path) -> bool:
     return bool(record and record.done)
 
 
-def archive_record(run_dir: Path) -> Optional[Path]:
+def archive_record(run_dir: Path) -> Path | None:
     """Move the run's record (even a damaged one) to ``history/<time>-record.json``; returns the new path.
 
     Not named ``record.json``, so ``iter_records`` (and every table) never reads it."""
@@ -295,8 +296,9 @@ def archive_record(run_dir: Path) -> Optional[Path]:
     return target
 
 
-def iter_records(root: Path, done_only: bool = True,
-                 on_corrupt: Callable[[CorruptRecord], None] | None = None) -> Iterator[RunRecord]:
+def iter_records(
+    root: Path, done_only: bool = True, on_corrupt: Callable[[CorruptRecord], None] | None = None
+) -> Iterator[RunRecord]:
     """Every record under ``root`` (recursively), each with its ``run_dir``.
 
     A record that cannot be read is passed to ``on_corrupt`` (default: raise), never dropped silently.
@@ -389,8 +391,12 @@ def _value(kind: Any, value: Any, where: str) -> Any:
             raise _Mismatch(f"{where} is {_short(value)}, not an object")
         return {k: _value(args[1], item, f"{where}.{k}") for k, item in value.items()}
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    fits = {float: number, int: number and isinstance(value, int), bool: isinstance(value, bool),
-            str: isinstance(value, str)}.get(kind)
+    fits = {
+        float: number,
+        int: number and isinstance(value, int),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(kind)
     if fits is None:
         raise TypeError(f"the record layout uses {kind!r}, which _value does not read")  # a bug here, not in a file
     if not fits:
@@ -417,5 +423,7 @@ def _unknown_schema(source: str | Path, schema: Any, data: dict) -> str:
     if schema is None:
         return f"{source} has no schema version, so it is not a run record grft wrote; delete it, or {FIX}"
     readable = ", ".join(str(s) for s in READABLE_SCHEMAS)
-    return (f"{source} is a run record of schema {schema!r}, which this version of grft does not read (it reads "
-            f"schema {readable}); render it with the version that wrote it{_written_by(data)}, or {FIX}")
+    return (
+        f"{source} is a run record of schema {schema!r}, which this version of grft does not read (it reads "
+        f"schema {readable}); render it with the version that wrote it{_written_by(data)}, or {FIX}"
+    )

@@ -66,17 +66,19 @@ def test_the_base_fingerprint_is_of_the_pretrained_weights_not_the_tuned_ones(tm
     with safe_open(str(path), framework="pt") as f:
         samples = json.loads(f.metadata()["grft"])["base_samples"]
     for name, values in samples.items():
-        matrix = base.get_submodule(name).weight.detach().reshape(base.get_submodule(name).weight.shape[0], -1).reshape(-1)
+        matrix = (
+            base.get_submodule(name).weight.detach().reshape(base.get_submodule(name).weight.shape[0], -1).reshape(-1)
+        )
         positions = grft.adapter.sample_positions(matrix.numel())
         assert values == [float(v) for v in matrix[positions]]
     fresh = copy.deepcopy(base)
-    grft.load_adapter(fresh, path)   # the right base loads
+    grft.load_adapter(fresh, path)  # the right base loads
     assert fresh.grft_state is not None
 
 
 def test_wrong_head_size_leaves_the_model_untouched_and_a_retry_works(tmp_path):
     base, path = tuned_adapter(tmp_path)
-    other = make_tiny_vit(num_classes=7)   # the same backbone, another head
+    other = make_tiny_vit(num_classes=7)  # the same backbone, another head
     other.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("head.")}, strict=False)
     assert_refused_untouched(other, path, r"head\.(weight|bias) .*has shape \(5.*\), the model.s is \(7")
     fresh = copy.deepcopy(base)
@@ -94,7 +96,7 @@ def test_truncated_file_names_its_path(tmp_path):
 def test_flipped_data_bytes_fail_the_checksum(tmp_path):
     base, path = tuned_adapter(tmp_path)
     data = bytearray(path.read_bytes())
-    for i in range(1, 9):   # the last bytes are tensor data (the header comes first)
+    for i in range(1, 9):  # the last bytes are tensor data (the header comes first)
         data[-i] = 0xFF
     path.write_bytes(bytes(data))
     model = copy.deepcopy(base)
@@ -103,13 +105,22 @@ def test_flipped_data_bytes_fail_the_checksum(tmp_path):
 
 def test_another_base_is_named(tmp_path):
     _, path = tuned_adapter(tmp_path)
-    other_weights = make_tiny_vit(seed=1)       # same shapes, other pre-trained weights
+    other_weights = make_tiny_vit(seed=1)  # same shapes, other pre-trained weights
     assert_refused_untouched(other_weights, path, "trained on another base model: the pre-trained weights of")
     import timm
 
     torch.manual_seed(0)
-    deeper = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=24,
-                               depth=4, num_heads=2, mlp_ratio=2.0, num_classes=5)
+    deeper = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=16,
+        patch_size=8,
+        embed_dim=24,
+        depth=4,
+        num_heads=2,
+        mlp_ratio=2.0,
+        num_classes=5,
+    )
     assert_refused_untouched(deeper, path, "eligible layers differ")
 
 
@@ -131,5 +142,5 @@ def test_bad_index_and_older_files_with_nan_are_refused_untouched(tmp_path):
     assert_refused_untouched(model, path, "indices outside")
     _, path = tuned_adapter(tmp_path)
     delta[0, 0] = float("nan")
-    rewrite(path, {delta_name: delta}, {"sha256": None})   # a file written before checksums existed
+    rewrite(path, {delta_name: delta}, {"sha256": None})  # a file written before checksums existed
     assert_refused_untouched(model, path, "non-finite values")

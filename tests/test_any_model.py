@@ -35,10 +35,20 @@ HF = ("llama", "qwen2", "mistral", "gemma", "bert", "roberta", "distilbert", "de
 FAMILIES = [f"timm-{f}" for f in TIMM] + [f"hf-{t}" for t in HF]
 # What each family's head is: nested heads train whole, DistilBERT/DeBERTa heads are two modules.
 HEADS = {
-    "timm-swin": "head.fc", "timm-convnext": "head.fc", "timm-resnet": "fc", "timm-efficientnet": "classifier",
-    "hf-llama": "score", "hf-qwen2": "score", "hf-mistral": "score", "hf-gemma": "score", "hf-gpt2": "score",
-    "hf-bert": "classifier", "hf-roberta": "classifier", "hf-vit": "classifier",
-    "hf-distilbert": ("pre_classifier", "classifier"), "hf-deberta-v2": ("pooler", "classifier"),
+    "timm-swin": "head.fc",
+    "timm-convnext": "head.fc",
+    "timm-resnet": "fc",
+    "timm-efficientnet": "classifier",
+    "hf-llama": "score",
+    "hf-qwen2": "score",
+    "hf-mistral": "score",
+    "hf-gemma": "score",
+    "hf-gpt2": "score",
+    "hf-bert": "classifier",
+    "hf-roberta": "classifier",
+    "hf-vit": "classifier",
+    "hf-distilbert": ("pre_classifier", "classifier"),
+    "hf-deberta-v2": ("pooler", "classifier"),
 }
 
 
@@ -232,7 +242,9 @@ def test_vit_b16_default_eligible_set_is_the_papers():
     with torch.device("meta"):
         model = timm.create_model("vit_base_patch16_224", num_classes=100)
     arch = detect_architecture(model)
-    expected = {"patch_embed.proj"} | {f"blocks.{i}.{m}" for i in range(12) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    expected = {"patch_embed.proj"} | {
+        f"blocks.{i}.{m}" for i in range(12) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    }
     assert arch.head == "head" and arch.blocks == "blocks" and set(eligible_layers(model, arch)) == expected
 
 
@@ -242,8 +254,12 @@ def test_regular_layers_count_blocks_across_stages():
     assert model.grft_state.regular == ["layers.1.blocks.0", "patch_embed.proj", "head.fc"]
     model, _ = build("hf-distilbert")
     grft.attach(model, None, grft.GRFTConfig(k=1, regular_layers=2))
-    assert model.grft_state.regular == ["distilbert.transformer.layer.0", "distilbert.transformer.layer.1",
-                                        "pre_classifier", "classifier"]
+    assert model.grft_state.regular == [
+        "distilbert.transformer.layer.0",
+        "distilbert.transformer.layer.1",
+        "pre_classifier",
+        "classifier",
+    ]
 
 
 # --- the app's families -------------------------------------------------------------------------
@@ -279,7 +295,9 @@ def test_timm_family_reads_a_local_checkpoint_and_its_pretrained_config(tmp_path
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "c.safetensors"))
     cfg = {"family": "timm", "name": "convnext_atto", "checkpoint": str(tmp_path / "c.safetensors"), "kwargs": kwargs}
     bundle = build_model(cfg, 5, pretrained=True)
-    torch.testing.assert_close(bundle.model.stages[1].blocks[0].mlp.fc1.weight, source.stages[1].blocks[0].mlp.fc1.weight)
+    torch.testing.assert_close(
+        bundle.model.stages[1].blocks[0].mlp.fc1.weight, source.stages[1].blocks[0].mlp.fc1.weight
+    )
     assert bundle.model.get_classifier().out_features == 5 and bundle.arch.head == "head.fc"
     assert bundle.inputs.mean == tuple(source.pretrained_cfg["mean"]) and bundle.inputs.img_size == 224
 
@@ -316,8 +334,18 @@ def test_app_smoke_run_on_a_model_the_user_names(tmp_path, task, overrides):
         write_glue(tmp_path / "data", task)
     conf = CONF_DIR
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={task}", *overrides, "debug=smoke", f"paths.runs={tmp_path / 'runs'}",
-                                           f"data_dir={tmp_path / 'data'}", "baselines=[]", "k=1"])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"dataset={task}",
+                *overrides,
+                "debug=smoke",
+                f"paths.runs={tmp_path / 'runs'}",
+                f"data_dir={tmp_path / 'data'}",
+                "baselines=[]",
+                "k=1",
+            ],
+        )
     record = run_task(cfg, run_dir_of(cfg))
     assert record.done and 0.0 <= record.metrics["test_acc"] <= 1.0 and record.params.trainable > 0
 

@@ -20,8 +20,6 @@ from helpers.app_runs import make_cfg, run
 register_resolvers()
 
 
-
-
 @pytest.mark.parametrize(
     "selection,norm", [("row", "l2"), ("column", "l2"), ("sparse", "l2"), ("row", "l1"), ("row", "none")]
 )
@@ -35,8 +33,11 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
     selection_file = grft.Selection.load(run_dir / saved["selection_file"])
     assert selection_file.kind == selection and selection_file.k == saved["k"]
     # The probe's facts: k rows of [out, in] hold k * in entries, k columns (or k per row) k * out.
-    per_layer = {"row": lambda out, inp: saved["k"] * inp, "column": lambda out, inp: saved["k"] * out,
-                 "sparse": lambda out, inp: saved["k"] * out}[selection]
+    per_layer = {
+        "row": lambda out, inp: saved["k"] * inp,
+        "column": lambda out, inp: saved["k"] * out,
+        "sparse": lambda out, inp: saved["k"] * out,
+    }[selection]
     shapes = [selection_file[name].shape for name in selection_file]
     assert saved["probe_facts"] == {"layers": len(shapes), "selected_entries": sum(per_layer(*s) for s in shapes)}
     # The adapter on a fresh base model reproduces the run's tuned model.
@@ -69,7 +70,11 @@ def test_run_py_entry_point_and_output_dir(tmp_path):
     env = {**os.environ, "GRFT_RUNS": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "run.py", "debug=smoke", "baselines=null", "k=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = list(tmp_path.glob("digits/grft/*/record.json"))
@@ -79,7 +84,11 @@ def test_run_py_entry_point_and_output_dir(tmp_path):
     # Re-launching the same command finds the finished run and does not train again.
     again = subprocess.run(
         [sys.executable, "run.py", "debug=smoke", "baselines=null", "k=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert again.returncode == 0 and "already done" in again.stderr + again.stdout
 
@@ -134,8 +143,9 @@ def test_seeded_runs_are_deterministic_and_seeds_matter(tmp_path):
 
 def run_cli(tmp_path, *args):
     env = {**os.environ, "GRFT_RUNS": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "run.py", "debug=smoke", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "run.py", "debug=smoke", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize(

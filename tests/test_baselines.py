@@ -22,8 +22,12 @@ from helpers.results_fixtures import search_path, write_stubs
 
 SPEC = load_spec()
 BASELINES = ("full", "linear", "bias", "adapter", "lora", "vpt_shallow", "vpt_deep", "ssf")
-ROWS = [(name, row.label) for name in ("table1", "table2", "table3") for row in SPEC.target(name).rows
-        if str(row.overrides.get("method")) in BASELINES]
+ROWS = [
+    (name, row.label)
+    for name in ("table1", "table2", "table3")
+    for row in SPEC.target(name).rows
+    if str(row.overrides.get("method")) in BASELINES
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +54,24 @@ def test_row_share_rounds_to_the_paper_or_the_difference_is_stated(composer, nam
     share = row_share(target, row, composer)
     digits = len(printed.split(".")[1])
     if round(share.mean, digits) == float(printed):
-        assert not share.share_differs, f"{name} {label}: the recipe states a difference, but {share.mean:.3f} rounds to {printed}"
+        assert not share.share_differs, (
+            f"{name} {label}: the recipe states a difference, but {share.mean:.3f} rounds to {printed}"
+        )
         return
     # A difference must be stated where a reader meets it: the recipe (shown in the rendered table)
     # with our share as computed, and the protocol document.
     ours = f"{share.mean:.2f}%"
-    assert ours in share.share_differs, f"{name} {label}: ours {share.mean:.4f}% vs paper {printed}%, not stated in its recipe"
+    assert ours in share.share_differs, (
+        f"{name} {label}: ours {share.mean:.4f}% vs paper {printed}%, not stated in its recipe"
+    )
     protocol = (ROOT / "docs" / "PROTOCOL.md").read_text()
     assert f"{label} ({target.caption.split(':')[0]})" in protocol and ours in protocol, (name, label)
 
 
 # --- the method counts against hand arithmetic --------------------------------------------------------------
-VIT_BACKBONE = 85_798_656                     # timm vit_base_patch16_224 without a head
-BLOCK_BIASES = 2304 + 768 + 3072 + 768 + 2 * 768   # qkv, proj, fc1, fc2, norm1, norm2
-BLOCK_FEATURES = BLOCK_BIASES                  # SSF: one scale and one shift per output feature of the same layers
+VIT_BACKBONE = 85_798_656  # timm vit_base_patch16_224 without a head
+BLOCK_BIASES = 2304 + 768 + 3072 + 768 + 2 * 768  # qkv, proj, fc1, fc2, norm1, norm2
+BLOCK_FEATURES = BLOCK_BIASES  # SSF: one scale and one shift per output feature of the same layers
 
 
 def _vit_cell(composer, method, recipe, task="cub"):
@@ -71,18 +79,21 @@ def _vit_cell(composer, method, recipe, task="cub"):
     return cell_report(composer.config([f"experiment={bench}/{task}", f"method={method}", f"recipe={recipe}"]))
 
 
-@pytest.mark.parametrize("method,recipe,expected", [
-    ("linear", "linear_fgvc", 0),
-    ("bias", "bias_fgvc", 12 * BLOCK_BIASES + 768 + 768),                          # + patch embedding, final norm
-    ("ssf", "ssf_fgvc", 2 * (12 * BLOCK_FEATURES + 768 + 768)),
-    ("adapter", "adapter_fgvc", 12 * (768 * 12 + 12 + 12 * 768 + 768)),          # one bottleneck of 12 per block
-    ("lora", "lora_fgvc", 12 * 16 * (768 + 3 * 768)),                           # rank 16 on the fused qkv
-    ("vpt_shallow", "vpt_shallow_fgvc", 90 * 768),
-    ("vpt_deep", "vpt_deep_fgvc", 12 * 73 * 768),
-    ("full", "full_fgvc", VIT_BACKBONE),                                         # everything trains
-])
+@pytest.mark.parametrize(
+    "method,recipe,expected",
+    [
+        ("linear", "linear_fgvc", 0),
+        ("bias", "bias_fgvc", 12 * BLOCK_BIASES + 768 + 768),  # + patch embedding, final norm
+        ("ssf", "ssf_fgvc", 2 * (12 * BLOCK_FEATURES + 768 + 768)),
+        ("adapter", "adapter_fgvc", 12 * (768 * 12 + 12 + 12 * 768 + 768)),  # one bottleneck of 12 per block
+        ("lora", "lora_fgvc", 12 * 16 * (768 + 3 * 768)),  # rank 16 on the fused qkv
+        ("vpt_shallow", "vpt_shallow_fgvc", 90 * 768),
+        ("vpt_deep", "vpt_deep_fgvc", 12 * 73 * 768),
+        ("full", "full_fgvc", VIT_BACKBONE),  # everything trains
+    ],
+)
 def test_vit_counts_match_hand_arithmetic(composer, method, recipe, expected):
-    head = 200 * 768 + 200                     # CUB: 200 classes
+    head = 200 * 768 + 200  # CUB: 200 classes
     report = _vit_cell(composer, method, recipe)
     assert report.total == VIT_BACKBONE + head
     assert report.trainable == expected + head
@@ -91,7 +102,7 @@ def test_vit_counts_match_hand_arithmetic(composer, method, recipe, expected):
 def test_llama_lora_count_matches_hand_arithmetic(composer):
     report = cell_report(composer.config(["experiment=glue/cola", "method=lora", "recipe=lora_glue"]))
     q, k, v = 16 * (2048 + 2048), 16 * (2048 + 512), 16 * (2048 + 512)
-    assert report.trainable == 16 * (q + k + v) + 2 * 2048     # + the score head (2 labels, no bias)
+    assert report.trainable == 16 * (q + k + v) + 2 * 2048  # + the score head (2 labels, no bias)
     assert round(report.percent, 2) == 0.19
 
 
@@ -99,7 +110,11 @@ def test_every_paper_share_is_checked():
     """Guard: the rows above are all the baseline rows of Tables 1-3 (none silently dropped)."""
     for name in ("table1", "table2", "table3"):
         paper = load_paper_table(SPEC.target(name).paper, SPEC.paper_dir)
-        cited = [r for r in paper.index if r in ("Full", "Linear", "Bias", "Adapter", "LoRA", "VPT-Shallow", "VPT-Deep", "SSF")]
+        cited = [
+            r
+            for r in paper.index
+            if r in ("Full", "Linear", "Bias", "Adapter", "LoRA", "VPT-Shallow", "VPT-Deep", "SSF")
+        ]
         assert sorted(cited) == sorted(label for n, label in ROWS if n == name)
 
 
@@ -116,11 +131,20 @@ def test_full_finetuning_never_runs_with_grfts_adam_rate(composer):
 
 def test_ssf_runs_the_ssf_scripts_per_task_settings(composer):
     """Spot values read from the SSF code's per-task scripts: each task gets its own, not the benchmark's."""
-    expected = {("fgvc", "stanford_cars"): (2e-2, 5e-2, 0.9998, 0.0), ("fgvc", "oxford_flowers"): (1e-2, 5e-2, 0.999, 0.1),
-                ("vtab", "clevr_dist"): (5e-2, 5e-2, None, 0.1), ("vtab", "cifar100"): (5e-3, 5e-5, None, 0.0)}
+    expected = {
+        ("fgvc", "stanford_cars"): (2e-2, 5e-2, 0.9998, 0.0),
+        ("fgvc", "oxford_flowers"): (1e-2, 5e-2, 0.999, 0.1),
+        ("vtab", "clevr_dist"): (5e-2, 5e-2, None, 0.1),
+        ("vtab", "cifar100"): (5e-3, 5e-5, None, 0.0),
+    }
     for (bench, task), (lr, wd, ema, drop_path) in expected.items():
         cfg = composer.config([f"experiment={bench}/{task}", "method=ssf", f"recipe=ssf_{bench}"])
-        assert (float(cfg.lr), float(cfg.weight_decay), cfg.augment.ema, float(cfg.model.kwargs.drop_path_rate)) == (lr, wd, ema, drop_path)
+        assert (float(cfg.lr), float(cfg.weight_decay), cfg.augment.ema, float(cfg.model.kwargs.drop_path_rate)) == (
+            lr,
+            wd,
+            ema,
+            drop_path,
+        )
         assert cfg.optimizer == "adamw" and cfg.recipe.comparable is True
     for bench in ("fgvc", "vtab"):  # every task of the benchmark has its row in the recipe
         for task in SPEC.tasks(bench):

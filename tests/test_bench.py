@@ -28,13 +28,37 @@ from experiments.bench.names import METHODS
 from grft_app.methods.gps import model_masks
 from grft_app.paths import ROOT
 
-REQUIRED = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
-            "probe_s", "device")
+REQUIRED = (
+    "model",
+    "method",
+    "step_time_s",
+    "peak_mem_mb",
+    "trainable_params",
+    "optimizer_state_mb",
+    "adapter_mb",
+    "probe_s",
+    "device",
+)
 
 
 def run_worker(method: str, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "experiments.bench.worker", "--model", "vit", "--method", method, "--tiny",
-           "--steps", "2", "--warmup", "1", "--threads", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench.worker",
+        "--model",
+        "vit",
+        "--method",
+        method,
+        "--tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -173,8 +197,12 @@ def test_llama_floor_adds_a_zero_bias_that_changes_nothing_but_trains():
 
 
 def test_interleaved_timing_gives_every_method_its_rounds(capsys):
-    assert interleave.main(["--model", "vit", "--tiny", "--methods", "lora,grft_row,floor", "--rounds", "3",
-                            "--threads", "1"]) == 0
+    assert (
+        interleave.main(
+            ["--model", "vit", "--tiny", "--methods", "lora,grft_row,floor", "--rounds", "3", "--threads", "1"]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(record["methods"]) == {"lora", "grft_row", "floor"} and record["rounds"] == 3
     for times in record["methods"].values():
@@ -204,21 +232,36 @@ def test_cpu_peak_reset_forgets_setup_and_sees_new_peaks():
 
 
 def _table(rows):
-    base = {"device": "cpu: test", "workload": "w", "step_time_p25": 1.0, "step_time_p75": 1.0, "step_cpu_s": 1.0,
-            "live_peak_mb": 1.0, "trainable_params": 1, "optimizer_state_mb": 0.0, "probe_s": 0.0}
-    return pd.DataFrame([{**base, "model": "vit", "method": m, "step_time_s": t, "peak_mem_mb": p, "adapter_mb": a}
-                         for m, t, p, a in rows])
+    base = {
+        "device": "cpu: test",
+        "workload": "w",
+        "step_time_p25": 1.0,
+        "step_time_p75": 1.0,
+        "step_cpu_s": 1.0,
+        "live_peak_mb": 1.0,
+        "trainable_params": 1,
+        "optimizer_state_mb": 0.0,
+        "probe_s": 0.0,
+    }
+    return pd.DataFrame(
+        [
+            {**base, "model": "vit", "method": m, "step_time_s": t, "peak_mem_mb": p, "adapter_mb": a}
+            for m, t, p, a in rows
+        ]
+    )
 
 
 def test_targets_follow_hand_computed_ratios():
-    table = _table([
-        ("full", 7.0, 3300.0, 330.0),
-        ("gps", 7.2, 3200.0, 50.0),      # 3200/3300 < 1: the GPS >= full target is missed
-        ("lora", 4.0, 2400.0, 1.5),
-        ("grft_row", 4.0, 2400.0, 1.0),  # 4.0/4.0 = 1 <= 1 (met); 2400/2400 = 1 (met)
-        ("grft_column", 4.3, 2300.0, 1.7),  # 4.3/4.0 > 1 (missed); 2300/2400 = 0.958 > 0.95 (missed)
-        ("floor", 4.2, 2100.0, 0.3),
-    ])
+    table = _table(
+        [
+            ("full", 7.0, 3300.0, 330.0),
+            ("gps", 7.2, 3200.0, 50.0),  # 3200/3300 < 1: the GPS >= full target is missed
+            ("lora", 4.0, 2400.0, 1.5),
+            ("grft_row", 4.0, 2400.0, 1.0),  # 4.0/4.0 = 1 <= 1 (met); 2400/2400 = 1 (met)
+            ("grft_column", 4.3, 2300.0, 1.7),  # 4.3/4.0 > 1 (missed); 2300/2400 = 0.958 > 0.95 (missed)
+            ("floor", 4.2, 2100.0, 0.3),
+        ]
+    )
     result = targets.evaluate(table, "cpu").set_index("target")
     status = result["status"].to_dict()
     assert status["grft_row step_time_s <= 1 x lora"] == "met"
@@ -249,8 +292,14 @@ def test_step_targets_use_side_by_side_times_when_both_methods_have_them():
 
 
 def test_cpu_memory_targets_judge_the_vit_only():
-    rows = [("full", 7.0, 3300.0, 330.0), ("gps", 7.2, 3200.0, 50.0), ("lora", 4.0, 2400.0, 1.5),
-            ("grft_row", 4.0, 2400.0, 1.0), ("grft_column", 4.0, 2390.0, 1.0), ("floor", 4.0, 2380.0, 0.3)]
+    rows = [
+        ("full", 7.0, 3300.0, 330.0),
+        ("gps", 7.2, 3200.0, 50.0),
+        ("lora", 4.0, 2400.0, 1.5),
+        ("grft_row", 4.0, 2400.0, 1.0),
+        ("grft_column", 4.0, 2390.0, 1.0),
+        ("floor", 4.0, 2380.0, 0.3),
+    ]
     table = pd.concat([_table(rows), _table(rows).assign(model="llama")])
     result = targets.evaluate(table, "cpu")
     llama = set(result[result["model"] == "llama"]["target"])
@@ -261,8 +310,14 @@ def test_cpu_memory_targets_judge_the_vit_only():
 
 
 def test_whole_run_and_probe_targets_follow_hand_computed_ratios():
-    table = _table([("full", 7.0, 3300.0, 330.0), ("lora", 4.0, 2400.0, 1.5), ("grft_row", 4.0, 2000.0, 1.0),
-                    ("grft_column", 4.0, 2000.0, 1.0)])
+    table = _table(
+        [
+            ("full", 7.0, 3300.0, 330.0),
+            ("lora", 4.0, 2400.0, 1.5),
+            ("grft_row", 4.0, 2000.0, 1.0),
+            ("grft_column", 4.0, 2000.0, 1.0),
+        ]
+    )
     table["whole_run_peak_mb"] = [3400.0, 2450.0, 2300.0, 2500.0]  # lora's build peak tops its training
     table["prepare_peak_mb"] = [1300.0, 1300.0, 1900.0, 2500.0]  # grft_column's probe tops its training
     table["probe_batch_x_full_step"] = [float("nan"), float("nan"), 2.6, float("nan")]
@@ -276,7 +331,9 @@ def test_whole_run_and_probe_targets_follow_hand_computed_ratios():
     assert row["status"] == "met" and row["ratio"] == pytest.approx(1900 / 2000)
     assert result.loc["grft_column prepare_peak_mb <= 1 x grft_column peak_mem_mb", "status"] == "MISSED"
     row = result.loc["grft_row probe_batch_x_full_step <= 2.5"]
-    assert row["status"] == "MISSED" and row["ratio"] == pytest.approx(2.6) and row["per-round p25–p75"] == "2.400–2.700"
+    assert (
+        row["status"] == "MISSED" and row["ratio"] == pytest.approx(2.6) and row["per-round p25–p75"] == "2.400–2.700"
+    )
     text = report.markdown(table, {"command": "test"})
     assert "whole-run peak MB" in text and "| grft_row    |" in text
 
@@ -320,8 +377,22 @@ def test_cuda_without_a_gpu_says_so(capsys):
 
 @pytest.mark.slow
 def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.bench", "--tiny", "--models", "vit", "--steps", "2", "--warmup", "1",
-           "--fig3-steps", "2", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench",
+        "--tiny",
+        "--models",
+        "vit",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--fig3-steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=launch.worker_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "latest.csv")
@@ -329,7 +400,11 @@ def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     assert sorted(table["method"]) == sorted(METHODS)
     assert (tmp_path / "latest.png").stat().st_size > 0 and (tmp_path / "fig3_memory.png").stat().st_size > 0
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
-    assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {"grft_row", "gps", "lora"}
+    assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {
+        "grft_row",
+        "gps",
+        "lora",
+    }
     assert "## Targets (cpu)" in (tmp_path / "latest.md").read_text()
 
 
@@ -337,8 +412,24 @@ def test_profile_table_lists_each_method_and_a_total(tmp_path, capsys):
     from experiments.bench import profile
 
     out = tmp_path / "profile.md"
-    assert profile.main(["--model", "vit", "--tiny", "--methods", "floor,grft_column", "--rounds", "1",
-                         "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        profile.main(
+            [
+                "--model",
+                "vit",
+                "--tiny",
+                "--methods",
+                "floor,grft_column",
+                "--rounds",
+                "1",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert "floor ms (calls)" in text and "grft_column ms (calls)" in text and "**all operators**" in text
     assert "_SlicedLinearFn" in text  # GRFT's own layer shows up, the floor has none
@@ -371,7 +462,7 @@ def test_bench_modules_import_each_other_without_a_cycle():
     done, path = set(), []
 
     def visit(module: str) -> None:
-        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module):] + [module])}"
+        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module) :] + [module])}"
         if module in done:
             return
         path.append(module)

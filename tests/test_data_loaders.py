@@ -23,8 +23,14 @@ def vtab_cfg(**extra):
 
 
 def fgvc_cfg(**extra):
-    return {"name": "oxford_flowers", "family": "fgvc", "folder": "oxfordflower", "image_root": "", "num_classes": 102,
-            **extra}
+    return {
+        "name": "oxford_flowers",
+        "family": "fgvc",
+        "folder": "oxfordflower",
+        "image_root": "",
+        "num_classes": 102,
+        **extra,
+    }
 
 
 def pixel(tensor: torch.Tensor, y: int, x: int) -> list[int]:
@@ -135,8 +141,14 @@ def test_fgvc_trains_on_train_plus_val_and_remaps_class_ids(tmp_path):
 def test_fgvc_sparse_class_ids_map_in_sorted_order(tmp_path):
     ids = [817, 295, 1000, 3, 52]  # NABirds-like ids: sorted 3, 52, 295, 817, 1000 -> 0..4
     write_fgvc(tmp_path, "nabirds", "images", ids)
-    cfg = {"name": "nabirds", "family": "fgvc", "folder": "nabirds", "image_root": "images", "num_classes": 5,
-           "split": "train"}
+    cfg = {
+        "name": "nabirds",
+        "family": "fgvc",
+        "folder": "nabirds",
+        "image_root": "images",
+        "num_classes": 5,
+        "split": "train",
+    }
     splits = build_datasets(cfg, tmp_path, SPEC)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (10, 5, 5)
     assert [label for _, label in splits.test.raw.items] == [3, 2, 4, 0, 1]
@@ -170,7 +182,13 @@ def test_fgvc_missing_json_is_named_with_the_prep_command(tmp_path):
 
 def test_fgvc_image_root_matters(tmp_path):
     write_fgvc(tmp_path, "stanforddogs", "Images", list(range(1, 121)))
-    cfg = {"name": "stanford_dogs", "family": "fgvc", "folder": "stanforddogs", "image_root": "Images", "num_classes": 120}
+    cfg = {
+        "name": "stanford_dogs",
+        "family": "fgvc",
+        "folder": "stanforddogs",
+        "image_root": "Images",
+        "num_classes": 120,
+    }
     assert len(build_datasets(cfg, tmp_path, SPEC).train) == 360
     shutil.move(tmp_path / "fgvc" / "stanforddogs" / "Images", tmp_path / "fgvc" / "stanforddogs" / "images")
     with pytest.raises(DataMissingError, match="are absent"):

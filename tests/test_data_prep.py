@@ -80,7 +80,9 @@ def test_vtab_check_counts_against_the_expected_sizes(tmp_path):
     problems = prep_vtab.check_task(TASKS["dtd"], tmp_path).problems
     assert "train800.txt lists 8 images, expected 800" in problems
     assert "test.txt lists 3 images, expected 1880" in problems
-    assert prep_vtab.check_task(TASKS["dtd"], tmp_path, sizes={"train800": 8, "val200": 2, "train800val200": 10, "test": 3}).ok
+    assert prep_vtab.check_task(
+        TASKS["dtd"], tmp_path, sizes={"train800": 8, "val200": 2, "train800val200": 10, "test": 3}
+    ).ok
 
 
 def test_vtab_labels_follow_the_task_definitions():
@@ -108,12 +110,14 @@ def test_vtab_labels_follow_the_task_definitions():
     assert sprite.shape == (64, 64, 3) and sprite.dtype == np.uint8 and sprite.max() == 255
 
 
-@pytest.mark.parametrize("task,tfds_total", [("eurosat", 27000), ("resisc45", 31500), ("dsprites_loc", 737280),
-                                             ("smallnorb_ele", 24300), ("cifar100", 10000)])
+@pytest.mark.parametrize(
+    "task,tfds_total",
+    [("eurosat", 27000), ("resisc45", 31500), ("dsprites_loc", 737280), ("smallnorb_ele", 24300), ("cifar100", 10000)],
+)
 def test_vtab_test_splits_have_the_expected_sizes(task, tfds_total):
     """A fraction of a TFDS split (sizes from TFDS's dataset cards) gives the catalog's test count."""
     split = prep_vtab.SPECS[task].test.tfds_split(tfds_total)
-    begin, end = (int(v) for v in split[split.index("[") + 1:-1].split(":"))
+    begin, end = (int(v) for v in split[split.index("[") + 1 : -1].split(":"))
     assert end - begin == TASKS[task].sizes["test"]
 
 
@@ -182,14 +186,22 @@ def test_dogs_and_cars_mat_files(tmp_path):
     dogs.mkdir()
     savemat(dogs / "train_list.mat", {"file_list": files[:3], "labels": np.array([[1], [1], [2]])})
     savemat(dogs / "test_list.mat", {"file_list": files[3:], "labels": np.array([[2]])})
-    assert prep_fgvc.read_dogs(dogs) == ({"n1-Chihuahua/a.jpg": 1, "n1-Chihuahua/b.jpg": 1, "n2-Pug/c.jpg": 2},
-                                         {"n2-Pug/d.jpg": 2})
+    assert prep_fgvc.read_dogs(dogs) == (
+        {"n1-Chihuahua/a.jpg": 1, "n1-Chihuahua/b.jpg": 1, "n2-Pug/c.jpg": 2},
+        {"n2-Pug/d.jpg": 2},
+    )
     cars = tmp_path / "stanfordcars"
     (cars / "devkit").mkdir(parents=True)
     record = [("fname", "O"), ("class", "O")]
-    savemat(cars / "devkit" / "cars_train_annos.mat", {"annotations": np.array([("00001.jpg", 5), ("00002.jpg", 196)], dtype=record)[None]})
+    savemat(
+        cars / "devkit" / "cars_train_annos.mat",
+        {"annotations": np.array([("00001.jpg", 5), ("00002.jpg", 196)], dtype=record)[None]},
+    )
     savemat(cars / "cars_test_annos_withlabels.mat", {"annotations": np.array([("00001.jpg", 7)], dtype=record)[None]})
-    assert prep_fgvc.read_cars(cars) == ({"cars_train/00001.jpg": 5, "cars_train/00002.jpg": 196}, {"cars_test/00001.jpg": 7})
+    assert prep_fgvc.read_cars(cars) == (
+        {"cars_train/00001.jpg": 5, "cars_train/00002.jpg": 196},
+        {"cars_test/00001.jpg": 7},
+    )
 
 
 def test_hold_out_takes_a_seeded_tenth_rounded_up():
@@ -214,7 +226,11 @@ def test_fgvc_check_reports_overlap_classes_and_bad_images(tmp_path):
     assert "train.json lists 2 images, expected 7329" in problems
     assert "1 image(s) are in both train.json and val.json" in problems
     assert "the splits hold 3 classes, expected 196" in problems
-    assert f"image unreadable: {folder / paths[2]}" in problems and "image missing" in problems and "absent.jpg" in problems
+    assert (
+        f"image unreadable: {folder / paths[2]}" in problems
+        and "image missing" in problems
+        and "absent.jpg" in problems
+    )
 
 
 def test_fgvc_manual_tasks_say_where_to_unpack(tmp_path):
@@ -225,10 +241,14 @@ def test_fgvc_manual_tasks_say_where_to_unpack(tmp_path):
 # --- GLUE ---------------------------------------------------------------------------------------
 HF_ROWS = {
     "cola": [{"sentence": "The book was read by\tMary.", "label": 1}, {"sentence": "Book the read.", "label": 0}],
-    "mrpc": [{"sentence1": 'He said "yes".', "sentence2": "He agreed.", "label": 1},
-             {"sentence1": "A cat.", "sentence2": "A dog.", "label": 0}],
-    "rte": [{"sentence1": "Paris is in France.", "sentence2": "Paris is French.", "label": 0},
-            {"sentence1": "It rains.", "sentence2": "It is sunny.", "label": 1}],
+    "mrpc": [
+        {"sentence1": 'He said "yes".', "sentence2": "He agreed.", "label": 1},
+        {"sentence1": "A cat.", "sentence2": "A dog.", "label": 0},
+    ],
+    "rte": [
+        {"sentence1": "Paris is in France.", "sentence2": "Paris is French.", "label": 0},
+        {"sentence1": "It rains.", "sentence2": "It is sunny.", "label": 1},
+    ],
 }
 
 
@@ -241,9 +261,14 @@ def test_glue_converter_writes_tsvs_the_loader_reads(tmp_path, task):
     counts = prep_glue.write_task(TASKS[task], folder, {"train": rows, "test": rows[:1]})
     assert counts == {"train.tsv": 2, "dev.tsv": 1}
     first_line = (folder / "train.tsv").read_text().splitlines()[0]
-    assert first_line == {"cola": "glue\t1\t\tThe book was read by Mary.",
-                          "mrpc": "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
-                          "rte": "index\tsentence1\tsentence2\tlabel"}[task]
+    assert (
+        first_line
+        == {
+            "cola": "glue\t1\t\tThe book was read by Mary.",
+            "mrpc": "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+            "rte": "index\tsentence1\tsentence2\tlabel",
+        }[task]
+    )
     cfg = {"name": task, "family": "glue", "folder": TASKS[task].folder, "num_classes": 2}
     splits = build_datasets(cfg, tmp_path, InputSpec(kind="text", tokenizer=tiny_tokenizer()))
     assert [label for _, label in (splits.train[0], splits.train[1])] == [r["label"] for r in rows]
@@ -255,7 +280,8 @@ def test_glue_converter_writes_tsvs_the_loader_reads(tmp_path, task):
     assert prep_glue.check_task(TASKS[task], tmp_path, sizes={"train": 2, "dev": 1}).ok
     assert prep_glue.check_task(TASKS[task], tmp_path).problems == [
         f"train.tsv has 2 examples, expected {TASKS[task].sizes['train']}",
-        f"dev.tsv has 1 examples, expected {TASKS[task].sizes['dev']}"]
+        f"dev.tsv has 1 examples, expected {TASKS[task].sizes['dev']}",
+    ]
 
 
 def test_glue_check_of_an_empty_data_dir_fails_with_the_fetch_command(tmp_path, capsys):

@@ -30,8 +30,16 @@ EXTRA_METRICS = {"eurosat": set(), "oxford_flowers": set(), "cola": {"test_mcc"}
 
 def run(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "debug=smoke", f"paths.runs={tmp_path / 'runs'}",
-                                           f"data_dir={tmp_path / 'data'}", "baselines=[]"])
+        cfg = compose(
+            "config",
+            overrides=[
+                *overrides,
+                "debug=smoke",
+                f"paths.runs={tmp_path / 'runs'}",
+                f"data_dir={tmp_path / 'data'}",
+                "baselines=[]",
+            ],
+        )
     return run_task(cfg, run_dir_of(cfg))
 
 
@@ -43,11 +51,13 @@ def test_smoke_run_on_a_miniature_of_each_family(tmp_path, task):
     assert {"test_acc"} | EXTRA_METRICS[task] <= set(record.metrics)
     assert 0.0 <= record.metrics["test_acc"] <= 1.0 and record.params.trainable > 0
     assert record.model == {"cola": "meta-llama/Llama-3.2-1B", "mrpc": "meta-llama/Llama-3.2-1B"}.get(
-        task, "vit_base_patch16_224.augreg_in21k")  # the paper's model, in its tiny form under debug=smoke
+        task, "vit_base_patch16_224.augreg_in21k"
+    )  # the paper's model, in its tiny form under debug=smoke
 
 
-@pytest.mark.parametrize("experiment,task", [("vtab/eurosat", "eurosat"), ("fgvc/oxford_flowers", "oxford_flowers"),
-                                             ("glue/cola", "cola")])
+@pytest.mark.parametrize(
+    "experiment,task", [("vtab/eurosat", "eurosat"), ("fgvc/oxford_flowers", "oxford_flowers"), ("glue/cola", "cola")]
+)
 def test_smoke_run_of_the_experiment_config(tmp_path, experiment, task):
     if not (ROOT / "conf" / "experiment" / f"{experiment}.yaml").is_file():
         pytest.skip(f"conf/experiment/{experiment}.yaml is not in this checkout")
@@ -64,8 +74,14 @@ def test_missing_data_stops_the_run_with_the_fetch_command(tmp_path):
 def test_run_py_on_a_glue_miniature(tmp_path):
     write_glue(tmp_path / "data", "rte")
     env = {**os.environ, "GRFT_RUNS": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "run.py", "dataset=rte", "debug=smoke", "baselines=[]",
-                           f"data_dir={tmp_path / 'data'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "run.py", "dataset=rte", "debug=smoke", "baselines=[]", f"data_dir={tmp_path / 'data'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = list((tmp_path / "runs").glob("rte/grft/*/record.json"))
     assert len(records) == 1 and json.loads(records[0].read_text())["done"]

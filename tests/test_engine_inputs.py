@@ -160,9 +160,17 @@ def test_llama_probe_train_adapter_merge(tmp_path, kind):
     model = copy.deepcopy(base)
     sel = grft.select(model, batches, cfg)
     assert set(sel.layers) == {
-        f"model.layers.{i}.{m}" for i in range(2)
-        for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+        f"model.layers.{i}.{m}"
+        for i in range(2)
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
     }
     grft.attach(model, sel, cfg)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == (

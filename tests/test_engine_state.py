@@ -186,8 +186,16 @@ def test_param_report_reproduces_table8_for_vit_b16():
 def test_param_report_reproduces_table8_for_llama_3_2_1b():
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, num_labels=2)
+    config = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        num_labels=2,
+    )
     with torch.device("meta"):
         model = LlamaForSequenceClassification(config)
     assert round(grft.param_report(model, grft.GRFTConfig(k=3, selection="row")).percent, 2) == 0.08

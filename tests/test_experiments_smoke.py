@@ -16,18 +16,31 @@ from grft_app.lit.settings import ConfigError, register_resolvers
 from grft_app.paths import ROOT
 from helpers.miniature import write_fgvc
 
-EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))
-                     for p in (ROOT / "conf" / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(ROOT / "conf" / "experiment").with_suffix(""))
+    for p in (ROOT / "conf" / "experiment").rglob("*.yaml")
+)
 # The file names each family's loader opens first (written empty: the pre-flight checks presence only).
-SPLIT_FILES = {"vtab": ("train800.txt", "val200.txt", "train800val200.txt", "test.txt"),
-               "fgvc": ("train.json", "val.json", "test.json"), "glue": ("train.tsv", "dev.tsv")}
+SPLIT_FILES = {
+    "vtab": ("train800.txt", "val200.txt", "train800val200.txt", "test.txt"),
+    "fgvc": ("train.json", "val.json", "test.json"),
+    "glue": ("train.tsv", "dev.tsv"),
+}
 register_resolvers()
 
 
 def smoke_cfg(tmp_path: Path, experiment: str, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={experiment}", "debug=smoke", f"paths.runs={tmp_path / 'runs'}",
-                                            f"data_dir={tmp_path / 'data'}", *overrides])
+        return compose(
+            "config",
+            overrides=[
+                f"experiment={experiment}",
+                "debug=smoke",
+                f"paths.runs={tmp_path / 'runs'}",
+                f"data_dir={tmp_path / 'data'}",
+                *overrides,
+            ],
+        )
 
 
 def test_all_27_paper_tasks_have_an_experiment():
@@ -59,8 +72,9 @@ def test_preflight_rejects_an_odd_batch_under_mixup(tmp_path):
         preflight(smoke_cfg(tmp_path, "fgvc/cub", "batch_size=5"))
 
 
-@pytest.mark.parametrize("experiment,folder,classes", [("fgvc/cub", "CUB_200_2011", 200),
-                                                       ("fgvc/stanford_cars", "stanfordcars", 196)])
+@pytest.mark.parametrize(
+    "experiment,folder,classes", [("fgvc/cub", "CUB_200_2011", 200), ("fgvc/stanford_cars", "stanfordcars", 196)]
+)
 def test_smoke_run_of_the_experiments_with_probe_subsets(tmp_path, experiment, folder, classes):
     cfg = smoke_cfg(tmp_path, experiment)
     write_fgvc(tmp_path / "data", folder, str(cfg.dataset.image_root), list(range(1, classes + 1)), per_split=(1, 1, 1))

@@ -21,7 +21,9 @@ from grft_app.models import ModelBundle
 from helpers.models import image_batches, make_tiny_vit
 
 K = 2
-ELIGIBLE = ["patch_embed.proj"] + [f"blocks.{b}.{m}" for b in range(3) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+ELIGIBLE = ["patch_embed.proj"] + [
+    f"blocks.{b}.{m}" for b in range(3) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+]
 
 
 def gps(k: int = K, **grft_keys):
@@ -59,7 +61,10 @@ def loop_top_k(matrix: torch.Tensor, k: int) -> torch.Tensor:
 
 def test_build_masks_keeps_the_k_largest_per_row_and_the_weight_shape():
     g = torch.Generator().manual_seed(0)
-    grads = {"lin": torch.randn(7, 11, generator=g, dtype=torch.float64), "conv": torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64)}
+    grads = {
+        "lin": torch.randn(7, 11, generator=g, dtype=torch.float64),
+        "conv": torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64),
+    }
     masks = build_masks(grads, 3)
     for name, grad in grads.items():
         assert masks[name].shape == grad.shape and masks[name].dtype == torch.bool
@@ -73,7 +78,9 @@ def test_probe_masks_have_k_entries_per_row_at_the_largest_probe_gradients():
     _, model = probed(copy.deepcopy(base))
     masks = model_masks(model)
     assert sorted(masks) == sorted(ELIGIBLE)
-    grads = grft.accumulate_gradients(copy.deepcopy(base).train(), image_batches(n_batches=2, views=2), grft.GRFTConfig(k=K, selection="sparse"))
+    grads = grft.accumulate_gradients(
+        copy.deepcopy(base).train(), image_batches(n_batches=2, views=2), grft.GRFTConfig(k=K, selection="sparse")
+    )
     for name, mask in masks.items():
         weight = model.get_submodule(name).weight
         assert mask.shape == weight.shape  # full size, as the GPS code stores it
@@ -181,10 +188,22 @@ def test_lightning_applies_the_masks_on_every_step():
     bundle = ModelBundle(model, detect_architecture(model), None)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(18, 3, 16, 16, generator=g), torch.randint(0, 5, (18,), generator=g))
-    module = FineTuneModule(bundle, method, 5, TrainSettings(lr=1e-2, warmup_epochs=0),
-                            probe_loader=lambda: image_batches(n_batches=2, views=2))
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    module = FineTuneModule(
+        bundle,
+        method,
+        5,
+        TrainSettings(lr=1e-2, warmup_epochs=0),
+        probe_loader=lambda: image_batches(n_batches=2, views=2),
+    )
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=6))
     assert trainer.global_step == 3
     masks = model_masks(module.model)
@@ -196,7 +215,9 @@ def test_lightning_applies_the_masks_on_every_step():
         assert bool((w[mask] != before[mask]).any()), name
     report = method.param_report(module.model)
     assert report.trainable == sum(int(m.sum()) for m in masks.values()) + sum(
-        p.numel() for n, p in module.model.named_parameters() if n.endswith(".bias") and "norm" not in n or n.startswith("head.")
+        p.numel()
+        for n, p in module.model.named_parameters()
+        if n.endswith(".bias") and "norm" not in n or n.startswith("head.")
     )
 
 

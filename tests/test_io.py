@@ -20,9 +20,11 @@ def test_tensors_and_nested_metadata_round_trip(tmp_path):
     path = save_tensors(tmp_path / "sub" / "f.safetensors", tensors, meta)
     assert path == tmp_path / "sub" / "f.safetensors"
     loaded = load_tensors(path)
-    assert set(loaded) == {"a", "b"} and torch.equal(loaded["a"], tensors["a"]) and torch.equal(loaded["b"], tensors["b"])
+    assert (
+        set(loaded) == {"a", "b"} and torch.equal(loaded["a"], tensors["a"]) and torch.equal(loaded["b"], tensors["b"])
+    )
     assert read_metadata(path, "x") == meta
-    with safe_open(str(path), framework="pt") as f:   # the layout other tools (and older grft) read
+    with safe_open(str(path), framework="pt") as f:  # the layout other tools (and older grft) read
         assert json.loads(f.metadata()["grft"]) == meta
 
 
@@ -62,7 +64,7 @@ def test_new_files_get_the_umask_permissions_not_private_ones(tmp_path):
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = write_json_atomic(tmp_path / "r.json", {"x": 1})
     shared = torch.ones(4)
-    with pytest.raises(RuntimeError, match="share memory"):   # safetensors refuses while writing the file
+    with pytest.raises(RuntimeError, match="share memory"):  # safetensors refuses while writing the file
         save_tensors(path, {"a": shared, "b": shared})
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

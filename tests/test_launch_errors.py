@@ -24,8 +24,9 @@ def cli(runs: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess
     for name in ("HYDRA_FULL_ERROR", "GRFT_TRACEBACK"):
         if name not in env_extra:
             env.pop(name, None)
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -40,8 +41,16 @@ def test_missing_data_is_found_before_the_model_is_built(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "build_model", no_model)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=cub", "selection=row", f"data_dir={tmp_path / 'data'}",
-                                           f"paths.runs={tmp_path / 'runs'}", "baselines=null"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "dataset=cub",
+                "selection=row",
+                f"data_dir={tmp_path / 'data'}",
+                f"paths.runs={tmp_path / 'runs'}",
+                "baselines=null",
+            ],
+        )
     with pytest.raises(FileNotFoundError, match="python -m data_prep.fgvc --tasks cub"):
         run_task(cfg, run_dir_of(cfg))
 

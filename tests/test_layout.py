@@ -19,8 +19,18 @@ from grft_app.paths import ROOT
 
 TIERS = ("grft", "grft_app", "experiments")
 # What `import grft` must not load: the application's frameworks and the tiers above it.
-NOT_IN_THE_LIBRARY = ("lightning", "pytorch_lightning", "hydra", "omegaconf", "pandas", "timm", "transformers",
-                      "peft", "grft_app", "experiments")
+NOT_IN_THE_LIBRARY = (
+    "lightning",
+    "pytorch_lightning",
+    "hydra",
+    "omegaconf",
+    "pandas",
+    "timm",
+    "transformers",
+    "peft",
+    "grft_app",
+    "experiments",
+)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -108,11 +118,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def upward_imports(graph: dict[str, set[str]], tier: str, above: tuple[str, ...]) -> list[str]:
-    return sorted(f"{m} imports {t}" for m, targets in graph.items() if m.split(".")[0] == tier
-                  for t in targets if t.split(".")[0] in above)
+    return sorted(
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        if m.split(".")[0] == tier
+        for t in targets
+        if t.split(".")[0] in above
+    )
 
 
 # --- the project ----------------------------------------------------------------------------------
+
 
 def test_import_grft_loads_no_application_framework():
     code = "import json, sys, grft; print(json.dumps(sorted(sys.modules)))"
@@ -139,12 +155,13 @@ def test_the_scan_sees_every_module_and_real_edges():
     """The checks above look at something: every tier's files, and imports the code really has."""
     graph = import_graph()
     assert {"grft", "grft.adapter", "grft_app.lit.runner", "experiments.paper.compose"} <= set(graph)
-    assert "grft.io" in graph["grft.adapter"]                      # from .io import ... (relative)
+    assert "grft.io" in graph["grft.adapter"]  # from .io import ... (relative)
     assert "grft_app.paths" in graph["experiments.paper.compose"]  # from grft_app.paths import ... (absolute)
-    assert "grft.adapter" in graph["grft"]                         # the package's __init__
+    assert "grft.adapter" in graph["grft"]  # the package's __init__
 
 
 # --- the checks themselves fail on a violation -----------------------------------------------------
+
 
 def _write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
@@ -156,17 +173,20 @@ def _write(root: Path, files: dict[str, str]) -> None:
 @pytest.mark.parametrize("deferred", [False, True])
 def test_an_upward_import_and_a_cycle_are_found(tmp_path, deferred):
     indent = "def f():\n    " if deferred else ""
-    _write(tmp_path, {
-        "grft/__init__.py": "",
-        "grft/a.py": f"{indent}from grft_app import b\n",
-        "grft/c.py": f"{indent}from . import d\n",
-        "grft/d.py": f"{indent}from .c import x\n",
-        "grft_app/__init__.py": "",
-        "grft_app/b.py": f"{indent}import experiments.paper.e\n",
-        "experiments/__init__.py": "",
-        "experiments/paper/__init__.py": "",
-        "experiments/paper/e.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import grft_app.b\n",
-    })
+    _write(
+        tmp_path,
+        {
+            "grft/__init__.py": "",
+            "grft/a.py": f"{indent}from grft_app import b\n",
+            "grft/c.py": f"{indent}from . import d\n",
+            "grft/d.py": f"{indent}from .c import x\n",
+            "grft_app/__init__.py": "",
+            "grft_app/b.py": f"{indent}import experiments.paper.e\n",
+            "experiments/__init__.py": "",
+            "experiments/paper/__init__.py": "",
+            "experiments/paper/e.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import grft_app.b\n",
+        },
+    )
     graph = import_graph(tmp_path)
     assert upward_imports(graph, "grft", ("grft_app", "experiments")) == ["grft.a imports grft_app.b"]
     assert upward_imports(graph, "grft_app", ("experiments",)) == ["grft_app.b imports experiments.paper.e"]

@@ -53,8 +53,11 @@ def probe_batches(model):
 def llama_batches(n_batches: int = 2, batch: int = 8, seed: int = 3):
     g = torch.Generator().manual_seed(seed)
     return [
-        {"input_ids": torch.randint(1, 64, (batch, 6), generator=g), "attention_mask": torch.ones(batch, 6, dtype=torch.long),
-         "labels": torch.randint(0, 3, (batch,), generator=g)}
+        {
+            "input_ids": torch.randint(1, 64, (batch, 6), generator=g),
+            "attention_mask": torch.ones(batch, 6, dtype=torch.long),
+            "labels": torch.randint(0, 3, (batch,), generator=g),
+        }
         for _ in range(n_batches)
     ]
 
@@ -105,34 +108,49 @@ def expected_trainable(name: str, base: nn.Module, **options) -> set[str]:
     if name == "linear":
         return set(HEAD)
     if name == "bias":
-        return {f"{n}.bias" for n, m in base.named_modules() if isinstance(getattr(m, "bias", None), nn.Parameter)} | HEAD
+        return {
+            f"{n}.bias" for n, m in base.named_modules() if isinstance(getattr(m, "bias", None), nn.Parameter)
+        } | HEAD
     if name == "lora":
-        return {f"{n}.lora_{ab}.default.weight" for n in modules_of(base, nn.Linear) if n.endswith(".qkv") for ab in "AB"} | HEAD
+        return {
+            f"{n}.lora_{ab}.default.weight" for n in modules_of(base, nn.Linear) if n.endswith(".qkv") for ab in "AB"
+        } | HEAD
     if name == "gps":
         return {f"{n}.{p}" for n in modules_of(base, nn.Linear, nn.Conv2d) for p in ("weight", "bias")} | HEAD
     if name == "adapter":
         subs = ("mlp",) if options.get("placement") == "pfeiffer" else ("attn", "mlp")
         return {
             f"blocks.{i}.{s}.adapter.{layer}.{p}"
-            for i in range(len(base.blocks)) for s in subs for layer in ("down", "up") for p in ("weight", "bias")
+            for i in range(len(base.blocks))
+            for s in subs
+            for layer in ("down", "up")
+            for p in ("weight", "bias")
         } | HEAD
     if name in ("vpt_shallow", "vpt_deep"):
         return {"vpt.tokens"} | HEAD
     if name == "ssf":
-        return {f"{n}.ssf.{p}" for n in modules_of(base, nn.Linear, nn.Conv2d, nn.LayerNorm) for p in ("scale", "shift")} | HEAD
+        return {
+            f"{n}.ssf.{p}" for n in modules_of(base, nn.Linear, nn.Conv2d, nn.LayerNorm) for p in ("scale", "shift")
+        } | HEAD
     raise AssertionError(name)
 
 
 def expected_trainable_count(name: str, base: nn.Module, k: int = 1, **options) -> int:
     params = dict(base.named_parameters())
     if name == "gps":
-        count = sum(p.numel() for n, p in params.items() if n.startswith("head.") or n.endswith(".bias") and "norm" not in n)
+        count = sum(
+            p.numel() for n, p in params.items() if n.startswith("head.") or n.endswith(".bias") and "norm" not in n
+        )
         for n in modules_of(base, nn.Linear, nn.Conv2d):
             count += params[f"{n}.weight"].shape[0] * k  # k entries in each row (output neuron)
         return count
     if name == "lora":
         r = options.get("r", 8)
-        return sum(r * (m.in_features + m.out_features) for n, m in base.named_modules() if n.endswith(".qkv")) + 5 * 24 + 5
+        return (
+            sum(r * (m.in_features + m.out_features) for n, m in base.named_modules() if n.endswith(".qkv"))
+            + 5 * 24
+            + 5
+        )
     if name == "adapter":
         b = options.get("bottleneck", 8)
         per = 2 * 24 * b + b + 24
@@ -154,9 +172,17 @@ def expected_trainable_count(name: str, base: nn.Module, k: int = 1, **options) 
 
 
 CASES = [
-    ("full", {}), ("linear", {}), ("bias", {}), ("lora", {}), ("lora", {"r": 2, "alpha": 4}), ("gps", {}),
-    ("adapter", {}), ("adapter", {"bottleneck": 3, "placement": "pfeiffer"}), ("vpt_shallow", {}),
-    ("vpt_deep", {"length": 3}), ("ssf", {}),
+    ("full", {}),
+    ("linear", {}),
+    ("bias", {}),
+    ("lora", {}),
+    ("lora", {"r": 2, "alpha": 4}),
+    ("gps", {}),
+    ("adapter", {}),
+    ("adapter", {"bottleneck": 3, "placement": "pfeiffer"}),
+    ("vpt_shallow", {}),
+    ("vpt_deep", {"length": 3}),
+    ("ssf", {}),
 ]
 
 
@@ -176,7 +202,9 @@ def test_vit_trainable_set_steps_and_params(name, options):
     before = snapshot(model)
     train_steps(method, model)
     moved = changed(before, snapshot(model))
-    assert moved == expected, f"changed but frozen: {sorted(moved - expected)[:5]}; trainable but unchanged: {sorted(expected - moved)[:5]}"
+    assert moved == expected, (
+        f"changed but frozen: {sorted(moved - expected)[:5]}; trainable but unchanged: {sorted(expected - moved)[:5]}"
+    )
 
 
 @pytest.mark.parametrize("name", ["adapter", "vpt_shallow", "vpt_deep", "ssf", "bias", "gps"])
@@ -311,7 +339,8 @@ def test_llama_trainable_set_and_steps(name):
     names = {n for n, _ in base.named_parameters()}
     linears = [n for n, m in base.named_modules() if isinstance(m, nn.Linear) and n != "score"]
     expected = {
-        "lora": {f"{n}.lora_{ab}.default.weight" for n in linears if n.endswith(("q_proj", "v_proj")) for ab in "AB"} | head,
+        "lora": {f"{n}.lora_{ab}.default.weight" for n in linears if n.endswith(("q_proj", "v_proj")) for ab in "AB"}
+        | head,
         "gps": {f"{n}.weight" for n in linears} | head,
         "linear": head,
         "full": names,
@@ -372,7 +401,9 @@ def test_unknown_option_names_the_allowed_ones():
         prepare("bias", make_tiny_vit(), k=4)
 
 
-@pytest.mark.parametrize("bad,match", [({"bottleneck": 0}, "bottleneck"), ({"placement": "middle"}, "houlsby, pfeiffer")])
+@pytest.mark.parametrize(
+    "bad,match", [({"bottleneck": 0}, "bottleneck"), ({"placement": "middle"}, "houlsby, pfeiffer")]
+)
 def test_adapter_rejects_bad_options(bad, match):
     with pytest.raises(ValueError, match=match):
         prepare("adapter", make_tiny_vit(), **bad)
@@ -386,7 +417,8 @@ def test_unknown_method_lists_every_method():
 
 
 @pytest.mark.parametrize(
-    "name,cls", [("lora", LoRAConfig), ("adapter", AdapterConfig), ("vpt_shallow", PromptConfig), ("vpt_deep", PromptConfig)]
+    "name,cls",
+    [("lora", LoRAConfig), ("adapter", AdapterConfig), ("vpt_shallow", PromptConfig), ("vpt_deep", PromptConfig)],
 )
 def test_method_yaml_documents_the_code_defaults(name, cls):
     cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF}/{name}.yaml"))

@@ -25,7 +25,10 @@ CONF = CONF_DIR
 def smoke_config(name: str, runs: Path, *extra: str):
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"method={name}", "debug=smoke", f"paths.runs={runs}", "logger=none", *extra])
+        return compose(
+            config_name="config",
+            overrides=[f"method={name}", "debug=smoke", f"paths.runs={runs}", "logger=none", *extra],
+        )
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -42,17 +45,21 @@ def test_smoke_run_writes_a_record_with_params(name, tmp_path):
 
     # Slim checkpoints: the model part holds what the method trains and nothing frozen.
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    kept = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    kept = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if name == "full":
         assert sum(v.numel() for v in kept.values()) == params.total
     elif name == "gps":  # full weights (sparsely trained), biases, head, and the masks
         masks = {k: v for k, v in kept.items() if k.endswith(".gps_mask")}
-        assert masks and sum(int(m.sum()) for m in masks.values()) + sum(
-            v.numel() for k, v in kept.items() if k.endswith(".bias") or k.startswith("head.")
-        ) == params.trainable
+        assert (
+            masks
+            and sum(int(m.sum()) for m in masks.values())
+            + sum(v.numel() for k, v in kept.items() if k.endswith(".bias") or k.startswith("head."))
+            == params.trainable
+        )
         assert not any("norm" in k or k in ("cls_token", "pos_embed") for k in kept)
     elif name != "grft":  # grft also keeps its index buffers and anchors (its own tests cover them)
         assert sum(v.numel() for v in kept.values()) == params.trainable
+
 
 def test_resumed_lora_run_restores_its_adapters(tmp_path):
     """A run whose record is gone resumes from its slim checkpoint; LoRA's keys must load back."""

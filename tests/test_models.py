@@ -22,7 +22,9 @@ def saved_vit(tmp_path, num_classes=7):
     from safetensors.torch import save_file
 
     torch.manual_seed(3)
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, num_classes=num_classes, **VIT_KWARGS)
+    model = timm.create_model(
+        "vit_base_patch16_224", pretrained=False, img_size=32, num_classes=num_classes, **VIT_KWARGS
+    )
     path = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model.eval(), path
@@ -86,8 +88,15 @@ def test_tiny_vit_is_the_same_family():
 
 
 # --- Llama --------------------------------------------------------------------------------------
-LLAMA_MATRICES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LLAMA_MATRICES = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
 def test_tiny_llama_classifies_padded_batches_like_single_sentences():
@@ -97,7 +106,9 @@ def test_tiny_llama_classifies_padded_batches_like_single_sentences():
     model, tok = bundle.model.eval(), bundle.inputs.tokenizer
     assert isinstance(model, LlamaForSequenceClassification) and model.score.out_features == 3
     assert tok.pad_token_id == tok.eos_token_id == model.config.pad_token_id
-    assert set(eligible_layers(model, bundle.arch)) == {f"model.layers.{i}.{m}" for i in range(2) for m in LLAMA_MATRICES}
+    assert set(eligible_layers(model, bundle.arch)) == {
+        f"model.layers.{i}.{m}" for i in range(2) for m in LLAMA_MATRICES
+    }
     texts = ["a cat", "two sentences can say the same thing in other words"]
     batch = tok(texts, padding=True, return_tensors="pt")
     assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # the first is padded
@@ -113,8 +124,15 @@ def test_llama_loads_a_local_directory_with_a_new_score_head(tmp_path):
     from grft_app.models.llama import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(1)
     causal = LlamaForCausalLM(config)  # what the hub holds: a language model, no classifier
     causal.save_pretrained(tmp_path / "llama")
@@ -148,7 +166,9 @@ def test_llama_3_2_1b_on_the_meta_device_matches_its_size_and_table8():
 
     model = meta_model(num_labels=2)
     assert sum(p.numel() for p in model.model.parameters()) == 1_235_814_400  # the published 1.24B
-    assert set(eligible_layers(model, LLAMA_ARCH)) == {f"model.layers.{i}.{m}" for i in range(16) for m in LLAMA_MATRICES}
+    assert set(eligible_layers(model, LLAMA_ARCH)) == {
+        f"model.layers.{i}.{m}" for i in range(16) for m in LLAMA_MATRICES
+    }
     # Table 8: CoLA / MRPC / RTE with k = 3 rows train 0.08% of the model.
     report = grft.param_report(model, grft.GRFTConfig(k=3, selection="row"), LLAMA_ARCH)
     rows = 3 * 16 * (6 * 2048 + 8192)  # three rows of each matrix: q, k, v, o, gate, up read 2048 inputs, down 8192

@@ -21,12 +21,18 @@ import grft
 from grft_app.models import build_model
 
 SENTENCES = [
-    ("the cat chased a mouse across the garden", 0), ("a dog barked at the birds in the tree", 0),
-    ("the horse ate hay in the barn", 0), ("a small rabbit hid under the bush", 0),
-    ("the cow gave milk on the farm", 0), ("an owl hunted mice at night", 0),
-    ("the bank raised its interest rates", 1), ("stocks fell sharply after the earnings report", 1),
-    ("she paid the invoice with her credit card", 1), ("the loan was repaid with interest", 1),
-    ("investors sold their shares in the company", 1), ("the budget deficit grew this quarter", 1),
+    ("the cat chased a mouse across the garden", 0),
+    ("a dog barked at the birds in the tree", 0),
+    ("the horse ate hay in the barn", 0),
+    ("a small rabbit hid under the bush", 0),
+    ("the cow gave milk on the farm", 0),
+    ("an owl hunted mice at night", 0),
+    ("the bank raised its interest rates", 1),
+    ("stocks fell sharply after the earnings report", 1),
+    ("she paid the invoice with her credit card", 1),
+    ("the loan was repaid with interest", 1),
+    ("investors sold their shares in the company", 1),
+    ("the budget deficit grew this quarter", 1),
 ]
 
 
@@ -60,7 +66,9 @@ def test_grft_on_pretrained_minilm_learns_a_task_and_round_trips(minilm_dir, tmp
     model, tokenizer = bundle.model.eval(), bundle.inputs.tokenizer
     checkpoint = load_file(str(minilm_dir / "model.safetensors"))
     query = next(k for k in checkpoint if k.endswith("encoder.layer.5.attention.self.query.weight"))
-    torch.testing.assert_close(model.bert.encoder.layer[5].attention.self.query.weight, checkpoint[query])  # real weights
+    torch.testing.assert_close(
+        model.bert.encoder.layer[5].attention.self.query.weight, checkpoint[query]
+    )  # real weights
     assert bundle.arch.head == "classifier" and bundle.arch.blocks == "bert.encoder.layer"
 
     batch = batch_of(tokenizer, SENTENCES)

@@ -1,4 +1,6 @@
-"""The low-memory probe (blocks but the last checkpointed, heap pages released) selects exactly what the plain probe selects.
+"""The low-memory probe selects exactly what the plain probe selects.
+
+The low-memory probe: every block but the last checkpointed, heap pages released between blocks.
 
 - Single process: the accumulated gradients H are bit-identical, hence every index of rows,
   columns and sparse, for subsets=1 and 2, on ViT (two views, dropout and stochastic depth on, so
@@ -33,8 +35,19 @@ def dropout_vit(seed: int = 0):
 
     torch.manual_seed(seed)
     model = timm.create_model(
-        "vit_base_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=24, depth=3, num_heads=2,
-        mlp_ratio=2.0, num_classes=5, drop_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2,
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=16,
+        patch_size=8,
+        embed_dim=24,
+        depth=3,
+        num_heads=2,
+        mlp_ratio=2.0,
+        num_classes=5,
+        drop_rate=0.1,
+        proj_drop_rate=0.1,
+        attn_drop_rate=0.1,
+        drop_path_rate=0.2,
     )
     return model.train()
 
@@ -106,7 +119,7 @@ def saved_bytes_during_forward(model, batch, low_memory: bool) -> int:
     from grft.checkpointing import checkpointed_blocks
     from grft.probe import _gradients_on
 
-    with _gradients_on(model, layers), (checkpointed_blocks(model, arch) if low_memory else _null()):
+    with _gradients_on(model, layers), checkpointed_blocks(model, arch) if low_memory else _null():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = loss_fn(model, batch)
         loss.backward()
@@ -125,8 +138,16 @@ def test_low_memory_probe_keeps_a_fraction_of_the_activations():
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
-                              depth=6, num_heads=2, num_classes=5)
+    model = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=6,
+        num_heads=2,
+        num_classes=5,
+    )
     g = torch.Generator().manual_seed(0)
     batch = ([torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)], torch.arange(4))
     plain = saved_bytes_during_forward(model, batch, low_memory=False)
@@ -191,6 +212,7 @@ def test_the_model_is_left_as_it_was():
 
 
 # --- 2-rank CPU DDP -------------------------------------------------------------------------------
+
 
 def _rank_main(rank: int, world: int, init: str, name: str, subsets: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)

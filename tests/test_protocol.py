@@ -27,8 +27,6 @@ from helpers.miniature import write_fgvc
 register_resolvers()
 
 
-
-
 # --- the reference schedule is timm's, configured as the reference code configures it -----------------
 def reference_code_lrs(lr: float, epochs: int, warmup_epochs: int, cooldown_epochs: int = 10) -> list[float]:
     """The LR of every epoch as the reference training script gets it: its argument defaults and the
@@ -37,10 +35,24 @@ def reference_code_lrs(lr: float, epochs: int, warmup_epochs: int, cooldown_epoc
     from timm.scheduler import create_scheduler
 
     args = argparse.Namespace(
-        sched="cosine", epochs=epochs, lr=lr, warmup_lr=1e-7, warmup_epochs=warmup_epochs, min_lr=1e-8,
-        cooldown_epochs=cooldown_epochs, decay_epochs=100, decay_rate=0.1, patience_epochs=10,
-        lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, lr_cycle_mul=1.0, lr_cycle_decay=0.5,
-        lr_cycle_limit=1, lr_k_decay=1.0, seed=42,
+        sched="cosine",
+        epochs=epochs,
+        lr=lr,
+        warmup_lr=1e-7,
+        warmup_epochs=warmup_epochs,
+        min_lr=1e-8,
+        cooldown_epochs=cooldown_epochs,
+        decay_epochs=100,
+        decay_rate=0.1,
+        patience_epochs=10,
+        lr_noise=None,
+        lr_noise_pct=0.67,
+        lr_noise_std=1.0,
+        lr_cycle_mul=1.0,
+        lr_cycle_decay=0.5,
+        lr_cycle_limit=1,
+        lr_k_decay=1.0,
+        seed=42,
     )
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     scheduler, num_epochs = create_scheduler(args, optimizer)
@@ -84,8 +96,15 @@ class LearningRates(L.Callback):
 
 def test_a_reference_run_trains_with_that_schedule_and_records_best_final_and_curve(tmp_path):
     seen = LearningRates()
-    record, _ = run(tmp_path / "runs", "protocol=reference", "epochs=4", "warmup_epochs=2", "protocol.cooldown_epochs=2",
-                    "lr=1e-2", callbacks=[seen])
+    record, _ = run(
+        tmp_path / "runs",
+        "protocol=reference",
+        "epochs=4",
+        "warmup_epochs=2",
+        "protocol.cooldown_epochs=2",
+        "lr=1e-2",
+        callbacks=[seen],
+    )
     expected = reference_code_lrs(1e-2, 4, 2, cooldown_epochs=2)
     assert len(expected) == 6 and sorted(seen.by_epoch) == list(range(6))
     for epoch, lr in enumerate(expected):
@@ -114,8 +133,13 @@ FGVC_CLASSES = [817, 295, 1000, 3, 52]  # 5 classes x (2 train + 1 val) = 15 = 3
 
 def nabirds_miniature(tmp_path: Path) -> list[str]:
     write_fgvc(tmp_path / "data", "nabirds", "images", FGVC_CLASSES, per_split=(2, 1, 1))
-    return ["experiment=fgvc/nabirds", f"data_dir={tmp_path / 'data'}", "dataset.num_classes=5",
-            "trainer.limit_train_batches=1.0", "epochs=2"]
+    return [
+        "experiment=fgvc/nabirds",
+        f"data_dir={tmp_path / 'data'}",
+        "dataset.num_classes=5",
+        "trainer.limit_train_batches=1.0",
+        "epochs=2",
+    ]
 
 
 def test_fgvc_trainval_with_an_odd_remainder_trains_full_epochs_with_mixup_and_cutmix(tmp_path):
@@ -130,8 +154,14 @@ def test_fgvc_trainval_with_an_odd_remainder_trains_full_epochs_with_mixup_and_c
 def test_fgvc_odd_remainder_under_two_rank_ddp(tmp_path):
     overrides = nabirds_miniature(tmp_path)
     env = {**os.environ, "GRFT_RUNS": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "run.py", "debug=smoke", "baselines=null", "trainer=ddp_cpu", *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "run.py", "debug=smoke", "baselines=null", "trainer=ddp_cpu", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = list((tmp_path / "runs").rglob("record.json"))
     assert json.loads(path.read_text())["done"]
@@ -139,10 +169,12 @@ def test_fgvc_odd_remainder_under_two_rank_ddp(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides,message",
-    [(["augment.mixup=0.8", "batch_size=5"], "batch_size must be even"),
-     (["augment.cutmix=1.0", "protocol.drop_last=false"], "need protocol.drop_last=true"),
-     (["protocol.report_model=ema"], "needs augment.ema"),
-     (["protocol.report=median"], "protocol.report must be one of best, final")],
+    [
+        (["augment.mixup=0.8", "batch_size=5"], "batch_size must be even"),
+        (["augment.cutmix=1.0", "protocol.drop_last=false"], "need protocol.drop_last=true"),
+        (["protocol.report_model=ema"], "needs augment.ema"),
+        (["protocol.report=median"], "protocol.report must be one of best, final"),
+    ],
 )
 def test_protocol_errors_name_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

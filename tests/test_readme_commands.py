@@ -35,7 +35,7 @@ def code_blocks(text: str) -> list[tuple[str, list[str]]]:
         fence = re.match(r"^```(\w*)", lines[i])
         if fence:
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-            blocks.append((fence.group(1) or "sh", lines[i + 1:end]))
+            blocks.append((fence.group(1) or "sh", lines[i + 1 : end]))
             i = end + 1
         elif lines[i].startswith("    ") and (i == 0 or not lines[i - 1].strip()):
             end = i
@@ -54,7 +54,9 @@ PYTHON = ["\n".join(block) for lang, block in code_blocks(README) if lang == "py
 
 
 def test_the_readme_has_commands_to_check():
-    assert any(line.startswith("make run") for line in SHELL) and any(line.startswith("python run.py") for line in SHELL)
+    assert any(line.startswith("make run") for line in SHELL) and any(
+        line.startswith("python run.py") for line in SHELL
+    )
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -74,7 +76,9 @@ def check_composes(tmp_path: Path, overrides: list[str]):
     method_settings(cfg)
     train_settings(cfg, ("acc",))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        job_cfg = compose("config", overrides=[o for o in overrides if not o.startswith("hydra")] + [f"paths.runs={tmp_path}"])
+        job_cfg = compose(
+            "config", overrides=[o for o in overrides if not o.startswith("hydra")] + [f"paths.runs={tmp_path}"]
+        )
     assert run_dir_of(job_cfg).is_relative_to(tmp_path)
     return job_cfg
 
@@ -93,8 +97,9 @@ def test_readme_command(tmp_path, line):
     assert words[:2] == ["python", "run.py"], f"the README command {line!r} is not one this test knows how to check"
     args = words[2:]
     if "--help" in args:
-        proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0 and "method" in proc.stdout, proc.stderr[-2000:]
         return
     multirun = args[:1] == ["-m"]
@@ -114,7 +119,11 @@ def test_readme_library_example_runs_on_a_tiny_model(tmp_path, snippet, monkeypa
 
     monkeypatch.chdir(tmp_path)
     model = make_tiny_vit()
-    namespace = {"model": model, "fresh_model": copy.deepcopy(model), "train_batches": image_batches(views=2),
-                 "task_loss": 0.0}
+    namespace = {
+        "model": model,
+        "fresh_model": copy.deepcopy(model),
+        "train_batches": image_batches(views=2),
+        "task_loss": 0.0,
+    }
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert (tmp_path / "adapter.safetensors").is_file()

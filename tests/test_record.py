@@ -35,25 +35,63 @@ SCHEMA1 = Path(__file__).parent / "data" / "record_schema1.json"
 def full_record() -> RunRecord:
     """A finished run's record with every block filled, as the runner builds it."""
     return RunRecord(
-        task="cub", method="grft", done=True, status="done", family="fgvc", model="vit_base_patch16_224.augreg_in21k",
-        selection="row", norm="l2", k=2, lambda_=1e-3, regular_layers="all", subsets=1, seed=3, lr=1e-2,
-        batch_size=32, epochs=4, tags={"table": "table1"}, config={"k": 2, "lambda": 1e-3, "dataset": {"name": "cub"}},
-        code=CodeFacts(version="0.1.0", commit=None, uncommitted_changes=None), multirun=None,
+        task="cub",
+        method="grft",
+        done=True,
+        status="done",
+        family="fgvc",
+        model="vit_base_patch16_224.augreg_in21k",
+        selection="row",
+        norm="l2",
+        k=2,
+        lambda_=1e-3,
+        regular_layers="all",
+        subsets=1,
+        seed=3,
+        lr=1e-2,
+        batch_size=32,
+        epochs=4,
+        tags={"table": "table1"},
+        config={"k": 2, "lambda": 1e-3, "dataset": {"name": "cub"}},
+        code=CodeFacts(version="0.1.0", commit=None, uncommitted_changes=None),
+        multirun=None,
         metrics={"test_acc": 0.5, "test_acc_best": 0.75, "test_acc_best_epoch": 2, "test_ema_acc": 0.625},
         params=Params(trainable=10, total=1000, pct=1.0),
-        timings=Timings(train_s=12.5, train_s_this_launch=2.5, probe_s=0.25, steps_timed=40, peak_mem_mb=1024.0,
-                        peak_mem_kind="ru_maxrss"),
-        device="cpu", memory_trace="memory.csv", adapter_file="adapter.safetensors",
+        timings=Timings(
+            train_s=12.5,
+            train_s_this_launch=2.5,
+            probe_s=0.25,
+            steps_timed=40,
+            peak_mem_mb=1024.0,
+            peak_mem_kind="ru_maxrss",
+        ),
+        device="cpu",
+        memory_trace="memory.csv",
+        adapter_file="adapter.safetensors",
         adapter_files={"raw": "adapter.safetensors", "ema": "adapter_ema.safetensors"},
         selection_file="selection.safetensors",
-        evaluation=Evaluation(protocol="reference", test_every=1, final_epoch=3, ema=True,
-                              reported=Reported(statistic="best", model="raw", key="test_acc_best", description="best"),
-                              curve=[{"epoch": e, "test_acc": 0.25 * e} for e in range(4)]),
+        evaluation=Evaluation(
+            protocol="reference",
+            test_every=1,
+            final_epoch=3,
+            ema=True,
+            reported=Reported(statistic="best", model="raw", key="test_acc_best", description="best"),
+            curve=[{"epoch": e, "test_acc": 0.25 * e} for e in range(4)],
+        ),
         resumed=True,
-        launches=[Launch(started_at="2026-01-01T00:00:00", resumed=False, train_s=10.0, steps=30, outcome="killed"),
-                  Launch(started_at="2026-01-01T01:00:00", resumed=True, train_s=2.5, steps=10, outcome="trained",
-                         ended_at="2026-01-01T01:00:03")],
-        started_at="2026-01-01T01:00:00", finished_at="2026-01-01T01:00:04",
+        launches=[
+            Launch(started_at="2026-01-01T00:00:00", resumed=False, train_s=10.0, steps=30, outcome="killed"),
+            Launch(
+                started_at="2026-01-01T01:00:00",
+                resumed=True,
+                train_s=2.5,
+                steps=10,
+                outcome="trained",
+                ended_at="2026-01-01T01:00:03",
+            ),
+        ],
+        started_at="2026-01-01T01:00:00",
+        finished_at="2026-01-01T01:00:04",
     )
 
 
@@ -63,8 +101,8 @@ def test_a_record_round_trips_through_its_file(tmp_path):
     assert path == tmp_path / RECORD_NAME and record.run_dir == tmp_path
     on_disk = json.loads(path.read_text())
     assert on_disk == record.to_json() and on_disk["schema"] == 1 and on_disk["lambda"] == 1e-3  # JSON keys as before
-    assert "run_dir" not in on_disk and "lambda_" not in on_disk and "error" not in on_disk   # None: not written
-    assert on_disk["multirun"] is None   # the run's identity keys are written even when null
+    assert "run_dir" not in on_disk and "lambda_" not in on_disk and "error" not in on_disk  # None: not written
+    assert on_disk["multirun"] is None  # the run's identity keys are written even when null
     again = read_record(tmp_path)
     assert again == record and again.run_dir == tmp_path
     assert isinstance(again.launches[1], Launch) and again.evaluation.reported.key == "test_acc_best"
@@ -80,17 +118,33 @@ def test_a_record_written_by_the_untyped_runner_reads_and_writes_back_the_same()
     assert (record.task, record.method, record.seed, record.k, record.lambda_) == ("digits", "grft", 0, 4, 0.001)
     assert record.state == "done" and record.reported("test_acc") == pytest.approx(0.7974137663841248)
     assert record.params == Params(trainable=7317, total=135813, pct=pytest.approx(5.3875549468754835))
-    assert record.launches == [Launch(started_at="2026-11-30T20:08:34", resumed=False, train_s=16.195, steps=360,
-                                      outcome="trained", ended_at="2026-11-30T20:08:50")]
+    assert record.launches == [
+        Launch(
+            started_at="2026-11-30T20:08:34",
+            resumed=False,
+            train_s=16.195,
+            steps=360,
+            outcome="trained",
+            ended_at="2026-11-30T20:08:50",
+        )
+    ]
     assert record.timings.train_s == 16.195 and record.code.version == "0.1.0"
     assert record.evaluation.reported.statistic == "final" and record.config["dataset"]["name"] == "digits"
-    assert record.to_json() == data   # nothing lost, nothing renamed
+    assert record.to_json() == data  # nothing lost, nothing renamed
 
 
 def test_older_records_without_status_evaluation_or_launches_read_with_the_meanings_they_had(tmp_path):
     """The earliest schema-1 records had no status (done flag only), no evaluation block, no launches, no code."""
-    old = {"schema": 1, "task": "digits", "method": "linear", "done": False, "seed": 0, "selection": None,
-           "config": {}, "metrics": {"test_acc": 0.5}}
+    old = {
+        "schema": 1,
+        "task": "digits",
+        "method": "linear",
+        "done": False,
+        "seed": 0,
+        "selection": None,
+        "config": {},
+        "metrics": {"test_acc": 0.5},
+    }
     record = RunRecord.from_json(old)
     assert record.state == "unfinished" and record.status is None and record.launches is None
     assert record.metric_key("test_acc") == "test_acc" and record.statistic.startswith("final test accuracy")
@@ -108,7 +162,11 @@ def write_raw(folder: Path, data: dict) -> Path:
 
 
 def test_an_unknown_schema_version_is_one_line_naming_the_file_the_version_and_the_fix(tmp_path):
-    data = {**full_record().to_json(), "schema": 2, "code": {"version": "0.3.0", "commit": None, "uncommitted_changes": None}}
+    data = {
+        **full_record().to_json(),
+        "schema": 2,
+        "code": {"version": "0.3.0", "commit": None, "uncommitted_changes": None},
+    }
     path = write_raw(tmp_path / "run", data)
     with pytest.raises(UnknownSchema) as err:
         read_record(path.parent)
@@ -141,7 +199,7 @@ def test_a_key_the_layout_lacks_or_a_value_of_the_wrong_type_names_itself(tmp_pa
 
 def test_a_record_that_could_not_be_read_back_is_refused_before_it_is_written(tmp_path):
     record = full_record()
-    record.seed = "abc"   # e.g. a bad value from the command line
+    record.seed = "abc"  # e.g. a bad value from the command line
     with pytest.raises(CorruptRecord, match="seed is 'abc'"):
         write_record(tmp_path, record)
     assert not (tmp_path / RECORD_NAME).exists()
@@ -156,7 +214,7 @@ def test_readers_of_many_records_name_an_unreadable_one_and_go_on(tmp_path):
     assert [r.run_dir for r in iter_records(tmp_path, on_corrupt=lambda e: problems.append(str(e)))] == [tmp_path / "a"]
     assert len(problems) == 1 and str(newer) in problems[0]
     with pytest.raises(UnknownSchema):
-        list(iter_records(tmp_path))   # without a handler: the error itself
+        list(iter_records(tmp_path))  # without a handler: the error itself
     index = RecordIndex.load(tmp_path)
     assert [r.run_dir for r, _ in index.candidates("cub", "grft")] == [tmp_path / "a"]
     assert "schema 9" in index.corrupt[0]

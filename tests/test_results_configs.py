@@ -16,7 +16,12 @@ from helpers.results_fixtures import CLASSES, ROOT, search_path, write_stubs
 SPEC = load_spec()
 VISION = [(b, t) for b in ("fgvc", "vtab") for t in SPEC.tasks(b)]
 ALL = VISION + [("glue", t) for t in SPEC.tasks("glue")]
-PAPER = pd.concat([pd.read_csv(ROOT / "experiments/paper/published" / f, dtype=str).set_index("task") for f in ("table6.csv", "table7.csv")])
+PAPER = pd.concat(
+    [
+        pd.read_csv(ROOT / "experiments/paper/published" / f, dtype=str).set_index("task")
+        for f in ("table6.csv", "table7.csv")
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +30,22 @@ def stubbed(tmp_path_factory):
 
 
 def test_one_experiment_file_per_paper_task():
-    files = sorted(p.relative_to(ROOT / "conf/experiment").with_suffix("").as_posix()
-                   for p in (ROOT / "conf/experiment").glob("*/*.yaml") if p.parent.name != "ablation")
+    files = sorted(
+        p.relative_to(ROOT / "conf/experiment").with_suffix("").as_posix()
+        for p in (ROOT / "conf/experiment").glob("*/*.yaml")
+        if p.parent.name != "ablation"
+    )
     assert files == sorted(f"{b}/{t}" for b, t in ALL)
     assert len(files) == 27
 
 
 @pytest.mark.parametrize("bench,task", ALL)
 def test_experiment_composes_with_the_real_configs(bench, task):
-    missing = [p for p in (f"dataset/{task}.yaml",) + (("model/llama32_1b.yaml",) if bench == "glue" else ())
-               if not (ROOT / "conf" / p).is_file()]
+    missing = [
+        p
+        for p in (f"dataset/{task}.yaml",) + (("model/llama32_1b.yaml",) if bench == "glue" else ())
+        if not (ROOT / "conf" / p).is_file()
+    ]
     if missing:
         pytest.skip(f"conf/{', conf/'.join(missing)} not in this checkout yet (datasets/models area)")
     cfg = Composer().config([f"experiment={bench}/{task}"])
@@ -75,7 +86,7 @@ def test_vtab_experiments_train_without_augmentation(stubbed, task):
 def test_glue_experiments_state_what_the_paper_implies(stubbed, task):
     cfg = stubbed.config([f"experiment=glue/{task}"])
     assert cfg.model.family == "llama" and cfg.optimizer == "adamw" and int(cfg.k) == 3
-    assert (int(cfg.epochs), int(cfg.warmup_epochs)) == (100, 10)        # §4.1, read as covering every task
+    assert (int(cfg.epochs), int(cfg.warmup_epochs)) == (100, 10)  # §4.1, read as covering every task
     text = (ROOT / "conf/experiment/glue" / f"{task}.yaml").read_text()
     assert "Open in the paper" in text
 
@@ -94,7 +105,7 @@ def test_cached_composition_equals_a_full_hydra_compose(stubbed, tmp_path_factor
         ["experiment=glue/rte", "method=lora", "lr=0.0002"],
         ["experiment=fgvc/cub", "debug=smoke", "selection=row"],
         ["experiment=fgvc/cub", "+extra_note=1", "~lambda", "method.name=renamed"],
-        ["experiment=fgvc/cub", "method=gps", "k=3"],   # the same group choices as the first case: from the cache
+        ["experiment=fgvc/cub", "method=gps", "k=3"],  # the same group choices as the first case: from the cache
     ]
     for overrides in cases:
         fast = OmegaConf.to_container(stubbed.config(overrides))
@@ -110,6 +121,6 @@ def test_missing_configs_are_reported_not_raised_deep_inside():
     with pytest.raises(ConfigUnavailable):
         composer.config(["dataset=digits", "method=no_such_method"])
     with pytest.raises(ConfigUnavailable, match="no_such_key"):
-        composer.config(["dataset=digits", "no_such_key=1"])     # a value for a key the config lacks, as Hydra says
+        composer.config(["dataset=digits", "no_such_key=1"])  # a value for a key the config lacks, as Hydra says
     with pytest.raises(ConfigUnavailable, match="Ambiguous value"):
-        composer.config(["dataset=digits", "k=1,2"])             # a sweep is not one cell
+        composer.config(["dataset=digits", "k=1,2"])  # a sweep is not one cell

@@ -44,7 +44,11 @@ def test_hparams_csv_matches_the_configs(written):
         cfg = composer.config([f"experiment={bench}/{row['task']}"])
         assert math.isclose(row["lr"], float(cfg.lr)) and math.isclose(row["lambda"], float(cfg["lambda"]))
         assert (row["batch_size"], row["epochs"], row["subsets"], row["k"]) == (
-            int(cfg.batch_size), int(cfg.epochs), int(cfg.subsets), int(cfg.k))
+            int(cfg.batch_size),
+            int(cfg.epochs),
+            int(cfg.subsets),
+            int(cfg.k),
+        )
         assert row["regular_layers"] == str(cfg.regular_layers) and row["selection"] == cfg.selection.kind
 
 
@@ -77,9 +81,19 @@ def test_selection_note_and_paper_tables(written):
     assert "| FGVC        | 1.065" in note and "| VTAB        | 0.244" in note
     assert "35 of 35 values agree" in (first / "table6.md").read_text()
     assert "133 of 133 values agree" in (first / "table7.md").read_text()
-    assert "24 of 24 computed shares round to the paper's value" in (first / "table8.md").read_text() or \
-        "27 of 27 computed shares" in (first / "table8.md").read_text()
+    assert (
+        "24 of 24 computed shares round to the paper's value" in (first / "table8.md").read_text()
+        or "27 of 27 computed shares" in (first / "table8.md").read_text()
+    )
 
 
 def test_sci_prints_numbers_like_the_paper():
-    assert [sci(v) for v in (0.005, 0.0025, 5e-5, 0.0, 32, 100.0, "all")] == ["5e-3", "2.5e-3", "5e-5", "0", "32", "100", "all"]
+    assert [sci(v) for v in (0.005, 0.0025, 5e-5, 0.0, 32, 100.0, "all")] == [
+        "5e-3",
+        "2.5e-3",
+        "5e-5",
+        "0",
+        "32",
+        "100",
+        "all",
+    ]

@@ -20,19 +20,71 @@ SPEC = load_spec()
 
 # The paper's row and column order, typed from its tables.
 LAYOUT = {
-    "table1": (["Full", "Linear", "Bias", "Adapter", "LoRA", "VPT-Shallow", "VPT-Deep", "SSF", "SPT-Adapter", "SPT-LoRA",
-                "GPS*", "GRFT"],
-               ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc.", "Params.(%)"]),
-    "table2": (["Full", "Linear", "Bias", "Adapter", "LoRA", "VPT-Shallow", "VPT-Deep", "SSF", "SPT-Adapter", "SPT-LoRA",
-                "GPS*", "GRFT"],
-               ["CIFAR-100", "Caltech101", "DTD", "Flowers102", "Pets", "SVHN", "Sun397", "Patch Camelyon", "EuroSAT",
-                "Resisc45", "Retinopathy", "Clevr/count", "Clevr/distance", "DMLab", "KITTI/distance", "dSprites/loc",
-                "dSprites/ori", "SmallNORB/azi", "SmallNORB/ele", "Mean Acc.", "Mean Params. (%)"]),
+    "table1": (
+        [
+            "Full",
+            "Linear",
+            "Bias",
+            "Adapter",
+            "LoRA",
+            "VPT-Shallow",
+            "VPT-Deep",
+            "SSF",
+            "SPT-Adapter",
+            "SPT-LoRA",
+            "GPS*",
+            "GRFT",
+        ],
+        ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc.", "Params.(%)"],
+    ),
+    "table2": (
+        [
+            "Full",
+            "Linear",
+            "Bias",
+            "Adapter",
+            "LoRA",
+            "VPT-Shallow",
+            "VPT-Deep",
+            "SSF",
+            "SPT-Adapter",
+            "SPT-LoRA",
+            "GPS*",
+            "GRFT",
+        ],
+        [
+            "CIFAR-100",
+            "Caltech101",
+            "DTD",
+            "Flowers102",
+            "Pets",
+            "SVHN",
+            "Sun397",
+            "Patch Camelyon",
+            "EuroSAT",
+            "Resisc45",
+            "Retinopathy",
+            "Clevr/count",
+            "Clevr/distance",
+            "DMLab",
+            "KITTI/distance",
+            "dSprites/loc",
+            "dSprites/ori",
+            "SmallNORB/azi",
+            "SmallNORB/ele",
+            "Mean Acc.",
+            "Mean Params. (%)",
+        ],
+    ),
     "table3": (["Full", "LoRA", "GRFT"], ["CoLA", "MRPC", "RTE", "Mean Acc.", "Params.(%)"]),
-    "table4": (["GPS*", "GRFT-Sparse", "GRFT-Row", "GRFT-Column"],
-               ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc."]),
-    "table5": (["Without Norm", "L1 Norm", "L2 Norm"],
-               ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc."]),
+    "table4": (
+        ["GPS*", "GRFT-Sparse", "GRFT-Row", "GRFT-Column"],
+        ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc."],
+    ),
+    "table5": (
+        ["Without Norm", "L1 Norm", "L2 Norm"],
+        ["CUB-2011", "NABirds", "Oxford Flowers", "Stan.Dogs", "Stan.Cars", "Mean Acc."],
+    ),
 }
 
 
@@ -69,7 +121,18 @@ def test_tables_have_the_papers_layout_and_holes_without_runs(name, composer, tm
     tex = (tmp_path / "tables" / f"{name}.tex").read_text()
     assert "\\begin{tabular}" in tex and "\\toprule" in tex
     csv = pd.read_csv(tmp_path / "tables" / f"{name}.csv")
-    assert list(csv.columns) == ["row", "column", "label", "paper", "ours", "ours_std", "n", "diff", "status", "statistic"]
+    assert list(csv.columns) == [
+        "row",
+        "column",
+        "label",
+        "paper",
+        "ours",
+        "ours_std",
+        "n",
+        "diff",
+        "status",
+        "statistic",
+    ]
     assert csv["ours"].isna().all()
 
 
@@ -159,7 +222,9 @@ def test_fig3_plots_memory_traces_and_names_the_missing_run(composer, tmp_path):
 
 
 def test_cli_renders_every_target_with_no_runs(stubs, tmp_path, capsys):
-    code = cli(["render", "paper", search_path(stubs), f"paths.runs={tmp_path / 'none'}", "--out", str(tmp_path / "out")])
+    code = cli(
+        ["render", "paper", search_path(stubs), f"paths.runs={tmp_path / 'none'}", "--out", str(tmp_path / "out")]
+    )
     assert code == 0
     made = sorted(p.name for p in (tmp_path / "out").rglob("*.*"))
     for name in ("table1", "table2", "table3", "table4", "table5"):
@@ -183,7 +248,10 @@ def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_name
     damaged.write_text(damaged.read_text()[:100])
     result = render("table1", composer, tmp_path)
     assert ours(result, "GRFT", "nabirds")["status"] == "failed"
-    assert ours(result, "GRFT", "cub")["status"] == "missing" and ours(result, "GRFT", "stanford_dogs")["status"] == "missing"
+    assert (
+        ours(result, "GRFT", "cub")["status"] == "missing"
+        and ours(result, "GRFT", "stanford_dogs")["status"] == "missing"
+    )
     wide = result.wide
     line = wide.index[wide["Method"] == "GRFT"][0]
     assert wide.loc[line + 1, "NABirds"] == FAILED and wide.loc[line + 1, "CUB-2011"] == HOLE
@@ -210,14 +278,23 @@ def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer
     record = json.loads((folder / "record.json").read_text())
     # As the runner writes it under protocol=reference: final 0.80, best epoch 0.85 (epoch 57), EMA 0.83.
     record["metrics"].update({"test_acc_best": 0.85, "test_acc_best_epoch": 57, "test_ema_acc": 0.83})
-    record["evaluation"] = {"protocol": "reference", "reported": {
-        "statistic": "best", "model": "raw", "key": "test_acc_best", "description": "best epoch's test accuracy (fixture)"}}
+    record["evaluation"] = {
+        "protocol": "reference",
+        "reported": {
+            "statistic": "best",
+            "model": "raw",
+            "key": "test_acc_best",
+            "description": "best epoch's test accuracy (fixture)",
+        },
+    }
     (folder / "record.json").write_text(json.dumps(record))
     result = render("table1", composer, tmp_path)
     assert ours(result, "GRFT", "cub")["ours"] == pytest.approx(85.0)
     text = (tmp_path / "tables" / "table1.md").read_text()
-    assert "Every task column: best epoch's test accuracy of the raw (not EMA) model (110 epochs, test split " \
-           "evaluated after every epoch; protocol=reference)." in text
+    assert (
+        "Every task column: best epoch's test accuracy of the raw (not EMA) model (110 epochs, test split "
+        "evaluated after every epoch; protocol=reference)." in text
+    )
     assert "GRFT, CUB-2011: some runs report best epoch's test accuracy (fixture)." in text  # not the config's words
     import re
 

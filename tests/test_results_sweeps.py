@@ -34,7 +34,7 @@ def test_cell_counts_follow_the_paper():
     counts = {name: len(t.cells()) for name, t in SPEC.targets.items()}
     assert counts["table1"] == 10 * FGVC and counts["table2"] == 10 * 19 and counts["table3"] == 3 * 3
     assert counts["table4"] == 4 * FGVC and counts["table5"] == 3 * FGVC and counts["fig3"] == 2
-    assert counts["fig4"] == FGVC * (30 + 6 + 8 + 7)      # k 1..30, lambda 1e-8..1e-3, blocks 1..8, subsets 1..7
+    assert counts["fig4"] == FGVC * (30 + 6 + 8 + 7)  # k 1..30, lambda 1e-8..1e-3, blocks 1..8, subsets 1..7
 
 
 def test_default_rows_are_the_papers_own_runs(composer):
@@ -52,8 +52,11 @@ def test_finished_runs_are_skipped_and_seeds_multiply(composer, tmp_path):
     write_fixture_record(composer, tmp_path / "runs", target.cell(row, "cub").args, 0.9)
     p = plan(target, composer, seeds=(0, 1))
     assert len(p.jobs) == 2 * 3 * FGVC and len(p.done) == 1 and len(p.pending) == 2 * 3 * FGVC - 1
-    assert not any("experiment=fgvc/cub," in " ".join(launch) and "norm=none" in launch and "seed=0" in launch
-                   for launch in p.launches if launch[0].startswith("experiment=fgvc/cub,"))
+    assert not any(
+        "experiment=fgvc/cub," in " ".join(launch) and "norm=none" in launch and "seed=0" in launch
+        for launch in p.launches
+        if launch[0].startswith("experiment=fgvc/cub,")
+    )
 
 
 def test_runs_shared_between_targets_launch_once(composer):
@@ -71,12 +74,16 @@ def test_dry_run_lists_job_counts_and_commands(stubs, tmp_path, capsys):
     assert code == 0
     assert "table3: 9 jobs (9 cells x seeds), 0 done, 9 to launch in 3 multiruns" in out
     assert "fig3: 2 jobs (2 cells x seeds), 0 done, 2 to launch in 2 multiruns" in out
-    assert ("python run.py -m experiment=glue/cola,glue/mrpc,glue/rte method=lora recipe=lora_glue seed=0 "
-            "hydra/launcher=basic") in out
+    assert (
+        "python run.py -m experiment=glue/cola,glue/mrpc,glue/rte method=lora recipe=lora_glue seed=0 "
+        "hydra/launcher=basic"
+    ) in out
     assert "total: 11 jobs to launch in 5 multiruns" in out
     # Which number the cells will compare with the paper, from their protocol (docs/PROTOCOL.md).
-    assert "compared with the paper: best epoch's test accuracy of the raw model (110 epochs, test split evaluated " \
-           "after every epoch; protocol=reference) (9 cells" in out
+    assert (
+        "compared with the paper: best epoch's test accuracy of the raw model (110 epochs, test split evaluated "
+        "after every epoch; protocol=reference) (9 cells" in out
+    )
     assert not list(tmp_path.rglob("record.json"))
 
 
@@ -90,9 +97,25 @@ def test_unknown_target_and_bad_spec_are_clear_errors(tmp_path, capsys):
 
 
 def test_make_targets_exist_and_call_the_results_cli():
-    out = subprocess.run(["make", "-n", "table1", "fig4-run", "table2-render", "hparams", "paper-dry-run", "STAMP=",
-                          "PYTHON=python", "LAUNCHER=submitit_slurm", "SEEDS=0,1"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "make",
+            "-n",
+            "table1",
+            "fig4-run",
+            "table2-render",
+            "hparams",
+            "paper-dry-run",
+            "STAMP=",
+            "PYTHON=python",
+            "LAUNCHER=submitit_slurm",
+            "SEEDS=0,1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "python -m experiments.paper run table1 --launcher submitit_slurm --rows default --seeds 0,1" in out
     assert "python -m experiments.paper render table1" in out and "python -m experiments.paper run fig4 " in out
     assert "python -m experiments.paper render table2" in out and "python -m experiments.paper hparams" in out
@@ -104,16 +127,19 @@ def _tiny_project(folder):
     conf = folder / "conf"
     (conf / "dataset").mkdir(parents=True)
     (conf / "experiment" / "tiny").mkdir(parents=True)
-    (conf / "dataset" / "digits_stub.yaml").write_text(textwrap.dedent("""\
+    (conf / "dataset" / "digits_stub.yaml").write_text(
+        textwrap.dedent("""\
         name: digits
         family: digits
         num_classes: 5
         target_classes: [5, 6, 7, 8, 9]
         train_per_class: 40
         split_seed: 0
-    """))
+    """)
+    )
     for name, k in (("digits_a", 1), ("digits_b", 2)):
-        (conf / "experiment" / "tiny" / f"{name}.yaml").write_text(textwrap.dedent(f"""\
+        (conf / "experiment" / "tiny" / f"{name}.yaml").write_text(
+            textwrap.dedent(f"""\
             # @package _global_
             defaults:
               - override /dataset: digits_stub
@@ -121,10 +147,12 @@ def _tiny_project(folder):
             k: {k}
             lr: 3e-3
             num_workers: 0
-        """))
+        """)
+        )
     (folder / "paper").mkdir()
     (folder / "paper" / "tiny.csv").write_text("row,digits_a,digits_b,mean\nGRFT,50.0,60.0,55.00\n")
-    (folder / "spec.yaml").write_text(textwrap.dedent("""\
+    (folder / "spec.yaml").write_text(
+        textwrap.dedent("""\
         paper_dir: paper
         benchmarks: {tiny: {tasks: [digits_a, digits_b]}}
         targets:
@@ -136,7 +164,8 @@ def _tiny_project(folder):
             mean: Mean Acc.
             rows:
               - {label: GRFT, launch: true}
-    """))
+    """)
+    )
     return folder
 
 
@@ -146,17 +175,27 @@ def test_a_real_smoke_sweep_appears_in_the_rendered_table(tmp_path):
     overrides = ["debug=smoke", f"paths.runs={runs}", search_path(project / "conf")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     base = [sys.executable, "-m", "experiments.paper", "--spec", str(project / "spec.yaml")]
-    launched = subprocess.run([*base, "run", "tiny", *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    launched = subprocess.run(
+        [*base, "run", "tiny", *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
     assert "tiny: 2 jobs (2 cells x seeds), 0 done, 2 to launch in 1 multiruns" in launched.stdout
     records = sorted(runs.rglob("record.json"))
     assert len(records) == 2
 
-    again = subprocess.run([*base, "run", "tiny", "--dry-run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
+    again = subprocess.run(
+        [*base, "run", "tiny", "--dry-run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert "2 done, 0 to launch" in again.stdout
 
-    rendered = subprocess.run([*base, "render", "tiny", *overrides, "--out", str(out)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+    rendered = subprocess.run(
+        [*base, "render", "tiny", *overrides, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     table = pd.read_csv(out / "tables" / "tiny.csv").set_index(["row", "column"])
     import json
@@ -170,7 +209,8 @@ def test_a_real_smoke_sweep_appears_in_the_rendered_table(tmp_path):
 
 def test_cells_that_cannot_compose_are_counted_and_named(tmp_path):
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(textwrap.dedent("""\
+    spec_file.write_text(
+        textwrap.dedent("""\
         benchmarks: {nowhere: {tasks: [absent]}}
         targets:
           sweep:
@@ -179,7 +219,8 @@ def test_cells_that_cannot_compose_are_counted_and_named(tmp_path):
             panels:
               - {name: a, key: k, range: [1, 3]}
               - {name: b, key: subsets, range: [1, 3]}
-    """))
+    """)
+    )
     p = plan(load_spec(spec_file).target("sweep"), Composer())
     assert len(p.unavailable) == 6 and not p.jobs and not p.launches
     assert all("experiment/nowhere/absent" in reason for _, reason in p.unavailable)

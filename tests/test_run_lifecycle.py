@@ -31,8 +31,14 @@ def cli(runs: Path, *args: str, multirun: bool = False) -> subprocess.CompletedP
     env = {**os.environ, "GRFT_RUNS": str(runs), "PYTHONPATH": str(ROOT)}
     env.pop("GRFT_TRACEBACK", None)
     flags = ["-m"] if multirun else []
-    return subprocess.run([sys.executable, "run.py", *flags, "debug=smoke", "baselines=null", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "run.py", *flags, "debug=smoke", "baselines=null", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_force_trains_again_from_the_pretrained_weights_and_keeps_the_old_record(tmp_path, monkeypatch):
@@ -52,7 +58,7 @@ def test_force_trains_again_from_the_pretrained_weights_and_keeps_the_old_record
     # A re-run, not a resume from the final checkpoint (which would train 0 steps and skip the probe).
     assert again.resumed is False and probes == [1]
     assert [launch.steps for launch in again.launches] == [launch.steps for launch in first.launches]
-    assert again.metrics == first.metrics   # same seed, same data: the same numbers
+    assert again.metrics == first.metrics  # same seed, same data: the same numbers
     kept = list((run_dir / "history").glob("*-record.json"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["finished_at"] == first.finished_at
 
@@ -65,18 +71,20 @@ def test_the_run_key_follows_the_data_folder_its_split_files_and_the_code_versio
         folder = data_dir / "fgvc" / "CUB_200_2011"
         folder.mkdir(parents=True)
         for split in ("train", "val", "test"):
-            (folder / f"{split}.json").write_text(json.dumps({"a.jpg": 0, **{f"{i}.jpg": 1 for i in range(train_lines)}}))
+            (folder / f"{split}.json").write_text(
+                json.dumps({"a.jpg": 0, **{f"{i}.jpg": 1 for i in range(train_lines)}})
+            )
         return folder
 
     a, b = tmp_path / "a", tmp_path / "b"
     folder = make_task(a, 3)
     make_task(b, 3)
     assert key(a) == key(a)
-    assert key(a) != key(b)                      # same files, another folder
+    assert key(a) != key(b)  # same files, another folder
     before = key(a)
     (folder / "train.json").write_text(json.dumps({"a.jpg": 0}))
-    assert key(a) != before                      # a split list changed in place
-    assert key(tmp_path / "absent") != key(a)    # missing data has its own key
+    assert key(a) != before  # a split list changed in place
+    assert key(tmp_path / "absent") != key(a)  # missing data has its own key
     import grft_app.lit.settings as settings
 
     current = key(a)
@@ -100,7 +108,7 @@ def test_a_damaged_record_names_itself_and_force_gets_past_it(tmp_path):
     (record,) = tmp_path.rglob("record.json")
     mask = os.umask(0)
     os.umask(mask)
-    for name in ("record.json", "adapter.safetensors", "selection.safetensors"):   # not private (0600)
+    for name in ("record.json", "adapter.safetensors", "selection.safetensors"):  # not private (0600)
         assert stat.S_IMODE((record.parent / name).stat().st_mode) == 0o666 & ~mask, name
     record.write_text(record.read_text()[:294])
     broken = cli(tmp_path, "k=1")
@@ -143,8 +151,13 @@ def test_a_damaged_last_checkpoint_names_itself_and_force_gets_past_it(tmp_path)
     assert json.loads((run_dir / "record.json").read_text())["resumed"] is False
 
 
-@pytest.mark.parametrize("args,expected", [(["lr=abc"], "error: lr must be a number, got 'abc'"),
-                                           (["seed=abc"], "error: seed must be a whole number, got 'abc'")])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["lr=abc"], "error: lr must be a number, got 'abc'"),
+        (["seed=abc"], "error: seed must be a whole number, got 'abc'"),
+    ],
+)
 def test_non_numbers_name_their_key(tmp_path, args, expected):
     proc = cli(tmp_path, *args)
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -152,15 +165,21 @@ def test_non_numbers_name_their_key(tmp_path, args, expected):
 
 def test_a_failed_job_is_recorded_and_the_rest_of_the_multirun_still_runs(tmp_path):
     data = tmp_path / "no_data"
-    proc = cli(tmp_path / "runs", "dataset=cub,digits", f"data_dir={data}", multirun=True)   # cub first: it fails
+    proc = cli(tmp_path / "runs", "dataset=cub,digits", f"data_dir={data}", multirun=True)  # cub first: it fails
     assert proc.returncode == 1 and "error: 1 of the multirun's runs failed" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "this multirun wrote 2 records:" in proc.stdout
     cub_line = next(line for line in proc.stdout.splitlines() if "cub/grft seed=0" in line)
     assert ": failed: DataMissingError: cub:" in cub_line
-    records = {json.loads(p.read_text())["task"]: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")}
+    records = {
+        json.loads(p.read_text())["task"]: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")
+    }
     assert set(records) == {"cub", "digits"}
     assert records["digits"]["done"] is True and records["digits"]["status"] == "done"
     failed = records["cub"]
     assert failed["done"] is False and failed["status"] == "failed"
-    assert "make data-fgvc" in failed["error"] and failed["method"] == "grft" and failed["config"]["dataset"]["name"] == "cub"
+    assert (
+        "make data-fgvc" in failed["error"]
+        and failed["method"] == "grft"
+        and failed["config"]["dataset"]["name"] == "cub"
+    )

@@ -18,8 +18,9 @@ from grft_app.paths import ROOT
 
 def cli(runs: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "GRFT_RUNS": str(runs), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def only_record(runs: Path) -> tuple[dict, Path]:
@@ -38,7 +39,9 @@ def test_two_rank_cpu_ddp_selects_exactly_what_one_process_selects(tmp_path, sub
     one_record, one_dir = only_record(tmp_path / "one")
     ddp_record, ddp_dir = only_record(tmp_path / "ddp")  # one record and one run dir for both ranks
     assert ddp_record["config"]["trainer"]["devices"] == 2
-    assert grft.Selection.load(ddp_dir / "selection.safetensors") == grft.Selection.load(one_dir / "selection.safetensors")
+    assert grft.Selection.load(ddp_dir / "selection.safetensors") == grft.Selection.load(
+        one_dir / "selection.safetensors"
+    )
 
 
 def test_submitit_local_sweep_finishes_with_one_record_per_job(tmp_path):
@@ -63,8 +66,15 @@ def uninterrupted(tmp_path_factory):
 
 def start(runs: Path) -> subprocess.Popen:
     env = {**os.environ, "GRFT_RUNS": str(runs), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "run.py", *RESUME_ARGS], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "run.py", *RESUME_ARGS],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_checkpoint(job: subprocess.Popen, runs: Path, epoch: int) -> None:

@@ -27,10 +27,10 @@ Adam's weight decay is 0 in every arm, so the methods' own decay hooks have noth
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Optional
 
 import torch
 
@@ -55,8 +55,14 @@ REGULAR_LAYERS = 2
 # The recipe of the paper's table each model stands for (conf/recipe/): its LoRA row's settings.
 LORA_RECIPES = {"vit": "lora_vtab", "llama": "lora_glue"}
 # Arm -> the app's method (``method=<name>``); the floor is not one.
-APP_METHODS = {"full": "full", "gps": "gps", "lora": "lora", "grft_row": "grft", "grft_column": "grft",
-               "linear": "linear"}
+APP_METHODS = {
+    "full": "full",
+    "gps": "gps",
+    "lora": "lora",
+    "grft_row": "grft",
+    "grft_column": "grft",
+    "linear": "linear",
+}
 
 
 @dataclass
@@ -72,12 +78,12 @@ class Trainable:
 
     model: nn.Module
     params: list[nn.Parameter]
-    extra_loss: Optional[Callable[[], Optional[torch.Tensor]]]
-    before_step: Optional[Callable[[], None]]
+    extra_loss: Callable[[], torch.Tensor | None] | None
+    before_step: Callable[[], None] | None
     probe_s: float
     save: Callable[[Path], Path]
-    moving: Optional[int] = None
-    method: Optional[Method] = None
+    moving: int | None = None
+    method: Method | None = None
 
 
 def check_method(method: str) -> None:
@@ -85,7 +91,7 @@ def check_method(method: str) -> None:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def composed_method(name: str, recipe: Optional[str] = None) -> dict:
+def composed_method(name: str, recipe: str | None = None) -> dict:
     """The ``method`` node Hydra composes for ``method=<name>`` (then ``recipe=<recipe>``), as a dict."""
     overrides = [f"+method={name}"] + ([f"+recipe={recipe}"] if recipe else [])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -101,8 +107,9 @@ def arm_settings(arm: str, model: str, k: int) -> MethodSettings:
     options = composed_method(APP_METHODS[arm], LORA_RECIPES[model] if arm == "lora" else None)
     name = options.pop("name")
     if arm.startswith("grft_"):
-        grft = GRFTConfig(k=k, selection=arm.removeprefix("grft_"), norm="l2", lam=PENALTY_LAMBDA,
-                          regular_layers=REGULAR_LAYERS)
+        grft = GRFTConfig(
+            k=k, selection=arm.removeprefix("grft_"), norm="l2", lam=PENALTY_LAMBDA, regular_layers=REGULAR_LAYERS
+        )
     else:
         grft = GRFTConfig(k=k)  # GPS reads k; the others read no GRFT key
     return MethodSettings(name=name, grft=grft, options=options)
@@ -147,9 +154,16 @@ def prepare_app_method(arm: str, work: Workload, k: int, sync) -> Trainable:
     def save(folder: Path) -> Path:
         return method.save_adapter(model, folder / "adapter.safetensors")
 
-    return Trainable(model, _trainable(model), lambda: method.extra_loss(model),
-                     lambda: method.before_optimizer_step(model), probe_s, save,
-                     method.param_report(model).trainable, method)
+    return Trainable(
+        model,
+        _trainable(model),
+        lambda: method.extra_loss(model),
+        lambda: method.before_optimizer_step(model),
+        probe_s,
+        save,
+        method.param_report(model).trainable,
+        method,
+    )
 
 
 def prepare_floor(work: Workload) -> Trainable:

@@ -27,14 +27,50 @@ from grft_app.paths import ROOT
 from .launch import WorkerError, interleave_command, parse, probe_time_command, run_worker, worker_command
 
 PROBE_JOB = "probe vs full"
-CSV_COLUMNS = ("model", "method", "step_time_s", "peak_mem_mb", "trainable_params", "optimizer_state_mb", "adapter_mb",
-               "probe_s", "device", "step_time_p25", "step_time_p75", "step_cpu_s", "step_time_interleaved_s",
-               "step_time_interleaved_p25", "step_time_interleaved_p75", "live_peak_mb", "whole_run_peak_mb",
-               "build_peak_mb", "prepare_peak_mb", "setup_peak_mb", "probe_batches", "probe_batch_s",
-               "probe_batch_x_full_step", "probe_batch_x_full_step_p25", "probe_batch_x_full_step_p75",
-               "total_params", "optimizer_state_bytes", "adapter_bytes", "k", "batch", "workload", "precision",
-               "threads", "steps", "warmup", "repeats", "loss_first", "loss_last", "load_avg_1m", "mem_source",
-               "peak_after_setup_reset", "torch")
+CSV_COLUMNS = (
+    "model",
+    "method",
+    "step_time_s",
+    "peak_mem_mb",
+    "trainable_params",
+    "optimizer_state_mb",
+    "adapter_mb",
+    "probe_s",
+    "device",
+    "step_time_p25",
+    "step_time_p75",
+    "step_cpu_s",
+    "step_time_interleaved_s",
+    "step_time_interleaved_p25",
+    "step_time_interleaved_p75",
+    "live_peak_mb",
+    "whole_run_peak_mb",
+    "build_peak_mb",
+    "prepare_peak_mb",
+    "setup_peak_mb",
+    "probe_batches",
+    "probe_batch_s",
+    "probe_batch_x_full_step",
+    "probe_batch_x_full_step_p25",
+    "probe_batch_x_full_step_p75",
+    "total_params",
+    "optimizer_state_bytes",
+    "adapter_bytes",
+    "k",
+    "batch",
+    "workload",
+    "precision",
+    "threads",
+    "steps",
+    "warmup",
+    "repeats",
+    "loss_first",
+    "loss_last",
+    "load_avg_1m",
+    "mem_source",
+    "peak_after_setup_reset",
+    "torch",
+)
 
 
 def times_probe(args: argparse.Namespace) -> bool:
@@ -94,8 +130,18 @@ def aggregate(records: list[dict], interleaved: list[dict] = (), probe_times: li
             p25, _, p75 = quartiles(probe_ratios(probe[0]))
             ratio = statistics.median(probe[0]["probe_batch_times"]) / statistics.median(probe[0]["full_step_times"])
             row.update(probe_batch_x_full_step=ratio, probe_batch_x_full_step_p25=p25, probe_batch_x_full_step_p75=p75)
-        for key in ("peak_mem_mb", "live_peak_mb", "whole_run_peak_mb", "build_peak_mb", "prepare_peak_mb",
-                    "setup_peak_mb", "step_cpu_s", "probe_s", "probe_batch_s", "load_avg_1m"):
+        for key in (
+            "peak_mem_mb",
+            "live_peak_mb",
+            "whole_run_peak_mb",
+            "build_peak_mb",
+            "prepare_peak_mb",
+            "setup_peak_mb",
+            "step_cpu_s",
+            "probe_s",
+            "probe_batch_s",
+            "load_avg_1m",
+        ):
             values = [r[key] for r in runs if r.get(key) is not None]
             row[key] = statistics.median(values) if values else None
         rows.append(row)
@@ -108,10 +154,12 @@ def aggregate(records: list[dict], interleaved: list[dict] = (), probe_times: li
 def code_version() -> str:
     """The checkout's commit (and whether it had changes), for the report's header."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         return commit + (" with uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
@@ -125,7 +173,11 @@ def main(argv=None) -> int:
     records, interleaved, probe_times = [], [], []
     for i, (model, method) in enumerate(jobs, 1):
         what = method or f"interleaved {','.join(args.interleave)}"
-        print(f"[{i}/{len(jobs)}] {model} {what} ({time.perf_counter() - started:.0f}s elapsed)", file=sys.stderr, flush=True)
+        print(
+            f"[{i}/{len(jobs)}] {model} {what} ({time.perf_counter() - started:.0f}s elapsed)",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             if method is None:
                 interleaved.append(run_worker(interleave_command(args, model)))
@@ -160,10 +212,10 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "precision": args.precision,
         "steps": f"{args.warmup} warm-up + {args.steps} measured per process, {args.repeats} repeat(s); "
-                 f"interleaved: {args.warmup} warm-up + "
-                 f"{', '.join(f'{n} ({m})' for m, n in args.rounds.items() if m in args.models)} rounds of "
-                 f"{','.join(args.interleave) or 'none'}; probe vs full: "
-                 + (f"{args.warmup} warm-up + {args.probe_rounds} rounds" if times_probe(args) else "not run"),
+        f"interleaved: {args.warmup} warm-up + "
+        f"{', '.join(f'{n} ({m})' for m, n in args.rounds.items() if m in args.models)} rounds of "
+        f"{','.join(args.interleave) or 'none'}; probe vs full: "
+        + (f"{args.warmup} warm-up + {args.probe_rounds} rounds" if times_probe(args) else "not run"),
         "python / torch": f"{platform.python_version()} / {records[0]['torch']}",
         "benchmark wall time": f"{bench_s:.0f} s (all workers)",
         "Fig. 3 trace": fig3_note,

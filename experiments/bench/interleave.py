@@ -21,8 +21,15 @@ import torch
 
 from . import device as devices
 from .arms import METHODS, prepare
-from .worker import (add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, print_record,
-                     timed_step)
+from .worker import (
+    add_workload_arguments,
+    autocast_for,
+    build_workload,
+    check_workload_arguments,
+    log,
+    print_record,
+    timed_step,
+)
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -71,8 +78,10 @@ def run(args: argparse.Namespace) -> dict:
             seconds, cpu_seconds, _ = timed_step(*arms[method], autocast, sync)
             times[method]["step_times"].append(seconds)
             times[method]["cpu_times"].append(cpu_seconds)
-        log(f"{args.model}/interleaved: round {r + 1}/{args.rounds} " +
-            " ".join(f"{m} {times[m]['step_times'][-1]:.2f}s" for m in args.methods))
+        log(
+            f"{args.model}/interleaved: round {r + 1}/{args.rounds} "
+            + " ".join(f"{m} {times[m]['step_times'][-1]:.2f}s" for m in args.methods)
+        )
     return {"model": args.model, "rounds": args.rounds, "device": devices.describe(device), "methods": times}
 
 

@@ -44,11 +44,17 @@ def csv_list(allowed: tuple[str, ...], what: str):
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench", description="GRFT vs full, GPS, LoRA, linear, floor: "
-                                "time, memory, optimizer state, adapter size, probe time.")
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description="GRFT vs full, GPS, LoRA, linear, floor: time, memory, optimizer state, adapter size, probe time.",
+    )
     p.add_argument("--models", type=csv_list(MODELS, "model"), default=list(MODELS), help="comma-separated: vit,llama")
-    p.add_argument("--methods", type=csv_list(METHODS, "method"), default=list(METHODS),
-                   help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument(
+        "--methods",
+        type=csv_list(METHODS, "method"),
+        default=list(METHODS),
+        help=f"comma-separated, from {','.join(METHODS)}",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="default: fp32 on cpu, bf16 on cuda")
     p.add_argument("--batch", type=int, default=8)
@@ -56,20 +62,41 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (cpu 1, cuda 5)")
     p.add_argument("--k", type=int, default=2, help="GRFT rows/columns per matrix (GPS: entries per row)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every worker")
-    p.add_argument("--llama-shape", default="cpu", choices=sorted(LLAMA_LAYERS),
-                   help="layers of the Llama-3.2-1B-wide model: cpu=%d, 1b=%d" % (LLAMA_LAYERS["cpu"], LLAMA_LAYERS["1b"]))
+    p.add_argument(
+        "--llama-shape",
+        default="cpu",
+        choices=sorted(LLAMA_LAYERS),
+        help=f"layers of the Llama-3.2-1B-wide model: cpu={LLAMA_LAYERS['cpu']}, 1b={LLAMA_LAYERS['1b']}",
+    )
     p.add_argument("--seq-len", type=int, default=32, help="tokens per Llama sequence")
     p.add_argument("--probe-batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=1, help="run the whole method list this many times, order "
-                   "reversed every other time; statistics pool the repeats")
-    p.add_argument("--interleave", default=",".join(INTERLEAVED),
-                   help="methods also timed side by side in one process, steps in turn ('none': skip)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved steps per method (cpu: vit 12, llama 36; cuda 20)")
-    p.add_argument("--probe-rounds", type=int, default=None,
-                   help="probe batches timed side by side with full fine-tuning steps (cpu 3, cuda 10; 0: skip); "
-                        "needs full and grft_row among --methods")
-    p.add_argument("--fig3", action=argparse.BooleanOptionalAction, default=True,
-                   help="also record memory over the whole run for grft_row, gps and lora (paper Fig. 3)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole method list this many times, order reversed every other time; statistics pool the repeats",
+    )
+    p.add_argument(
+        "--interleave",
+        default=",".join(INTERLEAVED),
+        help="methods also timed side by side in one process, steps in turn ('none': skip)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=None, help="interleaved steps per method (cpu: vit 12, llama 36; cuda 20)"
+    )
+    p.add_argument(
+        "--probe-rounds",
+        type=int,
+        default=None,
+        help="probe batches timed side by side with full fine-tuning steps (cpu 3, cuda 10; 0: skip); "
+        "needs full and grft_row among --methods",
+    )
+    p.add_argument(
+        "--fig3",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also record memory over the whole run for grft_row, gps and lora (paper Fig. 3)",
+    )
     p.add_argument("--fig3-steps", type=int, default=None, help="training steps in the Fig. 3 trace (cpu 8, cuda 200)")
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests, smoke runs)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
@@ -97,25 +124,71 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def common_options(args: argparse.Namespace) -> list[str]:
-    cmd = ["--device", args.device, "--precision", args.precision, "--batch", str(args.batch), "--warmup",
-           str(args.warmup), "--k", str(args.k), "--threads", str(args.threads), "--llama-shape", args.llama_shape,
-           "--seq-len", str(args.seq_len), "--probe-batches", str(args.probe_batches)]
+    cmd = [
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--k",
+        str(args.k),
+        "--threads",
+        str(args.threads),
+        "--llama-shape",
+        args.llama_shape,
+        "--seq-len",
+        str(args.seq_len),
+        "--probe-batches",
+        str(args.probe_batches),
+    ]
     return cmd + (["--tiny"] if args.tiny else [])
 
 
 def worker_command(args: argparse.Namespace, model: str, method: str, extra: tuple[str, ...] = ()) -> list[str]:
-    return ([sys.executable, "-m", "experiments.bench.worker", "--model", model, "--method", method,
-             "--steps", str(args.steps)] + common_options(args) + list(extra))
+    return (
+        [
+            sys.executable,
+            "-m",
+            "experiments.bench.worker",
+            "--model",
+            model,
+            "--method",
+            method,
+            "--steps",
+            str(args.steps),
+        ]
+        + common_options(args)
+        + list(extra)
+    )
 
 
 def interleave_command(args: argparse.Namespace, model: str) -> list[str]:
-    return ([sys.executable, "-m", "experiments.bench.interleave", "--model", model, "--methods",
-             ",".join(args.interleave), "--rounds", str(args.rounds[model])] + common_options(args))
+    return [
+        sys.executable,
+        "-m",
+        "experiments.bench.interleave",
+        "--model",
+        model,
+        "--methods",
+        ",".join(args.interleave),
+        "--rounds",
+        str(args.rounds[model]),
+    ] + common_options(args)
 
 
 def probe_time_command(args: argparse.Namespace, model: str) -> list[str]:
-    return ([sys.executable, "-m", "experiments.bench.probe_time", "--model", model, "--rounds",
-             str(args.probe_rounds)] + common_options(args))
+    return [
+        sys.executable,
+        "-m",
+        "experiments.bench.probe_time",
+        "--model",
+        model,
+        "--rounds",
+        str(args.probe_rounds),
+    ] + common_options(args)
 
 
 def worker_env() -> dict:

@@ -3,7 +3,8 @@
 One worker process per method runs with a sampler thread recording memory every 50 ms (CPU:
 resident set from ``/proc/self/statm``; GPU: ``torch.cuda.memory_allocated``) through model
 build, the method's setup (GRFT's and GPS's probe) and training, so the figure shows the whole
-run a user launches, the probe included, with LoRA (no probe) beside. Writes ``fig3_memory.csv`` (``method,t_s,memory_mb,phase``) and
+run a user launches, the probe included, with LoRA (no probe) beside. Writes ``fig3_memory.csv``
+(``method,t_s,memory_mb,phase``) and
 ``fig3_memory.png``.
 
     python -m experiments.bench.memory_trace --out results/bench/
@@ -17,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .launch import parse as parse_bench, run_worker, worker_command
+from .launch import parse as parse_bench
+from .launch import run_worker, worker_command
 
 TRACE_METHODS = ("grft_row", "gps", "lora")
 
@@ -46,7 +48,7 @@ def trace(args: argparse.Namespace, out: Path, methods: tuple[str, ...] = TRACE_
 
 def _drop_option(cmd: list[str], option: str) -> list[str]:
     i = cmd.index(option)
-    return cmd[:i] + cmd[i + 2:]
+    return cmd[:i] + cmd[i + 2 :]
 
 
 def plot(samples, path: Path, gpu: bool) -> Path:

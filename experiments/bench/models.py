@@ -57,8 +57,16 @@ def build_vit(batch: int, tiny: bool, probe_batches: int, num_classes: int = 100
     torch.manual_seed(seed)
     if tiny:
         num_classes = 10
-        model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
-                                  depth=2, num_heads=2, num_classes=num_classes)
+        model = timm.create_model(
+            "vit_base_patch16_224",
+            pretrained=False,
+            img_size=32,
+            patch_size=8,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            num_classes=num_classes,
+        )
         size = 32
     else:
         model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=num_classes)
@@ -68,24 +76,45 @@ def build_vit(batch: int, tiny: bool, probe_batches: int, num_classes: int = 100
     labels = torch.randint(0, num_classes, (batch,), generator=g)
     probes = [([images(), images()], _probe_labels(batch, g)) for _ in range(probe_batches)]
     name = "ViT-B/16 (tiny)" if tiny else "ViT-B/16"
-    return Workload("vit", model, images(), labels, probes, "head", "patch_embed.proj",
-                    f"{name}, {size}x{size}, batch {batch}")
+    return Workload(
+        "vit", model, images(), labels, probes, "head", "patch_embed.proj", f"{name}, {size}x{size}, batch {batch}"
+    )
 
 
 def llama_config(layers: int, tiny: bool, num_labels: int):
     from transformers import LlamaConfig
 
     if tiny:
-        return LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                           num_labels=num_labels, pad_token_id=0)
-    return LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
-                       num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=2048,
-                       rope_theta=500000.0, rms_norm_eps=1e-5, num_labels=num_labels, pad_token_id=0)
+        return LlamaConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            num_labels=num_labels,
+            pad_token_id=0,
+        )
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=2048,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        num_labels=num_labels,
+        pad_token_id=0,
+    )
 
 
-def build_llama(batch: int, tiny: bool, probe_batches: int, layers: int, seq_len: int, num_labels: int = 2,
-                seed: int = 0) -> Workload:
+def build_llama(
+    batch: int, tiny: bool, probe_batches: int, layers: int, seq_len: int, num_labels: int = 2, seed: int = 0
+) -> Workload:
     from transformers import LlamaForSequenceClassification
 
     torch.manual_seed(seed)
@@ -100,15 +129,23 @@ def build_llama(batch: int, tiny: bool, probe_batches: int, layers: int, seq_len
     labels = torch.randint(0, num_labels, (batch,), generator=g)
     probes = [({**tokens(), "labels": _probe_labels(batch, g)}) for _ in range(probe_batches)]
     name = "Llama (tiny)" if tiny else "Llama-3.2-1B shape"
-    return Workload("llama", model, tokens(), labels, probes, "score", "model.layers.0.self_attn.q_proj",
-                    f"{name}, {layers} layers, {seq_len} tokens, batch {batch}")
+    return Workload(
+        "llama",
+        model,
+        tokens(),
+        labels,
+        probes,
+        "score",
+        "model.layers.0.self_attn.q_proj",
+        f"{name}, {layers} layers, {seq_len} tokens, batch {batch}",
+    )
 
 
-def build(model: str, batch: int, tiny: bool, probe_batches: int, llama_layers: int, seq_len: int,
-          seed: int = 0) -> Workload:
+def build(
+    model: str, batch: int, tiny: bool, probe_batches: int, llama_layers: int, seq_len: int, seed: int = 0
+) -> Workload:
     if model == "vit":
         return build_vit(batch, tiny, probe_batches, seed=seed)
     if model == "llama":
         return build_llama(batch, tiny, probe_batches, llama_layers, seq_len, seed=seed)
     raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-

@@ -25,8 +25,15 @@ import torch
 
 from . import device as devices
 from .arms import build_app_method, prepare
-from .worker import (add_workload_arguments, autocast_for, build_workload, check_workload_arguments, log, print_record,
-                     timed_step)
+from .worker import (
+    add_workload_arguments,
+    autocast_for,
+    build_workload,
+    check_workload_arguments,
+    log,
+    print_record,
+    timed_step,
+)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -69,10 +76,18 @@ def run(args: argparse.Namespace) -> dict:
         step_times.append(timed_step(*full_arm, autocast, sync)[0])
         if not first_probe:
             probe_times.append(timed_probe_batch(method, model, batch, sync))
-        log(f"{args.model}/probe vs full: round {r + 1}/{args.rounds} probe batch {probe_times[-1]:.2f}s, "
-            f"full step {step_times[-1]:.2f}s")
-    return {"model": args.model, "rounds": args.rounds, "device": devices.describe(device), "selection": args.selection,
-            "probe_batch_times": probe_times, "full_step_times": step_times}
+        log(
+            f"{args.model}/probe vs full: round {r + 1}/{args.rounds} probe batch {probe_times[-1]:.2f}s, "
+            f"full step {step_times[-1]:.2f}s"
+        )
+    return {
+        "model": args.model,
+        "rounds": args.rounds,
+        "device": devices.describe(device),
+        "selection": args.selection,
+        "probe_batch_times": probe_times,
+        "full_step_times": step_times,
+    }
 
 
 def main(argv=None) -> int:

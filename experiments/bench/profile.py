@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
     calls = {m: collections.Counter() for m in arms}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for r in range(args.rounds):
-        for method in (args.methods if r % 2 == 0 else args.methods[::-1]):
+        for method in args.methods if r % 2 == 0 else args.methods[::-1]:
             with profile(activities=activities) as prof:
                 timed_step(*arms[method], autocast, sync)
             for event in prof.key_averages():
@@ -75,20 +75,22 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = "\n".join([
-        f"# Profile: {args.model}, {', '.join(args.methods)}",
-        "",
-        f"torch.profiler self CPU time per training step (mean of {args.rounds} profiled steps per method, "
-        f"taken in turn in one process; {args.threads} threads, batch {args.batch}, {args.precision}). "
-        "Profiling adds its own overhead, so the totals exceed the step times of latest.md; the differences "
-        "between columns are what this table is for. The 8 largest operators come first, then those that differ "
-        "most between methods.",
-        "",
-        f"    python -m experiments.bench.profile {' '.join(sys.argv[1:] if argv is None else argv)}",
-        "",
-        table(ms, calls),
-        "",
-    ])
+    text = "\n".join(
+        [
+            f"# Profile: {args.model}, {', '.join(args.methods)}",
+            "",
+            f"torch.profiler self CPU time per training step (mean of {args.rounds} profiled steps per method, "
+            f"taken in turn in one process; {args.threads} threads, batch {args.batch}, {args.precision}). "
+            "Profiling adds its own overhead, so the totals exceed the step times of latest.md; the differences "
+            "between columns are what this table is for. The 8 largest operators come first, then those that differ "
+            "most between methods.",
+            "",
+            f"    python -m experiments.bench.profile {' '.join(sys.argv[1:] if argv is None else argv)}",
+            "",
+            table(ms, calls),
+            "",
+        ]
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

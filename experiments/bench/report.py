@@ -1,6 +1,6 @@
 """Tables and charts computed from the benchmark's CSV (never typed): ratios, targets, bars.
 
-    python -m experiments.bench.report results/bench/latest.csv   # re-render latest.md/.png
+python -m experiments.bench.report results/bench/latest.csv   # re-render latest.md/.png
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ from .targets import evaluate
 
 METHOD_ORDER = ("full", "gps", "lora", "grft_row", "grft_column", "linear", "floor")
 REFERENCES = ("full", "lora", "floor")
-COLORS = {"full": "#7f7f7f", "gps": "#d62728", "lora": "#1f77b4", "grft_row": "#2ca02c", "grft_column": "#98df8a",
-          "linear": "#bcbd22", "floor": "#000000"}
+COLORS = {
+    "full": "#7f7f7f",
+    "gps": "#d62728",
+    "lora": "#1f77b4",
+    "grft_row": "#2ca02c",
+    "grft_column": "#98df8a",
+    "linear": "#bcbd22",
+    "floor": "#000000",
+}
 
 
 def ordered(results: pd.DataFrame) -> pd.DataFrame:
@@ -56,25 +63,28 @@ def _spread(row: pd.Series, prefix: str) -> str:
 
 def _markdown(rows: list[dict]) -> str:
     # disable_numparse: keep the formatted digits ("1.00", not "1").
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True,
-                                          colalign=["left"] + ["right"] * (len(rows[0]) - 1))
+    return pd.DataFrame(rows).to_markdown(
+        index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(rows[0]) - 1)
+    )
 
 
 def time_table(part: pd.DataFrame) -> str:
     part = with_ratios(part)
     rows = []
     for _, r in part.iterrows():
-        rows.append({
-            "method": r["method"],
-            "step s (p25–p75)": _spread(r, "step_time"),
-            "×full": _fmt(r["step_time_s_x_full"], 2),
-            "×LoRA": _fmt(r["step_time_s_x_lora"], 2),
-            "×floor": _fmt(r["step_time_s_x_floor"], 2),
-            "CPU s/step": _fmt(r.get("step_cpu_s"), 2),
-            "side by side s (p25–p75)": _spread(r, "step_time_interleaved"),
-            "side by side ×LoRA": _fmt(r["step_time_interleaved_s_x_lora"], 3),
-            "side by side ×floor": _fmt(r["step_time_interleaved_s_x_floor"], 3),
-        })
+        rows.append(
+            {
+                "method": r["method"],
+                "step s (p25–p75)": _spread(r, "step_time"),
+                "×full": _fmt(r["step_time_s_x_full"], 2),
+                "×LoRA": _fmt(r["step_time_s_x_lora"], 2),
+                "×floor": _fmt(r["step_time_s_x_floor"], 2),
+                "CPU s/step": _fmt(r.get("step_cpu_s"), 2),
+                "side by side s (p25–p75)": _spread(r, "step_time_interleaved"),
+                "side by side ×LoRA": _fmt(r["step_time_interleaved_s_x_lora"], 3),
+                "side by side ×floor": _fmt(r["step_time_interleaved_s_x_floor"], 3),
+            }
+        )
     return _markdown(rows)
 
 
@@ -82,19 +92,21 @@ def memory_table(part: pd.DataFrame) -> str:
     part = with_ratios(part)
     rows = []
     for _, r in part.iterrows():
-        rows.append({
-            "method": r["method"],
-            "peak MB": _fmt(r["peak_mem_mb"], 0),
-            "×full": _fmt(r["peak_mem_mb_x_full"], 3),
-            "×LoRA": _fmt(r["peak_mem_mb_x_lora"], 3),
-            "×floor": _fmt(r["peak_mem_mb_x_floor"], 3),
-            "live peak MB": _fmt(r.get("live_peak_mb"), 0),
-            "trainable": f"{int(r['trainable_params']):,}",
-            "Adam state MB": _fmt(r["optimizer_state_mb"], 2),
-            "adapter MB": _fmt(r["adapter_mb"], 3),
-            "adapter % of full": _fmt(r["adapter_pct_of_full"], 3),
-            "probe s": _fmt(r["probe_s"], 1),
-        })
+        rows.append(
+            {
+                "method": r["method"],
+                "peak MB": _fmt(r["peak_mem_mb"], 0),
+                "×full": _fmt(r["peak_mem_mb_x_full"], 3),
+                "×LoRA": _fmt(r["peak_mem_mb_x_lora"], 3),
+                "×floor": _fmt(r["peak_mem_mb_x_floor"], 3),
+                "live peak MB": _fmt(r.get("live_peak_mb"), 0),
+                "trainable": f"{int(r['trainable_params']):,}",
+                "Adam state MB": _fmt(r["optimizer_state_mb"], 2),
+                "adapter MB": _fmt(r["adapter_mb"], 3),
+                "adapter % of full": _fmt(r["adapter_pct_of_full"], 3),
+                "probe s": _fmt(r["probe_s"], 1),
+            }
+        )
     return _markdown(rows)
 
 
@@ -104,18 +116,22 @@ def whole_run_table(part: pd.DataFrame) -> str:
     rows = []
     for _, r in part.iterrows():
         probe_batch = r.get("probe_batch_s")
-        rows.append({
-            "method": r["method"],
-            "build peak MB": _fmt(r.get("build_peak_mb"), 0),
-            "setup + probe peak MB": _fmt(r.get("prepare_peak_mb"), 0),
-            "training peak MB": _fmt(r["peak_mem_mb"], 0),
-            "whole-run peak MB": _fmt(r.get("whole_run_peak_mb"), 0),
-            "whole run ×LoRA": _fmt(r.get("whole_run_peak_mb_x_lora"), 3),
-            "probe s": _fmt(r["probe_s"], 1),
-            "probe s/batch": _fmt(probe_batch, 2),
-            "probe ÷ epoch": _fmt(probe_batch / r["step_time_s"] if probe_batch == probe_batch and probe_batch else None, 2),
-            "probe batch ÷ full step, side by side (p25–p75)": _ratio_spread(r, "probe_batch_x_full_step"),
-        })
+        rows.append(
+            {
+                "method": r["method"],
+                "build peak MB": _fmt(r.get("build_peak_mb"), 0),
+                "setup + probe peak MB": _fmt(r.get("prepare_peak_mb"), 0),
+                "training peak MB": _fmt(r["peak_mem_mb"], 0),
+                "whole-run peak MB": _fmt(r.get("whole_run_peak_mb"), 0),
+                "whole run ×LoRA": _fmt(r.get("whole_run_peak_mb_x_lora"), 3),
+                "probe s": _fmt(r["probe_s"], 1),
+                "probe s/batch": _fmt(probe_batch, 2),
+                "probe ÷ epoch": _fmt(
+                    probe_batch / r["step_time_s"] if probe_batch == probe_batch and probe_batch else None, 2
+                ),
+                "probe batch ÷ full step, side by side (p25–p75)": _ratio_spread(r, "probe_batch_x_full_step"),
+            }
+        )
     return _markdown(rows)
 
 
@@ -139,20 +155,43 @@ def markdown(results: pd.DataFrame, meta: dict, interleaved: list[dict] = ()) ->
     lines = ["# Benchmark: GRFT against full fine-tuning, GPS, LoRA, linear probing and the floor", ""]
     lines += [f"- {key}: {value}" for key, value in meta.items()]
     lines += [""]
-    for model, part in results.groupby("model", sort=False):
-        lines += [f"## {part['workload'].iloc[0]}", "", "Time per training step:", "", time_table(part), "",
-                  "Memory, state and storage:", "", memory_table(part), ""]
+    for _model, part in results.groupby("model", sort=False):
+        lines += [
+            f"## {part['workload'].iloc[0]}",
+            "",
+            "Time per training step:",
+            "",
+            time_table(part),
+            "",
+            "Memory, state and storage:",
+            "",
+            memory_table(part),
+            "",
+        ]
         if "whole_run_peak_mb" in part.columns:
-            lines += ["The whole run as a user launches it (model build, the method's setup with its probe, "
-                      "training):", "", whole_run_table(part), ""]
+            lines += [
+                "The whole run as a user launches it (model build, the method's setup with its probe, training):",
+                "",
+                whole_run_table(part),
+                "",
+            ]
     targets = evaluate(results, kind, interleaved)
-    lines += [f"## Targets ({kind})", "", "The benchmark's goals, each a ratio measured in this run. Step-time ratios "
-              "come from the side-by-side timing where both methods have one (ratio of the medians; "
-              "`per-round p25–p75`: the spread of the ratio between steps taken in the same round).", ""]
+    lines += [
+        f"## Targets ({kind})",
+        "",
+        "The benchmark's goals, each a ratio measured in this run. Step-time ratios "
+        "come from the side-by-side timing where both methods have one (ratio of the medians; "
+        "`per-round p25–p75`: the spread of the ratio between steps taken in the same round).",
+        "",
+    ]
     if len(targets):
         shown = targets.assign(ratio=targets["ratio"].map(lambda v: _fmt(v, 4)))
-        lines += [shown.to_markdown(index=False, disable_numparse=True,
-                                    colalign=("left", "left", "left", "right", "right", "left")), ""]
+        lines += [
+            shown.to_markdown(
+                index=False, disable_numparse=True, colalign=("left", "left", "left", "right", "right", "left")
+            ),
+            "",
+        ]
     met = int((targets["status"] == "met").sum())
     lines += [f"{met} of {len(targets)} met.", ""]
     lines += [HOW_MEASURED]
@@ -183,8 +222,8 @@ HOW_MEASURED = """## How it was measured
 - Methods: every one but floor is the app's `method=<name>`, built by its factory and trained
   through its hooks (`prepare`, `probe`, `extra_loss`, `before_optimizer_step`, `save_adapter`).
 - Probe: `probe s` is the setup's probe (the method's `probe`: `grft.select` /
-  `grft.accumulate_gradients`, the low-memory probe: every block but the last checkpointed and, on CPU, the heap's freed pages
-  handed back between blocks, `grft/checkpointing.py`) over `--probe-batches` batches;
+  `grft.accumulate_gradients`, the low-memory probe: every block but the last checkpointed and,
+  on CPU, the heap's freed pages handed back between blocks, `grft/checkpointing.py`) over `--probe-batches` batches;
   ViT probe batches hold two views of each image, as `grft_app.lit`'s probe loader gives them.
   `probe ÷ epoch`: a probe batch over the method's own training step, i.e. one probe pass over
   the training set (at the training batch size, the default) in training epochs. `probe batch ÷
@@ -233,15 +272,28 @@ def chart(results: pd.DataFrame, path: Path) -> Path:
         ax = axes[row][0]
         ax.bar(x, t, color=colors, yerr=err, capsize=3, label="own process (median, p25–p75)")
         if "step_time_interleaved_s" in part and part["step_time_interleaved_s"].notna().any():
-            ax.scatter(list(x), part["step_time_interleaved_s"], color="white", edgecolor="black", zorder=3,
-                       label="side by side (median)")
+            ax.scatter(
+                list(x),
+                part["step_time_interleaved_s"],
+                color="white",
+                edgecolor="black",
+                zorder=3,
+                label="side by side (median)",
+            )
         ax.legend(loc="upper right", fontsize=8)
         ax.set_ylabel("step time (s)")
         ax.set_title(f"{part['workload'].iloc[0]}: median step time")
         ax = axes[row][1]
-        ax.bar(x, part["peak_mem_mb"] / 1024, color=colors, label="peak (ru_maxrss)" if "cpu" in part["device"].iloc[0] else "peak")
+        ax.bar(
+            x,
+            part["peak_mem_mb"] / 1024,
+            color=colors,
+            label="peak (ru_maxrss)" if "cpu" in part["device"].iloc[0] else "peak",
+        )
         if "live_peak_mb" in part and part["live_peak_mb"].notna().any():
-            ax.scatter(list(x), part["live_peak_mb"] / 1024, color="white", edgecolor="black", zorder=3, label="live peak")
+            ax.scatter(
+                list(x), part["live_peak_mb"] / 1024, color="white", edgecolor="black", zorder=3, label="live peak"
+            )
             ax.legend(loc="upper right", fontsize=8)
         ax.set_ylabel("peak memory (GiB)")
         ax.set_title(f"{part['workload'].iloc[0]}: peak memory")

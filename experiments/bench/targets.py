@@ -59,10 +59,16 @@ TARGETS = (
     # The whole run as a user launches it (model build, probe, training), and the probe's share:
     # its peak within GRFT's own training peak, its time per batch within 2.5 full fine-tuning
     # steps (timed side by side, experiments.bench.probe_time).
-    *(Target(m, "whole_run_peak_mb", "lora", 1.0, device=d, models=models)
-      for d, models in (("cpu", ("vit",)), ("cuda", None)) for m in ("grft_row", "grft_column")),
-    *(Target(m, "prepare_peak_mb", m, 1.0, device=d, models=models, reference_metric="peak_mem_mb")
-      for d, models in (("cpu", ("vit",)), ("cuda", None)) for m in ("grft_row", "grft_column")),
+    *(
+        Target(m, "whole_run_peak_mb", "lora", 1.0, device=d, models=models)
+        for d, models in (("cpu", ("vit",)), ("cuda", None))
+        for m in ("grft_row", "grft_column")
+    ),
+    *(
+        Target(m, "prepare_peak_mb", m, 1.0, device=d, models=models, reference_metric="peak_mem_mb")
+        for d, models in (("cpu", ("vit",)), ("cuda", None))
+        for m in ("grft_row", "grft_column")
+    ),
     Target("grft_row", "probe_batch_x_full_step", None, 2.5, models=("vit",)),
     Target("grft_row", "probe_batch_x_full_step", None, 2.5, device="cuda"),
 )
@@ -102,7 +108,9 @@ def evaluate(results: pd.DataFrame, device: str, interleaved: list[dict] = ()) -
                 continue
             column = target.metric
             side_by_side = INTERLEAVED.get(column)
-            if side_by_side and not any(math.isnan(_value(values, m, side_by_side)) for m in (target.method, target.reference)):
+            if side_by_side and not any(
+                math.isnan(_value(values, m, side_by_side)) for m in (target.method, target.reference)
+            ):
                 column = side_by_side
             spread = "–"
             if target.reference is None:  # a ratio measured as such, with its per-round spread beside it
@@ -114,10 +122,20 @@ def evaluate(results: pd.DataFrame, device: str, interleaved: list[dict] = ()) -
                 reference = _value(values, target.reference, target.reference_metric or column)
                 ratio = _value(values, target.method, column) / reference if reference else math.nan
             status = "not measured" if math.isnan(ratio) else ("met" if target.check(ratio) else "MISSED")
-            per_round = round_ratios(interleaved, model, target.method, target.reference) if column == side_by_side else []
+            per_round = (
+                round_ratios(interleaved, model, target.method, target.reference) if column == side_by_side else []
+            )
             if len(per_round) > 1:
                 q = statistics.quantiles(per_round, n=4, method="inclusive")
                 spread = f"{q[0]:.3f}–{q[2]:.3f}"
-            rows.append({"model": model, "target": target.text, "measured": column, "ratio": ratio,
-                         "per-round p25–p75": spread, "status": status})
+            rows.append(
+                {
+                    "model": model,
+                    "target": target.text,
+                    "measured": column,
+                    "ratio": ratio,
+                    "per-round p25–p75": spread,
+                    "status": status,
+                }
+            )
     return pd.DataFrame(rows, columns=["model", "target", "measured", "ratio", "per-round p25–p75", "status"])

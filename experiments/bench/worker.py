@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from . import device as devices
-from .memory import MB, Memory, Sampler, compact_allocator, trim_allocator
 from .arms import METHODS, Trainable, check_method, prepare
+from .memory import MB, Memory, Sampler, compact_allocator, trim_allocator
 from .models import LLAMA_LAYERS, MODELS, build, call
 
 PROBED = ("gps", "grft_row", "grft_column")  # the methods whose setup runs the gradient probe
@@ -43,8 +43,12 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=2, help="GRFT rows/columns (GPS: entries per row) per matrix")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     p.add_argument("--probe-batches", type=int, default=2)
-    p.add_argument("--llama-shape", default="cpu", choices=sorted(LLAMA_LAYERS),
-                   help=f"layers of the Llama-3.2-1B-wide model: cpu={LLAMA_LAYERS['cpu']}, 1b={LLAMA_LAYERS['1b']}")
+    p.add_argument(
+        "--llama-shape",
+        default="cpu",
+        choices=sorted(LLAMA_LAYERS),
+        help=f"layers of the Llama-3.2-1B-wide model: cpu={LLAMA_LAYERS['cpu']}, 1b={LLAMA_LAYERS['1b']}",
+    )
     p.add_argument("--seq-len", type=int, default=32, help="tokens per Llama sequence")
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -104,8 +108,12 @@ def to_device(obj, device: torch.device):
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of Adam's moment buffers (``exp_avg``, ``exp_avg_sq``); its 0-dim step counters are left out."""
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
-               if torch.is_tensor(t) and t.dim() > 0)
+    return sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
 
 
 def train_step(trainable: Trainable, optimizer, inputs, labels, autocast) -> torch.Tensor:
@@ -177,7 +185,9 @@ def run(args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             wall.append(seconds)
             cpu.append(cpu_seconds)
-        log(f"{tag}: step {i + 1}/{args.warmup + args.steps} {seconds:.2f}s" + (" (warm-up)" if i < args.warmup else ""))
+        log(
+            f"{tag}: step {i + 1}/{args.warmup + args.steps} {seconds:.2f}s" + (" (warm-up)" if i < args.warmup else "")
+        )
     peak = memory.peak_mb()
     # Where a reset failed the later peak already includes the earlier phases: the maximum holds either way.
     whole_run_peak = max(build_peak, prepare_peak, peak)

@@ -21,26 +21,42 @@ from .spec import SPEC_PATH, SpecError, load_spec
 
 OUT = Path("results")
 SMOKE_OUT = OUT / "smoke"
-SMOKE_BANNER = ("> **Smoke runs** ({overrides}): tiny models and a few batches, to check the pipeline. "
-                "These numbers are not results.")
+SMOKE_BANNER = (
+    "> **Smoke runs** ({overrides}): tiny models and a few batches, to check the pipeline. "
+    "These numbers are not results."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.paper", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spec", type=Path, default=SPEC_PATH, help="sweep definition (default: experiments/paper/spec.yaml)")
+    parser.add_argument(
+        "--spec", type=Path, default=SPEC_PATH, help="sweep definition (default: experiments/paper/spec.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="launch the targets' pending runs (Hydra multirun)")
     run.add_argument("items", nargs="*", metavar="TARGET|OVERRIDE")
     run.add_argument("--dry-run", action="store_true", help="print job counts and commands; launch nothing")
-    run.add_argument("--launcher", default="basic", help="Hydra launcher: basic (here, one after another), local (submitit here), slurm, or submitit_slurm")
-    run.add_argument("--rows", default="default", choices=("default", "all"),
-                     help="default: the paper's own runs (GRFT, GPS*); all: every implemented method row")
+    run.add_argument(
+        "--launcher",
+        default="basic",
+        help="Hydra launcher: basic (here, one after another), local (submitit here), slurm, or submitit_slurm",
+    )
+    run.add_argument(
+        "--rows",
+        default="default",
+        choices=("default", "all"),
+        help="default: the paper's own runs (GRFT, GPS*); all: every implemented method row",
+    )
     run.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     run.add_argument("--parallel", type=int, default=1, help="multiruns at a time (useful with a cluster launcher)")
     render = sub.add_parser("render", help="write tables and figures from the finished runs")
     render.add_argument("items", nargs="*", metavar="TARGET|OVERRIDE")
-    render.add_argument("--out", type=Path, default=None,
-                        help="writes <out>/tables and <out>/figures (default: results; results/smoke with debug=...)")
+    render.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="writes <out>/tables and <out>/figures (default: results; results/smoke with debug=...)",
+    )
     render.add_argument("--runs", type=Path, default=None, help="records folder (default: paths.runs of the config)")
     hp = sub.add_parser("hparams", help="hparams.csv, Tables 6-8 and the row/column choice from the experiment configs")
     hp.add_argument("overrides", nargs="*", metavar="OVERRIDE")

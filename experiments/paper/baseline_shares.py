@@ -80,10 +80,17 @@ def shares_table(spec, composer: Composer) -> str:
             share = row_share(target, row, composer)
             printed = paper.loc[row.label, "params"]
             digits = len(printed.split(".")[1])
-            lines.append({"Table": target.caption.split(":")[0], "Row": row.label, "recipe": row.overrides.get("recipe", ""),
-                          "paper (%)": printed, "ours (%)": f"{share.mean:.3f}",
-                          "rounds to paper": "yes" if round(share.mean, digits) == float(printed) else "no",
-                          "comparable": {True: "yes", False: "no"}.get(share.comparable, "—")})
+            lines.append(
+                {
+                    "Table": target.caption.split(":")[0],
+                    "Row": row.label,
+                    "recipe": row.overrides.get("recipe", ""),
+                    "paper (%)": printed,
+                    "ours (%)": f"{share.mean:.3f}",
+                    "rounds to paper": "yes" if round(share.mean, digits) == float(printed) else "no",
+                    "comparable": {True: "yes", False: "no"}.get(share.comparable, "—"),
+                }
+            )
     return pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
 
 

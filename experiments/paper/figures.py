@@ -16,9 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from grft_app.record import RunRecord  # noqa: E402
+
 from .compose import Composer, ConfigUnavailable  # noqa: E402
 from .matching import Aggregate, RecordIndex  # noqa: E402
-from grft_app.record import RunRecord  # noqa: E402
 from .spec import Spec, Target, hydra_value  # noqa: E402
 
 
@@ -45,8 +46,18 @@ def sweep_points(target: Target, composer: Composer, index: RecordIndex) -> pd.D
     for cell in target.cells():
         agg, status = _find(composer, index, cell.args, target.metric, target.scale)
         panel = next(p for p in target.panels if p.name == cell.panel)
-        rows.append({"panel": panel.name, "key": panel.key, "task": cell.row, "value": hydra_value(cell.column), "acc": agg.mean,
-                     "acc_std": agg.std, "n": agg.n, "status": status})
+        rows.append(
+            {
+                "panel": panel.name,
+                "key": panel.key,
+                "task": cell.row,
+                "value": hydra_value(cell.column),
+                "acc": agg.mean,
+                "acc_std": agg.std,
+                "n": agg.n,
+                "status": status,
+            }
+        )
     return pd.DataFrame.from_records(rows)
 
 
@@ -55,7 +66,7 @@ def render_sweep(target: Target, spec: Spec, composer: Composer, index: RecordIn
     points = sweep_points(target, composer, index)
     rows = max(1, math.ceil(len(target.panels) / 2))
     fig, axes = plt.subplots(rows, 2, figsize=(11, 4 * rows), squeeze=False)
-    for ax in list(axes.flat)[len(target.panels):]:
+    for ax in list(axes.flat)[len(target.panels) :]:
         ax.set_visible(False)
     notes = []
     for ax, panel in zip(axes.flat, target.panels, strict=False):  # the grid may have one axis more (hidden)

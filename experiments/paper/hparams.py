@@ -25,8 +25,13 @@ from .spec import Spec
 FIELDS = ["task", "lr", "batch_size", "epochs", "subsets", "lambda", "regular_layers", "k", "selection", "params_pct"]
 BENCHMARKS = ("fgvc", "vtab", "glue")
 PAPER_COLUMNS = {
-    "lr": "Learning Rate", "batch_size": "Batch size", "epochs": "Epoch", "subsets": "Data Subsets Number",
-    "lambda": "Regular Parameter", "regular_layers": "Regular Layer Number", "k": "Row/Column Number",
+    "lr": "Learning Rate",
+    "batch_size": "Batch size",
+    "epochs": "Epoch",
+    "subsets": "Data Subsets Number",
+    "lambda": "Regular Parameter",
+    "regular_layers": "Regular Layer Number",
+    "k": "Row/Column Number",
 }
 
 
@@ -39,7 +44,7 @@ class TaskSettings:
     task: str
     benchmark: str
     values: dict = field(default_factory=dict)
-    shares: dict = field(default_factory=dict)   # selection -> trainable share (%)
+    shares: dict = field(default_factory=dict)  # selection -> trainable share (%)
     note: str = ""
 
     @property
@@ -69,8 +74,10 @@ def meta_model(model_cfg, num_classes: int):
     from grft_app.models import FAMILIES, build_model
 
     # Only shapes are needed: never ask a hub (local files only; a family without them falls back below).
-    model_cfg = {**(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)),
-                 "local_files_only": True}
+    model_cfg = {
+        **(OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)),
+        "local_files_only": True,
+    }
     key = (repr(sorted((str(k), repr(v)) for k, v in model_cfg.items())), num_classes)
     if key in _models:
         return _models[key]
@@ -86,7 +93,9 @@ def meta_model(model_cfg, num_classes: int):
             module = None
         builder = getattr(module, "meta_model", None)
         if builder is None:
-            raise ParamsUnavailable(f"cannot build model family {family!r} here ({err.__class__.__name__}: {err})") from None
+            raise ParamsUnavailable(
+                f"cannot build model family {family!r} here ({err.__class__.__name__}: {err})"
+            ) from None
         model = builder(num_classes)
         built = (model, detect_architecture(model))
     _models[key] = built
@@ -114,9 +123,14 @@ def collect(spec: Spec, composer: Composer) -> list[TaskSettings]:
                 continue
             regular = cfg.regular_layers
             item.values = {
-                "lr": float(cfg.lr), "batch_size": int(cfg.batch_size), "epochs": int(cfg.epochs), "subsets": int(cfg.subsets),
-                "lambda": float(cfg["lambda"]), "regular_layers": regular if isinstance(regular, str) else int(regular),
-                "k": int(cfg.k), "selection": str(cfg.selection.kind),
+                "lr": float(cfg.lr),
+                "batch_size": int(cfg.batch_size),
+                "epochs": int(cfg.epochs),
+                "subsets": int(cfg.subsets),
+                "lambda": float(cfg["lambda"]),
+                "regular_layers": regular if isinstance(regular, str) else int(regular),
+                "k": int(cfg.k),
+                "selection": str(cfg.selection.kind),
             }
             try:
                 item.shares = shares(cfg.model, int(cfg.dataset.num_classes), item.values["k"])
@@ -159,14 +173,21 @@ def _same(paper: str, ours) -> bool:
     return math.isclose(float(paper), float(ours), rel_tol=1e-9, abs_tol=1e-15)
 
 
-def settings_table(spec: Spec, items: list[TaskSettings], bench: str, paper_name: str, title: str, paper_dir: Path) -> str:
+def settings_table(
+    spec: Spec, items: list[TaskSettings], bench: str, paper_name: str, title: str, paper_dir: Path
+) -> str:
     """Table 6 or 7 in the paper's layout, from our configs, then how they compare with the paper."""
     paper = load_paper_table(paper_name, paper_dir)
     mine = [i for i in items if i.benchmark == bench]
-    frame = pd.DataFrame([
-        {"Dataset": spec.label(i.task), **{title_: sci(i.values[k]) if i.values else "—" for k, title_ in PAPER_COLUMNS.items()}}
-        for i in mine
-    ])
+    frame = pd.DataFrame(
+        [
+            {
+                "Dataset": spec.label(i.task),
+                **{title_: sci(i.values[k]) if i.values else "—" for k, title_ in PAPER_COLUMNS.items()},
+            }
+            for i in mine
+        ]
+    )
     differences, problems, compared = [], [], 0
     for item in mine:
         if item.task not in paper.index or not item.values:
@@ -175,9 +196,18 @@ def settings_table(spec: Spec, items: list[TaskSettings], bench: str, paper_name
         for key in PAPER_COLUMNS:
             compared += 1
             if not _same(paper.loc[item.task, key], item.values[key]):
-                differences.append(f"{item.task} {key}: paper {paper.loc[item.task, key]}, config {sci(item.values[key])}")
-    lines = [f"# {title}", "", "From the experiment configs (conf/experiment/), composed.", "", _md(frame), "",
-             f"Checked against the paper ({paper_name}): {compared - len(differences)} of {compared} values agree."]
+                differences.append(
+                    f"{item.task} {key}: paper {paper.loc[item.task, key]}, config {sci(item.values[key])}"
+                )
+    lines = [
+        f"# {title}",
+        "",
+        "From the experiment configs (conf/experiment/), composed.",
+        "",
+        _md(frame),
+        "",
+        f"Checked against the paper ({paper_name}): {compared - len(differences)} of {compared} values agree.",
+    ]
     lines += [f"- differs: {d}" for d in differences] + [f"- not checked: {p}" for p in problems]
     return "\n".join(lines) + "\n"
 
@@ -192,13 +222,25 @@ def share_table(spec: Spec, items: list[TaskSettings], paper_dir: Path) -> str:
         ok = bool(printed) and not math.isnan(ours) and round(ours, 2) == float(printed)
         known += not math.isnan(ours)
         agree += ok
-        rows.append({"Dataset": spec.label(item.task), "Params. (%) paper": printed,
-                     "Params. (%) ours": f"{ours:.2f}" if not math.isnan(ours) else "—",
-                     "Row/Column Number paper": paper.loc[item.task, "k"] if item.task in paper.index else "",
-                     "k ours": item.values.get("k", "—"), "selection": item.values.get("selection", "—")})
-    lines = ["# Table 8: trainable parameters per task", "",
-             "Ours: the task's model (random weights, meta device, its class count) with the configured k and selection.",
-             "", _md(pd.DataFrame(rows)), "", f"{agree} of {known} computed shares round to the paper's value."]
+        rows.append(
+            {
+                "Dataset": spec.label(item.task),
+                "Params. (%) paper": printed,
+                "Params. (%) ours": f"{ours:.2f}" if not math.isnan(ours) else "—",
+                "Row/Column Number paper": paper.loc[item.task, "k"] if item.task in paper.index else "",
+                "k ours": item.values.get("k", "—"),
+                "selection": item.values.get("selection", "—"),
+            }
+        )
+    lines = [
+        "# Table 8: trainable parameters per task",
+        "",
+        "Ours: the task's model (random weights, meta device, its class count) with the configured k and selection.",
+        "",
+        _md(pd.DataFrame(rows)),
+        "",
+        f"{agree} of {known} computed shares round to the paper's value.",
+    ]
     lines += [f"- {i.task}: {i.note}" for i in items if i.note]
     return "\n".join(lines) + "\n"
 
@@ -210,27 +252,45 @@ def selection_note(spec: Spec, items: list[TaskSettings], paper_dir: Path) -> st
     for item in items:
         printed = paper.loc[item.task, "params_pct"] if item.task in paper.index else ""
         row_pct, col_pct = item.shares.get("row", math.nan), item.shares.get("column", math.nan)
-        hits = [s for s, v in (("row", row_pct), ("column", col_pct))
-                if printed and not math.isnan(v) and round(v, 2) == float(printed)]
-        verdict = " and ".join(hits) if hits else ("neither: keep row (the paper's default)" if item.shares else "not computed")
+        hits = [
+            s
+            for s, v in (("row", row_pct), ("column", col_pct))
+            if printed and not math.isnan(v) and round(v, 2) == float(printed)
+        ]
+        verdict = (
+            " and ".join(hits)
+            if hits
+            else ("neither: keep row (the paper's default)" if item.shares else "not computed")
+        )
         configured = item.values.get("selection", "—")
         expected = hits[0] if len(hits) == 1 else "row"
         consistent = "—" if not item.shares else ("yes" if configured == expected else "NO")
         if consistent == "NO":
             disagreements.append(item.task)
-        rows.append({"Task": spec.label(item.task), "k": item.values.get("k", "—"),
-                     "rows (%)": f"{row_pct:.3f}" if not math.isnan(row_pct) else "—",
-                     "columns (%)": f"{col_pct:.3f}" if not math.isnan(col_pct) else "—",
-                     "Table 8 (%)": printed, "rounds to Table 8": verdict, "configured": configured,
-                     "config follows": consistent})
+        rows.append(
+            {
+                "Task": spec.label(item.task),
+                "k": item.values.get("k", "—"),
+                "rows (%)": f"{row_pct:.3f}" if not math.isnan(row_pct) else "—",
+                "columns (%)": f"{col_pct:.3f}" if not math.isnan(col_pct) else "—",
+                "Table 8 (%)": printed,
+                "rounds to Table 8": verdict,
+                "configured": configured,
+                "config follows": consistent,
+            }
+        )
     lines = [
-        "# Row or column: which selection reproduces Table 8", "",
+        "# Row or column: which selection reproduces Table 8",
+        "",
         "The paper does not say per task whether rows or columns were trained. For each task, the trainable share "
         "of its model at its k with rows and with columns (random weights on the meta device, the task's class "
         "count; head and eligible biases included), rounded to Table 8's two decimals. The experiment config uses "
-        "the one that matches; where neither does, rows (the paper's default, §3.1).", "",
-        _md(pd.DataFrame(rows)), "",
-        "Every config follows its match." if not disagreements
+        "the one that matches; where neither does, rows (the paper's default, §3.1).",
+        "",
+        _md(pd.DataFrame(rows)),
+        "",
+        "Every config follows its match."
+        if not disagreements
         else f"Configs that do not follow their match: {', '.join(disagreements)}.",
     ]
     lines += [f"- {i.task}: {i.note}" for i in items if i.note]
@@ -249,18 +309,35 @@ def table4_evidence(spec: Spec, items: list[TaskSettings], paper_dir: Path) -> l
     for task in spec.tasks("fgvc"):
         grft, row, col = t1.loc["GRFT", task], t4.loc["GRFT-Row", task], t4.loc["GRFT-Column", task]
         equal = [name for name, v in (("row", row), ("column", col)) if float(v) == float(grft)]
-        rows.append({"Task": spec.label(task), "Table 1 GRFT": grft, "Table 4 GRFT-Row": row, "Table 4 GRFT-Column": col,
-                     "Table 1 equals": " and ".join(equal) or "neither", "configured": configured.get(task, "—")})
-    return ["## Cross-check with Tables 1 and 4 (FGVC)", "",
-            "If Table 1 reports each task with the selection Table 8 implies, its GRFT cell equals that selection's cell "
-            "in Table 4.", "", _md(pd.DataFrame(rows))]
+        rows.append(
+            {
+                "Task": spec.label(task),
+                "Table 1 GRFT": grft,
+                "Table 4 GRFT-Row": row,
+                "Table 4 GRFT-Column": col,
+                "Table 1 equals": " and ".join(equal) or "neither",
+                "configured": configured.get(task, "—"),
+            }
+        )
+    return [
+        "## Cross-check with Tables 1 and 4 (FGVC)",
+        "",
+        "If Table 1 reports each task with the selection Table 8 implies, its GRFT cell equals that selection's cell "
+        "in Table 4.",
+        "",
+        _md(pd.DataFrame(rows)),
+    ]
 
 
 def gps_check(spec: Spec, items: list[TaskSettings], paper_dir: Path) -> list[str]:
     """The GPS* rows' Params column recomputed with the GPS reference k (sparse: k entries per output neuron)."""
-    lines = ["## GPS* trainable share with the GPS reference k", "",
-             "The sparse share at each task's GPS reference k (experiments/paper/spec.yaml, per_task.gps_reference), "
-             "averaged per benchmark, next to the paper's GPS* Params column.", ""]
+    lines = [
+        "## GPS* trainable share with the GPS reference k",
+        "",
+        "The sparse share at each task's GPS reference k (experiments/paper/spec.yaml, per_task.gps_reference), "
+        "averaged per benchmark, next to the paper's GPS* Params column.",
+        "",
+    ]
     rows = []
     for bench, table in (("fgvc", "table1.csv"), ("vtab", "table2.csv")):
         values = [i.shares.get("gps", math.nan) for i in items if i.benchmark == bench]
@@ -269,10 +346,16 @@ def gps_check(spec: Spec, items: list[TaskSettings], paper_dir: Path) -> list[st
             printed = load_paper_table(table, paper_dir).loc["GPS*", "params"]
         except (FileNotFoundError, KeyError):
             printed = ""
-        rows.append({"Benchmark": bench.upper(), "GPS share, mean (%)": f"{mean:.3f}" if not math.isnan(mean) else "—",
-                     "paper GPS* Params (%)": printed,
-                     "agrees": ("yes" if printed and not math.isnan(mean) and round(mean, 2) == float(printed) else "no")
-                     if not math.isnan(mean) else "—"})
+        rows.append(
+            {
+                "Benchmark": bench.upper(),
+                "GPS share, mean (%)": f"{mean:.3f}" if not math.isnan(mean) else "—",
+                "paper GPS* Params (%)": printed,
+                "agrees": ("yes" if printed and not math.isnan(mean) and round(mean, 2) == float(printed) else "no")
+                if not math.isnan(mean)
+                else "—",
+            }
+        )
     return lines + [_md(pd.DataFrame(rows))]
 
 
@@ -282,7 +365,9 @@ def write_hparams(spec: Spec, composer: Composer, out_dir: Path) -> tuple[list[P
     items = collect(spec, composer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / name for name in ("hparams.csv", "table6.md", "table7.md", "table8.md", "selection_choice.md")}
+    paths = {
+        name: out_dir / name for name in ("hparams.csv", "table6.md", "table7.md", "table8.md", "selection_choice.md")
+    }
     hparams_frame(items).to_csv(paths["hparams.csv"], index=False)
     for name, bench in (("table6", "fgvc"), ("table7", "vtab")):
         title = f"Table {name[-1]}: hyperparameters on {bench.upper()}"

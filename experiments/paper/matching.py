@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -22,8 +23,22 @@ from grft_app.record import CorruptRecord, RunRecord, iter_records
 
 # Where a run went and how it was launched, not what it computed.
 IGNORED = (
-    "hydra", "run_name", "seed", "paths", "logger", "data_dir", "num_workers", "force", "baselines", "progress",
-    "tags", "trace_memory_every", "eval_batch_size", "trainer", "model.cache_dir", "model.checkpoint",
+    "hydra",
+    "run_name",
+    "seed",
+    "paths",
+    "logger",
+    "data_dir",
+    "num_workers",
+    "force",
+    "baselines",
+    "progress",
+    "tags",
+    "trace_memory_every",
+    "eval_batch_size",
+    "trainer",
+    "model.cache_dir",
+    "model.checkpoint",
     "model.local_files_only",
 )
 
@@ -60,7 +75,7 @@ def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -113,7 +128,7 @@ class RecordIndex:
         self.corrupt = list(corrupt)
 
     @classmethod
-    def load(cls, root: Path) -> "RecordIndex":
+    def load(cls, root: Path) -> RecordIndex:
         """Every record under ``root``; a damaged one is named in ``corrupt`` (with its fix), not dropped silently."""
         corrupt: list[str] = []
 
@@ -164,6 +179,9 @@ class RecordIndex:
         """Records of these tasks and methods that no cell has claimed (other settings, stale configs)."""
         tasks, methods = set(tasks), set(methods)
         return [
-            record for (task, method), items in sorted(self.by_task_method.items()) if task in tasks and method in methods
-            for record, _ in items if str(record.run_dir) not in self.used
+            record
+            for (task, method), items in sorted(self.by_task_method.items())
+            if task in tasks and method in methods
+            for record, _ in items
+            if str(record.run_dir) not in self.used
         ]

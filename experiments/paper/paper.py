@@ -21,7 +21,9 @@ def load_paper_table(name: str, paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
     """A transcribed table, all cells as printed strings, indexed by its first column."""
     path = Path(paper_dir) / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: it holds the paper's numbers for this table (see experiments/paper/published/)")
+        raise FileNotFoundError(
+            f"{path} is missing: it holds the paper's numbers for this table (see experiments/paper/published/)"
+        )
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     return frame.set_index(frame.columns[0])
 
@@ -35,7 +37,7 @@ def decimals(printed: str) -> int:
 def rounding_slack(cells: Sequence[str], printed_mean: str) -> float:
     """Largest gap rounding explains: half a unit of the cells' last digit plus half of the mean's."""
     cell_digits = max(decimals(c) for c in cells)
-    return 0.5 * 10 ** -cell_digits + 0.5 * 10 ** -decimals(printed_mean) + 1e-9
+    return 0.5 * 10**-cell_digits + 0.5 * 10 ** -decimals(printed_mean) + 1e-9
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ class MeanCheck:
         return abs(self.gap) <= self.slack
 
 
-def check_mean(row: str, cells: Sequence[str], printed_mean: str, groups: Sequence[Sequence[int]] | None = None) -> MeanCheck:
+def check_mean(
+    row: str, cells: Sequence[str], printed_mean: str, groups: Sequence[Sequence[int]] | None = None
+) -> MeanCheck:
     """Recompute a printed mean from its printed cells (optionally as the mean of group means)."""
     values = [float(c) for c in cells]
     if groups:

@@ -181,22 +181,50 @@ def load_spec(path: Path | str = SPEC_PATH) -> Spec:
             if "label" not in r:
                 raise SpecError(f"{path.name}: target {name}: every row needs a `label`")
             if r.get("per_task") and r["per_task"] not in per_task:
-                raise SpecError(f"{path.name}: target {name}, row {r['label']}: "
-                                f"per_task {r['per_task']!r} is not under `per_task:`")
-            rows.append(Row(label=str(r["label"]), overrides=dict(r.get("overrides") or {}), per_task=r.get("per_task"),
-                            launch=bool(r.get("launch", False)), paper_only=bool(r.get("paper_only", False))))
+                raise SpecError(
+                    f"{path.name}: target {name}, row {r['label']}: per_task {r['per_task']!r} is not under `per_task:`"
+                )
+            rows.append(
+                Row(
+                    label=str(r["label"]),
+                    overrides=dict(r.get("overrides") or {}),
+                    per_task=r.get("per_task"),
+                    launch=bool(r.get("launch", False)),
+                    paper_only=bool(r.get("paper_only", False)),
+                )
+            )
         panels = tuple(
-            Panel(name=str(p["name"]), key=str(p["key"]), values=_panel_values(name, p), title=str(p.get("title", p["key"])),
-                  xlabel=str(p.get("xlabel", p["key"])), log=bool(p.get("log", False)))
+            Panel(
+                name=str(p["name"]),
+                key=str(p["key"]),
+                values=_panel_values(name, p),
+                title=str(p.get("title", p["key"])),
+                xlabel=str(p.get("xlabel", p["key"])),
+                log=bool(p.get("log", False)),
+            )
             for p in body.get("panels", []) or []
         )
         if kind == "table" and not body.get("paper"):
-            raise SpecError(f"{path.name}: target {name}: a table needs `paper: <file in experiments/paper/published/>`")
+            raise SpecError(
+                f"{path.name}: target {name}: a table needs `paper: <file in experiments/paper/published/>`"
+            )
         targets[name] = Target(
-            name=name, kind=kind, caption=str(body.get("caption", name)), benchmark=bench, tasks=tasks, rows=tuple(rows),
-            panels=panels, paper=body.get("paper"), metric=str(body.get("metric", "test_acc")),
-            scale=float(body.get("scale", 100)), digits=int(body.get("digits", 1)), mean=body.get("mean"),
-            params=body.get("params"), per_task=per_task,
+            name=name,
+            kind=kind,
+            caption=str(body.get("caption", name)),
+            benchmark=bench,
+            tasks=tasks,
+            rows=tuple(rows),
+            panels=panels,
+            paper=body.get("paper"),
+            metric=str(body.get("metric", "test_acc")),
+            scale=float(body.get("scale", 100)),
+            digits=int(body.get("digits", 1)),
+            mean=body.get("mean"),
+            params=body.get("params"),
+            per_task=per_task,
         )
     paper_dir = (path.parent / raw["paper_dir"]).resolve() if raw.get("paper_dir") else PAPER_DIR
-    return Spec(targets=targets, labels=dict(raw.get("labels") or {}), benchmarks=benchmarks, path=path, paper_dir=paper_dir)
+    return Spec(
+        targets=targets, labels=dict(raw.get("labels") or {}), benchmarks=benchmarks, path=path, paper_dir=paper_dir
+    )

@@ -13,17 +13,17 @@ import copy
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from omegaconf import open_dict
 
-from .compose import Composer, ConfigUnavailable, run_dir
-from grft_app.record import is_done
 from grft_app.paths import ROOT
+from grft_app.record import is_done
 
+from .compose import Composer, ConfigUnavailable, run_dir
 from .spec import Cell, Target
 
 ROW_CHOICES = ("default", "all")
@@ -44,7 +44,7 @@ class Plan:
     cells: int = 0
     jobs: list[Job] = field(default_factory=list)
     done: list[Job] = field(default_factory=list)
-    unavailable: list[tuple[str, str]] = field(default_factory=list)   # (cell, Hydra's reason)
+    unavailable: list[tuple[str, str]] = field(default_factory=list)  # (cell, Hydra's reason)
     shared: list[Job] = field(default_factory=list)
     skipped_rows: int = 0
     launches: list[list[str]] = field(default_factory=list)
@@ -62,7 +62,9 @@ class Plan:
         return out
 
 
-def plan_all(targets: Sequence[Target], composer: Composer, rows: str = "default", seeds: Sequence[int] = (0,)) -> list[Plan]:
+def plan_all(
+    targets: Sequence[Target], composer: Composer, rows: str = "default", seeds: Sequence[int] = (0,)
+) -> list[Plan]:
     """Plans for several targets; a run two targets share is launched by the first one only."""
     claimed: set[Path] = set()
     plans = []
@@ -73,8 +75,13 @@ def plan_all(targets: Sequence[Target], composer: Composer, rows: str = "default
     return plans
 
 
-def plan(target: Target, composer: Composer, rows: str = "default", seeds: Sequence[int] = (0,),
-         claimed: set[Path] | None = None) -> Plan:
+def plan(
+    target: Target,
+    composer: Composer,
+    rows: str = "default",
+    seeds: Sequence[int] = (0,),
+    claimed: set[Path] | None = None,
+) -> Plan:
     """Expand a target into jobs (cell x seed), find the finished ones, group the rest into multiruns."""
     if rows not in ROW_CHOICES:
         raise ValueError(f"rows must be one of {', '.join(ROW_CHOICES)}, got {rows!r}")
@@ -137,12 +144,22 @@ def group_launches(jobs: Iterable[Job]) -> list[list[str]]:
 
 
 def command(launch: list[str], target: str, launcher: str, extra: Sequence[str]) -> list[str]:
-    return [sys.executable, str(ROOT / "run.py"), "-m", *launch, f"hydra/launcher={launcher}", f"+tags.target={target}", *extra]
+    return [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        *launch,
+        f"hydra/launcher={launcher}",
+        f"+tags.target={target}",
+        *extra,
+    ]
 
 
 def describe(p: Plan, rows: str) -> str:
-    parts = [f"{p.target}: {len(p.jobs)} jobs ({p.cells} cells x seeds), {len(p.done)} done, {len(p.pending)} to launch "
-             f"in {len(p.launches)} multiruns"]
+    parts = [
+        f"{p.target}: {len(p.jobs)} jobs ({p.cells} cells x seeds), {len(p.done)} done, {len(p.pending)} to launch "
+        f"in {len(p.launches)} multiruns"
+    ]
     if p.shared:
         parts.append(f"{len(p.shared)} launched by an earlier target")
     repeats = len(p.jobs) - len({j.run_dir for j in p.jobs})
@@ -155,9 +172,13 @@ def describe(p: Plan, rows: str) -> str:
     return "; ".join(parts)
 
 
-def launch(plans: Sequence[Plan], launcher: str, extra: Sequence[str], dry_run: bool, rows: str,
-           parallel: int = 1, out=None) -> int:
-    """Print each target's plan; unless ``dry_run``, run the multiruns (``parallel`` at a time). Returns an exit code."""
+def launch(
+    plans: Sequence[Plan], launcher: str, extra: Sequence[str], dry_run: bool, rows: str, parallel: int = 1, out=None
+) -> int:
+    """Print each target's plan; unless ``dry_run``, run the multiruns (``parallel`` at a time).
+
+    Returns an exit code.
+    """
     out = out or sys.stdout
     commands = []
     for p in plans:
@@ -177,9 +198,12 @@ def launch(plans: Sequence[Plan], launcher: str, extra: Sequence[str], dry_run: 
         return 0
     with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
         codes = list(pool.map(lambda cmd: subprocess.run(cmd, cwd=os.getcwd()).returncode, commands))
-    failed = [c for c, code in zip(commands, codes) if code != 0]
+    failed = [c for c, code in zip(commands, codes, strict=True) if code != 0]
     for cmd in failed:
         print(f"failed: {' '.join(cmd[2:])}", file=out)
-    print(f"{len(commands) - len(failed)} of {len(commands)} multiruns finished; run again to retry the rest "
-          "(finished runs are skipped)", file=out)
+    print(
+        f"{len(commands) - len(failed)} of {len(commands)} multiruns finished; run again to retry the rest "
+        "(finished runs are skipped)",
+        file=out,
+    )
     return 1 if failed else 0

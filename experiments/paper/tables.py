@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from grft_app.paths import ROOT
+
 from .compose import Composer, ConfigUnavailable
 from .matching import Aggregate, RecordIndex, identity
 from .paper import check_mean, decimals, load_claims, load_paper_table
-from grft_app.paths import ROOT
-
 from .spec import Spec, SpecError, Target
 
 HOLE = "—"
@@ -54,10 +54,15 @@ def _fmt(value: float, digits: int, signed: bool = False) -> str:
 def _check_layout(target: Target, paper: pd.DataFrame) -> None:
     rows = [r.label for r in target.rows]
     if list(paper.index) != rows:
-        raise SpecError(f"{target.name}: rows {rows} in experiments/paper/spec.yaml differ from {target.paper}'s {list(paper.index)}")
+        raise SpecError(
+            f"{target.name}: rows {rows} in experiments/paper/spec.yaml differ from "
+            f"{target.paper}'s {list(paper.index)}"
+        )
     extra = [c for c in ("mean", "params") if getattr(target, c)]
     if list(paper.columns) != [*target.tasks, *extra]:
-        raise SpecError(f"{target.name}: columns {[*target.tasks, *extra]} differ from {target.paper}'s {list(paper.columns)}")
+        raise SpecError(
+            f"{target.name}: columns {[*target.tasks, *extra]} differ from {target.paper}'s {list(paper.columns)}"
+        )
 
 
 def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -79,17 +84,27 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
                     failed = [] if agg.n else index.failures(cfg)
                     if failed:
                         status = "failed"
-                        failures.append(f"Ours: {row.label} / {task} failed: {failed[0].error} "
-                                        f"(record {failed[0].run_dir}; fix it and launch again)")
+                        failures.append(
+                            f"Ours: {row.label} / {task} failed: {failed[0].error} "
+                            f"(record {failed[0].run_dir}; fix it and launch again)"
+                        )
                     statistic = _statistic(cfg)
                 except ConfigUnavailable as err:
                     status = "unavailable"
                     unavailable.setdefault(row.label, str(err))
             aggs[task] = agg
             printed = paper.loc[row.label, task]
-            records.append({**_cell(row.label, task, printed, agg, status, target.digits), "statistic": statistic,
-                            "statistic_runs": sorted(set(agg.statistics))})
-        for column, values in (("mean", [a.mean for a in aggs.values()]), ("params", [a.params for a in aggs.values()])):
+            records.append(
+                {
+                    **_cell(row.label, task, printed, agg, status, target.digits),
+                    "statistic": statistic,
+                    "statistic_runs": sorted(set(agg.statistics)),
+                }
+            )
+        for column, values in (
+            ("mean", [a.mean for a in aggs.values()]),
+            ("params", [a.params for a in aggs.values()]),
+        ):
             if not getattr(target, column):
                 continue
             printed = paper.loc[row.label, column]
@@ -101,7 +116,9 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
             statistic = "mean of the row's task cells" if column == "mean" else "trainable share of the runs (%)"
             records.append({**cell, "statistic": "" if row.paper_only else statistic, "statistic_runs": []})
     cells = pd.DataFrame.from_records(records)
-    notes = [f"Row {label} could not be composed, so it has no runs here: {reason}" for label, reason in unavailable.items()]
+    notes = [
+        f"Row {label} could not be composed, so it has no runs here: {reason}" for label, reason in unavailable.items()
+    ]
     return cells, failures + notes
 
 
@@ -119,7 +136,7 @@ def statistic_lines(target: Target, spec: Spec, cells: pd.DataFrame) -> list[str
     """What 'ours' holds, column by column (one line when every task column holds the same)."""
     tasks = cells[cells["column"].isin(target.tasks) & (cells["statistic"] != "")]
     by_stat: dict[str, list[str]] = {}
-    for column, statistic in zip(tasks["column"], tasks["statistic"]):
+    for column, statistic in zip(tasks["column"], tasks["statistic"], strict=True):
         titles = by_stat.setdefault(statistic, [])
         if spec.label(column) not in titles:
             titles.append(spec.label(column))
@@ -146,15 +163,24 @@ def _cell(row: str, column: str, printed: str, agg: Aggregate, status: str, digi
 def _row(row: str, column: str, printed: str, ours: float, std: float, n: int, status: str, digits: int) -> dict:
     paper_value = float(printed) if printed not in ("", None) else math.nan
     return {
-        "row": row, "column": column, "paper": printed, "ours": ours, "ours_std": std, "n": n,
-        "diff": ours - paper_value, "status": status, "digits": digits,
+        "row": row,
+        "column": column,
+        "paper": printed,
+        "ours": ours,
+        "ours_std": std,
+        "n": n,
+        "diff": ours - paper_value,
+        "status": status,
+        "digits": digits,
     }
 
 
 def wide_table(target: Target, spec: Spec, cells: pd.DataFrame) -> pd.DataFrame:
     """The paper's layout: one line each for paper / ours / diff per method; tasks, then mean (and params)."""
     columns = list(target.tasks) + [c for c in ("mean", "params") if getattr(target, c)]
-    titles = [spec.label(t) for t in target.tasks] + [getattr(target, c) for c in ("mean", "params") if getattr(target, c)]
+    titles = [spec.label(t) for t in target.tasks] + [
+        getattr(target, c) for c in ("mean", "params") if getattr(target, c)
+    ]
     lines = []
     for row in target.rows:
         mine = cells[cells["row"] == row.label].set_index("column")
@@ -198,25 +224,34 @@ def paper_notes(target: Target, spec: Spec, paper_dir: Path) -> list[str]:
             if check.agrees:
                 agree += 1
                 continue
-            text = (f"Paper, {label}: printed {target.mean} {check.printed}, but the mean of its printed cells is "
-                    f"{check.recomputed:.{decimals(check.printed) + 1}f} (off by {check.gap:+.2f}; rounding explains at most "
-                    f"±{check.slack:.3f}).")
+            text = (
+                f"Paper, {label}: printed {target.mean} {check.printed}, but the mean of its printed cells is "
+                f"{check.recomputed:.{decimals(check.printed) + 1}f} (off by {check.gap:+.2f}; "
+                f"rounding explains at most ±{check.slack:.3f})."
+            )
             if group_idx:
                 grouped = check_mean(label, cells, line["mean"], group_idx)
-                text += (f" The mean of the {len(group_idx)} group means ({', '.join(groups)}) is "
-                         f"{grouped.recomputed:.{decimals(check.printed) + 1}f}"
-                         + (", which agrees." if grouped.agrees else ", which does not agree either."))
+                text += (
+                    f" The mean of the {len(group_idx)} group means ({', '.join(groups)}) is "
+                    f"{grouped.recomputed:.{decimals(check.printed) + 1}f}"
+                    + (", which agrees." if grouped.agrees else ", which does not agree either.")
+                )
             notes.append(text)
         convention = " (the mean over all tasks, not of the group means)." if group_idx else "."
-        notes.insert(0, f"Paper: {agree} of {len(paper)} printed {target.mean} values agree with the mean of their own "
-                        f"printed cells within rounding{convention}")
+        notes.insert(
+            0,
+            f"Paper: {agree} of {len(paper)} printed {target.mean} values agree with the mean of their own "
+            f"printed cells within rounding{convention}",
+        )
     for claim in load_claims(paper_dir):
         if claim.table != target.name or claim.row not in paper.index or claim.column not in paper.columns:
             continue
         printed = paper.loc[claim.row, claim.column]
         if float(claim.value) != float(printed):
-            notes.append(f"Paper, {claim.source}: says {claim.row} {_column_title(target, spec, claim.column)} is {claim.value}; "
-                         f"the table prints {printed}.")
+            notes.append(
+                f"Paper, {claim.source}: says {claim.row} {_column_title(target, spec, claim.column)} "
+                f"is {claim.value}; the table prints {printed}."
+            )
     if target.params and "GRFT" in paper.index and (Path(paper_dir) / "table8.csv").is_file():
         shares = load_paper_table("table8.csv", paper_dir)
         values = [float(shares.loc[t, "params_pct"]) for t in tasks if t in shares.index]
@@ -224,8 +259,10 @@ def paper_notes(target: Target, spec: Spec, paper_dir: Path) -> list[str]:
             mean = sum(values) / len(values)
             printed = paper.loc["GRFT", "params"]
             verdict = "agrees" if abs(mean - float(printed)) <= 0.005 + 0.005 + 1e-9 else "does not agree"
-            notes.append(f"Paper: GRFT's {target.params} {printed} {verdict} with the mean of Table 8's shares for these "
-                         f"tasks, {mean:.3f}.")
+            notes.append(
+                f"Paper: GRFT's {target.params} {printed} {verdict} with the mean of Table 8's shares for these "
+                f"tasks, {mean:.3f}."
+            )
     return notes
 
 
@@ -247,19 +284,30 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     methods = {str(r.overrides.get("method", "grft")) for r in target.rows if not r.paper_only}
     stale = index.unmatched(target.tasks, methods)
     if stale:
-        notes.append(f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings), "
-                     f"e.g. {stale[0].run_dir}.")
+        notes.append(
+            f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings), "
+            f"e.g. {stale[0].run_dir}."
+        )
     return notes
 
 
-def markdown(target: Target, wide: pd.DataFrame, notes: list[str], statistic: list[str] = (), doc_link: str = "",
-             banner: str | None = None) -> str:
+def markdown(
+    target: Target,
+    wide: pd.DataFrame,
+    notes: list[str],
+    statistic: list[str] = (),
+    doc_link: str = "",
+    banner: str | None = None,
+) -> str:
     body = wide.to_markdown(index=False, disable_numparse=True)
     lines = [f"# {target.caption}", "", *([banner, ""] if banner else []), body, "", LEGEND, ""]
     if statistic:
         lines += ["## Statistic (which number 'ours' is)", ""] + [f"- {s}" for s in statistic] + [""]
     if doc_link:
-        lines += [f"Every choice the paper leaves open, what we do and where it comes from: [PROTOCOL.md]({doc_link}).", ""]
+        lines += [
+            f"Every choice the paper leaves open, what we do and where it comes from: [PROTOCOL.md]({doc_link}).",
+            "",
+        ]
     lines += ["## Notes", ""]
     lines += [f"- {n}" for n in notes] or ["- none"]
     return "\n".join(lines) + "\n"
@@ -268,8 +316,11 @@ def markdown(target: Target, wide: pd.DataFrame, notes: list[str], statistic: li
 def latex(target: Target, wide: pd.DataFrame) -> str:
     styler = wide.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     text = styler.to_latex(
-        caption=target.caption.replace("%", r"\%"), label=f"tab:{target.name}", hrules=True,
-        column_format="ll" + "r" * (wide.shape[1] - 2), position_float="centering",
+        caption=target.caption.replace("%", r"\%"),
+        label=f"tab:{target.name}",
+        hrules=True,
+        column_format="ll" + "r" * (wide.shape[1] - 2),
+        position_float="centering",
     )
     return text.replace(" ± ", r" $\pm$ ").replace(HOLE, "---").replace("−", "-")
 
@@ -313,7 +364,9 @@ def shared_configs(spec: Spec, composer: Composer) -> SharedConfigs:
     return keys
 
 
-def shared_config_notes(target: Target, spec: Spec, composer: Composer, shared: SharedConfigs | None = None) -> list[str]:
+def shared_config_notes(
+    target: Target, spec: Spec, composer: Composer, shared: SharedConfigs | None = None
+) -> list[str]:
     """Cells of other tables that run exactly this cell's configuration, and whether the paper prints the same number.
 
     E.g. Table 5's L2 row is Table 1's GRFT row (same settings: L2 is the default norm), so both
@@ -333,8 +386,11 @@ def shared_config_notes(target: Target, spec: Spec, composer: Composer, shared: 
         differ = [f"{spec.label(t)} {a} vs {b}" for t, a, b in items if float(a) != float(b)]
         title = table_title(spec.targets[other])
         head = f"Paper: {label} runs the same configuration as {title}'s {other_label} on {len(items)} tasks"
-        notes.append(f"{head}, but the printed numbers differ on {len(differ)}: {'; '.join(differ)}." if differ
-                     else f"{head}; the printed numbers agree.")
+        notes.append(
+            f"{head}, but the printed numbers differ on {len(differ)}: {'; '.join(differ)}."
+            if differ
+            else f"{head}; the printed numbers agree."
+        )
     return notes
 
 
@@ -343,7 +399,10 @@ PROTOCOL_LINK = "docs/PROTOCOL.md#baselines"
 
 
 def recipe_notes(target: Target, composer: Composer) -> tuple[set[str], list[str]]:
-    """Rows whose recipe (conf/recipe/) says they cannot be compared with the paper's, and why; stated share differences."""
+    """Rows whose recipe (conf/recipe/) says they cannot be compared with the paper's, and why.
+
+    Also the notes of the recipes whose trainable share differs from the paper's, as each states it.
+    """
     labels, notes = set(), []
     for row in target.rows:
         if row.paper_only or "recipe" not in row.overrides:
@@ -354,10 +413,15 @@ def recipe_notes(target: Target, composer: Composer) -> tuple[set[str], list[str
             continue
         if recipe.get("comparable") is False:
             labels.add(row.label)
-            notes.append(f"Ours, {row.label}: not comparable with the paper's row, whose recipe is not published; "
-                         f"runs with {recipe.get('source')} ({PROTOCOL_LINK}).")
+            notes.append(
+                f"Ours, {row.label}: not comparable with the paper's row, whose recipe is not published; "
+                f"runs with {recipe.get('source')} ({PROTOCOL_LINK})."
+            )
         if recipe.get("share_differs"):
-            notes.append(f"Ours, {row.label}: trainable share differs from the paper's: {recipe.get('share_differs')} ({PROTOCOL_LINK})")
+            notes.append(
+                f"Ours, {row.label}: trainable share differs from the paper's: "
+                f"{recipe.get('share_differs')} ({PROTOCOL_LINK})"
+            )
     return labels, notes
 
 
@@ -369,8 +433,15 @@ def mark_not_comparable(target: Target, wide: pd.DataFrame, labels: set[str]) ->
     return wide
 
 
-def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIndex, out_dir: Path,
-                 banner: str | None = None, shared: SharedConfigs | None = None) -> TableResult:
+def render_table(
+    target: Target,
+    spec: Spec,
+    composer: Composer,
+    index: RecordIndex,
+    out_dir: Path,
+    banner: str | None = None,
+    shared: SharedConfigs | None = None,
+) -> TableResult:
     """Write ``<target>.md``, ``.tex`` and ``.csv`` under ``out_dir`` (created); ``banner`` heads the markdown.
 
     ``shared``: ``shared_configs(spec, composer)`` when the caller renders several tables (computed here if not given).
@@ -379,8 +450,13 @@ def render_table(target: Target, spec: Spec, composer: Composer, index: RecordIn
     cells, unavailable = collect(target, composer, index, paper_dir)
     not_comparable, recipes = recipe_notes(target, composer)
     wide = mark_not_comparable(target, wide_table(target, spec, cells), not_comparable)
-    notes = (paper_notes(target, spec, paper_dir) + shared_config_notes(target, spec, composer, shared)
-             + ours_notes(target, cells, index) + recipes + unavailable)
+    notes = (
+        paper_notes(target, spec, paper_dir)
+        + shared_config_notes(target, spec, composer, shared)
+        + ours_notes(target, cells, index)
+        + recipes
+        + unavailable
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{target.name}.{ext}" for ext in ("md", "tex", "csv")]

@@ -73,8 +73,13 @@ _FGVC = [
     ("stanford_dogs", "stanforddogs", 120, (10800, 1200, 8580)),
     ("stanford_cars", "stanfordcars", 196, (7329, 815, 8041)),
 ]
-FGVC_IMAGE_ROOTS = {"cub": "images", "nabirds": "images", "oxford_flowers": "", "stanford_dogs": "Images",
-                    "stanford_cars": ""}
+FGVC_IMAGE_ROOTS = {
+    "cub": "images",
+    "nabirds": "images",
+    "oxford_flowers": "",
+    "stanford_dogs": "Images",
+    "stanford_cars": "",
+}
 
 # name, folder, classes, (train, dev)
 _GLUE = [

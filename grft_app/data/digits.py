@@ -54,7 +54,7 @@ class _Normalise:
         if self.augment:  # a random shift of up to one pixel, the digits' natural jitter
             padded = torch.nn.functional.pad(image, (1, 1, 1, 1))
             dy, dx = torch.randint(0, 3, (2,)).tolist()
-            image = padded[:, dy:dy + 8, dx:dx + 8]
+            image = padded[:, dy : dy + 8, dx : dx + 8]
         if self.size != image.shape[-1]:
             image = torch.nn.functional.interpolate(image[None], size=self.size, mode="nearest")[0]
         return (image - self.mean) / self.std

@@ -42,7 +42,9 @@ def class_index(splits: Mapping[str, Mapping[str, object]]) -> dict[object, int]
     try:
         ordered = sorted(ids)
     except TypeError as err:  # ints mixed with strings
-        raise ValueError(f"class ids must all be numbers or all be strings; found {sorted(map(repr, ids))[:5]}") from err
+        raise ValueError(
+            f"class ids must all be numbers or all be strings; found {sorted(map(repr, ids))[:5]}"
+        ) from err
     return {cls: i for i, cls in enumerate(ordered)}
 
 
@@ -74,8 +76,10 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     index = class_index(raw)
     num_classes = int(cfg["num_classes"])
     if len(index) != num_classes:
-        raise ValueError(f"{folder}: the json splits hold {len(index)} classes but dataset.num_classes={num_classes}; "
-                         "the folder is incomplete or belongs to another task")
+        raise ValueError(
+            f"{folder}: the json splits hold {len(index)} classes but dataset.num_classes={num_classes}; "
+            "the folder is incomplete or belongs to another task"
+        )
     image_root = folder / str(cfg.get("image_root", FGVC_IMAGE_ROOTS.get(name, "")))
 
     def items(*splits: str) -> ImageItems:

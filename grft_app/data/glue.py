@@ -38,10 +38,21 @@ class Layout:
 
 LAYOUTS = {
     "cola": Layout(("source", "label", "original_label", "sentence"), header=False, text="sentence", label="label"),
-    "mrpc": Layout(("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), header=True, text="#1 String",
-                   pair="#2 String", label="Quality"),
-    "rte": Layout(("index", "sentence1", "sentence2", "label"), header=True, text="sentence1", pair="sentence2",
-                  label="label", label_names=("entailment", "not_entailment")),
+    "mrpc": Layout(
+        ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"),
+        header=True,
+        text="#1 String",
+        pair="#2 String",
+        label="Quality",
+    ),
+    "rte": Layout(
+        ("index", "sentence1", "sentence2", "label"),
+        header=True,
+        text="sentence1",
+        pair="sentence2",
+        label="label",
+        label_names=("entailment", "not_entailment"),
+    ),
 }
 SPLITS = {"train": "train.tsv", "test": "dev.tsv"}
 
@@ -69,11 +80,18 @@ class TextCollate:
         texts = [item["text"] for item, _ in items]
         pairs = [item["text_pair"] for item, _ in items]
         encoded = self.tokenizer(
-            texts, pairs if pairs[0] is not None else None, padding=True, truncation=True,
-            max_length=self.max_length, return_tensors="pt",
+            texts,
+            pairs if pairs[0] is not None else None,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "labels": torch.tensor([label for _, label in items], dtype=torch.long)}
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "labels": torch.tensor([label for _, label in items], dtype=torch.long),
+        }
 
 
 def read_tsv(path: Path, layout: Layout, num_classes: int) -> TextItems:
@@ -82,15 +100,24 @@ def read_tsv(path: Path, layout: Layout, num_classes: int) -> TextItems:
 
     try:
         frame = pd.read_csv(
-            path, sep="\t", header=0 if layout.header else None, names=None if layout.header else list(layout.columns),
-            quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, on_bad_lines="error", encoding="utf-8-sig",  # MRPC files may start with a BOM
+            path,
+            sep="\t",
+            header=0 if layout.header else None,
+            names=None if layout.header else list(layout.columns),
+            quoting=csv.QUOTE_NONE,
+            dtype=str,
+            keep_default_na=False,
+            on_bad_lines="error",
+            encoding="utf-8-sig",  # MRPC files may start with a BOM
         )
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a GLUE TSV file of this task: {err}") from err
     absent = [c for c in layout.columns if c not in frame.columns]
     if absent:
-        raise ValueError(f"{path}: columns {absent} are missing; expected the original GLUE layout "
-                         f"{' | '.join(layout.columns)}{' (header line)' if layout.header else ' (no header)'}")
+        raise ValueError(
+            f"{path}: columns {absent} are missing; expected the original GLUE layout "
+            f"{' | '.join(layout.columns)}{' (header line)' if layout.header else ' (no header)'}"
+        )
     labels = []
     for row, value in enumerate(frame[layout.label].str.strip(), start=2 if layout.header else 1):
         if layout.label_names is not None:
@@ -124,8 +151,10 @@ def check_present(cfg: Mapping, data_dir: Path) -> Path:
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     name = str(cfg["name"])
     if inputs.kind != "text" or inputs.tokenizer is None:
-        raise ValueError(f"dataset {name} is a text task but the model takes {inputs.kind!r} inputs"
-                         f"{'' if inputs.kind != 'text' else ' without a tokenizer'}; choose a text model (e.g. model=llama32_1b)")
+        raise ValueError(
+            f"dataset {name} is a text task but the model takes {inputs.kind!r} inputs"
+            f"{'' if inputs.kind != 'text' else ' without a tokenizer'}; choose a text model (e.g. model=llama32_1b)"
+        )
     layout_name = str(cfg.get("layout", name))
     if layout_name not in LAYOUTS:
         raise ValueError(f"dataset.layout={layout_name!r} is unknown; known: {', '.join(LAYOUTS)}")
@@ -135,7 +164,10 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     train = read_tsv(folder / SPLITS["train"], layout, num_classes)
     test = read_tsv(folder / SPLITS["test"], layout, num_classes)
     return DataSplits(
-        train=train, probe=train, test=test, num_classes=num_classes,
+        train=train,
+        probe=train,
+        test=test,
+        num_classes=num_classes,
         collate_fn=TextCollate(inputs.tokenizer, int(inputs.max_length)),
         metrics=tuple(cfg.get("metrics") or ("acc",)),
     )

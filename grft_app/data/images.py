@@ -60,8 +60,10 @@ def load_rgb(path: Path):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise CorruptImageError(f"cannot read image {path}: {err.__class__.__name__}: {err}. "
-                                "Replace the file (re-run the data_prep command of its family)") from err
+        raise CorruptImageError(
+            f"cannot read image {path}: {err.__class__.__name__}: {err}. "
+            "Replace the file (re-run the data_prep command of its family)"
+        ) from err
 
 
 def check_files_exist(dataset: ImageItems, task: str, family: str, data_dir: Path, folder: Path, split: str) -> None:
@@ -69,14 +71,18 @@ def check_files_exist(dataset: ImageItems, task: str, family: str, data_dir: Pat
     absent = [str(dataset.items[i][0]) for i in range(len(dataset)) if not dataset.path(i).is_file()]
     if absent:
         shown = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
-        raise missing(task, family, data_dir, folder, f"{len(absent)} image(s) listed in the {split} split are absent ({shown})")
+        raise missing(
+            task, family, data_dir, folder, f"{len(absent)} image(s) listed in the {split} split are absent ({shown})"
+        )
 
 
 def check_labels(labels: Sequence[int], num_classes: int, where: str) -> None:
     bad = sorted({label for label in labels if not 0 <= label < num_classes})
     if bad:
-        raise ValueError(f"{where}: labels {bad[:5]} are outside 0..{num_classes - 1}; "
-                         f"dataset.num_classes={num_classes} does not match these files")
+        raise ValueError(
+            f"{where}: labels {bad[:5]} are outside 0..{num_classes - 1}; "
+            f"dataset.num_classes={num_classes} does not match these files"
+        )
 
 
 def make_transform(kind: str, inputs: InputSpec, crop_pct: float = 0.9) -> Callable:
@@ -107,8 +113,10 @@ def make_transform(kind: str, inputs: InputSpec, crop_pct: float = 0.9) -> Calla
 
 def require_images(cfg: Mapping, inputs: InputSpec) -> None:
     if inputs.kind != "image":
-        raise ValueError(f"dataset {cfg.get('name')} is an image task but the model takes {inputs.kind!r} inputs; "
-                         "choose an image model (e.g. model=vit_b16_in21k)")
+        raise ValueError(
+            f"dataset {cfg.get('name')} is an image task but the model takes {inputs.kind!r} inputs; "
+            "choose an image model (e.g. model=vit_b16_in21k)"
+        )
 
 
 def image_splits(

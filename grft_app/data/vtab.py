@@ -66,7 +66,9 @@ def check_present(cfg: Mapping, data_dir: Path) -> Path:
         raise missing(name, "vtab", data_dir, folder, "the folder does not exist")
     absent = [f"{stem}.txt" for stem in (*SPLITS[split], "test") if stem and not (folder / f"{stem}.txt").is_file()]
     if absent:
-        raise missing(name, "vtab", data_dir, folder, f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing")
+        raise missing(
+            name, "vtab", data_dir, folder, f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing"
+        )
     return folder
 
 

@@ -84,9 +84,12 @@ def method_label(method: str, cfg: DictConfig) -> str:
 def announce(cfg: DictConfig) -> None:
     """Before a side-by-side launch: what is compared, on what, and where the records go."""
     others = [name for name, _ in baseline_specs(cfg.baselines or [])]
-    print(f"{cfg.dataset.name}: {method_label(str(cfg.method.name), cfg)} vs {', '.join(others)}, each trained on "
-          f"the same data and seed ({cfg.seed}), then tested; records under {Path(cfg.paths.runs) / str(cfg.dataset.name)}/",
-          flush=True)
+    print(
+        f"{cfg.dataset.name}: {method_label(str(cfg.method.name), cfg)} vs {', '.join(others)}, each trained on "
+        f"the same data and seed ({cfg.seed}), then tested; "
+        f"records under {Path(cfg.paths.runs) / str(cfg.dataset.name)}/",
+        flush=True,
+    )
 
 
 def print_comparison(records: list[RunRecord], dirs: list[Path] | None = None) -> None:
@@ -100,12 +103,19 @@ def print_comparison(records: list[RunRecord], dirs: list[Path] | None = None) -
         label = r.method + (f" ({r.selection}, k={r.k})" if r.method == "grft" else "")
         acc = r.reported("test_acc")  # the number the run's protocol reports
         train_s = r.timings.train_s if r.timings else None  # records written before train_s existed lack it
-        table.add_row(label, _number(acc, ".1f", 100), _number(r.params.pct if r.params else None, ".2f"),
-                      _number(r.params.trainable if r.params else None, ","), _number(train_s, ".0f"))
+        table.add_row(
+            label,
+            _number(acc, ".1f", 100),
+            _number(r.params.pct if r.params else None, ".2f"),
+            _number(r.params.trainable if r.params else None, ","),
+            _number(train_s, ".0f"),
+        )
     console = Console()
     console.print(table)
-    for r, folder in zip(records, dirs or []):  # one line each: a path must stay whole to be copied
-        console.print(f"  {r.method:<7} record: {Path(folder).resolve() / 'record.json'}", soft_wrap=True, highlight=False)
+    for r, folder in zip(records, dirs or [], strict=False):  # one line each: a path must stay whole to be copied
+        console.print(
+            f"  {r.method:<7} record: {Path(folder).resolve() / 'record.json'}", soft_wrap=True, highlight=False
+        )
 
 
 def _number(value: float | None, spec: str, scale: float = 1) -> str:

@@ -19,9 +19,17 @@ class TaskDataModule(L.LightningDataModule):
     loader per view, in the order of the module's views (a split seen by raw and EMA weights is
     walked twice)."""
 
-    def __init__(self, splits: DataSplits, batch_size: int, eval_batch_size: int | None = None,
-                 num_workers: int = 0, seed: int = 0, drop_last: bool = True,
-                 val_views: Sequence[str] = ("val",), test_views: Sequence[str] = ("test",)):
+    def __init__(
+        self,
+        splits: DataSplits,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        drop_last: bool = True,
+        val_views: Sequence[str] = ("val",),
+        test_views: Sequence[str] = ("test",),
+    ):
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
@@ -31,11 +39,19 @@ class TaskDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.val_views, self.test_views = list(val_views), list(test_views)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None, drop_last: bool = False
+    ) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=self.num_workers, collate_fn=self.splits.collate_fn, drop_last=drop_last,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.splits.collate_fn,
+            drop_last=drop_last,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -51,8 +67,13 @@ class TaskDataModule(L.LightningDataModule):
                 "with the short last batch dropped nothing would train; lower batch_size"
             )
         sampler = EpochSeededSampler(size, self.seed, self._current_epoch)
-        return self._loader(SeededItems(self.splits.train, self.seed), self.batch_size, shuffle=False, sampler=sampler,
-                            drop_last=self.drop_last)
+        return self._loader(
+            SeededItems(self.splits.train, self.seed),
+            self.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            drop_last=self.drop_last,
+        )
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -62,7 +83,9 @@ class TaskDataModule(L.LightningDataModule):
         for split in views:
             dataset = getattr(self.splits, split)
             if dataset is not None:
-                loaders.append(self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=shard_without_padding(dataset)))
+                loaders.append(
+                    self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=shard_without_padding(dataset))
+                )
         return loaders
 
     def val_dataloader(self):
@@ -85,14 +108,19 @@ class TaskDataModule(L.LightningDataModule):
         # Keys (PROBE_EPOCH, index): each item's two views are seeded by the item alone, so both
         # probe passes, and every rank layout, see the same augmented images.
         keys = [(PROBE_EPOCH, i) for i in order]
-        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
         if max_batches is not None:
             batches = batches[:max_batches]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
             batches = batches[rank::world]
-        return DataLoader(SeededItems(dataset, self.seed), batch_sampler=batches, num_workers=self.num_workers,
-                          collate_fn=self.splits.collate_fn, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            SeededItems(dataset, self.seed),
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=self.splits.collate_fn,
+            pin_memory=torch.cuda.is_available(),
+        )
 
 
 class _UnpaddedShard(DistributedSampler):

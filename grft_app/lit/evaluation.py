@@ -9,8 +9,8 @@ them the tables compare with the paper.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
 
 from ..record import Evaluation, Reported, reported_key
 from .schedule import Protocol
@@ -18,9 +18,9 @@ from .schedule import Protocol
 
 @dataclass(frozen=True)
 class EvalView:
-    name: str   # metric prefix: val, val_ema, test, test_ema
+    name: str  # metric prefix: val, val_ema, test, test_ema
     split: str  # val | test
-    ema: bool   # evaluated with the EMA weights
+    ema: bool  # evaluated with the EMA weights
 
 
 def views_of(split: str, ema: bool) -> list[EvalView]:
@@ -60,7 +60,7 @@ def best_of(curve: list[dict]) -> dict:
     return out
 
 
-def describe(protocol: Protocol, ema: bool, total_epochs: Optional[int] = None) -> str:
+def describe(protocol: Protocol, ema: bool, total_epochs: int | None = None) -> str:
     """One line: which number 'ours' is (rendered tables, dry runs)."""
     when = "best epoch's" if protocol.report == "best" else "final"
     model = "EMA" if protocol.report_model == "ema" else ("raw (not EMA)" if ema else "raw")
@@ -74,7 +74,9 @@ def describe(protocol: Protocol, ema: bool, total_epochs: Optional[int] = None) 
     return f"{when} test accuracy of the {model} model ({span}{cadence}; protocol={protocol.name})"
 
 
-def evaluation_record(protocol: Protocol, curve: list[dict], final_epoch: int, ema: bool, metric: str = "test_acc") -> Evaluation:
+def evaluation_record(
+    protocol: Protocol, curve: list[dict], final_epoch: int, ema: bool, metric: str = "test_acc"
+) -> Evaluation:
     """The record's ``evaluation`` block (the values themselves are in ``metrics``)."""
     key = reported_key(metric, protocol.report, protocol.report_model)
     return Evaluation(
@@ -82,7 +84,11 @@ def evaluation_record(protocol: Protocol, curve: list[dict], final_epoch: int, e
         test_every=protocol.test_every,
         final_epoch=final_epoch,
         ema=ema,
-        reported=Reported(statistic=protocol.report, model=protocol.report_model, key=key,
-                          description=describe(protocol, ema, final_epoch + 1)),
+        reported=Reported(
+            statistic=protocol.report,
+            model=protocol.report_model,
+            key=key,
+            description=describe(protocol, ema, final_epoch + 1),
+        ),
         curve=curve,
     )

@@ -29,8 +29,16 @@ from ..paths import ROOT
 OUR_CODE = tuple(f"{ROOT / tier}{os.sep}" for tier in ("grft", "grft_app"))
 HYDRA_FILES = {".hydra", "run.log"}
 # What a launch writes into a run directory that is worth nothing without a record or a checkpoint.
-HUSKS = (".lock", "logs", "tensorboard", "wandb", "memory.csv", "selection.safetensors", "adapter.safetensors",
-         "checkpoints")
+HUSKS = (
+    ".lock",
+    "logs",
+    "tensorboard",
+    "wandb",
+    "memory.csv",
+    "selection.safetensors",
+    "adapter.safetensors",
+    "checkpoints",
+)
 
 
 def wants_traceback() -> bool:
@@ -63,8 +71,10 @@ def explain(err: BaseException, traceback_at: Path | None = None) -> str:
     import torch
 
     if isinstance(err, torch.OutOfMemoryError):
-        return ("error: out of accelerator memory; lower batch_size (and eval_batch_size, probe.batch_size), "
-                "or use trainer=gpu (bf16)")
+        return (
+            "error: out of accelerator memory; lower batch_size (and eval_batch_size, probe.batch_size), "
+            "or use trainer=gpu (bf16)"
+        )
     if isinstance(err, MemoryError):
         return "error: out of memory; lower batch_size (and eval_batch_size, probe.batch_size) or num_workers"
     if is_user_error(err):
@@ -76,8 +86,10 @@ def explain(err: BaseException, traceback_at: Path | None = None) -> str:
         where += f", called from {_frame(ours[-1])}"
     message = first_line(err)
     full = f"full traceback in {traceback_at}" if traceback_at else "full traceback: run again with HYDRA_FULL_ERROR=1"
-    return (f"error: {type(err).__name__}{where}{': ' + message if message else ''}. "
-            f"No check of ours caught this; {full} (please report it with that traceback)")
+    return (
+        f"error: {type(err).__name__}{where}{': ' + message if message else ''}. "
+        f"No check of ours caught this; {full} (please report it with that traceback)"
+    )
 
 
 def _frame(frame: traceback.FrameSummary) -> str:
@@ -86,8 +98,9 @@ def _frame(frame: traceback.FrameSummary) -> str:
 
 def log_traceback(err: BaseException) -> Path | None:
     """Write the full traceback to the run's log file only (not the console); returns that file."""
-    record = logging.LogRecord("grft", logging.ERROR, __file__, 0, "launch failed", None,
-                               (type(err), err, err.__traceback__))
+    record = logging.LogRecord(
+        "grft", logging.ERROR, __file__, 0, "launch failed", None, (type(err), err, err.__traceback__)
+    )
     written = None
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

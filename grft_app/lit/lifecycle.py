@@ -74,9 +74,10 @@ def check_checkpoint(path: Path) -> None:
     except Exception as err:  # noqa: BLE001 - any failure to read means the same thing here
         real = Path(path).resolve()
         named = f"{path} (-> {real.name})" if real != Path(path) else str(path)
+        first = str(err).splitlines()[0] if str(err) else ""
         raise CorruptCheckpoint(
-            f"checkpoint {named} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            f"launch again with force=true to train this run from the pre-trained weights, or delete {Path(path).parent}"
+            f"checkpoint {named} cannot be read ({type(err).__name__}: {first}); launch again with "
+            f"force=true to train this run from the pre-trained weights, or delete {Path(path).parent}"
         ) from None
 
 
@@ -84,10 +85,18 @@ def code_facts() -> CodeFacts:
     """The package version (in the run key) and the checkout's commit (provenance only)."""
     commit, dirty = None, None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     return CodeFacts(version=__version__, commit=commit, uncommitted_changes=dirty)

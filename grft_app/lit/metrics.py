@@ -16,7 +16,9 @@ class TaskMetrics(nn.Module):
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {', '.join(KNOWN)}")
         if "f1" in names and num_classes != 2:
-            raise ValueError(f"metric f1 is the positive-class F1 of a binary task; this task has {num_classes} classes")
+            raise ValueError(
+                f"metric f1 is the positive-class F1 of a binary task; this task has {num_classes} classes"
+            )
         makers = {
             "acc": lambda: MulticlassAccuracy(num_classes, average="micro"),
             "mcc": lambda: MulticlassMatthewsCorrCoef(num_classes),

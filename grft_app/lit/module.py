@@ -37,7 +37,7 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"  # adam (paper, vision) | adamw (paper, GLUE)
-    epochs: int = 100        # the cosine's length (the protocol may add cool-down epochs after it)
+    epochs: int = 100  # the cosine's length (the protocol may add cool-down epochs after it)
     warmup_epochs: float = 10.0
     protocol: Protocol = field(default_factory=Protocol)
     label_smoothing: float = 0.0
@@ -76,7 +76,7 @@ class FineTuneModule(L.LightningModule):
         names = dict.fromkeys(v.name for v in (*self.val_views, *self.test_views))
         self.metrics = nn.ModuleDict({name: TaskMetrics(num_classes, settings.metrics) for name in names})
         self.curve: list[dict] = []  # one point per epoch the test split was evaluated in training
-        self.eval_seconds = 0.0      # time spent evaluating during training (the cost of protocol.test_every)
+        self.eval_seconds = 0.0  # time spent evaluating during training (the cost of protocol.test_every)
         self._eval_started: float | None = None
         self.epoch_schedule = None
         self.mixup = self._make_mixup()
@@ -96,8 +96,9 @@ class FineTuneModule(L.LightningModule):
             return None
         from timm.data import Mixup
 
-        return Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.label_smoothing,
-                     num_classes=self.num_classes)
+        return Mixup(
+            mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.label_smoothing, num_classes=self.num_classes
+        )
 
     # --- probe ----------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -171,16 +172,26 @@ class FineTuneModule(L.LightningModule):
         self._use_ema(view.ema)
         inputs, labels = split_batch(batch)
         logits = self(inputs)
-        self.log(f"{view.name}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, sync_dist=True,
-                 add_dataloader_idx=False)
+        self.log(
+            f"{view.name}/loss",
+            F.cross_entropy(logits.float(), labels),
+            on_epoch=True,
+            sync_dist=True,
+            add_dataloader_idx=False,
+        )
         self.metrics[view.name].update(logits.float(), labels)
 
     def _log_metrics(self, views: Sequence[EvalView]) -> dict[str, float]:
         values = {}
         for view in views:
             for name, value in self.metrics[view.name].compute().items():
-                self.log(f"{view.name}/{name}", value, prog_bar=view.name == "test" and name == "acc", sync_dist=True,
-                         add_dataloader_idx=False)
+                self.log(
+                    f"{view.name}/{name}",
+                    value,
+                    prog_bar=view.name == "test" and name == "acc",
+                    sync_dist=True,
+                    add_dataloader_idx=False,
+                )
                 values[f"{view.name}_{name}"] = float(value)
             self.metrics[view.name].reset()
         return values
@@ -199,7 +210,8 @@ class FineTuneModule(L.LightningModule):
         tested = {k: v for k, v in values.items() if k.startswith("test")}
         if tested and not self.trainer.sanity_checking:
             self.curve = [p for p in self.curve if p["epoch"] != self.current_epoch] + [
-                {"epoch": int(self.current_epoch), **tested}]
+                {"epoch": int(self.current_epoch), **tested}
+            ]
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._evaluate(batch, self.test_views[dataloader_idx])

@@ -19,7 +19,12 @@ def preflight(cfg: DictConfig) -> None:
     train_settings(cfg, ("acc",))  # lr, batch_size, epochs, warm-up
     # (train_settings also refuses an odd batch_size under mixup/cutmix: they pair images in a batch)
     subsets, max_batches = int(settings.grft.subsets), cfg.probe.get("max_batches")
-    if "subsets" in _grft_keys(settings.name) and subsets > 1 and max_batches is not None and int(max_batches) < subsets:
+    if (
+        "subsets" in _grft_keys(settings.name)
+        and subsets > 1
+        and max_batches is not None
+        and int(max_batches) < subsets
+    ):
         raise ConfigError(
             f"subsets={subsets} splits the probe batches into {subsets} parts but probe.max_batches={max_batches}; "
             f"raise probe.max_batches to at least {subsets} or lower subsets"

@@ -12,8 +12,12 @@ import logging
 import warnings
 
 # Informational lines (GPU/TPU available, the cloud-upload tip, "Restoring states from ...").
-CHATTY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                  "lightning.fabric.utilities.rank_zero")
+CHATTY_LOGGERS = (
+    "lightning.pytorch",
+    "lightning.fabric",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
 # Warnings about choices this app makes on purpose (regular expressions matched at the start).
 EXPECTED_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",

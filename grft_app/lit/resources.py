@@ -68,7 +68,7 @@ class ResourceMonitor(L.Callback):
             self.trace.append((now - self._t0, trainer.global_step, current_memory_mb(pl_module.device)))
 
     def summary(self, device: torch.device) -> dict:
-        timed = self.step_times[self.warmup_steps:] or self.step_times
+        timed = self.step_times[self.warmup_steps :] or self.step_times
         return {
             "fit_s": round(self.fit_seconds, 3),
             "step_s_median": statistics.median(timed) if timed else None,

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from grft.tuner import current_selection
+
 from ..data import build_datasets
 from ..methods import make_method
 from ..models import build_model
 from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
-from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
-from grft.tuner import current_selection
 from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
+from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
 from .lock import RunLock
 from .module import FineTuneModule
 from .preflight import preflight
@@ -49,8 +49,15 @@ def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
             made.append(loggers.TensorBoardLogger(run_dir, name="tensorboard"))
         elif name == "wandb":
             w = cfg.logger.wandb
-            made.append(loggers.WandbLogger(project=w.project, save_dir=str(run_dir), offline=bool(w.offline),
-                                            name=cfg.run_name, tags=list(w.get("tags") or [])))
+            made.append(
+                loggers.WandbLogger(
+                    project=w.project,
+                    save_dir=str(run_dir),
+                    offline=bool(w.offline),
+                    name=cfg.run_name,
+                    tags=list(w.get("tags") or []),
+                )
+            )
         else:
             raise ConfigError(f"logger {name!r} is unknown; known: csv, tensorboard, wandb")
     return made
@@ -66,13 +73,17 @@ def cluster_plugins() -> list:
 def grft_facts(cfg: DictConfig, used: tuple[str, ...]) -> dict:
     """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key."""
     values = {
-        "selection": cfg.selection.kind, "norm": cfg.norm.kind, "k": int(cfg.k), "lambda": float(cfg["lambda"]),
-        "regular_layers": cfg.regular_layers, "subsets": int(cfg.subsets),
+        "selection": cfg.selection.kind,
+        "norm": cfg.norm.kind,
+        "k": int(cfg.k),
+        "lambda": float(cfg["lambda"]),
+        "regular_layers": cfg.regular_layers,
+        "subsets": int(cfg.subsets),
     }
     return {("lambda_" if key == "lambda" else key): (value if key in used else None) for key, value in values.items()}
 
 
-def _selection_file(method, model, run_dir: Path) -> Optional[str]:
+def _selection_file(method, model, run_dir: Path) -> str | None:
     if method.name != "grft":
         return None
     return current_selection(model).save(run_dir / "selection.safetensors").name
@@ -94,8 +105,13 @@ def _save_adapters(method, module, run_dir: Path) -> dict:
     return saved
 
 
-def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = None, wait: bool = False,
-             record_failure: bool = False) -> Optional[RunRecord]:
+def run_task(
+    cfg: DictConfig,
+    run_dir: Path,
+    extra_callbacks: list | None = None,
+    wait: bool = False,
+    record_failure: bool = False,
+) -> RunRecord | None:
     """Train, test and record one run; returns the record (None on ranks other than 0).
 
     ``wait``: if another process holds the run, wait for it (then find it done) instead of failing.
@@ -116,7 +132,10 @@ def run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list] = N
 
 
 def identity_facts(cfg: DictConfig) -> dict:
-    """What a record says about its run whatever became of it (``RunRecord`` fields): task, method, settings, config, code."""
+    """What a record says about its run whatever became of it (``RunRecord`` fields).
+
+    Task, method, settings, config, code.
+    """
     from ..methods import method_class
 
     name = str(cfg.method.name)
@@ -143,9 +162,13 @@ def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> N
         facts = identity_facts(cfg)
     except Exception:  # noqa: BLE001 - the error may be in the very values the facts read
         seed = cfg.get("seed")
-        facts = {"task": str(cfg.dataset.get("name")), "method": str(cfg.method.get("name")),
-                 "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,  # a bad one: in config only
-                 "config": OmegaConf.to_container(cfg, resolve=False), "multirun": current_multirun()}
+        facts = {
+            "task": str(cfg.dataset.get("name")),
+            "method": str(cfg.method.get("name")),
+            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,  # a bad one: in config only
+            "config": OmegaConf.to_container(cfg, resolve=False),
+            "multirun": current_multirun(),
+        }
     from ..record import CorruptRecord, archive_record
     from .lifecycle import read_launches
 
@@ -153,8 +176,17 @@ def write_failed_record(cfg: DictConfig, run_dir: Path, err: BaseException) -> N
         read_record(run_dir)
     except CorruptRecord:
         archive_record(run_dir)  # keep the damaged file (history/) rather than write over it
-    write_record(run_dir, RunRecord(**facts, done=False, status="failed", error=f"{type(err).__name__}: {err}",
-                                    failed_at=now(), launches=launches_of(read_launches(run_dir))))
+    write_record(
+        run_dir,
+        RunRecord(
+            **facts,
+            done=False,
+            status="failed",
+            error=f"{type(err).__name__}: {err}",
+            failed_at=now(),
+            launches=launches_of(read_launches(run_dir)),
+        ),
+    )
 
 
 def launches_of(launches: list[dict]) -> list[Launch]:
@@ -162,15 +194,18 @@ def launches_of(launches: list[dict]) -> list[Launch]:
     return [Launch(**launch) for launch in launches]
 
 
-def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -> Optional[RunRecord]:
+def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> RunRecord | None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if cfg.force:
         if rank_zero_only.rank == 0:
             kept = start_over(run_dir)
             if kept:
-                log.info("force=true: training %s again from the pre-trained weights; the last attempt's files are in %s",
-                         run_dir, kept[0].parent)
+                log.info(
+                    "force=true: training %s again from the pre-trained weights; the last attempt's files are in %s",
+                    run_dir,
+                    kept[0].parent,
+                )
     else:
         previous = read_record(run_dir)
         if previous and previous.done:
@@ -195,22 +230,37 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     splits = build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs)
     if splits.num_classes != int(cfg.dataset.num_classes):
         raise ConfigError(
-            f"dataset.num_classes={cfg.dataset.num_classes} but the data at {cfg.data_dir} has {splits.num_classes} classes"
+            f"dataset.num_classes={cfg.dataset.num_classes} but the data at {cfg.data_dir} "
+            f"has {splits.num_classes} classes"
         )
     settings = train_settings(cfg, splits.metrics)
     probe_cfg = cfg.probe
-    datamodule = TaskDataModule(splits, int(cfg.batch_size), cfg.get("eval_batch_size"), int(cfg.num_workers), int(cfg.seed),
-                                drop_last=settings.protocol.drop_last)
+    datamodule = TaskDataModule(
+        splits,
+        int(cfg.batch_size),
+        cfg.get("eval_batch_size"),
+        int(cfg.num_workers),
+        int(cfg.seed),
+        drop_last=settings.protocol.drop_last,
+    )
     module = FineTuneModule(
-        bundle, method, splits.num_classes, settings,
+        bundle,
+        method,
+        splits.num_classes,
+        settings,
         probe_loader=lambda: datamodule.probe_dataloader(probe_cfg.max_batches, probe_cfg.batch_size),
-        progress=rich_progress(bool(cfg.progress)), has_val=splits.val is not None,
+        progress=rich_progress(bool(cfg.progress)),
+        has_val=splits.val is not None,
     )
     datamodule.val_views = [v.split for v in module.val_views]
     datamodule.test_views = [v.split for v in module.test_views]
     monitor = ResourceMonitor(trace_path=run_dir / "memory.csv", trace_every=int(cfg.trace_memory_every))
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="epoch{epoch}", save_top_k=1, save_last="link", auto_insert_metric_name=False,
+        dirpath=run_dir / "checkpoints",
+        filename="epoch{epoch}",
+        save_top_k=1,
+        save_last="link",
+        auto_insert_metric_name=False,
         save_on_train_epoch_end=True,  # every epoch, after that epoch's evaluation, whatever protocol.test_every is
     )
     clock = LaunchClock(run_dir)
@@ -243,9 +293,19 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
     except SIGTERMException:
         clock.stop("preempted")
         if trainer.is_global_zero:
-            write_record(run_dir, RunRecord(**identity_facts(cfg), done=False, status="preempted", resumed=resumed,
-                                            started_at=started, preempted_at=now(), launches=launches_of(clock.launches),
-                                            timings=Timings(train_s=clock.total_s)))
+            write_record(
+                run_dir,
+                RunRecord(
+                    **identity_facts(cfg),
+                    done=False,
+                    status="preempted",
+                    resumed=resumed,
+                    started_at=started,
+                    preempted_at=now(),
+                    launches=launches_of(clock.launches),
+                    timings=Timings(train_s=clock.total_s),
+                ),
+            )
             log.warning("SIGTERM: stopped %s; launch it again to resume from its last end-of-epoch checkpoint", run_dir)
         raise Preempted() from None
     except BaseException:
@@ -268,8 +328,13 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: Optional[list]) -
         params=Params(trainable=report.trainable, total=report.total, pct=report.percent),
         probe_facts=module.probe_facts,
         # train_s: all launches of this run together (a killed and resumed run counts every launch)
-        timings=Timings(probe_s=module.probe_seconds, train_s=clock.total_s, train_s_this_launch=clock.this_launch_s,
-                        eval_in_training_s=round(module.eval_seconds, 3), **monitor.summary(device)),
+        timings=Timings(
+            probe_s=module.probe_seconds,
+            train_s=clock.total_s,
+            train_s_this_launch=clock.this_launch_s,
+            eval_in_training_s=round(module.eval_seconds, 3),
+            **monitor.summary(device),
+        ),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         memory_trace="memory.csv" if (run_dir / "memory.csv").is_file() else None,
         adapter_file=adapters.get("raw"),

@@ -24,15 +24,15 @@ class Protocol:
     """The ``protocol`` group. Defaults: ``simple``."""
 
     name: str = "simple"
-    schedule: str = "step"          # epoch (timm, reference) | step
-    warmup_lr: float = 0.0          # epoch schedule: LR at epoch 0
-    min_lr: float = 0.0             # epoch schedule: cosine floor and cool-down LR
-    min_lr_ratio: float = 0.0       # step schedule: floor as a fraction of lr
-    cooldown_epochs: int = 0        # epoch schedule: epochs at min_lr after `epochs`
-    test_every: int = 0             # test split every N epochs while training; 0: only after
-    report: str = "final"           # best | final: the statistic the record reports
-    report_model: str = "raw"       # raw | ema
-    drop_last: bool = True          # drop the short last training batch
+    schedule: str = "step"  # epoch (timm, reference) | step
+    warmup_lr: float = 0.0  # epoch schedule: LR at epoch 0
+    min_lr: float = 0.0  # epoch schedule: cosine floor and cool-down LR
+    min_lr_ratio: float = 0.0  # step schedule: floor as a fraction of lr
+    cooldown_epochs: int = 0  # epoch schedule: epochs at min_lr after `epochs`
+    test_every: int = 0  # test split every N epochs while training; 0: only after
+    report: str = "final"  # best | final: the statistic the record reports
+    report_model: str = "raw"  # raw | ema
+    drop_last: bool = True  # drop the short last training batch
 
     def total_epochs(self, epochs: int) -> int:
         return int(epochs) + (self.cooldown_epochs if self.schedule == "epoch" else 0)
@@ -43,8 +43,13 @@ def epoch_scheduler(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs
     from timm.scheduler import CosineLRScheduler
 
     return CosineLRScheduler(
-        optimizer, t_initial=int(epochs), lr_min=protocol.min_lr, warmup_t=int(warmup_epochs),
-        warmup_lr_init=protocol.warmup_lr, cycle_limit=1, t_in_epochs=True,
+        optimizer,
+        t_initial=int(epochs),
+        lr_min=protocol.min_lr,
+        warmup_t=int(warmup_epochs),
+        warmup_lr_init=protocol.warmup_lr,
+        cycle_limit=1,
+        t_in_epochs=True,
     )
 
 

@@ -25,7 +25,16 @@ from .module import Protocol, TrainSettings
 
 # Keys that change where or how a run is shown or launched, not what it computes.
 NOT_IN_KEY = (
-    "paths", "logger", "data_dir", "num_workers", "cpu_threads", "force", "baselines", "progress", "tags", "trace_memory_every",
+    "paths",
+    "logger",
+    "data_dir",
+    "num_workers",
+    "cpu_threads",
+    "force",
+    "baselines",
+    "progress",
+    "tags",
+    "trace_memory_every",
     "model.cache_dir",
 )
 
@@ -46,8 +55,10 @@ def check_recipe(cfg) -> None:
     if tasks and task not in tasks:
         family = (cfg.get("dataset") or {}).get("family")
         method = (cfg.get("method") or {}).get("name")
-        raise ConfigError(f"recipe={recipe.get('name')} has no settings for task {task!r} (it covers the tasks of "
-                          f"another benchmark); use recipe={method}_{family}")
+        raise ConfigError(
+            f"recipe={recipe.get('name')} has no settings for task {task!r} (it covers the tasks of "
+            f"another benchmark); use recipe={method}_{family}"
+        )
 
 
 def run_key(root: DictConfig) -> str:
@@ -117,8 +128,15 @@ def method_settings(cfg: DictConfig) -> MethodSettings:
 
 
 NUMBERS = {
-    "lr": float, "batch_size": int, "epochs": int, "seed": int, "k": int, "lambda": float, "subsets": int,
-    "warmup_epochs": float, "weight_decay": float,
+    "lr": float,
+    "batch_size": int,
+    "epochs": int,
+    "seed": int,
+    "k": int,
+    "lambda": float,
+    "subsets": int,
+    "warmup_epochs": float,
+    "weight_decay": float,
 }
 
 
@@ -145,22 +163,35 @@ def protocol_settings(cfg: DictConfig) -> Protocol:
     """The ``protocol`` group (conf/protocol/): schedule, evaluation cadence, reported statistic."""
     p = cfg.protocol
     protocol = Protocol(
-        name=str(p.name), schedule=str(p.schedule), warmup_lr=float(p.get("warmup_lr", 0.0)),
-        min_lr=float(p.get("min_lr", 0.0)), min_lr_ratio=float(p.get("min_lr_ratio", 0.0)),
-        cooldown_epochs=int(p.cooldown_epochs), test_every=int(p.test_every), report=str(p.report),
-        report_model=str(p.report_model), drop_last=bool(p.drop_last),
+        name=str(p.name),
+        schedule=str(p.schedule),
+        warmup_lr=float(p.get("warmup_lr", 0.0)),
+        min_lr=float(p.get("min_lr", 0.0)),
+        min_lr_ratio=float(p.get("min_lr_ratio", 0.0)),
+        cooldown_epochs=int(p.cooldown_epochs),
+        test_every=int(p.test_every),
+        report=str(p.report),
+        report_model=str(p.report_model),
+        drop_last=bool(p.drop_last),
     )
-    for key, value, allowed in (("schedule", protocol.schedule, SCHEDULES), ("report", protocol.report, REPORTS),
-                                ("report_model", protocol.report_model, REPORT_MODELS)):
+    for key, value, allowed in (
+        ("schedule", protocol.schedule, SCHEDULES),
+        ("report", protocol.report, REPORTS),
+        ("report_model", protocol.report_model, REPORT_MODELS),
+    ):
         if value not in allowed:
             raise ConfigError(f"protocol.{key} must be one of {', '.join(allowed)}, got {value!r}")
     for key in ("cooldown_epochs", "test_every"):
         if getattr(protocol, key) < 0:
             raise ConfigError(f"protocol.{key} must be >= 0, got {getattr(protocol, key)}")
     if protocol.report_model == "ema" and cfg.augment.ema is None:
-        raise ConfigError("protocol.report_model=ema needs augment.ema (an EMA decay, e.g. 0.9998); or report_model=raw")
+        raise ConfigError(
+            "protocol.report_model=ema needs augment.ema (an EMA decay, e.g. 0.9998); or report_model=raw"
+        )
     if protocol.schedule == "step" and protocol.cooldown_epochs:
-        raise ConfigError("protocol.cooldown_epochs needs protocol.schedule=epoch (the per-step schedule has no cool-down)")
+        raise ConfigError(
+            "protocol.cooldown_epochs needs protocol.schedule=epoch (the per-step schedule has no cool-down)"
+        )
     return protocol
 
 
@@ -173,7 +204,9 @@ def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
     aug = cfg.augment
     protocol = protocol_settings(cfg)
     if (float(aug.mixup) or float(aug.cutmix)) and int(cfg.batch_size) % 2:
-        raise ConfigError(f"augment.mixup/cutmix pair each image with another: batch_size must be even, got {cfg.batch_size}")
+        raise ConfigError(
+            f"augment.mixup/cutmix pair each image with another: batch_size must be even, got {cfg.batch_size}"
+        )
     if (float(aug.mixup) or float(aug.cutmix)) and not protocol.drop_last:
         raise ConfigError("augment.mixup/cutmix need protocol.drop_last=true (a short last batch can be odd)")
     return TrainSettings(

@@ -64,6 +64,10 @@ class SweepSummary(Callback):
         if lines:
             print(f"this multirun wrote {len(lines)} records:", *lines, sep="\n", flush=True)
         if failed:
-            print(f"error: {failed} of the multirun's runs failed (their record.json says why); "
-                  "fix them and launch again: finished runs are skipped", file=sys.stderr, flush=True)
+            print(
+                f"error: {failed} of the multirun's runs failed (their record.json says why); "
+                "fix them and launch again: finished runs are skipped",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)

@@ -8,18 +8,20 @@ so every method runs under the same data, schedule and evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
 from grft.config import GRFTConfig
-from ..models import ModelBundle
 from grft.report import ParamReport
 
-Progress = Callable[[Iterable, str, Optional[int]], Iterable]
+from ..models import ModelBundle
+
+Progress = Callable[[Iterable, str, int | None], Iterable]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Method:
 
     def __init__(self, settings: MethodSettings):
         self.settings = settings
-        self.base_parameter_count: Optional[int] = None
+        self.base_parameter_count: int | None = None
 
     # --- building -----------------------------------------------------------------------------
     def prepare(self, bundle: ModelBundle) -> nn.Module:
@@ -76,7 +78,7 @@ class Method:
     def needs_probe(self, model: nn.Module) -> bool:
         return False
 
-    def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
+    def probe(self, model: nn.Module, batches: Iterable, progress: Progress | None = None) -> dict:
         """Look at the training data before training (GRFT/GPS selection); returns facts to record.
 
         The facts are JSON values (numbers, strings); the run record keeps them under ``probe_facts``.
@@ -91,7 +93,7 @@ class Method:
         decay 0: decay would move the entries its masks freeze.
         """
 
-    def extra_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return None
 
     def before_optimizer_step(self, model: nn.Module) -> None:
@@ -122,7 +124,9 @@ class Method:
         (LoRA matrices, adapters, prompts, GRFT slices are not in it).
         """
         if self.base_parameter_count is None:
-            raise ValueError(f"method {self.name}: param_report needs prepare(bundle) to have run (it counts the original model)")
+            raise ValueError(
+                f"method {self.name}: param_report needs prepare(bundle) to have run (it counts the original model)"
+            )
         masks = self.gradient_masks(model)
         trainable = sum(
             int(masks[name].count_nonzero()) if name in masks else p.numel()
@@ -131,13 +135,13 @@ class Method:
         )
         return ParamReport(trainable, self.base_parameter_count)
 
-    def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
+    def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         """Write what the method trained (small file); ``None`` if the method has no adapter format."""
         from grft.io import save_tensors
 
         return save_tensors(path, {n: p for n, p in model.named_parameters() if p.requires_grad})
 
-    def checkpoint_keys(self, model: nn.Module) -> Optional[set[str]]:
+    def checkpoint_keys(self, model: nn.Module) -> set[str] | None:
         """State-dict keys a checkpoint must keep; ``None`` keeps everything.
 
         Frozen pre-trained weights are rebuilt from the model config on resume, so a checkpoint

@@ -29,8 +29,8 @@ selected entries plus the trained biases and head: enough to rebuild the model f
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -85,8 +85,11 @@ class GPSMethod(Method):
         self.options_as(NoOptions)
         grft = self.settings.grft
         if grft.subsets != 1 or grft.lam > 0:
-            log.warning("method gps ignores GRFT's subsets=%s and lambda=%s (GPS probes every batch, no penalty)",
-                        grft.subsets, grft.lam)
+            log.warning(
+                "method gps ignores GRFT's subsets=%s and lambda=%s (GPS probes every batch, no penalty)",
+                grft.subsets,
+                grft.lam,
+            )
         model = bundle.model
         layers = eligible_layers(model, bundle.arch)
         if not layers:
@@ -106,7 +109,7 @@ class GPSMethod(Method):
     def needs_probe(self, model: nn.Module) -> bool:
         return not all(bool(mask.any()) for mask in model_masks(model).values())
 
-    def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
+    def probe(self, model: nn.Module, batches: Iterable, progress: Progress | None = None) -> dict:
         grft = self.settings.grft
         config = GRFTConfig(k=grft.k, selection="sparse", norm="none", temperature=grft.temperature, seed=grft.seed)
         grads = accumulate_gradients(model, batches, config, arch=self.arch, progress=progress)
@@ -130,7 +133,7 @@ class GPSMethod(Method):
     def gradient_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {f"{name}.weight": mask for name, mask in model_masks(model).items()}
 
-    def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
+    def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_gps(model, path, self.arch.head)
 
     def checkpoint_keys(self, model: nn.Module) -> set[str]:
@@ -164,7 +167,7 @@ def save_gps(model: nn.Module, path: str | Path, head: str) -> Path:
 
 
 @torch.no_grad()
-def load_gps(model: nn.Module, path: str | Path, arch: Optional[Architecture] = None) -> nn.Module:
+def load_gps(model: nn.Module, path: str | Path, arch: Architecture | None = None) -> nn.Module:
     """Write a saved GPS adapter into a fresh pre-trained ``model`` (plain layers, no masks)."""
     meta = read_metadata(path, FORMAT, "GPS adapter")
     arch = arch or detect_architecture(model)

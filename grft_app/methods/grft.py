@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from grft.decay import add_slice_decay_grad_, decay_slices_
 from grft.penalty import penalty
 from grft.probe import select
 from grft.tuner import apply_selection, attach, has_selection, sliced_layers
+
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
 
@@ -30,12 +31,12 @@ class GRFTMethod(Method):
     def needs_probe(self, model: nn.Module) -> bool:
         return not has_selection(model)
 
-    def probe(self, model: nn.Module, batches: Iterable, progress: Optional[Progress] = None) -> dict:
+    def probe(self, model: nn.Module, batches: Iterable, progress: Progress | None = None) -> dict:
         selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress)
         apply_selection(model, selection)
         return {"layers": len(selection), "selected_entries": selection.slice_numel()}
 
-    def extra_loss(self, model: nn.Module) -> Optional[torch.Tensor]:
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return penalty(model)
 
     def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
@@ -44,7 +45,10 @@ class GRFTMethod(Method):
         deltas = [layer.grft_delta for layer in sliced_layers(model).values()]
         ids = {id(p) for p in deltas}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": rest, "weight_decay": weight_decay}, {"params": deltas, "weight_decay": 0.0, "grft_slices": True}]
+        return [
+            {"params": rest, "weight_decay": weight_decay},
+            {"params": deltas, "weight_decay": 0.0, "grft_slices": True},
+        ]
 
     def decay(self, model: nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float, decoupled: bool) -> None:
         if not weight_decay:
@@ -55,7 +59,7 @@ class GRFTMethod(Method):
         else:
             add_slice_decay_grad_(model, weight_decay)
 
-    def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
+    def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_adapter(model, path)
 
     def checkpoint_keys(self, model: nn.Module) -> set[str]:

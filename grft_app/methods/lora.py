@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -41,7 +40,7 @@ class LoRAConfig:
     r: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
-    targets: Optional[tuple[str, ...]] = None
+    targets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -72,7 +71,7 @@ class LoRAMethod(Method):
         unfreeze(model.get_submodule(head))
         return model
 
-    def save_adapter(self, model: nn.Module, path: Path) -> Optional[Path]:
+    def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_lora(model, path, self.config, self.arch.head)
 
 
@@ -96,7 +95,11 @@ def add_lora(model: nn.Module, config: LoRAConfig, head: str) -> tuple[str, ...]
     if head in targets:
         raise ValueError(f"lora: the head {head!r} trains in full; leave it out of method.targets")
     peft_config = LoraConfig(
-        r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(targets), bias="none",
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(targets),
+        bias="none",
         exclude_modules=[head],
     )
     try:

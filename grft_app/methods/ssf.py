@@ -67,7 +67,9 @@ def ssf_targets(model: nn.Module, head: str) -> dict[str, tuple[nn.Module, int, 
             found[name] = (module, module.out_channels, 1)
         elif isinstance(module, nn.LayerNorm):
             if len(module.normalized_shape) != 1:
-                raise ValueError(f"ssf: {name} normalises over {module.normalized_shape}; only 1-D LayerNorms are supported")
+                raise ValueError(
+                    f"ssf: {name} normalises over {module.normalized_shape}; only 1-D LayerNorms are supported"
+                )
             found[name] = (module, module.normalized_shape[0], -1)
     return found
 

@@ -26,9 +26,16 @@ def make_vit(cfg: Mapping, num_classes: int):
     import timm
 
     return timm.create_model(
-        "vit_base_patch16_224", pretrained=False, img_size=8, patch_size=2, in_chans=1,
-        embed_dim=int(cfg.get("embed_dim", 64)), depth=int(cfg.get("depth", 4)), num_heads=int(cfg.get("num_heads", 4)),
-        mlp_ratio=2.0, num_classes=num_classes,
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        embed_dim=int(cfg.get("embed_dim", 64)),
+        depth=int(cfg.get("depth", 4)),
+        num_heads=int(cfg.get("num_heads", 4)),
+        mlp_ratio=2.0,
+        num_classes=num_classes,
     )
 
 
@@ -38,7 +45,9 @@ def source_checkpoint(cfg: Mapping) -> Path:
 
     from ..data.digits import source_dataset
 
-    recipe = {k: cfg.get(k) for k in ("embed_dim", "depth", "num_heads", "source_classes", "source_epochs", "source_seed")}
+    recipe = {
+        k: cfg.get(k) for k in ("embed_dim", "depth", "num_heads", "source_classes", "source_epochs", "source_seed")
+    }
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:10]
     path = Path(cfg.get("cache_dir", ".cache/grft")) / f"digits_vit_source_{key}.safetensors"
     if path.is_file():

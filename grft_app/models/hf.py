@@ -20,14 +20,19 @@ from grft.targets import detect_architecture
 from ..data.splits import InputSpec
 from .llama import offline, tiny_tokenizer, weight_dtype
 
-_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8)
+_DECODER = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8
+)
 _ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 # Tiny shapes per transformers model type, in each config's own argument names.
 TINY = {
-    "llama": _DECODER, "mistral": _DECODER, "gemma": _DECODER,
+    "llama": _DECODER,
+    "mistral": _DECODER,
+    "gemma": _DECODER,
     "qwen2": {k: v for k, v in _DECODER.items() if k != "head_dim"},
-    "bert": _ENCODER, "roberta": _ENCODER, "deberta-v2": _ENCODER,
+    "bert": _ENCODER,
+    "roberta": _ENCODER,
+    "deberta-v2": _ENCODER,
     "distilbert": dict(dim=32, hidden_dim=64, n_layers=2, n_heads=4),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_inner=64),
     "vit": dict(_ENCODER, image_size=32, patch_size=8),
@@ -62,7 +67,9 @@ def tiny_config(model_type: str, num_labels: int, vocab_size: int = 300, pad_tok
     from transformers import AutoConfig
 
     if model_type not in TINY and not overrides:
-        raise ValueError(f"no tiny shapes for model type {model_type!r}; give model.tiny_kwargs, known: {', '.join(sorted(TINY))}")
+        raise ValueError(
+            f"no tiny shapes for model type {model_type!r}; give model.tiny_kwargs, known: {', '.join(sorted(TINY))}"
+        )
     shapes = {**TINY.get(model_type, {}), **overrides}
     if is_vision(model_type):
         return AutoConfig.for_model(model_type, num_labels=num_labels, **shapes)
@@ -106,7 +113,11 @@ def load(cfg: Mapping, num_labels: int, weights: bool = True):
         if weights:
             # A checkpoint that already has a head of another size gets a new one (the task's).
             model = auto_class(config.model_type).from_pretrained(
-                name, config=config, dtype=dtype, local_files_only=local_only, ignore_mismatched_sizes=True,
+                name,
+                config=config,
+                dtype=dtype,
+                local_files_only=local_only,
+                ignore_mismatched_sizes=True,
             )
         else:
             model = auto_class(config.model_type).from_config(config).to(dtype)
@@ -159,8 +170,9 @@ def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool
             inputs = InputSpec(kind="image", img_size=int(model.config.image_size), mean=(0.5,) * 3, std=(0.5,) * 3)
         else:
             tokenizer = tiny_tokenizer()
-            model = tiny_model(model_type, num_classes, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                               **overrides)
+            model = tiny_model(
+                model_type, num_classes, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **overrides
+            )
             inputs = text_inputs(tokenizer, model, min(max_length, TINY_MAX_POSITIONS))
     else:
         processor, model = load(cfg, num_classes, weights=pretrained)

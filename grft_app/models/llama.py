@@ -27,11 +27,19 @@ LLAMA_ARCH = Architecture(head="score", blocks="model.layers", stem=(), pool=poo
 # The shapes of the published Llama-3.2-1B config (enough to count parameters on the meta device;
 # rotary scaling and token ids do not change any shape).
 LLAMA_3_2_1B_SHAPES = dict(
-    hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-    head_dim=64, vocab_size=128256, tie_word_embeddings=True, hidden_act="silu",
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+    hidden_act="silu",
 )
-TINY_SHAPES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=8)
+TINY_SHAPES = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A few sentences to train the tiny tokenizer's merges on; byte-level, so any text still encodes.
 TINY_CORPUS = (
@@ -59,23 +67,39 @@ def tiny_tokenizer():
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(TINY_CORPUS, trainer=trainer)
     bos = tokenizer.token_to_id("<|begin_of_text|>")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
         special_tokens=[("<|begin_of_text|>", bos)],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>",
-                                   eos_token="<|end_of_text|>", pad_token="<|end_of_text|>", padding_side="right")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|end_of_text|>",
+        padding_side="right",
+    )
 
 
 def tiny_model(num_labels: int, tokenizer, max_length: int):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(**TINY_SHAPES, vocab_size=len(tokenizer), max_position_embeddings=max(max_length, 64),
-                         num_labels=num_labels, pad_token_id=tokenizer.pad_token_id, use_cache=False)
+    config = LlamaConfig(
+        **TINY_SHAPES,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(max_length, 64),
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=False,
+    )
     return LlamaForSequenceClassification(config)
 
 
@@ -97,13 +121,19 @@ def unavailable(name: str, err: Exception):
 
     local = Path(name).expanduser()
     if local.is_absolute() or name.startswith("."):
-        how = (f"{local} must be a directory holding config.json, the weights (*.safetensors) and the tokenizer "
-               "files, as `save_pretrained` or `hf download <repo> --local-dir <dir>` write them")
+        how = (
+            f"{local} must be a directory holding config.json, the weights (*.safetensors) and the tokenizer "
+            "files, as `save_pretrained` or `hf download <repo> --local-dir <dir>` write them"
+        )
     else:
-        how = (f"{name} comes from the Hugging Face hub (Llama models are gated: accept the licence on the "
-               f"model page, then `hf auth login` and `hf download {name} --local-dir <dir>`; older hubs: "
-               "huggingface-cli download). Without internet, copy that directory here and set model.name=<dir>")
-    return ModelUnavailableError(f"could not load {name} ({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}). {how}")
+        how = (
+            f"{name} comes from the Hugging Face hub (Llama models are gated: accept the licence on the "
+            f"model page, then `hf auth login` and `hf download {name} --local-dir <dir>`; older hubs: "
+            "huggingface-cli download). Without internet, copy that directory here and set model.name=<dir>"
+        )
+    return ModelUnavailableError(
+        f"could not load {name} ({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}). {how}"
+    )
 
 
 def load(cfg: Mapping, num_labels: int, weights: bool = True):
@@ -120,7 +150,10 @@ def load(cfg: Mapping, num_labels: int, weights: bool = True):
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
         if weights:
             model = LlamaForSequenceClassification.from_pretrained(
-                name, num_labels=num_labels, dtype=dtype, local_files_only=local_only,
+                name,
+                num_labels=num_labels,
+                dtype=dtype,
+                local_files_only=local_only,
             )
         else:
             config = AutoConfig.from_pretrained(name, num_labels=num_labels, local_files_only=local_only)

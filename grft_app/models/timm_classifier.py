@@ -26,8 +26,10 @@ _VIT = dict(img_size=TINY_IMG_SIZE, patch_size=8, embed_dim=32, depth=2, num_hea
 TINY = {
     "VisionTransformer": (None, _VIT),
     "Eva": (None, _VIT),
-    "SwinTransformer": (None, dict(img_size=TINY_IMG_SIZE, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
-                                   num_heads=(1, 2))),
+    "SwinTransformer": (
+        None,
+        dict(img_size=TINY_IMG_SIZE, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2)),
+    ),
     "ConvNeXt": (None, dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16))),
     "ResNet": (None, dict(layers=(1, 1, 1, 1), channels=(8, 16, 16, 16), stem_width=8)),
     "EfficientNet": ("test_efficientnet", {}),
@@ -74,8 +76,10 @@ def overlay_for(checkpoint: str, name: str) -> dict:
             f".safetensors (the timm hub file) checkpoint of {name}"
         )
     if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise ValueError(f"model.checkpoint={checkpoint}: unknown format {path.suffix!r}; "
-                         f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+        raise ValueError(
+            f"model.checkpoint={checkpoint}: unknown format {path.suffix!r}; "
+            f"use one of {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
     # Google's npz needs the ViT's custom loader; a state dict goes through timm's usual filter.
     return {"file": str(path.resolve()), "custom_load": path.suffix == ".npz"}
 
@@ -104,7 +108,9 @@ def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except RuntimeError as err:
         if any(s in str(err) for s in ("size mismatch", "Missing key", "Unexpected key")):
-            raise ValueError(f"model.checkpoint={checkpoint} does not fit {name} (model.kwargs={kwargs}): {err}") from err
+            raise ValueError(
+                f"model.checkpoint={checkpoint} does not fit {name} (model.kwargs={kwargs}): {err}"
+            ) from err
         raise _unavailable(name, err, ModelUnavailableError) from err
     except (OSError, ConnectionError) as err:
         raise _unavailable(name, err, ModelUnavailableError) from err

@@ -29,8 +29,10 @@ def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
 
     model = create_timm_classifier(cfg, num_classes, pretrained=pretrained)
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"model.name={cfg['name']} is a {type(model).__name__}, not a timm VisionTransformer; "
-                         "the vit family needs one (blocks, patch_embed, head)")
+        raise ValueError(
+            f"model.name={cfg['name']} is a {type(model).__name__}, not a timm VisionTransformer; "
+            "the vit family needs one (blocks, patch_embed, head)"
+        )
     return model
 
 

@@ -19,7 +19,9 @@ def save_image(path: Path, label: int, index: int, size=(20, 14)) -> None:
     Image.new("RGB", size, colour(label, index)).save(path)
 
 
-def write_vtab(data_dir: Path, folder: str, num_classes: int, train_per_class=2, val_per_class=1, test_per_class=1) -> dict:
+def write_vtab(
+    data_dir: Path, folder: str, num_classes: int, train_per_class=2, val_per_class=1, test_per_class=1
+) -> dict:
     """``data_dir/vtab-1k/<folder>/`` with images in a nested folder and the four list files."""
     root = Path(data_dir) / "vtab-1k" / folder
     lists = {"train800": [], "val200": [], "test": []}
@@ -56,28 +58,40 @@ def write_fgvc(data_dir: Path, folder: str, image_root: str, class_ids: list, pe
 
 # Row counts are multiples of the smoke batch size (4): the SCL probe needs a repeated label in every batch.
 GLUE_ROWS = {
-    "cola": ("CoLA", None, [
-        "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.",
-        "gj04\t0\t*\tThe more we study verbs, the crazier they get get.",
-        'cj99\t1\t\tShe said "hello" to them.',
-        "bc01\t0\t*\tHarry coughed himself .",
-        "bc01\t1\t\tWe believed John to be a fountain in the park.",
-        "ks08\t0\t*\tThey drank the pub.",
-        "ks08\t1\t\tThe professor talked us into a stupor.",
-        "r-67\t0\t*\tJohn whined Mary.",
-    ]),
-    "mrpc": ("MRPC", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", [
-        "1\t702876\t702977\tAmrozi accused his brother .\tReferring to him as only \"the witness\" , Amrozi accused his brother .",  # noqa: E501 - one TSV row, kept whole like the file it stands for
-        "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's in 1995 .",
-        "1\t1330381\t1330521\tThey had published an advertisement .\tOn June 10 , they published an advertisement .",  # noqa: E501 - one TSV row, kept whole like the file it stands for
-        "0\t3344667\t3344648\tTab Tab is a shop .\tThe shop sells tabs .",
-    ]),
-    "rte": ("RTE", "index\tsentence1\tsentence2\tlabel", [
-        "0\tDana Reeve died of lung cancer.\tChristopher Reeve had an accident.\tnot_entailment",
-        "1\tYet, we now are discovering that antibiotics are losing their effectiveness.\tBacteria is winning.\tentailment",  # noqa: E501 - one TSV row, kept whole like the file it stands for
-        "2\tCairo is now home to some 15 million people.\t15 million people live in Cairo.\tentailment",
-        "3\tThe cat sat.\tThe dog ran.\tnot_entailment",
-    ]),
+    "cola": (
+        "CoLA",
+        None,
+        [
+            "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.",
+            "gj04\t0\t*\tThe more we study verbs, the crazier they get get.",
+            'cj99\t1\t\tShe said "hello" to them.',
+            "bc01\t0\t*\tHarry coughed himself .",
+            "bc01\t1\t\tWe believed John to be a fountain in the park.",
+            "ks08\t0\t*\tThey drank the pub.",
+            "ks08\t1\t\tThe professor talked us into a stupor.",
+            "r-67\t0\t*\tJohn whined Mary.",
+        ],
+    ),
+    "mrpc": (
+        "MRPC",
+        "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+        [
+            '1\t702876\t702977\tAmrozi accused his brother .\tReferring to him as only "the witness" , Amrozi accused his brother .',  # noqa: E501 - one TSV row, kept whole like the file it stands for
+            "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's in 1995 .",
+            "1\t1330381\t1330521\tThey had published an advertisement .\tOn June 10 , they published an advertisement .",  # noqa: E501 - one TSV row, kept whole like the file it stands for
+            "0\t3344667\t3344648\tTab Tab is a shop .\tThe shop sells tabs .",
+        ],
+    ),
+    "rte": (
+        "RTE",
+        "index\tsentence1\tsentence2\tlabel",
+        [
+            "0\tDana Reeve died of lung cancer.\tChristopher Reeve had an accident.\tnot_entailment",
+            "1\tYet, we now are discovering that antibiotics are losing their effectiveness.\tBacteria is winning.\tentailment",  # noqa: E501 - one TSV row, kept whole like the file it stands for
+            "2\tCairo is now home to some 15 million people.\t15 million people live in Cairo.\tentailment",
+            "3\tThe cat sat.\tThe dog ran.\tnot_entailment",
+        ],
+    ),
 }
 
 

@@ -17,15 +17,38 @@ from grft_app.record import Params, RunRecord, Timings, write_record
 
 # Class counts of the paper's benchmarks (FGVC, VTAB-1k, GLUE): facts about the datasets.
 CLASSES = {
-    "cub": 200, "nabirds": 555, "oxford_flowers": 102, "stanford_dogs": 120, "stanford_cars": 196,
-    "cifar100": 100, "caltech101": 102, "dtd": 47, "flowers102": 102, "pets": 37, "svhn": 10, "sun397": 397,
-    "patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5,
-    "clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
-    "smallnorb_azi": 18, "smallnorb_ele": 9,
-    "cola": 2, "mrpc": 2, "rte": 2,
+    "cub": 200,
+    "nabirds": 555,
+    "oxford_flowers": 102,
+    "stanford_dogs": 120,
+    "stanford_cars": 196,
+    "cifar100": 100,
+    "caltech101": 102,
+    "dtd": 47,
+    "flowers102": 102,
+    "pets": 37,
+    "svhn": 10,
+    "sun397": 397,
+    "patch_camelyon": 2,
+    "eurosat": 10,
+    "resisc45": 45,
+    "diabetic_retinopathy": 5,
+    "clevr_count": 8,
+    "clevr_dist": 6,
+    "dmlab": 6,
+    "kitti": 4,
+    "dsprites_loc": 16,
+    "dsprites_ori": 16,
+    "smallnorb_azi": 18,
+    "smallnorb_ele": 9,
+    "cola": 2,
+    "mrpc": 2,
+    "rte": 2,
 }
-FAMILY = {**{t: "fgvc" for t in ("cub", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars")},
-          **{t: "glue" for t in ("cola", "mrpc", "rte")}}
+FAMILY = {
+    **{t: "fgvc" for t in ("cub", "nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars")},
+    **{t: "glue" for t in ("cola", "mrpc", "rte")},
+}
 METHODS = ("gps", "lora", "bias", "adapter", "ssf", "vpt_shallow", "vpt_deep", "full", "linear")
 
 
@@ -52,8 +75,16 @@ def search_path(folder: Path) -> str:
     return f"hydra.searchpath=[file://{Path(folder).resolve()}]"
 
 
-def write_fixture_record(composer: Composer, runs: Path, args: list[str], acc: float, seed: int = 0, pct: float = 0.5,
-                         memory: list[tuple[float, int, float]] | None = None, finished_at: str = "2026-01-01T00:00:00") -> Path:
+def write_fixture_record(
+    composer: Composer,
+    runs: Path,
+    args: list[str],
+    acc: float,
+    seed: int = 0,
+    pct: float = 0.5,
+    memory: list[tuple[float, int, float]] | None = None,
+    finished_at: str = "2026-01-01T00:00:00",
+) -> Path:
     """A finished run's record for the cell ``args`` under ``runs`` (laid out as the runner does), with a known
     accuracy."""
     cfg = copy.deepcopy(composer.config([*args, f"paths.runs={runs}"]))
@@ -62,13 +93,28 @@ def write_fixture_record(composer: Composer, runs: Path, args: list[str], acc: f
     folder = run_dir(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord(
-        task=str(cfg.dataset.name), family=str(cfg.dataset.family), model=str(cfg.model.name),
-        method=str(cfg.method.name), selection=str(cfg.selection.kind), norm=str(cfg.norm.kind),
-        k=int(cfg.k), lambda_=float(cfg["lambda"]), regular_layers=config["regular_layers"],
-        subsets=int(cfg.subsets), seed=seed, lr=float(cfg.lr), batch_size=int(cfg.batch_size),
-        epochs=int(cfg.epochs), tags={}, metrics={"test_acc": acc},
-        params=Params(trainable=1, total=100, pct=pct), timings=Timings(peak_mem_mb=1234.0),
-        device="fixture", config=config, finished_at=finished_at, done=True,
+        task=str(cfg.dataset.name),
+        family=str(cfg.dataset.family),
+        model=str(cfg.model.name),
+        method=str(cfg.method.name),
+        selection=str(cfg.selection.kind),
+        norm=str(cfg.norm.kind),
+        k=int(cfg.k),
+        lambda_=float(cfg["lambda"]),
+        regular_layers=config["regular_layers"],
+        subsets=int(cfg.subsets),
+        seed=seed,
+        lr=float(cfg.lr),
+        batch_size=int(cfg.batch_size),
+        epochs=int(cfg.epochs),
+        tags={},
+        metrics={"test_acc": acc},
+        params=Params(trainable=1, total=100, pct=pct),
+        timings=Timings(peak_mem_mb=1234.0),
+        device="fixture",
+        config=config,
+        finished_at=finished_at,
+        done=True,
     )
     if memory is not None:
         folder.mkdir(parents=True, exist_ok=True)
