@@ -17,7 +17,7 @@ from pathlib import Path
 
 from grft_app.paths import ROOT
 
-from .names import LLAMA_LAYERS, METHODS, MODELS
+from .names import METHODS, MODELS, add_llama_arguments
 
 # Steps per device: (warm-up, measured, interleaved rounds per model). A CPU ViT-B/16 step takes
 # seconds; the CPU Llama's (2 layers) a quarter of that, so it gets three times the rounds.
@@ -62,13 +62,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (cpu 1, cuda 5)")
     p.add_argument("--k", type=int, default=2, help="GRFT rows/columns per matrix (GPS: entries per row)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every worker")
-    p.add_argument(
-        "--llama-shape",
-        default="cpu",
-        choices=sorted(LLAMA_LAYERS),
-        help=f"layers of the Llama-3.2-1B-wide model: cpu={LLAMA_LAYERS['cpu']}, 1b={LLAMA_LAYERS['1b']}",
-    )
-    p.add_argument("--seq-len", type=int, default=32, help="tokens per Llama sequence")
+    add_llama_arguments(p)
     p.add_argument("--probe-batches", type=int, default=2)
     p.add_argument(
         "--repeats",

@@ -29,6 +29,7 @@ from . import device as devices
 from .arms import METHODS, Trainable, check_method, prepare
 from .memory import MB, Memory, Sampler, compact_allocator, trim_allocator
 from .models import LLAMA_LAYERS, MODELS, build, call
+from .names import add_llama_arguments
 
 PROBED = ("gps", "grft_row", "grft_column")  # the methods whose setup runs the gradient probe
 
@@ -43,13 +44,7 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=2, help="GRFT rows/columns (GPS: entries per row) per matrix")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     p.add_argument("--probe-batches", type=int, default=2)
-    p.add_argument(
-        "--llama-shape",
-        default="cpu",
-        choices=sorted(LLAMA_LAYERS),
-        help=f"layers of the Llama-3.2-1B-wide model: cpu={LLAMA_LAYERS['cpu']}, 1b={LLAMA_LAYERS['1b']}",
-    )
-    p.add_argument("--seq-len", type=int, default=32, help="tokens per Llama sequence")
+    add_llama_arguments(p)
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests)")
     p.add_argument("--lr", type=float, default=1e-4)
 
