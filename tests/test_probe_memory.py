@@ -24,32 +24,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import grft
-from helpers.models import image_batches, make_tiny_llama
+from helpers.models import image_batches, make_tiny_llama, make_tiny_vit
 
 KINDS = ("row", "column", "sparse")
 
 
 def dropout_vit(seed: int = 0):
     """The tiny test ViT with every random layer timm offers switched on (train mode)."""
-    import timm
-
-    torch.manual_seed(seed)
-    model = timm.create_model(
-        "vit_base_patch16_224",
-        pretrained=False,
-        img_size=16,
-        patch_size=8,
-        embed_dim=24,
-        depth=3,
-        num_heads=2,
-        mlp_ratio=2.0,
-        num_classes=5,
-        drop_rate=0.1,
-        proj_drop_rate=0.1,
-        attn_drop_rate=0.1,
-        drop_path_rate=0.2,
-    )
-    return model.train()
+    options = dict(drop_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2)
+    return make_tiny_vit(seed=seed, **options).train()
 
 
 def token_batches(n_batches: int = 4, batch: int = 6, seed: int = 2) -> list[dict]:

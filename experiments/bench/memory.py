@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from grft.heap import release_free_pages
+
 MB = 1024 * 1024
 CLEAR_REFS = "/proc/self/clear_refs"
 
@@ -92,12 +94,7 @@ def trim_allocator() -> bool:
     Run after setup, before the peak is reset, for every method alike: what the probe or the
     model build freed must not count as the training peak. False where the C library is not glibc.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-        return True
-    except (OSError, AttributeError):
-        return False
+    return release_free_pages()
 
 
 class Sampler:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def make_tiny_vit(num_classes: int = 5, dtype=torch.float32, seed: int = 0, qkv_bias: bool = True):
+def make_tiny_vit(num_classes: int = 5, dtype=torch.float32, seed: int = 0, qkv_bias: bool = True, **timm_options):
+    """``timm_options``: more ``timm.create_model`` keywords (e.g. dropout rates)."""
     import timm
 
     torch.manual_seed(seed)
@@ -20,6 +21,7 @@ def make_tiny_vit(num_classes: int = 5, dtype=torch.float32, seed: int = 0, qkv_
         mlp_ratio=2.0,
         num_classes=num_classes,
         qkv_bias=qkv_bias,
+        **timm_options,
     )
     # A pre-trained-looking head is not needed, but a non-zero one makes every test see its gradient.
     torch.nn.init.normal_(model.head.weight, std=0.2)
