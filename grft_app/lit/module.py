@@ -24,6 +24,7 @@ from grft.probe import call_model, split_batch
 
 from ..methods import Method
 from ..models import ModelBundle
+from .data import probe_extent
 from .ema import TrainableEMA
 from .evaluation import EvalView, test_views, val_views
 from .metrics import TaskMetrics
@@ -68,7 +69,7 @@ class FineTuneModule(L.LightningModule):
         self.progress = progress
         self.model: nn.Module | None = None
         self.probe_seconds: float | None = None
-        self.probe_facts: dict | None = None  # what the method's probe returned (kept in checkpoints)
+        self.probe_facts: dict | None = None  # the method's probe facts and the probe's extent (kept in checkpoints)
         self.ema: TrainableEMA | None = None
         ema = bool(settings.ema_decay)
         self.val_views: list[EvalView] = val_views(has_val, settings.protocol.test_every, ema)
@@ -119,7 +120,9 @@ class FineTuneModule(L.LightningModule):
         start = time.perf_counter()
         was_training = self.model.training
         self.model.train()
-        self.probe_facts = self.method.probe(self.model, self.probe_loader(), self.progress)
+        loader = self.probe_loader()
+        # The method's facts, and how many batches and images the probe walked (all ranks together).
+        self.probe_facts = {**self.method.probe(self.model, loader, self.progress), **probe_extent(loader)}
         self.model.train(was_training)
         self.probe_seconds = time.perf_counter() - start
 
