@@ -14,7 +14,7 @@ DATA_TASKS := $(if $(TASKS),--tasks $(TASKS))
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run overhead test test-all lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
+.PHONY: help install run run-seeds overhead test test-all lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ install: $(STAMP) ## create .venv and install grft with the app and test extras
 ARGS ?=
 run: install ## run the embedded offline default experiment (python run.py); ARGS="k=2 ..." adds overrides
 	$(PYTHON) run.py $(ARGS)
+
+RUN_SEEDS ?= 0,1,2,3,4
+run-seeds: install ## the embedded default for several seeds (RUN_SEEDS=0,1,2,3,4): mean ± sd of each method
+	$(PYTHON) -m experiments.default_seeds --seeds $(RUN_SEEDS) $(ARGS)
 
 overhead: install ## per-step time of the embedded default under Lightning vs a plain loop (a benchmark)
 	$(PYTHON) -m experiments.overhead $(ARGS)
