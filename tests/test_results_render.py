@@ -292,8 +292,8 @@ def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer
     assert ours(result, "GRFT", "cub")["ours"] == pytest.approx(85.0)
     text = (tmp_path / "tables" / "table1.md").read_text()
     assert (
-        "Every task column: best epoch's test accuracy of the raw (not EMA) model (110 epochs, test split "
-        "evaluated after every epoch; protocol=reference)." in text
+        "Every task column, except the rows below: best epoch's test accuracy of the raw (not EMA) model "
+        "(110 epochs, test split evaluated after every epoch; protocol=reference)." in text
     )
     assert "GRFT, CUB-2011: some runs report best epoch's test accuracy (fixture)." in text  # not the config's words
     import re

@@ -133,17 +133,35 @@ def _statistic(cfg) -> str:
 
 
 def statistic_lines(target: Target, spec: Spec, cells: pd.DataFrame) -> list[str]:
-    """What 'ours' holds, column by column (one line when every task column holds the same)."""
+    """What 'ours' holds, column by column (one line when every task column holds the same); a row whose
+    cells hold another number than most rows' (e.g. SSF's EMA accuracy, as its own code reports) gets a
+    line of its own."""
     tasks = cells[cells["column"].isin(target.tasks) & (cells["statistic"] != "")]
-    by_stat: dict[str, list[str]] = {}
-    for column, statistic in zip(tasks["column"], tasks["statistic"], strict=True):
-        titles = by_stat.setdefault(statistic, [])
-        if spec.label(column) not in titles:
-            titles.append(spec.label(column))
-    if len(by_stat) == 1:
-        lines = [f"Every task column: {next(iter(by_stat))}."]
-    else:
-        lines = [f"{', '.join(titles)}: {statistic}." for statistic, titles in by_stat.items()]
+    per_row: dict[str, tuple[tuple[str, str], ...]] = {
+        row: tuple(zip(group["column"], group["statistic"], strict=True))
+        for row, group in tasks.groupby("row", sort=False)
+    }
+    counts: dict[tuple, int] = {}
+    for mapping in per_row.values():
+        counts[mapping] = counts.get(mapping, 0) + 1
+    usual = max(counts, key=counts.get) if counts else ()
+
+    def columns(mapping: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        by_stat: dict[str, list[str]] = {}
+        for column, statistic in mapping:
+            titles = by_stat.setdefault(statistic, [])
+            if spec.label(column) not in titles:
+                titles.append(spec.label(column))
+        if len(by_stat) == 1:
+            return [("Every task column", next(iter(by_stat)))]
+        return [(", ".join(titles), statistic) for statistic, titles in by_stat.items()]
+
+    others = [row for row, mapping in per_row.items() if mapping != usual]
+    lines = [
+        f"{where}{', except the rows below' if others else ''}: {statistic}." for where, statistic in columns(usual)
+    ]
+    for row in others:
+        lines += [f"{row}, {where.lower()}: {statistic}." for where, statistic in columns(per_row[row])]
     if target.mean:
         lines.append(f"{target.mean}: the mean of the row's task cells (ours recomputed from ours).")
     if target.params:
