@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -230,6 +231,16 @@ def test_cli_renders_every_target_with_no_runs(stubs, tmp_path, capsys):
     for name in ("table1", "table2", "table3", "table4", "table5"):
         assert {f"{name}.md", f"{name}.tex", f"{name}.csv"} <= set(made)
     assert {"fig3_memory.png", "fig3_memory.csv", "fig4_ablation.png", "fig4_ablation.csv"} <= set(made)
+    # Rendered with no runs, every committed table and figure's data must be what this code writes (the
+    # images are not compared byte for byte: matplotlib's files carry its version; their data is the csv).
+    link = re.compile(r"\[PROTOCOL\.md\]\([^)]*\)")  # relative to the folder written to
+    for written in sorted((tmp_path / "out").rglob("*")):
+        if written.suffix not in (".md", ".tex", ".csv"):
+            continue
+        committed = ROOT / "results" / written.relative_to(tmp_path / "out")
+        assert committed.is_file(), f"{committed} is not committed"
+        same = [link.sub("[PROTOCOL.md]", p.read_text()) for p in (committed, written)]
+        assert same[0] == same[1], f"{committed} is stale: run `python -m experiments.paper render paper` with no runs"
 
 
 def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_named(composer, tmp_path):
