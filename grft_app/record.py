@@ -208,7 +208,9 @@ class RunRecord:
 
     @property
     def state(self) -> str:
-        """``done``, ``failed``, ``preempted``, ``interrupted`` or ``unfinished`` (the earliest records carry only ``done``)."""
+        """``done``, ``failed``, ``preempted``, ``interrupted`` or ``unfinished``.
+
+        The earliest records carry only ``done``."""
         if self.done:
             return "done"
         return self.status or "unfinished"

@@ -319,7 +319,8 @@ def test_a_read_only_mount_is_found_by_trying(tmp_path):
     assert write_problem(tmp_path / "not" / "yet") is None
     mount = tmp_path / "ro"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode:
         pytest.skip("cannot mount a read-only tmpfs here")
     try:
         assert "Read-only file system" in write_problem(mount / "digits")

@@ -73,7 +73,7 @@ def mount_of(path: Path) -> Path:
 
 def disk_full_line(err: BaseException) -> str:
     written = getattr(err, "filename", None)
-    where = f"{mount_of(Path(written))} while writing {written}" if written else "the disk while writing the run's files"
+    where = f"{mount_of(Path(written))} while writing {written}" if written else "the disk while writing run files"
     return (
         f"error: no space left on {where}; free space there (or point paths.runs at another disk) and launch "
         "again: the run resumes from its last checkpoint"

@@ -24,9 +24,9 @@ from ..data import build_datasets
 from ..methods import make_method
 from ..models import build_model
 from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
+from .checkpoints import ChecksummedCheckpointIO
 from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
-from .checkpoints import ChecksummedCheckpointIO
 from .lifecycle import (
     Interrupted,
     LaunchClock,
@@ -41,10 +41,10 @@ from .lifecycle import (
 from .lock import RunLock
 from .module import Diverged, FineTuneModule
 from .outputs import check_outputs, output_checksums
-from .run_log import run_log
 from .preflight import preflight
 from .progress import rich_progress, training_progress_bar
 from .resources import ResourceMonitor
+from .run_log import run_log
 from .settings import ConfigError, check_numbers, method_settings, train_settings
 from .sweep_summary import current_multirun
 

@@ -48,5 +48,3 @@ class WritableRuns(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_writable(Path(str(config.hydra.sweep.dir)))
-
-
