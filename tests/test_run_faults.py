@@ -434,3 +434,99 @@ def test_each_run_log_holds_its_own_lines_and_epochs_agree_everywhere(tmp_path):
     assert final == 1 and curve_epochs[-1] == final  # epochs 0 and 1: counted from 0
     assert [float(r["epoch"]) for r in test_rows] == [final]  # the final test row: not one past it
     assert int(second.metrics["test_acc_best_epoch"]) in curve_epochs
+
+
+# --- kill -9 at chosen moments: every re-launch ends with the uninterrupted run's files ----------------
+
+KILL_AT = ROOT / "tests" / "helpers" / "kill_at.py"
+
+
+def launch_cli(runs: Path, where: str) -> subprocess.CompletedProcess:
+    """``run.py`` with this module's settings in a subprocess, killed with SIGKILL at ``where``."""
+    env = {**os.environ, "GRFT_RUNS": str(runs), "PYTHONPATH": str(ROOT)}
+    for name in ("HYDRA_FULL_ERROR", "GRFT_TRACEBACK"):
+        env.pop(name, None)
+    command = [sys.executable, str(KILL_AT), where, "run.py", "debug=smoke", "baselines=null", *ARGS]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def epochs_saved(run_dir: Path) -> int:
+    """Epochs a re-launch need not train again: those of the newest published checkpoint."""
+    found = [int(p.stem[len("epoch") :]) for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
+    return max(found) + 1 if found else 0
+
+
+def assert_kill_then_resume(runs: Path, where: str, straight, relaunch) -> None:
+    killed = launch_cli(runs, where)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = run_dir_of(make_cfg(runs, *ARGS))
+    saved = epochs_saved(run_dir)
+    record = relaunch(runs)
+    assert record.done and record.launches[-1].outcome == "trained"
+    assert record.launches[-1].steps == (3 - saved) * STEPS_PER_EPOCH  # nothing already saved trains again
+    assert record.resumed is (saved > 0)
+    assert_matches_straight(record, run_dir, straight)
+
+
+def test_kill_9_while_the_checkpoint_link_moves_then_the_relaunch_matches_an_uninterrupted_run(
+    tmp_path, straight, monkeypatch
+):
+    no_probe(monkeypatch)  # epoch 1 is saved: the relaunch must not probe again
+    assert_kill_then_resume(tmp_path / "runs", "relink:2", straight, lambda runs: launch_task(runs)[0])
+
+
+def relaunch_cli(runs: Path):
+    proc = launch_cli(runs, "never")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return read_record(run_dir_of(make_cfg(runs, *ARGS)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where",
+    [
+        "probe",
+        "step:3",  # half-way through epoch 1
+        "ckpt-write:2",  # half of epoch 1's checkpoint on disk
+        "relink:1",
+        "file:launches.json",
+        "file:selection.safetensors",
+        "file:adapter.safetensors",
+        "file:record.json",
+    ],
+)
+def test_kill_9_at_any_moment_then_a_relaunch_matches_an_uninterrupted_run(tmp_path, straight, where):
+    assert_kill_then_resume(tmp_path / "runs", where, straight, relaunch_cli)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_until_done_matches_an_uninterrupted_run(tmp_path, straight):
+    import random
+    import time
+
+    rng = random.Random(23)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "GRFT_RUNS": str(runs), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "run.py", "debug=smoke", "baselines=null", *ARGS]
+    run_dir = run_dir_of(make_cfg(runs, *ARGS))
+
+    def launches() -> int:
+        try:
+            return len(json.loads((run_dir / "launches.json").read_text()))
+        except (OSError, ValueError):
+            return 0
+
+    for _ in range(6):
+        before = launches()
+        job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Once the launch log has this launch, the launch is past its imports: kill at a random moment after.
+        deadline = time.time() + 300
+        while launches() == before and job.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 3.0))
+        job.kill()
+        job.communicate(timeout=300)
+        if job.returncode == 0:
+            break
+    record = relaunch_cli(runs)
+    assert_matches_straight(record, run_dir, straight)

@@ -52,7 +52,10 @@ def checksum_problem(path: Path) -> str | None:
     expected = sidecar(path.resolve())
     if expected.is_file():
         if file_sha256(path) != expected.read_text().strip():
-            return f"does not match the checksum saved beside it ({expected.name}): it is truncated or altered"
+            return (
+                f"cannot be read as saved: it does not match the checksum beside it ({expected.name}), "
+                "so it is truncated or altered"
+            )
         return None
     try:  # an older checkpoint without a checksum: it must at least open
         torch.load(path, map_location="cpu", mmap=True, weights_only=False)
