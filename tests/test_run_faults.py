@@ -438,7 +438,7 @@ def test_each_run_log_holds_its_own_lines_and_epochs_agree_everywhere(tmp_path):
 
 # --- kill -9 at chosen moments: every re-launch ends with the uninterrupted run's files ----------------
 
-KILL_AT = ROOT / "tests" / "helpers" / "kill_at.py"
+KILL_AT = Path(__file__).parent / "helpers" / "kill_at.py"
 
 
 def launch_cli(runs: Path, where: str) -> subprocess.CompletedProcess:

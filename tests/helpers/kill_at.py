@@ -20,8 +20,6 @@ import signal
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
@@ -93,8 +91,9 @@ def arm(where: str) -> None:
 
 
 if __name__ == "__main__":
+    from grft_app.paths import ROOT  # the checkout whose code runs (PYTHONPATH)
+
     where, script, *args = sys.argv[1:]
-    sys.path.insert(0, str(ROOT))
     arm(where)
     sys.argv = [script, *args]
     runpy.run_path(str(ROOT / script), run_name="__main__")
