@@ -8,11 +8,19 @@ goes to the run's run.log, or to the terminal with HYDRA_FULL_ERROR=1.
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+if __name__ == "__main__":  # before Hydra (which would add a misspelt key and train) and before torch loads
+    from grft_app.lit.overrides import unknown_key_problem
 
-from grft_app.lit.settings import register_resolvers
+    problem = unknown_key_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from grft_app.lit.settings import register_resolvers  # noqa: E402
 
 register_resolvers()
 

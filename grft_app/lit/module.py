@@ -31,6 +31,10 @@ from .metrics import TaskMetrics
 from .schedule import Protocol, epoch_scheduler, warmup_cosine
 
 
+class Diverged(ValueError):
+    """The training loss became NaN or inf; the message says where, and the fix (a lower ``lr``)."""
+
+
 @dataclass
 class TrainSettings:
     """Optimisation and protocol settings (paper §4.1 and the reference protocol)."""
@@ -69,6 +73,7 @@ class FineTuneModule(L.LightningModule):
         self.progress = progress
         self.model: nn.Module | None = None
         self.probe_seconds: float | None = None
+        self.final_epoch: int | None = None  # the last trained epoch (from 0), set before the final test
         self.probe_facts: dict | None = None  # the method's probe facts and the probe's extent (kept in checkpoints)
         self.ema: TrainableEMA | None = None
         ema = bool(settings.ema_decay)
@@ -154,9 +159,10 @@ class FineTuneModule(L.LightningModule):
         extra = self.method.extra_loss(self.model)
         loss = task_loss if extra is None else task_loss + extra
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                "lower lr, check the data, or resume from the last checkpoint with other settings"
+            value = "NaN" if torch.isnan(loss) else "inf"
+            raise Diverged(
+                f"training diverged: the loss became {value} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"both counted from 0) with lr={self.settings.lr:g}; launch it with a lower lr (or check the data)"
             )
         self.log("train/loss", task_loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
         if extra is not None:
@@ -221,6 +227,8 @@ class FineTuneModule(L.LightningModule):
 
     def on_test_epoch_end(self):
         self._log_metrics(self.test_views)
+        if self.final_epoch is not None:  # the logger's test row: the epoch tested, not one past it
+            self.log("epoch", float(self.final_epoch))
         self._use_ema(False)
 
     def _use_ema(self, on: bool) -> None:

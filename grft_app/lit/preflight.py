@@ -19,6 +19,8 @@ def preflight(cfg: DictConfig) -> None:
     train_settings(cfg, ("acc",))  # lr, batch_size, epochs, warm-up
     # (train_settings also refuses an odd batch_size under mixup/cutmix: they pair images in a batch)
     subsets, max_batches = int(settings.grft.subsets), cfg.probe.get("max_batches")
+    for key in ("max_batches", "batch_size"):
+        check_count(f"probe.{key}", cfg.probe.get(key), "null: " + PROBE_NULL[key])
     if (
         "subsets" in _grft_keys(settings.name)
         and subsets > 1
@@ -30,6 +32,17 @@ def preflight(cfg: DictConfig) -> None:
             f"raise probe.max_batches to at least {subsets} or lower subsets"
         )
     check_data_present(cfg.dataset, cfg.data_dir)
+
+
+PROBE_NULL = {"max_batches": "the whole training set", "batch_size": "batch_size"}
+
+
+def check_count(key: str, value, when_null: str) -> None:
+    """``value`` is null or a whole number >= 1; otherwise one line naming ``key``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ConfigError(f"{key} must be a whole number >= 1 (or {when_null}), got {value!r}")
 
 
 def _grft_keys(method: str) -> tuple[str, ...]:

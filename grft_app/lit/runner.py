@@ -24,14 +24,27 @@ from ..data import build_datasets
 from ..methods import make_method
 from ..models import build_model
 from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
+from .checkpoints import ChecksummedCheckpointIO
 from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
-from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
+from .lifecycle import (
+    Interrupted,
+    LaunchClock,
+    Preempted,
+    Stopped,
+    code_facts,
+    now,
+    resume_point,
+    start_over,
+    stop_signals,
+)
 from .lock import RunLock
-from .module import FineTuneModule
+from .module import Diverged, FineTuneModule
+from .outputs import check_outputs, output_checksums
 from .preflight import preflight
 from .progress import rich_progress, training_progress_bar
 from .resources import ResourceMonitor
+from .run_log import run_log
 from .settings import ConfigError, check_numbers, method_settings, train_settings
 from .sweep_summary import current_multirun
 
@@ -116,17 +129,18 @@ def run_task(
 
     ``wait``: if another process holds the run, wait for it (then find it done) instead of failing.
     ``record_failure``: an error writes a record with ``status: failed`` and the error before it is
-    raised (a sweep's table then shows the failed cell).
+    raised (a sweep's table then shows the failed cell). A diverged run (NaN loss) is recorded so
+    in any case: its record says why and what to change.
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # other DDP ranks join the run that rank 0 holds
         return _run_task(cfg, Path(run_dir), extra_callbacks)
-    with RunLock(run_dir, wait=wait):
+    with RunLock(run_dir, wait=wait), run_log(Path(run_dir)):
         try:
             return _run_task(cfg, Path(run_dir), extra_callbacks)
         except Exception as err:
-            if record_failure:
+            if record_failure or isinstance(err, Diverged):
                 write_failed_record(cfg, Path(run_dir), err)
             raise
 
@@ -209,6 +223,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     else:
         previous = read_record(run_dir)
         if previous and previous.done:
+            check_outputs(previous, run_dir)  # a damaged or missing output is named, with force=true
             log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.metrics)
             return previous
     check_numbers(cfg)
@@ -272,42 +287,50 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         trainer_args.setdefault("check_val_every_n_epoch", settings.protocol.test_every)
     trainer = L.Trainer(
         **trainer_args,
-        plugins=cluster_plugins(),
+        plugins=[*cluster_plugins(), ChecksummedCheckpointIO()],
         default_root_dir=str(run_dir),
         callbacks=callbacks,
         logger=make_loggers(cfg, run_dir) or False,
         enable_progress_bar=bool(cfg.progress),
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resumed = last.is_file()
+    last = resume_point(run_dir)
+    resumed = last is not None
     if resumed:
-        check_checkpoint(last)
         log.info("resuming from %s", last)
     started = now()
     clock.start(resumed)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
-        clock.stop("trained")
-        tested = trainer.test(module, datamodule=datamodule, verbose=False)
-        test_metrics = {k: v for per_loader in tested for k, v in per_loader.items()}
-    except SIGTERMException:
-        clock.stop("preempted")
+        with stop_signals(lambda: trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+            clock.stop("trained")
+            module.final_epoch = max(0, int(trainer.current_epoch) - 1)  # epochs are counted from 0
+            tested = trainer.test(module, datamodule=datamodule, verbose=False)
+        test_metrics = {k: v for per_loader in tested for k, v in per_loader.items() if k != "epoch"}
+    except (SIGTERMException, Interrupted) as stop:
+        preempted = isinstance(stop, SIGTERMException)
+        status = "preempted" if preempted else "interrupted"
+        clock.stop(status)
         if trainer.is_global_zero:
             write_record(
                 run_dir,
                 RunRecord(
                     **identity_facts(cfg),
                     done=False,
-                    status="preempted",
+                    status=status,
                     resumed=resumed,
                     started_at=started,
-                    preempted_at=now(),
+                    preempted_at=now() if preempted else None,
+                    interrupted_at=None if preempted else now(),
                     launches=launches_of(clock.launches),
                     timings=Timings(train_s=clock.total_s),
                 ),
             )
-            log.warning("SIGTERM: stopped %s; launch it again to resume from its last end-of-epoch checkpoint", run_dir)
-        raise Preempted() from None
+            log.warning(
+                "%s: stopped %s; launch it again to resume from its last end-of-epoch checkpoint",
+                "SIGTERM" if preempted else "interrupted (Ctrl-C)",
+                run_dir,
+            )
+        raise (Preempted() if preempted else Stopped()) from None
     except BaseException:
         clock.stop("failed")
         raise
@@ -318,10 +341,11 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     adapters = _save_adapters(method, module, run_dir)
     metrics = {k.replace("/", "_"): float(v) for k, v in test_metrics.items()}
     metrics.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")})
-    final_epoch = max(0, int(trainer.current_epoch) - 1)
+    final_epoch = module.final_epoch
     curve = with_final(module.curve, metrics, final_epoch)
     metrics.update(best_of(curve))
     device = module.device
+    selection_file = _selection_file(method, module.model, run_dir)
     record = RunRecord(
         **identity_facts(cfg),
         metrics=metrics,
@@ -346,7 +370,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         finished_at=now(),
         done=True,
         status="done",
-        selection_file=_selection_file(method, module.model, run_dir),
+        selection_file=selection_file,
+        checksums=output_checksums(run_dir, [*adapters.values(), selection_file]),
     )
     write_record(run_dir, record)
     log.info("test %s | trainable %.2f%% | record %s", metrics, report.percent, run_dir / "record.json")
