@@ -2,7 +2,9 @@
 
 Source task: classify digits ``source_classes`` (a small ViT is pre-trained on it and cached).
 Target task: the other digits, with only ``train_per_class`` labelled images per class; the rest
-are the test set. Nothing is downloaded: the images ship inside scikit-learn.
+are the test set. ``val_fraction`` holds a seeded, stratified part of those training images out as
+a validation split (choosing settings without the test set: ``make tune``). Nothing is downloaded:
+the images ship inside scikit-learn.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .holdout import holdout_of, split_off
 from .splits import DataSplits, InputSpec
 from .views import Transformed, TwoViews
 
@@ -66,12 +69,17 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     train_idx, test_idx = split_per_class(labels, int(cfg.get("train_per_class", 40)), int(cfg.get("split_seed", 0)))
     raw_train = TensorDataset(images[train_idx], labels[train_idx])
     raw_test = TensorDataset(images[test_idx], labels[test_idx])
+    raw_val, holdout = None, None
+    if holdout_of(cfg) is not None:
+        raw_train, raw_val, holdout = split_off(raw_train, labels[train_idx].tolist(), *holdout_of(cfg))
     train_tf, eval_tf = _Normalise(inputs, augment=True), _Normalise(inputs, augment=False)
     return DataSplits(
         train=Transformed(raw_train, train_tf),
         probe=TwoViews(raw_train, train_tf),
         test=Transformed(raw_test, eval_tf),
+        val=Transformed(raw_val, eval_tf) if raw_val is not None else None,
         num_classes=len(classes),
+        holdout=holdout,
     )
 
 

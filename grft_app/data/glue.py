@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .catalog import FAMILY_ROOTS, missing
+from .holdout import holdout_of, split_off
 from .splits import DataSplits, InputSpec
 
 
@@ -163,10 +164,15 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     num_classes = int(cfg["num_classes"])
     train = read_tsv(folder / SPLITS["train"], layout, num_classes)
     test = read_tsv(folder / SPLITS["test"], layout, num_classes)
+    val, holdout = None, None
+    if holdout_of(cfg) is not None:  # GLUE has no validation split of its own: a seeded, stratified part of train
+        train, val, holdout = split_off(train, train.labels, *holdout_of(cfg))
     return DataSplits(
         train=train,
         probe=train,
         test=test,
+        val=val,
+        holdout=holdout,
         num_classes=num_classes,
         collate_fn=TextCollate(inputs.tokenizer, int(inputs.max_length)),
         metrics=tuple(cfg.get("metrics") or ("acc",)),

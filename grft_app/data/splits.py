@@ -37,6 +37,8 @@ class DataSplits:
     val: optional validation split; test: the split the paper reports.
     collate_fn: for text, pads a list of items into ``{"input_ids", "attention_mask", "labels"}``.
     metrics: what to report beside accuracy (``mcc`` for CoLA, ``f1`` for MRPC).
+    holdout: when ``val`` was held out of the training items (``dataset.val_fraction``), which
+        ones (``grft_app.data.holdout``); a study saves it beside its trials.
     """
 
     train: Dataset
@@ -46,3 +48,4 @@ class DataSplits:
     val: Dataset | None = None
     collate_fn: Callable | None = None
     metrics: tuple[str, ...] = field(default_factory=lambda: ("acc",))
+    holdout: dict | None = None

@@ -18,12 +18,14 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from grft.io import write_json_atomic
 from grft.tuner import current_selection
 
 from ..data import build_datasets
 from ..methods import make_method
 from ..models import build_model
-from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
+from ..record import Budget, Launch, Params, RunRecord, Timings, read_record, write_record
+from ..tune.stages import TRIAL, stage_of, tuning_of
 from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
 from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
@@ -32,7 +34,7 @@ from .module import FineTuneModule
 from .preflight import preflight
 from .progress import rich_progress, training_progress_bar
 from .resources import ResourceMonitor
-from .settings import ConfigError, check_numbers, method_settings, train_settings
+from .settings import ConfigError, check_numbers, grft_config, is_auto_k, method_settings, train_settings
 from .sweep_summary import current_multirun
 
 log = logging.getLogger("grft")
@@ -70,12 +72,14 @@ def cluster_plugins() -> list:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-def grft_facts(cfg: DictConfig, used: tuple[str, ...]) -> dict:
-    """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key."""
+def grft_facts(cfg: DictConfig, used: tuple[str, ...], k: int | None = None) -> dict:
+    """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key.
+
+    ``k``: what ``k=auto`` resolved to (None before the model is built)."""
     values = {
         "selection": cfg.selection.kind,
         "norm": cfg.norm.kind,
-        "k": int(cfg.k),
+        "k": k if k is not None else (None if is_auto_k(cfg) else int(cfg.k)),
         "lambda": float(cfg["lambda"]),
         "regular_layers": cfg.regular_layers,
         "subsets": int(cfg.subsets),
@@ -131,10 +135,10 @@ def run_task(
             raise
 
 
-def identity_facts(cfg: DictConfig) -> dict:
+def identity_facts(cfg: DictConfig, k: int | None = None) -> dict:
     """What a record says about its run whatever became of it (``RunRecord`` fields).
 
-    Task, method, settings, config, code.
+    Task, method, settings, config, code. ``k``: what ``k=auto`` resolved to.
     """
     from ..methods import method_class
 
@@ -144,7 +148,7 @@ def identity_facts(cfg: DictConfig) -> dict:
         "family": cfg.dataset.family,
         "model": cfg.model.name,
         "method": name,
-        **grft_facts(cfg, method_class(name).grft_keys),
+        **grft_facts(cfg, method_class(name).grft_keys, k),
         "seed": int(cfg.seed),
         "lr": float(cfg.lr),
         "batch_size": int(cfg.batch_size),
@@ -194,6 +198,25 @@ def launches_of(launches: list[dict]) -> list[Launch]:
     return [Launch(**launch) for launch in launches]
 
 
+def size_budget(cfg: DictConfig, bundle) -> Budget | None:
+    """``k=auto share=<percent>``: the largest k within the share, from the model's shapes (``grft.largest_k``)."""
+    if not is_auto_k(cfg):
+        return None
+    if str(cfg.method.name) != "grft":
+        raise ConfigError(
+            f"k=auto share=... sizes GRFT's k; method {cfg.method.name} has no k: set its own size instead "
+            "(e.g. method.r for lora) and drop k=auto share"
+        )
+    from grft import largest_k
+
+    try:
+        found = largest_k(bundle.model, grft_config(cfg, k=1), float(cfg.share), bundle.arch, what=str(cfg.model.name))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    log.info("k=auto: k=%d trains %.4f%% (share=%s%%)", found.k, found.percent, cfg.share)
+    return Budget(share=found.share, k=found.k, pct=found.percent)
+
+
 def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> RunRecord | None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -227,6 +250,10 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tiny = bool(cfg.model.get("tiny", False))
     bundle = build_model(cfg.model, int(cfg.dataset.num_classes), pretrained=not tiny, tiny=tiny)
+    budget = size_budget(cfg, bundle)
+    if budget is not None:
+        method = make_method(method_settings(cfg, budget.k))
+    stage = stage_of(cfg)
     splits = build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs)
     if splits.num_classes != int(cfg.dataset.num_classes):
         raise ConfigError(
@@ -234,6 +261,11 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
             f"has {splits.num_classes} classes"
         )
     settings = train_settings(cfg, splits.metrics)
+    if stage == TRIAL and (splits.val is None or settings.protocol.test_every):
+        raise ConfigError(
+            "a study's trial is evaluated on a validation split only: it needs one (dataset.split, "
+            "dataset.val_fraction) and protocol.test_every=0; launch studies with make tune"
+        )
     probe_cfg = cfg.probe
     datamodule = TaskDataModule(
         splits,
@@ -288,7 +320,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
         clock.stop("trained")
-        tested = trainer.test(module, datamodule=datamodule, verbose=False)
+        # A study's trial never evaluates the test split (grft_app.tune): its settings are chosen on val.
+        tested = trainer.test(module, datamodule=datamodule, verbose=False) if stage != TRIAL else []
         test_metrics = {k: v for per_loader in tested for k, v in per_loader.items()}
     except SIGTERMException:
         clock.stop("preempted")
@@ -296,7 +329,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
             write_record(
                 run_dir,
                 RunRecord(
-                    **identity_facts(cfg),
+                    **identity_facts(cfg, budget.k if budget else None),
                     done=False,
                     status="preempted",
                     resumed=resumed,
@@ -322,8 +355,15 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     curve = with_final(module.curve, metrics, final_epoch)
     metrics.update(best_of(curve))
     device = module.device
+    if splits.holdout is not None:  # which training items were held out as validation (a study keeps it)
+        write_json_atomic(run_dir / "val_split.json", splits.holdout)
+    reported_metric = f"val_{cfg.tune.get('metric') or 'acc'}" if stage == TRIAL else "test_acc"
+    evaluation = evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None, reported_metric)
+    if stage is not None:  # the study's objective: a trial's reported key, which the final run names
+        objective = evaluation.reported.key if stage == TRIAL else cfg.tune.get("objective")
+        evaluation.selected_on, evaluation.tuning = tuning_of(cfg, objective)
     record = RunRecord(
-        **identity_facts(cfg),
+        **identity_facts(cfg, budget.k if budget else None),
         metrics=metrics,
         params=Params(trainable=report.trainable, total=report.total, pct=report.percent),
         probe_facts=module.probe_facts,
@@ -339,7 +379,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         memory_trace="memory.csv" if (run_dir / "memory.csv").is_file() else None,
         adapter_file=adapters.get("raw"),
         adapter_files=adapters,
-        evaluation=evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None),
+        evaluation=evaluation,
+        budget=budget,
         resumed=resumed,
         launches=launches_of(clock.launches),
         started_at=started,
@@ -349,5 +390,11 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         selection_file=_selection_file(method, module.model, run_dir),
     )
     write_record(run_dir, record)
-    log.info("test %s | trainable %.2f%% | record %s", metrics, report.percent, run_dir / "record.json")
+    log.info(
+        "%s %s | trainable %.2f%% | record %s",
+        "validation" if stage == TRIAL else "test",
+        metrics,
+        report.percent,
+        run_dir / "record.json",
+    )
     return record

@@ -1,0 +1,45 @@
+"""A validation split carved out of the training split, for tasks whose layout has none (digits, GLUE).
+
+Why: settings chosen on the test split overstate what they will do on new data. Tasks that ship
+a validation split (VTAB-1k's val200, VPT's FGVC val.json) use it; the others hold out a seeded,
+stratified fraction of their training items (scikit-learn's ``train_test_split``), the same items
+for every trial of a study, and the indices are kept so the study can save them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch.utils.data import Dataset, Subset
+
+
+def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(kept, held_out)`` indices into ``labels``, both sorted: ``fraction`` of every class held out."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"dataset.val_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
+    indices = list(range(len(labels)))
+    try:
+        kept, held = train_test_split(indices, test_size=float(fraction), random_state=int(seed), stratify=list(labels))
+    except ValueError as err:  # a class with one item, or fewer held-out items than classes
+        raise ValueError(
+            f"dataset.val_fraction={fraction} cannot hold out a stratified part of {len(labels)} training items "
+            f"({err}); raise dataset.val_fraction or give every class more items"
+        ) from None
+    return sorted(kept), sorted(held)
+
+
+def holdout_of(cfg: Mapping) -> tuple[float, int] | None:
+    """``(fraction, seed)`` when the dataset config asks for a held-out validation part, else None."""
+    fraction = cfg.get("val_fraction")
+    if fraction is None:
+        return None
+    return float(fraction), int(cfg.get("val_seed", 0))
+
+
+def split_off(dataset: Dataset, labels: Sequence[int], fraction: float, seed: int) -> tuple[Subset, Subset, dict]:
+    """``(train part, validation part, facts)``; facts say which items were held out (saved with a study)."""
+    kept, held = stratified_holdout(labels, fraction, seed)
+    facts = {"fraction": fraction, "seed": seed, "of": len(labels), "val_indices": held}
+    return Subset(dataset, kept), Subset(dataset, held), facts
