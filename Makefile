@@ -118,6 +118,24 @@ paper-render: hparams ## render every table and figure from the finished runs (h
 paper-dry-run: install ## how many jobs each target would launch, and the commands
 	$(RESULTS) run paper $(RUN_FLAGS) --dry-run $(EXTRA)
 
+# --- Choosing settings on validation data (README: "Choosing settings honestly") -------------------------
+# make tune TASK=vtab/dtd TRIALS=30      an experiment (conf/experiment/) or a dataset (conf/dataset/: digits, images...)
+#   METHOD=lora EXTRA="recipe=lora_vtab"  a baseline, with its own search space (conf/tune/<method>.yaml)
+#   SHARE=0.3                              GRFT at an equal budget: k=auto, the largest k within 0.3% trainable
+#   LAUNCHER=slurm PARALLEL=8              trials at once through a cluster launcher
+TASK ?= digits
+TRIALS ?= 20
+METHOD ?= grft
+SHARE ?=
+SPACE ?= $(if $(and $(filter digits,$(TASK)),$(filter grft,$(METHOD))),grft_digits,$(METHOD))
+TUNE_TASK = $(if $(findstring /,$(TASK)),experiment=$(TASK),dataset=$(TASK))
+
+.PHONY: tune
+tune: install ## choose settings on validation data (Optuna study), then train them on train + val and test once
+	$(VENV)/bin/pip install -q -e ".[tune]"
+	$(PYTHON) run.py -m $(TUNE_TASK) method=$(METHOD) tune=$(SPACE) hydra.sweeper.trials=$(TRIALS) \
+		hydra.sweeper.parallel=$(PARALLEL) hydra/launcher=$(LAUNCHER) $(if $(SHARE),k=auto share=$(SHARE)) $(EXTRA)
+
 # --- Benchmark (experiments/bench/README.md) ---------------------------------------------------------
 bench: install ## GRFT vs full, GPS, LoRA, linear, floor (time, memory, state, files) + Fig. 3 -> results/bench/
 	$(PYTHON) -m experiments.bench $(BENCH_ARGS)

@@ -1,0 +1,123 @@
+"""Choosing settings on validation data (``make tune``): a study's trials never see the test split,
+its final run trains on train + val and is tested once, and a stopped study resumes where it stopped.
+
+One two-trial study on the digits default (debug-sized), launched as ``make tune`` launches it
+(``run.py -m tune=...``), is shared by the tests of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grft_app.paths import ROOT
+from grft_app.record import load_record_file
+
+optuna = pytest.importorskip("optuna")
+
+STUDY = "digits-grft"
+TEST_METRIC = re.compile(r"\btest[_/](acc|loss|ema|mcc|f1)")
+
+
+def study_cli(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    command = [sys.executable, "run.py", "-m", "tune=grft_digits", "debug=smoke", f"paths.runs={runs}", *args]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def records(runs: Path) -> dict[str, list]:
+    by_stage: dict[str, list] = {"trial": [], "final": []}
+    for path in sorted((runs / "digits" / "grft").glob("*/record.json")):
+        record = load_record_file(path)
+        by_stage[record.evaluation.tuning.stage].append(record)
+    return by_stage
+
+
+def study_of(runs: Path):
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{runs / 'studies' / STUDY / 'study.db'}")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    done = study_cli(runs, "hydra.sweeper.trials=2")
+    return runs, done.stdout
+
+
+def test_two_trials_on_validation_then_one_final_run_on_train_and_val(study):
+    from grft_app.data import build_datasets
+    from grft_app.data.splits import InputSpec
+
+    runs, out = study
+    found = records(runs)
+    assert len(found["trial"]) == 2 and len(found["final"]) == 1, out
+    trials = study_of(runs).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    inputs = InputSpec(img_size=8, in_chans=1, mean=(0.5,), std=(0.5,))
+    for record in found["trial"]:
+        assert record.evaluation.reported.key == "val_acc"  # the simple protocol's statistic (final), on val
+        assert record.metrics["val_acc"] == pytest.approx(
+            next(t.value for t in trials if t.params["k"] == record.k and t.params["lr"] == record.lr)
+        )
+        # trained on the training part only: 160 of the 200 images, 40 held out (8 per class)
+        splits = build_datasets(record.config["dataset"], "data", inputs)
+        assert (len(splits.train), len(splits.val)) == (160, 40)
+    final = found["final"][0]
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert final.evaluation.selected_on == "val"
+    assert final.evaluation.tuning.study == STUDY and final.evaluation.tuning.trial == best.number
+    assert (final.k, final.lr, final.lambda_) == (best.params["k"], best.params["lr"], best.params["lambda"])
+    splits = build_datasets(final.config["dataset"], "data", inputs)
+    assert len(splits.train) == 200 and splits.val is None  # train + val
+    summary = json.loads((runs / "studies" / STUDY / "study.json").read_text())
+    assert summary["final"]["run_dir"] == str(final.run_dir) and summary["best"]["trial"] == best.number
+    held = json.loads((runs / "studies" / STUDY / "val_split.json").read_text())
+    assert len(held["val_indices"]) == 40
+
+
+def test_no_trial_evaluates_the_test_split_and_the_final_run_tests_once(study):
+    runs, _ = study
+    found = records(runs)
+    for record in found["trial"]:
+        run_dir = Path(record.run_dir)
+        assert not [k for k in record.metrics if k.startswith("test")]
+        assert not [k for point in record.evaluation.curve for k in point if k.startswith("test")]
+        files = [run_dir / "record.json", run_dir / "run.log", *run_dir.glob("logs/*/metrics.csv")]
+        assert len(files) == 3
+        for path in files:
+            assert not TEST_METRIC.search(path.read_text()), path
+    final = found["final"][0]
+    assert final.evaluation.test_every == 0 and final.evaluation.reported.key == "test_acc"
+    assert [p["epoch"] for p in final.evaluation.curve if "test_acc" in p] == [final.evaluation.final_epoch]
+    header = next(Path(final.run_dir).glob("logs/*/metrics.csv")).read_text().splitlines()[0]
+    assert "test/acc" in header
+
+
+def test_a_stopped_study_resumes_without_repeating_finished_trials(study):
+    runs, _ = study
+    before = {str(r.run_dir): r.launches for r in records(runs)["trial"]}
+    stopped = study_of(runs)
+    params = {"k": 1, "lambda": 0.0, "regular_layers": 2, "lr": 0.005}
+    stopped.enqueue_trial(params)
+    # what a launch stopped mid-trial leaves behind: a RUNNING trial, asked with the study's space
+    running = stopped.ask(fixed_distributions=stopped.trials[0].distributions)
+    assert running.params == params
+    out = study_cli(runs, "hydra.sweeper.trials=3").stdout
+    assert "2 of 3 trials finished" in out
+    trials = study_of(runs).get_trials()
+    states = [t.state.name for t in trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"], states
+    assert trials[3].params == params and trials[3].user_attrs["retry_of"] == 2
+    after = {str(r.run_dir): r.launches for r in records(runs)["trial"]}
+    assert len(after) == 3
+    for run_dir, launches in before.items():  # the finished trials were not launched again
+        assert after[run_dir] == launches
