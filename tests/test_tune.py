@@ -121,3 +121,49 @@ def test_a_stopped_study_resumes_without_repeating_finished_trials(study):
     assert len(after) == 3
     for run_dir, launches in before.items():  # the finished trials were not launched again
         assert after[run_dir] == launches
+
+
+def test_glue_holds_out_a_seeded_stratified_part_of_train(tmp_path):
+    from collections import Counter
+
+    from grft_app.data import build_datasets
+    from grft_app.data.splits import InputSpec
+    from grft_app.models.llama import tiny_tokenizer
+    from helpers.miniature import glue_expected, write_glue
+
+    write_glue(tmp_path, "cola")  # 8 training rows, 4 of each class
+    _, labels = glue_expected("cola")
+    cfg = {"name": "cola", "family": "glue", "folder": "CoLA", "num_classes": 2, "val_fraction": 0.5, "val_seed": 3}
+    spec = InputSpec(kind="text", tokenizer=tiny_tokenizer(), max_length=64)
+    splits = build_datasets(cfg, tmp_path, spec)
+    held = splits.holdout["val_indices"]
+    kept = [i for i in range(8) if i not in held]
+    assert Counter(labels[i] for i in held) == {0: 2, 1: 2}  # half of each class
+    assert [splits.val[j][1] for j in range(4)] == [labels[i] for i in held]
+    assert [splits.train[j][1] for j in range(4)] == [labels[i] for i in kept]
+    assert build_datasets(cfg, tmp_path, spec).holdout["val_indices"] == held  # seeded: every trial the same
+
+
+@pytest.mark.slow
+def test_a_vtab_study_validates_on_val200_and_trains_the_final_run_on_train800val200(tmp_path):
+    from helpers.miniature import write_vtab
+
+    write_vtab(tmp_path / "data", "dtd", 47, train_per_class=1, val_per_class=1, test_per_class=1)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "run.py", "-m", "experiment=vtab/dtd", "tune=grft", "debug=smoke", f"paths.runs={runs}",
+               f"data_dir={tmp_path / 'data'}", "hydra.sweeper.trials=2", "regular_layers=all"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = {"trial": [], "final": []}
+    for path in sorted((runs / "dtd" / "grft").glob("*/record.json")):
+        record = load_record_file(path)
+        found[record.evaluation.tuning.stage].append(record)
+    assert len(found["trial"]) == 2 and len(found["final"]) == 1
+    for record in found["trial"]:
+        assert record.config["dataset"]["split"] == "train800"
+        assert record.evaluation.reported.key == "val_acc_best"  # the reference protocol's best epoch, on val
+        assert not [k for k in record.metrics if k.startswith("test")]
+    final = found["final"][0]
+    assert final.config["dataset"]["split"] == "train800val200" and final.evaluation.selected_on == "val"
+    assert final.evaluation.tuning.objective == "val_acc_best" and final.evaluation.reported.key == "test_acc"
