@@ -74,7 +74,10 @@ data-check: install ## verify all 27 task folders under $(DATA_DIR) (changes not
 #   PARALLEL=8               multiruns at a time (with a cluster launcher)
 #   EXTRA="debug=smoke"      Hydra overrides for every run, and for rendering (e.g. paths.runs=/scratch/runs)
 #   DRY_RUN=1                print job counts and commands, launch nothing
+#   TUNED=1                  render also a "tuned (val)" line per method: the final runs of `make tune` studies
 LAUNCHER ?= basic
+TUNED ?=
+TUNED_FLAG = $(if $(TUNED),--tuned)
 ROWS ?= default
 SEEDS ?= 0
 PARALLEL ?= 1
@@ -98,22 +101,22 @@ table5: ## Table 5 (norm: none, L1, L2 on FGVC): run + render
 fig3: ## Fig. 3 (memory over training time, GRFT vs GPS): run + render
 fig4: ## Fig. 4 (a-d: k, lambda, regular blocks, subsets on FGVC): run + render
 $(PAPER_TARGETS): %: install
-	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render $* $(EXTRA) && exit $$rc
+	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render $* $(TUNED_FLAG) $(EXTRA) && exit $$rc
 
 $(addsuffix -run,$(PAPER_TARGETS)): %-run: install
 	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA)
 
 $(addsuffix -render,$(PAPER_TARGETS)): %-render: install
-	$(RESULTS) render $* $(EXTRA)
+	$(RESULTS) render $* $(TUNED_FLAG) $(EXTRA)
 
 paper: hparams ## every table and figure: run all pending runs, then render everything
-	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render paper $(EXTRA) && exit $$rc
+	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render paper $(TUNED_FLAG) $(EXTRA) && exit $$rc
 
 paper-run: install ## launch the pending runs of every table and figure (a shared run launches once)
 	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA)
 
 paper-render: hparams ## render every table and figure from the finished runs (holes where runs are missing)
-	$(RESULTS) render paper $(EXTRA)
+	$(RESULTS) render paper $(TUNED_FLAG) $(EXTRA)
 
 paper-dry-run: install ## how many jobs each target would launch, and the commands
 	$(RESULTS) run paper $(RUN_FLAGS) --dry-run $(EXTRA)
