@@ -13,8 +13,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .images import require_images
 from .splits import DataSplits, InputSpec
 from .views import Transformed, TwoViews
+
+INPUT_KIND = "image"
 
 
 def digit_tensors(classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,9 +47,13 @@ def split_per_class(labels: torch.Tensor, per_class: int, seed: int) -> tuple[to
 
 
 class _Normalise:
+    """Jitter (training), then the model's input: the grey channel repeated to its channel count (a
+    timm or transformers model pre-trained on RGB), resized to its size, normalised with its mean/std."""
+
     def __init__(self, inputs: InputSpec, augment: bool):
-        self.mean = torch.tensor(inputs.mean[:1]).view(1, 1, 1)
-        self.std = torch.tensor(inputs.std[:1]).view(1, 1, 1)
+        self.channels = int(inputs.in_chans)
+        self.mean = torch.tensor(inputs.mean[: self.channels]).view(-1, 1, 1)
+        self.std = torch.tensor(inputs.std[: self.channels]).view(-1, 1, 1)
         self.size = inputs.img_size
         self.augment = augment
 
@@ -57,10 +64,13 @@ class _Normalise:
             image = padded[:, dy : dy + 8, dx : dx + 8]
         if self.size != image.shape[-1]:
             image = torch.nn.functional.interpolate(image[None], size=self.size, mode="nearest")[0]
+        if self.channels != image.shape[0]:
+            image = image.expand(self.channels, -1, -1)
         return (image - self.mean) / self.std
 
 
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
+    require_images(cfg, inputs)
     classes = list(cfg.get("target_classes", range(10)))
     images, labels = digit_tensors(classes)
     train_idx, test_idx = split_per_class(labels, int(cfg.get("train_per_class", 40)), int(cfg.get("split_seed", 0)))

@@ -23,6 +23,8 @@ from torch.utils.data import Dataset
 from .catalog import FAMILY_ROOTS, missing
 from .splits import DataSplits, InputSpec
 
+INPUT_KIND = "text"
+
 
 @dataclass(frozen=True)
 class Layout:
