@@ -227,6 +227,17 @@ def test_held_out_splits_are_stratified_seeded_and_disjoint(tmp_path):
     assert len(first.val) == 9 and len(first.test) == 6
 
 
+def test_a_val_folder_or_file_is_the_validation_split(tmp_path):
+    written = write_image_folder(tmp_path / "pets", {"train": 2, "val": 1, "test": 1})
+    _, splits = read(images(tmp_path / "pets"), tmp_path, InputSpec(kind="image", img_size=8))
+    assert splits.split_listing["val"] == sorted(written["val"]) and len(splits.val) == 3
+    assert splits.val.transform is splits.test.transform  # evaluated as the test split is
+    train, test = text_files(tmp_path / "reviews")
+    val = write_table(tmp_path / "reviews" / "val.jsonl", TEST_ROWS[:3])
+    _, splits = read(texts(train, test, f"dataset.val={val}"), tmp_path)
+    assert [(t, p) for t, p, _ in as_rows(splits.val)] == [(t, p) for t, p, _ in TEST_ROWS[:3]]
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 
 
@@ -336,6 +347,14 @@ def test_bad_own_data_is_one_line_before_any_model_loads(tmp_path, monkeypatch, 
     line = launch.explain(err)
     assert launch.is_user_error(err), line
     assert "\n" not in str(err).strip() and all(part in line for part in named), line
+
+
+@pytest.mark.parametrize("method", ["adapter", "vpt_deep"])
+def test_a_vit_only_baseline_on_a_text_model_is_one_line(tmp_path, method):
+    with pytest.raises(ValueError) as caught:
+        run(tmp_path / "runs", *texts(*text_files(tmp_path / "reviews")), *HF_BERT, f"method={method}")
+    line = launch.explain(caught.value)
+    assert "supports timm ViT models" in line and "use lora, grft" in line and "\n" not in str(caught.value)
 
 
 def cli(runs: Path, *args: str) -> subprocess.CompletedProcess:
