@@ -80,7 +80,7 @@ def test_two_trials_on_validation_then_one_final_run_on_train_and_val(study):
     assert len(splits.train) == 200 and splits.val is None  # train + val
     summary = json.loads((runs / "studies" / STUDY / "study.json").read_text())
     assert summary["final"]["run_dir"] == str(final.run_dir) and summary["best"]["trial"] == best.number
-    held = json.loads((runs / "studies" / STUDY / "val_split.json").read_text())
+    held = json.loads((runs / "studies" / STUDY / "data_split.json").read_text())
     assert len(held["val_indices"]) == 40
 
 
@@ -136,12 +136,12 @@ def test_glue_holds_out_a_seeded_stratified_part_of_train(tmp_path):
     cfg = {"name": "cola", "family": "glue", "folder": "CoLA", "num_classes": 2, "val_fraction": 0.5, "val_seed": 3}
     spec = InputSpec(kind="text", tokenizer=tiny_tokenizer(), max_length=64)
     splits = build_datasets(cfg, tmp_path, spec)
-    held = splits.holdout["val_indices"]
+    held = splits.split_listing["val_indices"]
     kept = [i for i in range(8) if i not in held]
     assert Counter(labels[i] for i in held) == {0: 2, 1: 2}  # half of each class
     assert [splits.val[j][1] for j in range(4)] == [labels[i] for i in held]
     assert [splits.train[j][1] for j in range(4)] == [labels[i] for i in kept]
-    assert build_datasets(cfg, tmp_path, spec).holdout["val_indices"] == held  # seeded: every trial the same
+    assert build_datasets(cfg, tmp_path, spec).split_listing["val_indices"] == held  # seeded: every trial the same
 
 
 @pytest.mark.slow
@@ -167,3 +167,43 @@ def test_a_vtab_study_validates_on_val200_and_trains_the_final_run_on_train800va
     final = found["final"][0]
     assert final.config["dataset"]["split"] == "train800val200" and final.evaluation.selected_on == "val"
     assert final.evaluation.tuning.objective == "val_acc_best" and final.evaluation.reported.key == "test_acc"
+
+
+def test_own_data_final_run_trains_on_its_val_folder_too(tmp_path):
+    from grft_app.data import build_datasets
+    from grft_app.data.splits import InputSpec
+    from grft_app.tune.stages import with_val_in_train
+    from helpers.own_data import write_image_folder
+
+    written = write_image_folder(tmp_path / "pets", {"train": 2, "val": 1, "test": 1})
+    cfg = {"name": "images", "family": "images", "root": str(tmp_path / "pets"), "val_fraction": None,
+           "test_fraction": None, "split_seed": 0, "transform": {"train": "resize", "eval": "resize"}}  # fmt: skip
+    splits = build_datasets(cfg, tmp_path, InputSpec(kind="image", img_size=8))
+    joined = with_val_in_train(splits)
+    assert joined.val is None and len(joined.train) == len(written["train"]) + len(written["val"]) == len(joined.probe)
+    assert joined.train.transform is splits.train.transform  # the val images train as training images do
+    labels = sorted(int(joined.train.raw[i][1]) for i in range(len(joined.train)))
+    assert labels == sorted([int(splits.train.raw[i][1]) for i in range(len(splits.train))] + [
+        int(splits.val.raw[i][1]) for i in range(len(splits.val))])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_study_on_own_images_validates_on_its_val_folder(tmp_path):
+    from helpers.own_data import write_image_folder
+
+    write_image_folder(tmp_path / "pets", {"train": 4, "val": 2, "test": 2})
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "run.py", "-m", "dataset=images", f"dataset.root={tmp_path / 'pets'}", "model=timm",
+               "model.name=vit_tiny_patch16_224", "tune=grft_digits", "debug=smoke", f"paths.runs={runs}",
+               "hydra.sweeper.trials=2", "regular_layers=all"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = {"trial": [], "final": []}
+    for path in sorted((runs / "images" / "grft").glob("*/record.json")):
+        record = load_record_file(path)
+        found[record.evaluation.tuning.stage].append(record)
+    assert len(found["trial"]) == 2 and len(found["final"]) == 1
+    for record in found["trial"]:
+        assert "val_acc" in record.metrics and not [k for k in record.metrics if k.startswith("test")]
+    assert found["final"][0].evaluation.selected_on == "val" and "test_acc" in found["final"][0].metrics

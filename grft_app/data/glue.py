@@ -24,6 +24,8 @@ from .catalog import FAMILY_ROOTS, missing
 from .holdout import holdout_of, split_off
 from .splits import DataSplits, InputSpec
 
+INPUT_KIND = "text"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -172,8 +174,9 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
         probe=train,
         test=test,
         val=val,
-        holdout=holdout,
+        split_listing=holdout,  # which training rows were held out as validation
         num_classes=num_classes,
         collate_fn=TextCollate(inputs.tokenizer, int(inputs.max_length)),
         metrics=tuple(cfg.get("metrics") or ("acc",)),
+        class_names=layout.label_names or tuple(str(i) for i in range(num_classes)),
     )

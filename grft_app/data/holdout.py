@@ -12,22 +12,12 @@ from collections.abc import Mapping, Sequence
 
 from torch.utils.data import Dataset, Subset
 
+from .own import held_out
+
 
 def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """``(kept, held_out)`` indices into ``labels``, both sorted: ``fraction`` of every class held out."""
-    from sklearn.model_selection import train_test_split
-
-    if not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"dataset.val_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
-    indices = list(range(len(labels)))
-    try:
-        kept, held = train_test_split(indices, test_size=float(fraction), random_state=int(seed), stratify=list(labels))
-    except ValueError as err:  # a class with one item, or fewer held-out items than classes
-        raise ValueError(
-            f"dataset.val_fraction={fraction} cannot hold out a stratified part of {len(labels)} training items "
-            f"({err}); raise dataset.val_fraction or give every class more items"
-        ) from None
-    return sorted(kept), sorted(held)
+    return held_out(labels, fraction, seed, "dataset.val_fraction")
 
 
 def holdout_of(cfg: Mapping) -> tuple[float, int] | None:

@@ -56,7 +56,9 @@ def load_rgb(path: Path):
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # PIL's route for a palette with transparency
+            return image.convert("RGB")  # greyscale, palette, RGBA, CMYK...: RGB, as the models expect
     except FileNotFoundError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -129,7 +131,9 @@ def image_splits(
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
     options = {**dict(defaults), **dict(cfg.get("transform") or {})}
-    crop_pct = float(options.get("crop_pct", 0.9))
+    # null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9
+    crop_pct = options.get("crop_pct")
+    crop_pct = float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
     train_tf = make_transform(str(options["train"]), inputs, crop_pct)
     eval_tf = make_transform(str(options["eval"]), inputs, crop_pct)
     probe_kind = str(options.get("probe", "contrast"))

@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from grft.io import write_json_atomic
 from grft.tuner import current_selection
 
-from ..data import build_datasets
+from ..data import build_datasets, class_count
 from ..methods import make_method
 from ..models import build_model
 from ..record import Budget, Launch, Params, RunRecord, Timings, read_record, write_record
-from ..tune.stages import TRIAL, stage_of, tuning_of
+from ..tune.stages import FINAL, TRIAL, stage_of, tuning_of, with_val_in_train
 from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
 from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
@@ -38,6 +38,7 @@ from .settings import ConfigError, check_numbers, grft_config, is_auto_k, method
 from .sweep_summary import current_multirun
 
 log = logging.getLogger("grft")
+SPLIT_LISTING = "data_split.json"  # which file (or row) of your own data went to which split
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -249,22 +250,29 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     tiny = bool(cfg.model.get("tiny", False))
-    bundle = build_model(cfg.model, int(cfg.dataset.num_classes), pretrained=not tiny, tiny=tiny)
+    num_classes = class_count(cfg.dataset, cfg.data_dir)  # your own data: read from its files
+    bundle = build_model(cfg.model, num_classes, pretrained=not tiny, tiny=tiny)
     budget = size_budget(cfg, bundle)
     if budget is not None:
         method = make_method(method_settings(cfg, budget.k))
     stage = stage_of(cfg)
     splits = build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs)
-    if splits.num_classes != int(cfg.dataset.num_classes):
+    if splits.num_classes != num_classes:
         raise ConfigError(
             f"dataset.num_classes={cfg.dataset.num_classes} but the data at {cfg.data_dir} "
             f"has {splits.num_classes} classes"
         )
+    if splits.split_listing is not None and rank_zero_only.rank == 0:
+        # which item went to which split, where the run chose them (a held-out share of train)
+        write_json_atomic(run_dir / SPLIT_LISTING, splits.split_listing)
+    if stage == FINAL:  # a study's final run: its own validation folder or file trains too
+        splits = with_val_in_train(splits)
     settings = train_settings(cfg, splits.metrics)
     if stage == TRIAL and (splits.val is None or settings.protocol.test_every):
         raise ConfigError(
-            "a study's trial is evaluated on a validation split only: it needs one (dataset.split, "
-            "dataset.val_fraction) and protocol.test_every=0; launch studies with make tune"
+            "a study's trial is evaluated on a validation split only: it needs one (your data's val/ folder or "
+            "dataset.val file, or hydra.sweeper.val_fraction=0.1) and protocol.test_every=0; launch studies with "
+            "make tune"
         )
     probe_cfg = cfg.probe
     datamodule = TaskDataModule(
@@ -355,8 +363,6 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     curve = with_final(module.curve, metrics, final_epoch)
     metrics.update(best_of(curve))
     device = module.device
-    if splits.holdout is not None:  # which training items were held out as validation (a study keeps it)
-        write_json_atomic(run_dir / "val_split.json", splits.holdout)
     reported_metric = f"val_{cfg.tune.get('metric') or 'acc'}" if stage == TRIAL else "test_acc"
     evaluation = evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None, reported_metric)
     if stage is not None:  # the study's objective: a trial's reported key, which the final run names
@@ -388,6 +394,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         done=True,
         status="done",
         selection_file=_selection_file(method, module.model, run_dir),
+        class_names=list(splits.class_names) if splits.class_names is not None else None,
+        split_file=SPLIT_LISTING if splits.split_listing is not None else None,
     )
     write_record(run_dir, record)
     log.info(

@@ -108,6 +108,8 @@ def run_study(cfg, options: StudyOptions, overrides: list[str], parser, launch: 
                 study.tell(trial, outcome.value)
             print(f"  trial {trial.number}: {_settings(trial.params)} -> {_value(outcome)}", flush=True)
         done = finished_count(study)
+        if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+            raise ValueError(f"study {name}: every trial so far failed ({outcome.error}); fix it and launch again")
     summary = _summary(study, name, objective, folder)
     if options.final and summary.get("best") is not None:
         best = summary["best"]

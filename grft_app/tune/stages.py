@@ -5,11 +5,13 @@ Trials train on the training part and are evaluated on a validation split only:
 - FGVC: VPT's train.json, validated on val.json (``dataset.split=train``);
 - GLUE and the digits default, which have no validation split: a seeded, stratified part of the
   training items (``dataset.val_fraction``; GLUE a tenth, digits a fifth of its 200 images);
-- your own data (``images``/``text`` families): its ``val/`` folder or ``dataset.val_fraction``.
+- your own data (``images``/``text`` families): its ``val/`` folder (``dataset.val`` file), or a held-out
+  ``dataset.val_fraction`` (``hydra.sweeper.val_fraction``).
 No trial evaluates the test split (``protocol.test_every=0`` and no test after training).
 
-The final run trains on training + validation data (the protocol's own split) with the chosen
-settings, and is tested once, after training (``protocol.test_every=0``, ``protocol.report=final``):
+The final run trains on training + validation data (the protocol's own split; your own data's
+``val/`` folder joins its training items: ``with_val_in_train``) with the chosen settings, and is
+tested once, after training (``protocol.test_every=0``, ``protocol.report=final``):
 picking the best epoch on the test split would be choosing on it again.
 
 The overrides are Hydra override strings, so a run's saved config says what it ran on.
@@ -49,9 +51,11 @@ def stage_overrides(dataset: Mapping, stage: str, val_fraction: float | None = N
         overrides = ["protocol.test_every=0"]
         if family in SPLITS:
             overrides.append(f"dataset.split={SPLITS[family][0]}")
-        elif family in VAL_FRACTION or (family in OWN_DATA and val_fraction is not None):
+        elif family in VAL_FRACTION:
             fraction = val_fraction if val_fraction is not None else VAL_FRACTION[family]
             overrides += [f"++dataset.val_fraction={fraction}", f"++dataset.val_seed={int(val_seed)}"]
+        elif family in OWN_DATA and val_fraction is not None:  # else its val/ folder or file (dataset.split_seed seeds)
+            overrides.append(f"dataset.val_fraction={val_fraction}")
         elif family not in OWN_DATA:
             raise StageError(
                 f"dataset family {family!r} has no validation split the tuner knows; "
@@ -92,4 +96,28 @@ def tuning_of(cfg, objective: str | None = None):
         objective=objective,
         trial=None if trial is None else int(trial),
         value=None if value is None else float(value),
+    )
+
+
+def with_val_in_train(splits):
+    """A final run's data when the task brings its own validation split (your ``val/`` folder or file):
+    the validation items train too (with the training transform), and nothing is left to validate on."""
+    from dataclasses import replace
+
+    from torch.utils.data import ConcatDataset
+
+    from ..data.views import Transformed, TwoViews
+
+    train, probe, val = splits.train, splits.probe, splits.val
+    if val is None:
+        return splits
+    if isinstance(train, Transformed) and isinstance(val, Transformed) and isinstance(probe, TwoViews):
+        raw = ConcatDataset([train.raw, val.raw])  # images: the raw items, seen through the training transforms
+        return replace(splits, train=Transformed(raw, train.transform), probe=TwoViews(raw, probe.transform), val=None)
+    if probe is train and not isinstance(train, Transformed):  # texts: items without a transform
+        both = ConcatDataset([train, val])
+        return replace(splits, train=both, probe=both, val=None)
+    raise StageError(
+        f"a study's final run trains on train + val, but this task's splits ({type(train).__name__}) cannot be "
+        "joined; hold the validation part out with hydra.sweeper.val_fraction instead"
     )

@@ -20,6 +20,7 @@ from typing import Any
 from grft.io import write_json_atomic
 
 STUDIES_DIR = "studies"
+SPLIT_LISTING = "data_split.json"  # the runner's name for which items went to which split
 RETRY_OF = "retry_of"  # user attribute of a trial asked again for one a stopped launch left running
 
 
@@ -119,10 +120,10 @@ def save_summary(folder: Path, summary: dict) -> Path:
 
 
 def keep_val_split(folder: Path, run_dir: str | None) -> None:
-    """Copy a trial's held-out items (``val_split.json``) beside the study, once: every trial holds out the same."""
+    """Copy a trial's held-out items (``data_split.json``) beside the study, once: every trial holds out the same."""
     if run_dir is None:
         return
-    source, target = Path(run_dir) / "val_split.json", Path(folder) / "val_split.json"
+    source, target = Path(run_dir) / SPLIT_LISTING, Path(folder) / SPLIT_LISTING
     if source.is_file() and not target.is_file():
         shutil.copyfile(source, target)
 
