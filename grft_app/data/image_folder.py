@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import ImageItems, image_splits, require_images
+from .images import ImageItems, image_splits, require_images, task_transform
 from .own import OwnDataError, content_digest, held_out
 from .splits import DataSplits, InputSpec
 
@@ -207,6 +207,11 @@ def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
         return {"folder": str(root), "files": content_digest(files)}
     except OSError:
         return {"folder": str(root), "files": "unreadable"}
+
+
+def eval_transform(cfg: Mapping, inputs: InputSpec):
+    """PIL image -> the tensor the run evaluated (and predicts) with."""
+    return task_transform("eval", cfg, inputs, DEFAULT_TRANSFORM)
 
 
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:

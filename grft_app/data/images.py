@@ -121,6 +121,21 @@ def require_images(cfg: Mapping, inputs: InputSpec) -> None:
         )
 
 
+def transform_options(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
+    return {**dict(defaults), **dict(cfg.get("transform") or {})}
+
+
+def task_transform(role: str, cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
+    """The task's ``train``, ``eval`` or ``probe`` transform as ``cfg["transform"]`` names it (else ``defaults``);
+    what a run's predictions go through too (``eval``)."""
+    options = transform_options(cfg, defaults)
+    # null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9
+    crop_pct = options.get("crop_pct")
+    crop_pct = float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
+    kind = options.get("probe", "contrast") if role == "probe" else options[role]
+    return make_transform(str(kind), inputs, crop_pct)
+
+
 def image_splits(
     cfg: Mapping,
     inputs: InputSpec,
@@ -130,14 +145,10 @@ def image_splits(
     defaults: Mapping[str, object] = (),
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
-    options = {**dict(defaults), **dict(cfg.get("transform") or {})}
-    # null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9
-    crop_pct = options.get("crop_pct")
-    crop_pct = float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
-    train_tf = make_transform(str(options["train"]), inputs, crop_pct)
-    eval_tf = make_transform(str(options["eval"]), inputs, crop_pct)
-    probe_kind = str(options.get("probe", "contrast"))
-    probe_tf = train_tf if probe_kind == "train" else make_transform(probe_kind, inputs, crop_pct)
+    train_tf = task_transform("train", cfg, inputs, defaults)
+    eval_tf = task_transform("eval", cfg, inputs, defaults)
+    probe_kind = str(transform_options(cfg, defaults).get("probe", "contrast"))
+    probe_tf = train_tf if probe_kind == "train" else task_transform("probe", cfg, inputs, defaults)
     num_classes = int(cfg["num_classes"])
     return DataSplits(
         train=Transformed(train, train_tf),
