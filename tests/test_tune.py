@@ -207,3 +207,37 @@ def test_a_study_on_own_images_validates_on_its_val_folder(tmp_path):
     for record in found["trial"]:
         assert "val_acc" in record.metrics and not [k for k in record.metrics if k.startswith("test")]
     assert found["final"][0].evaluation.selected_on == "val" and "test_acc" in found["final"][0].metrics
+
+
+def test_the_search_space_is_read_from_hydra_sweep_syntax_and_a_fixed_key_leaves_it():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from grft_app.tune.space import parse
+
+    space, fixed = parse(
+        [
+            "k=choice(1, 2, 26)",
+            "regular_layers=choice(0, all)",
+            "lr=tag(log, interval(1e-4, 7e-3))",
+            "subsets=range(1, 8, 3)",
+            "seed=1",
+            "k=auto",
+        ],  # fmt: skip
+        OverridesParser.create(),
+    )
+    assert fixed == {"seed": "seed=1", "k": "k=auto"} and "k" not in space
+    assert space["regular_layers"] == CategoricalDistribution([0, "all"])
+    assert space["lr"] == FloatDistribution(1e-4, 7e-3, log=True)
+    assert space["subsets"] == IntDistribution(1, 7, step=3)  # Hydra's range excludes its stop: 1, 4, 7
+
+
+def test_a_study_launched_again_with_other_settings_is_one_line_naming_the_fix(tmp_path):
+    from grft_app.tune.study import StudyMismatch, open_study
+
+    setup = {"objective": "val_acc", "space": {"k": "choice"}, "fixed": ["seed=0"]}
+    open_study(tmp_path, "s", 0, setup)
+    open_study(tmp_path, "s", 0, setup)  # the same study: it resumes
+    with pytest.raises(StudyMismatch, match=r"another fixed .*hydra\.sweeper\.study=<name>") as err:
+        open_study(tmp_path, "s", 0, {**setup, "fixed": ["seed=1"]})
+    assert "\n" not in str(err.value)
