@@ -78,7 +78,10 @@ data-check: install ## verify all 27 task folders under $(DATA_DIR) (changes not
 #   PARALLEL=8               multiruns at a time (with a cluster launcher)
 #   EXTRA="debug=smoke"      Hydra overrides for every run, and for rendering (e.g. paths.runs=/scratch/runs)
 #   DRY_RUN=1                print job counts and commands, launch nothing
+#   TUNED=1                  render also a "tuned (val)" line per method: the final runs of `make tune` studies
 LAUNCHER ?= basic
+TUNED ?=
+TUNED_FLAG = $(if $(TUNED),--tuned)
 ROWS ?= default
 SEEDS ?= 0
 PARALLEL ?= 1
@@ -102,25 +105,43 @@ table5: ## Table 5 (norm: none, L1, L2 on FGVC): run + render
 fig3: ## Fig. 3 (memory over training time, GRFT vs GPS): run + render
 fig4: ## Fig. 4 (a-d: k, lambda, regular blocks, subsets on FGVC): run + render
 $(PAPER_TARGETS): %: install
-	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render $* $(EXTRA) && exit $$rc
+	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render $* $(TUNED_FLAG) $(EXTRA) && exit $$rc
 
 $(addsuffix -run,$(PAPER_TARGETS)): %-run: install
 	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA)
 
 $(addsuffix -render,$(PAPER_TARGETS)): %-render: install
-	$(RESULTS) render $* $(EXTRA)
+	$(RESULTS) render $* $(TUNED_FLAG) $(EXTRA)
 
 paper: hparams ## every table and figure: run all pending runs, then render everything
-	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render paper $(EXTRA) && exit $$rc
+	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render paper $(TUNED_FLAG) $(EXTRA) && exit $$rc
 
 paper-run: install ## launch the pending runs of every table and figure (a shared run launches once)
 	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA)
 
 paper-render: hparams ## render every table and figure from the finished runs (holes where runs are missing)
-	$(RESULTS) render paper $(EXTRA)
+	$(RESULTS) render paper $(TUNED_FLAG) $(EXTRA)
 
 paper-dry-run: install ## how many jobs each target would launch, and the commands
 	$(RESULTS) run paper $(RUN_FLAGS) --dry-run $(EXTRA)
+
+# --- Choosing settings on validation data (README: "Choosing settings honestly") -------------------------
+# make tune TASK=vtab/dtd TRIALS=30      an experiment (conf/experiment/) or a dataset (conf/dataset/: digits, images...)
+#   METHOD=lora EXTRA="recipe=lora_vtab"  a baseline, with its own search space (conf/tune/<method>.yaml)
+#   SHARE=0.3                              GRFT at an equal budget: k=auto, the largest k within 0.3% trainable
+#   LAUNCHER=slurm PARALLEL=8              trials at once through a cluster launcher
+TASK ?= digits
+TRIALS ?= 20
+METHOD ?= grft
+SHARE ?=
+SPACE ?= $(if $(and $(filter digits,$(TASK)),$(filter grft,$(METHOD))),grft_digits,$(METHOD))
+TUNE_TASK = $(if $(findstring /,$(TASK)),experiment=$(TASK),dataset=$(TASK))
+
+.PHONY: tune
+tune: install ## choose settings on validation data (Optuna study), then train them on train + val and test once
+	$(VENV)/bin/pip install -q -e ".[tune]"
+	$(PYTHON) run.py -m $(TUNE_TASK) method=$(METHOD) tune=$(SPACE) hydra.sweeper.trials=$(TRIALS) \
+		hydra.sweeper.parallel=$(PARALLEL) hydra/launcher=$(LAUNCHER) $(if $(SHARE),k=auto share=$(SHARE)) $(EXTRA)
 
 # --- Benchmark (experiments/bench/README.md) ---------------------------------------------------------
 bench: install ## GRFT vs full, GPS, LoRA, linear, floor (time, memory, state, files) + Fig. 3 -> results/bench/

@@ -40,7 +40,8 @@ def launched_dirs(cfg: DictConfig, run_dir: Path) -> list[Path]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig):
+    """Returns the run's record (a study's sweeper reads its objective from it)."""
     from grft_app.lit import launch
     from grft_app.lit.app import main as run_app
     from grft_app.lit.quiet import quiet_lightning
@@ -50,7 +51,7 @@ def main(cfg: DictConfig) -> None:
     before = launch.snapshot(launched_dirs(cfg, run_dir))
     runs_root = Path(str(cfg.paths.runs))
     try:
-        run_app(cfg, run_dir)
+        return run_app(cfg, run_dir)
     except SystemExit as stop:  # the app has already printed its one-line error
         if stop.code not in (0, None):
             for state in before:

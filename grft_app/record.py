@@ -120,6 +120,18 @@ class Reported:
 
 
 @dataclass
+class Tuning:
+    """The study (``make tune``) a run belongs to: one of its trials, or the final run on the settings it chose."""
+
+    study: str
+    stage: str  # trial (validation only, never tested) | final (train + val, tested once)
+    storage: str | None = None  # the study's folder (Optuna's study.db, study.json)
+    objective: str | None = None  # the validation metric the study maximises, e.g. val_acc_best
+    trial: int | None = None  # final: the trial whose settings it trains
+    value: float | None = None  # final: that trial's objective
+
+
+@dataclass
 class Evaluation:
     """What was evaluated when (docs/PROTOCOL.md, "Evaluation"); the values themselves are in ``metrics``."""
 
@@ -129,6 +141,17 @@ class Evaluation:
     final_epoch: int | None = None
     ema: bool | None = None
     curve: list[dict[str, float]] | None = None  # per evaluated epoch: {"epoch": e, "test_acc": ...}
+    selected_on: str | None = None  # val: the settings were chosen on validation data (a study's final run)
+    tuning: Tuning | None = None
+
+
+@dataclass
+class Budget:
+    """``k=auto share=<percent>``: the budget asked for, and the k and share it gave."""
+
+    share: float  # percent asked for
+    k: int
+    pct: float  # the trainable share at that k
 
 
 @dataclass
@@ -168,7 +191,10 @@ class RunRecord:
     selection_file: str | None = None
     checksums: dict[str, str] | None = None  # file name -> SHA-256 of every output file named above
     probe_facts: dict[str, Any] | None = None  # what the method's probe returned; None without a probe
+    class_names: list[str] | None = None  # each class id's name, where the data names them (your own data)
+    split_file: str | None = None  # which items went to which split (your own data), in the run directory
     evaluation: Evaluation | None = None  # absent in records written before records said so
+    budget: Budget | None = None  # k=auto: the share asked for and the k it gave
     resumed: bool | None = None
     launches: list[Launch] | None = None
     started_at: str | None = None

@@ -313,3 +313,37 @@ def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer
     assert ((tmp_path / "tables") / link).resolve() == ROOT / "docs" / "PROTOCOL.md"
     csv = pd.read_csv(tmp_path / "tables" / "table1.csv")
     assert csv[(csv.row == "GRFT") & (csv.column == "cub")]["statistic"].item().startswith("best epoch's")
+
+
+def test_a_tuned_line_shows_the_final_runs_of_studies_beside_the_paper_and_ours(composer, tmp_path):
+    from experiments.paper.tables import TUNED_LINE
+    from grft_app.record import Evaluation, Reported, Tuning, read_record, write_record
+
+    t1 = SPEC.target("table1")
+    cell = t1.cell(next(r for r in t1.rows if r.label == "GRFT"), "cub").args
+    runs = tmp_path / "runs"
+    write_fixture_record(composer, runs, cell, 0.90)
+    # a study's final run: its own lr, trained on train + val and tested once
+    final = write_fixture_record(composer, runs, [*cell, "lr=0.0042", "protocol.test_every=0"], 0.88)
+    record = read_record(final)
+    record.evaluation = Evaluation(
+        protocol="reference",
+        reported=Reported(statistic="final", model="raw", key="test_acc", description="final"),
+        selected_on="val",
+        tuning=Tuning(study="cub-grft", stage="final", objective="val_acc_best", trial=3, value=0.91),
+    )
+    write_record(final, record)
+    index = RecordIndex.load(runs)
+    result = render_table(t1, SPEC, composer, index, tmp_path / "tables", tuned=True)
+    cub = ours(result, "GRFT", "cub")
+    assert cub["ours"] == pytest.approx(90.0) and cub["n"] == 1  # the tuned run is not one of ours
+    assert cub["tuned"] == pytest.approx(88.0) and cub["tuned_n"] == 1
+    assert ours(result, "GRFT", "nabirds")["tuned_n"] == 0
+    wide = result.wide
+    line = wide.index[wide["Method"] == "GRFT"][0]
+    assert wide.loc[line + 3, ""] == TUNED_LINE and wide.loc[line + 3, "CUB-2011"] == "88.0"
+    assert wide.loc[line + 3, "NABirds"] == HOLE
+    text = (tmp_path / "tables" / "table1.md").read_text()
+    assert f"{TUNED_LINE}: settings chosen on validation data only" in text
+    plain = render_table(t1, SPEC, composer, RecordIndex.load(runs), tmp_path / "plain")
+    assert "tuned" not in plain.cells.columns and len(plain.wide) == 3 * len(t1.rows)

@@ -43,6 +43,15 @@ IGNORED = (
 )
 
 
+# What a study's final run shares with a table cell: the rest (k, lambda, lr... and the split) is its own.
+TUNED_MATCH = ("model.name", "selection.kind", "norm.kind")
+
+
+def tuned_by_study(record: RunRecord) -> bool:
+    """A study's trial or final run (``make tune``): never one of the paper-protocol cells' runs."""
+    return record.evaluation is not None and record.evaluation.tuning is not None
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
     if isinstance(tree, Mapping):
@@ -160,11 +169,35 @@ class RecordIndex:
         expected = identity(cfg)
         latest: dict[Any, RunRecord] = {}
         for record, ident in candidates:
-            if record.reported(metric) is None or not matches(expected, ident):
+            if record.reported(metric) is None or not matches(expected, ident) or tuned_by_study(record):
                 continue
             seed = record.seed
             if seed not in latest or (record.finished_at or "") > (latest[seed].finished_at or ""):
                 latest[seed] = record
+        for seed in sorted(latest, key=str):
+            record = latest[seed]
+            self.used.add(str(record.run_dir))
+            aggregate.records.append(record)
+            aggregate.values.append(scale * record.reported(metric))
+            aggregate.statistics.append(record.statistic)
+            if record.params is not None:
+                aggregate.params_pct.append(float(record.params.pct))
+        return aggregate
+
+    def tuned(self, cfg: DictConfig, metric: str, scale: float) -> Aggregate:
+        """The final runs of studies (``make tune``) for this cell's task, method, model, selection and norm:
+        settings chosen on validation data, tested once. Trials (never tested) have no value and do not count."""
+        expected = {key: OmegaConf.select(cfg, key) for key in TUNED_MATCH}
+        latest: dict[Any, RunRecord] = {}
+        for record, ident in self.candidates(str(cfg.dataset.name), str(cfg.method.name)):
+            if record.evaluation is None or record.evaluation.selected_on != "val" or record.reported(metric) is None:
+                continue
+            if not all(same_value(value, ident.get(key, value)) for key, value in expected.items()):
+                continue
+            seed = record.seed
+            if seed not in latest or (record.finished_at or "") > (latest[seed].finished_at or ""):
+                latest[seed] = record
+        aggregate = Aggregate()
         for seed in sorted(latest, key=str):
             record = latest[seed]
             self.used.add(str(record.run_dir))

@@ -1,7 +1,10 @@
-"""Datasets in the on-disk layouts the PEFT community uses, built per task from its Hydra config.
+"""Datasets in the on-disk layouts the PEFT community uses, and your own, built per task from its Hydra config.
 
 ``build_datasets(dataset_cfg, data_dir, inputs)`` dispatches on ``dataset_cfg["family"]`` to the
-family's module (``grft_app.data.<family>.build``), which returns ``DataSplits``.
+family's module (``FAMILIES``), which returns ``DataSplits``. Each family module says what it holds
+(``INPUT_KIND``: images or text), and may check its files before any model loads
+(``check_present``), name its classes from its files (``class_names``: your own data, whose class
+count is read, not configured), and give the run key its data's identity (``fingerprint``).
 """
 
 from __future__ import annotations
@@ -17,28 +20,51 @@ FAMILIES = {
     "vtab": "grft_app.data.vtab",
     "fgvc": "grft_app.data.fgvc",
     "glue": "grft_app.data.glue",
+    "images": "grft_app.data.image_folder",
+    "text": "grft_app.data.text_files",
 }
 
 
-def build_datasets(dataset_cfg: Mapping, data_dir: str | Path, inputs: InputSpec) -> DataSplits:
+def family_module(dataset_cfg: Mapping):
     family = dataset_cfg.get("family")
     if family not in FAMILIES:
         raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
-    module = importlib.import_module(FAMILIES[family])
-    return module.build(dataset_cfg, Path(data_dir), inputs)
+    return importlib.import_module(FAMILIES[family])
+
+
+def build_datasets(dataset_cfg: Mapping, data_dir: str | Path, inputs: InputSpec) -> DataSplits:
+    return family_module(dataset_cfg).build(dataset_cfg, Path(data_dir), inputs)
 
 
 def check_data_present(dataset_cfg: Mapping, data_dir: str | Path) -> None:
-    """Fail fast (before a model is loaded) if the task's folder or split files are absent.
+    """Fail fast (before a model is loaded) if the task's folder or split files are absent or unusable.
 
     A family whose data ships with the code (digits) has nothing to check.
     """
-    family = dataset_cfg.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
-    check = getattr(importlib.import_module(FAMILIES[family]), "check_present", None)
+    check = getattr(family_module(dataset_cfg), "check_present", None)
     if check is not None:
         check(dataset_cfg, Path(data_dir))
 
 
-__all__ = ["DataSplits", "InputSpec", "build_datasets", "check_data_present", "FAMILIES"]
+def class_count(dataset_cfg: Mapping, data_dir: str | Path) -> int:
+    """The task's number of classes: read from the files for your own data, from the config otherwise."""
+    names = getattr(family_module(dataset_cfg), "class_names", None)
+    if names is not None:
+        return len(names(dataset_cfg, Path(data_dir)))
+    return int(dataset_cfg["num_classes"])
+
+
+def input_kind(dataset_cfg: Mapping) -> str:
+    """``image`` or ``text``: what the task's items are."""
+    return family_module(dataset_cfg).INPUT_KIND
+
+
+__all__ = [
+    "DataSplits",
+    "InputSpec",
+    "build_datasets",
+    "check_data_present",
+    "class_count",
+    "input_kind",
+    "FAMILIES",
+]

@@ -21,6 +21,8 @@ from .catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, missing
 from .images import ImageItems, check_files_exist, image_splits, require_images
 from .splits import DataSplits, InputSpec
 
+INPUT_KIND = "image"
+
 SPLIT_FILES = ("train", "val", "test")
 PROTOCOLS = ("trainval", "train")
 DEFAULT_TRANSFORM = {"train": "crop_flip", "eval": "resize_crop", "probe": "contrast", "crop_pct": 0.9}

@@ -59,7 +59,9 @@ def load_rgb(path: Path):
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # PIL's route for a palette with transparency
+            return image.convert("RGB")  # greyscale, palette, RGBA, CMYK...: RGB, as the models expect
     except FileNotFoundError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -141,6 +143,23 @@ def require_images(cfg: Mapping, inputs: InputSpec) -> None:
         )
 
 
+def transform_options(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
+    return {**dict(defaults), **dict(cfg.get("transform") or {})}
+
+
+def task_transform(role: str, cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
+    """The task's ``train``, ``eval`` or ``probe`` transform as ``cfg["transform"]`` names it (else ``defaults``);
+    what a run's predictions go through too (``eval``)."""
+    options = transform_options(cfg, defaults)
+    # null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9
+    crop_pct = options.get("crop_pct")
+    crop_pct = float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
+    kind = options.get("probe", "contrast") if role == "probe" else options[role]
+    # the random crops' interpolation (training and probe; None: the model's; ``random``: drawn per crop)
+    crops = None if role == "eval" else options.get("augment_interpolation")
+    return make_transform(str(kind), inputs, crop_pct, crops)
+
+
 def image_splits(
     cfg: Mapping,
     inputs: InputSpec,
@@ -150,13 +169,10 @@ def image_splits(
     defaults: Mapping[str, object] = (),
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
-    options = {**dict(defaults), **dict(cfg.get("transform") or {})}
-    crop_pct = float(options.get("crop_pct", 0.9))
-    crops = options.get("augment_interpolation")  # the random crops' (training and probe), None: the model's
-    train_tf = make_transform(str(options["train"]), inputs, crop_pct, crops)
-    eval_tf = make_transform(str(options["eval"]), inputs, crop_pct)
-    probe_kind = str(options.get("probe", "contrast"))
-    probe_tf = train_tf if probe_kind == "train" else make_transform(probe_kind, inputs, crop_pct, crops)
+    train_tf = task_transform("train", cfg, inputs, defaults)
+    eval_tf = task_transform("eval", cfg, inputs, defaults)
+    probe_kind = str(transform_options(cfg, defaults).get("probe", "contrast"))
+    probe_tf = train_tf if probe_kind == "train" else task_transform("probe", cfg, inputs, defaults)
     num_classes = int(cfg["num_classes"])
     return DataSplits(
         train=Transformed(train, train_tf),

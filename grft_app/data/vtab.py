@@ -17,6 +17,8 @@ from .catalog import FAMILY_ROOTS, missing
 from .images import ImageItems, check_files_exist, check_labels, image_splits, require_images
 from .splits import DataSplits, InputSpec
 
+INPUT_KIND = "image"
+
 SPLITS = {"train800val200": ("train800val200", None), "train800": ("train800", "val200")}
 DEFAULT_TRANSFORM = {"train": "resize", "eval": "resize", "probe": "contrast"}
 

@@ -93,6 +93,10 @@ class FineTuneModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.method.prepare(self.bundle)
+            # Train with the dropout and drop-path the model's config asks for, whatever mode its
+            # loader returned it in (transformers' from_pretrained returns eval mode; Lightning keeps
+            # a module's mode). Evaluation switches to eval mode and back on its own.
+            self.model.train()
             if self.settings.ema_decay:
                 self.ema = TrainableEMA(self.model, self.settings.ema_decay)
 
@@ -216,10 +220,12 @@ class FineTuneModule(L.LightningModule):
         self._use_ema(False)
         if self._eval_started is not None and not self.trainer.sanity_checking:
             self.eval_seconds += time.perf_counter() - self._eval_started
-        tested = {k: v for k, v in values.items() if k.startswith("test")}
-        if tested and not self.trainer.sanity_checking:
+        # The curve holds every split evaluated in training: test (protocol.test_every) and val (its best
+        # epoch is a study's objective under the reference protocol, grft_app.tune).
+        evaluated = {k: v for k, v in values.items() if k.startswith(("test", "val"))}
+        if evaluated and not self.trainer.sanity_checking:
             self.curve = [p for p in self.curve if p["epoch"] != self.current_epoch] + [
-                {"epoch": int(self.current_epoch), **tested}
+                {"epoch": int(self.current_epoch), **evaluated}
             ]
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):

@@ -82,6 +82,8 @@ def run_key(root: DictConfig) -> str:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
+    if resolved.get("share") is None:  # the budget key is new: runs without one keep the keys they had
+        resolved.pop("share", None)
     # A baseline ignores GRFT's keys: the same baseline run serves every GRFT setting.
     used = method_class(resolved["method"]["name"]).grft_keys
     for key in GRFT_KEYS:
@@ -97,10 +99,35 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("grft.sum", lambda *values: sum(int(v) for v in values))
 
 
-def grft_config(cfg: DictConfig) -> GRFTConfig:
+AUTO = "auto"
+
+
+def is_auto_k(cfg: DictConfig) -> bool:
+    """``k=auto``: k is the largest within ``share`` percent, sized from the model's shapes (``grft.largest_k``)."""
+    return str(cfg.get("k")).strip().lower() == AUTO
+
+
+def check_budget(cfg: DictConfig) -> None:
+    """``k=auto`` needs a ``share`` (a percent > 0), and a ``share`` needs ``k=auto``."""
+    share = cfg.get("share")
+    if is_auto_k(cfg):
+        try:
+            ok = share is not None and float(share) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"k=auto needs share=<percent> (the trainable budget, e.g. share=0.3), got share={share!r}"
+            )
+    elif share is not None:
+        raise ConfigError(f"share={share} sizes k only with k=auto; pass k=auto, or drop share")
+
+
+def grft_config(cfg: DictConfig, k: int | None = None) -> GRFTConfig:
+    """``k``: the k that ``k=auto`` resolved to (the config keeps ``auto``)."""
     try:
         return GRFTConfig(
-            k=_whole(cfg.k),
+            k=k if k is not None else (1 if is_auto_k(cfg) else _whole(cfg.k)),
             selection=str(cfg.selection.kind),
             norm=str(cfg.norm.kind),
             lam=float(cfg["lambda"]),
@@ -121,10 +148,10 @@ def _whole(value: Any) -> Any:
     return value
 
 
-def method_settings(cfg: DictConfig) -> MethodSettings:
+def method_settings(cfg: DictConfig, k: int | None = None) -> MethodSettings:
     options = OmegaConf.to_container(cfg.method, resolve=True)
     name = options.pop("name")
-    return MethodSettings(name=name, grft=grft_config(cfg), options=options)
+    return MethodSettings(name=name, grft=grft_config(cfg, k), options=options)
 
 
 NUMBERS = {
@@ -143,8 +170,11 @@ NUMBERS = {
 def check_numbers(cfg: DictConfig) -> None:
     """``lr=abc``: one line naming the key, before anything reads it as a number."""
     check_recipe(cfg)
+    check_budget(cfg)
     for key, kind in NUMBERS.items():
         value = cfg.get(key)
+        if key == "k" and is_auto_k(cfg):
+            continue
         try:
             number = float(value)
             if kind is int and not number.is_integer():

@@ -46,4 +46,12 @@ def build_model(model_cfg: Mapping, num_classes: int, *, pretrained: bool = True
     return module.build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
 
 
-__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "build_model"]
+def input_kind(model_cfg: Mapping) -> str | None:
+    """``image`` or ``text``: what the model reads, known without loading it (``None``: only its files say)."""
+    family = model_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"model family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[family]).input_kind(model_cfg)
+
+
+__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "build_model", "input_kind"]
