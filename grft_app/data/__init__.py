@@ -41,4 +41,38 @@ def check_data_present(dataset_cfg: Mapping, data_dir: str | Path) -> None:
         check(dataset_cfg, Path(data_dir))
 
 
-__all__ = ["DataSplits", "InputSpec", "build_datasets", "check_data_present", "FAMILIES"]
+def _family(dataset_cfg: Mapping):
+    family = dataset_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[family])
+
+
+def class_names(dataset_cfg: Mapping, num_classes: int) -> list[str]:
+    """The name of each class index, as the family knows it (the class index itself where it knows none)."""
+    names = getattr(_family(dataset_cfg), "class_names", lambda cfg: None)(dataset_cfg)
+    if names is None:
+        return [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"dataset {dataset_cfg.get('name')}: {len(names)} class names for {num_classes} classes")
+    return list(names)
+
+
+def eval_transform(dataset_cfg: Mapping, inputs: InputSpec):
+    """PIL image -> model input as the family evaluates (``predict`` feeds new images through it)."""
+    transform = getattr(_family(dataset_cfg), "eval_transform", None)
+    if transform is None:
+        family = dataset_cfg.get("family")
+        raise ValueError(f"dataset family {family!r} has no image transform (it is not an image task)")
+    return transform(dataset_cfg, inputs)
+
+
+__all__ = [
+    "DataSplits",
+    "InputSpec",
+    "build_datasets",
+    "check_data_present",
+    "class_names",
+    "eval_transform",
+    "FAMILIES",
+]

@@ -119,6 +119,17 @@ def require_images(cfg: Mapping, inputs: InputSpec) -> None:
         )
 
 
+def transform_options(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
+    """The transform names of ``cfg["transform"]``, each falling back to the family's ``defaults``."""
+    return {**dict(defaults), **dict(cfg.get("transform") or {})}
+
+
+def eval_transform(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
+    """PIL image -> model input, as the run evaluates (its test split, and ``predict``'s images)."""
+    options = transform_options(cfg, defaults)
+    return make_transform(str(options["eval"]), inputs, float(options.get("crop_pct", 0.9)))
+
+
 def image_splits(
     cfg: Mapping,
     inputs: InputSpec,
@@ -128,10 +139,10 @@ def image_splits(
     defaults: Mapping[str, object] = (),
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
-    options = {**dict(defaults), **dict(cfg.get("transform") or {})}
+    options = transform_options(cfg, defaults)
     crop_pct = float(options.get("crop_pct", 0.9))
     train_tf = make_transform(str(options["train"]), inputs, crop_pct)
-    eval_tf = make_transform(str(options["eval"]), inputs, crop_pct)
+    eval_tf = eval_transform(cfg, inputs, defaults)
     probe_kind = str(options.get("probe", "contrast"))
     probe_tf = train_tf if probe_kind == "train" else make_transform(probe_kind, inputs, crop_pct)
     num_classes = int(cfg["num_classes"])
