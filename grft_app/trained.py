@@ -1,7 +1,7 @@
 """A finished run rebuilt from its directory alone, for ``predict`` and ``export``.
 
 The run's ``record.json`` holds its whole resolved config, so nothing else needs to be given: the
-base model is built as the run built it (``runner.base_model``: the same seed, the same pre-trained
+base model is built as the run built it (``models.base_of_run``: the same seed, the same pre-trained
 weights, or the same tiny random model for a ``debug=smoke`` run), the run's method puts its adapter
 file onto it (``Method.load_adapter``) and folds it into the base layers (``Method.merge``), which
 gives a plain model of the base's own library (timm or transformers).
@@ -23,7 +23,7 @@ from torch import nn
 from .data import class_names
 from .methods import Method, make_method
 from .methods.base import CannotMerge
-from .models import ModelBundle
+from .models import ModelBundle, base_of_run
 from .record import RECORD_NAME, CorruptRecord, RunRecord, read_record, reported_key
 
 RUN_DIR_HINT = "a run directory is the folder of a run's record.json, results/runs/<dataset>/<method>/<run key>/"
@@ -106,7 +106,6 @@ def load_run(run_dir: str | Path, merge: bool = True, device: str | torch.device
     ``merge``: fold the method's additions into the base layers. A method whose additions do not
     fold (adapter, VPT) leaves them in place; ``merged`` and ``not_merged_because`` say so.
     """
-    from .lit.runner import base_model
     from .lit.settings import method_settings
 
     run_dir = Path(run_dir)
@@ -114,7 +113,7 @@ def load_run(run_dir: str | Path, merge: bool = True, device: str | torch.device
     path = adapter_path(record, run_dir)
     cfg = OmegaConf.create(record.config)
     method = make_method(method_settings(cfg))
-    bundle = base_model(cfg)
+    bundle = base_of_run(cfg)
     model = method.load_adapter(bundle, path)
     merged, because = False, None
     if merge:

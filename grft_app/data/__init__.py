@@ -48,6 +48,11 @@ def _family(dataset_cfg: Mapping):
     return importlib.import_module(FAMILIES[family])
 
 
+def input_kind(dataset_cfg: Mapping) -> str:
+    """``image`` or ``text``: what the family's inputs are (each family module's ``KIND``)."""
+    return _family(dataset_cfg).KIND
+
+
 def class_names(dataset_cfg: Mapping, num_classes: int) -> list[str]:
     """The name of each class index, as the family knows it (the class index itself where it knows none)."""
     names = getattr(_family(dataset_cfg), "class_names", lambda cfg: None)(dataset_cfg)
@@ -73,6 +78,7 @@ __all__ = [
     "build_datasets",
     "check_data_present",
     "class_names",
+    "input_kind",
     "eval_transform",
     "FAMILIES",
 ]

@@ -16,6 +16,8 @@ from torch.utils.data import Dataset, TensorDataset
 from .splits import DataSplits, InputSpec
 from .views import Transformed, TwoViews
 
+KIND = "image"  # what the task's inputs are (``predict`` reads new inputs of this kind)
+
 
 def digit_tensors(classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``[n, 1, 8, 8]`` in [0, 1] and labels re-indexed to ``0..len(classes)-1``."""

@@ -22,6 +22,8 @@ from .catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, missing
 from .images import ImageItems, check_files_exist, image_splits, require_images
 from .splits import DataSplits, InputSpec
 
+KIND = "image"  # what the task's inputs are (``predict`` reads new inputs of this kind)
+
 SPLIT_FILES = ("train", "val", "test")
 PROTOCOLS = ("trainval", "train")
 DEFAULT_TRANSFORM = {"train": "crop_flip", "eval": "resize_crop", "probe": "contrast", "crop_pct": 0.9}

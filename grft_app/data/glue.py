@@ -23,6 +23,8 @@ from torch.utils.data import Dataset
 from .catalog import FAMILY_ROOTS, missing
 from .splits import DataSplits, InputSpec
 
+KIND = "text"  # what the task's inputs are (``predict`` reads new inputs of this kind)
+
 
 @dataclass(frozen=True)
 class Layout:

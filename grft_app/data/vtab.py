@@ -18,6 +18,8 @@ from .catalog import FAMILY_ROOTS, missing
 from .images import ImageItems, check_files_exist, check_labels, image_splits, require_images
 from .splits import DataSplits, InputSpec
 
+KIND = "image"  # what the task's inputs are (``predict`` reads new inputs of this kind)
+
 SPLITS = {"train800val200": ("train800val200", None), "train800": ("train800", "val200")}
 DEFAULT_TRANSFORM = {"train": "resize", "eval": "resize", "probe": "contrast"}
 

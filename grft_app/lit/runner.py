@@ -22,7 +22,7 @@ from grft.tuner import current_selection
 
 from ..data import build_datasets
 from ..methods import make_method
-from ..models import ModelBundle, build_model
+from ..models import base_of_run
 from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
 from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
@@ -131,15 +131,6 @@ def run_task(
             raise
 
 
-def base_model(cfg: DictConfig) -> ModelBundle:
-    """The run's model before its method touches it, seeded by the run's seed first (a tiny model's
-    random weights and the new head come from it). ``grft_app.trained`` rebuilds a finished run's
-    base with this same function, so its adapter finds the weights it was trained from."""
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    tiny = bool(cfg.model.get("tiny", False))
-    return build_model(cfg.model, int(cfg.dataset.num_classes), pretrained=not tiny, tiny=tiny)
-
-
 def identity_facts(cfg: DictConfig) -> dict:
     """What a record says about its run whatever became of it (``RunRecord`` fields).
 
@@ -233,7 +224,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
             f"trainer.strategy={strategy} shards weights, but {method.name} keeps whole-weight state (slices written "
             "in place, full-size masks) on every rank: use trainer=ddp"
         )
-    bundle = base_model(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    bundle = base_of_run(cfg)
     splits = build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs)
     if splits.num_classes != int(cfg.dataset.num_classes):
         raise ConfigError(
