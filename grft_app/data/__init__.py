@@ -72,12 +72,20 @@ def eval_transform(dataset_cfg: Mapping, inputs: InputSpec):
     return transform(dataset_cfg, inputs)
 
 
+def eval_crop(dataset_cfg: Mapping) -> dict:
+    """The family's evaluation transform in timm's data-config terms (``crop_pct``, ``crop_mode``); ``{}``
+    where the family has none (text) or timm has no words for it."""
+    crop = getattr(_family(dataset_cfg), "eval_crop", None)
+    return crop(dataset_cfg) if crop is not None else {}
+
+
 __all__ = [
     "DataSplits",
     "InputSpec",
     "build_datasets",
     "check_data_present",
     "class_names",
+    "eval_crop",
     "input_kind",
     "eval_transform",
     "FAMILIES",

@@ -130,6 +130,18 @@ def eval_transform(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, objec
     return make_transform(str(options["eval"]), inputs, float(options.get("crop_pct", 0.9)))
 
 
+def eval_crop(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
+    """The evaluation transform in timm's data-config terms (``crop_pct``, ``crop_mode``), for an exported
+    model's config; ``{}`` for a transform timm has no words for."""
+    options = transform_options(cfg, defaults)
+    kind = str(options["eval"])
+    if kind == "resize":
+        return {"crop_pct": 1.0, "crop_mode": "squash"}
+    if kind == "resize_crop":
+        return {"crop_pct": float(options.get("crop_pct", 0.9)), "crop_mode": "center"}
+    return {}
+
+
 def image_splits(
     cfg: Mapping,
     inputs: InputSpec,

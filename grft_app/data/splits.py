@@ -25,6 +25,7 @@ class InputSpec:
     interpolation: str = "bicubic"
     tokenizer: Any = None
     max_length: int = 256
+    processor: Any = None  # a transformers image processor, where the model came with one (``export`` saves it)
 
 
 @dataclass

@@ -88,3 +88,8 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
 def eval_transform(cfg: Mapping, inputs: InputSpec):
     """PIL image -> model input, as this family evaluates."""
     return images.eval_transform(cfg, inputs, DEFAULT_TRANSFORM)
+
+
+def eval_crop(cfg: Mapping) -> dict:
+    """The evaluation transform in timm's data-config terms."""
+    return images.eval_crop(cfg, DEFAULT_TRANSFORM)
