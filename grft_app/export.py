@@ -64,7 +64,7 @@ def timm_data_config(run: TrainedRun) -> dict:
         "mean": tuple(inputs.mean),
         "std": tuple(inputs.std),
         "interpolation": inputs.interpolation,
-        **eval_crop(run.cfg.dataset),
+        **eval_crop(run.cfg.dataset, inputs),
     }
 
 

@@ -80,7 +80,8 @@ def check_image(path: Path) -> None:
         raise BadInput(f"cannot read {path} as an image ({type(err).__name__}: {err}); give image files") from None
 
 
-def text_items(inputs: Sequence[str], text_column: str, pair_column: str | None) -> list[Item]:
+def text_items(inputs: Sequence[str], text_column: str, pair_column: str | None, run_pair: str | None) -> list[Item]:
+    """``run_pair``: the run's own second-segment column, read when a table has it and no ``pair_column`` is given."""
     items = []
     for given in inputs:
         path = Path(given)
@@ -94,10 +95,14 @@ def text_items(inputs: Sequence[str], text_column: str, pair_column: str | None)
         if suffix == ".txt":
             items += lines_of(path)
         elif suffix in TABLE_SUFFIXES:
-            items += rows_of(path, text_column, pair_column)
+            items += rows_of(path, text_column, pair_column or _present(path, run_pair))
         else:
             raise BadInput(f"{path}: unknown kind of text file {suffix!r}; give {', '.join(TEXT_SUFFIXES)} files")
     return items
+
+
+def _present(path: Path, column: str | None) -> str | None:
+    return column if column is not None and column in read_table(path).columns else None
 
 
 def lines_of(path: Path) -> list[Item]:
@@ -210,17 +215,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("run_dir", help="the run's directory (the folder of its record.json)")
     parser.add_argument("inputs", nargs="+", help="image files or folders (image runs); .txt/.csv/... files (text)")
     parser.add_argument("--out", help="also write the predictions to this CSV file")
-    parser.add_argument("--text-column", default="text", help="tables: the column with the text (default: text)")
-    parser.add_argument("--pair-column", default=None, help="tables: the column with a second segment, if any")
+    parser.add_argument(
+        "--text-column", default=None, help="tables: the column with the text (default: the run's, else text)"
+    )
+    parser.add_argument(
+        "--pair-column", default=None, help="tables: a second segment's column (default: the run's, if there)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     return parser.parse_args(argv)
 
 
-def read_inputs(kind: str, args: argparse.Namespace) -> list[Item]:
+def read_inputs(kind: str, args: argparse.Namespace, dataset_cfg: dict) -> list[Item]:
     if kind == "image":
         return image_items(args.inputs)
-    return text_items(args.inputs, args.text_column, args.pair_column)
+    columns = dataset_cfg.get("columns") or {}  # a run on your own texts: its column names
+    text_column = args.text_column or columns.get("text") or "text"
+    return text_items(args.inputs, text_column, args.pair_column, columns.get("text_pair"))
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
@@ -240,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise BadInput(f"--batch-size must be at least 1, got {args.batch_size}")
         record = finished_record(args.run_dir)
-        kind = input_kind(record.config.get("dataset") or {})
-        items = read_inputs(kind, args)  # every input checked before the model is built
+        dataset_cfg = record.config.get("dataset") or {}
+        items = read_inputs(input_kind(dataset_cfg), args, dataset_cfg)  # every input checked before the model is built
         run = load_run(args.run_dir, device=args.device)
         rows = predict(run, items, args.batch_size)
         if args.out:

@@ -164,6 +164,8 @@ class RunRecord:
     adapter_files: dict[str, str] | None = None  # raw / ema -> file name
     selection_file: str | None = None
     probe_facts: dict[str, Any] | None = None  # what the method's probe returned; None without a probe
+    class_names: list[str] | None = None  # each class id's name, where the data names them (your own data)
+    split_file: str | None = None  # which items went to which split (your own data), in the run directory
     evaluation: Evaluation | None = None  # absent in records written before records said so
     resumed: bool | None = None
     launches: list[Launch] | None = None

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .data import class_names
+from .data import label_names
 from .methods import Method, make_method
 from .methods.base import CannotMerge
 from .models import ModelBundle, base_of_run
@@ -113,7 +113,9 @@ def load_run(run_dir: str | Path, merge: bool = True, device: str | torch.device
     path = adapter_path(record, run_dir)
     cfg = OmegaConf.create(record.config)
     method = make_method(method_settings(cfg))
-    bundle = base_of_run(cfg)
+    # Your own data's class names come from its files (kept in the record); a paper task's from its config.
+    names = record.class_names or label_names(cfg.dataset, int(cfg.dataset.num_classes))
+    bundle = base_of_run(cfg, len(names))
     model = method.load_adapter(bundle, path)
     merged, because = False, None
     if merge:
@@ -125,7 +127,6 @@ def load_run(run_dir: str | Path, merge: bool = True, device: str | torch.device
     for p in model.parameters():
         p.requires_grad_(False)
     bundle.model = model.to(device).eval()
-    names = class_names(cfg.dataset, int(cfg.dataset.num_classes))
     return TrainedRun(run_dir, record, cfg, bundle, method, names, path, merged, because)
 
 

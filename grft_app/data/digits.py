@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .images import require_images
 from .splits import DataSplits, InputSpec
 from .views import Transformed, TwoViews
 
-KIND = "image"  # what the task's inputs are (``predict`` reads new inputs of this kind)
+INPUT_KIND = "image"
 
 
 def digit_tensors(classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,9 +47,13 @@ def split_per_class(labels: torch.Tensor, per_class: int, seed: int) -> tuple[to
 
 
 class _Normalise:
+    """Jitter (training), then the model's input: the grey channel repeated to its channel count (a
+    timm or transformers model pre-trained on RGB), resized to its size, normalised with its mean/std."""
+
     def __init__(self, inputs: InputSpec, augment: bool):
-        self.mean = torch.tensor(inputs.mean[:1]).view(1, 1, 1)
-        self.std = torch.tensor(inputs.std[:1]).view(1, 1, 1)
+        self.channels = int(inputs.in_chans)
+        self.mean = torch.tensor(inputs.mean[: self.channels]).view(-1, 1, 1)
+        self.std = torch.tensor(inputs.std[: self.channels]).view(-1, 1, 1)
         self.size = inputs.img_size
         self.augment = augment
 
@@ -59,10 +64,13 @@ class _Normalise:
             image = padded[:, dy : dy + 8, dx : dx + 8]
         if self.size != image.shape[-1]:
             image = torch.nn.functional.interpolate(image[None], size=self.size, mode="nearest")[0]
+        if self.channels != image.shape[0]:
+            image = image.expand(self.channels, -1, -1)
         return (image - self.mean) / self.std
 
 
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
+    require_images(cfg, inputs)
     classes = list(cfg.get("target_classes", range(10)))
     images, labels = digit_tensors(classes)
     train_idx, test_idx = split_per_class(labels, int(cfg.get("train_per_class", 40)), int(cfg.get("split_seed", 0)))
@@ -83,7 +91,7 @@ def source_dataset(cfg: Mapping, inputs: InputSpec) -> Dataset:
     return Transformed(TensorDataset(images, labels), _Normalise(inputs, augment=True))
 
 
-def class_names(cfg: Mapping) -> list[str]:
+def label_names(cfg: Mapping) -> list[str]:
     """The digits the task's classes are (class ``i`` is digit ``target_classes[i]``)."""
     return [str(c) for c in cfg.get("target_classes", range(10))]
 

@@ -22,7 +22,7 @@ from .catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, missing
 from .images import ImageItems, check_files_exist, image_splits, require_images
 from .splits import DataSplits, InputSpec
 
-KIND = "image"  # what the task's inputs are (``predict`` reads new inputs of this kind)
+INPUT_KIND = "image"
 
 SPLIT_FILES = ("train", "val", "test")
 PROTOCOLS = ("trainval", "train")
@@ -102,6 +102,6 @@ def eval_transform(cfg: Mapping, inputs: InputSpec):
     return images.eval_transform(cfg, inputs, DEFAULT_TRANSFORM)
 
 
-def eval_crop(cfg: Mapping) -> dict:
+def eval_crop(cfg: Mapping, inputs: InputSpec) -> dict:
     """The evaluation transform in timm's data-config terms."""
-    return images.eval_crop(cfg, DEFAULT_TRANSFORM)
+    return images.eval_crop(cfg, inputs, DEFAULT_TRANSFORM)

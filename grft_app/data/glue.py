@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from .catalog import FAMILY_ROOTS, missing
 from .splits import DataSplits, InputSpec
 
-KIND = "text"  # what the task's inputs are (``predict`` reads new inputs of this kind)
+INPUT_KIND = "text"
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     )
 
 
-def class_names(cfg: Mapping) -> list[str] | None:
+def label_names(cfg: Mapping) -> list[str] | None:
     """The task's label names where its files use names (RTE); ``None`` where labels are integers."""
     layout = LAYOUTS.get(str(cfg.get("layout", cfg.get("name"))))
     return list(layout.label_names) if layout is not None and layout.label_names else None

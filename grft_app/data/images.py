@@ -56,7 +56,9 @@ def load_rgb(path: Path):
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # PIL's route for a palette with transparency
+            return image.convert("RGB")  # greyscale, palette, RGBA, CMYK...: RGB, as the models expect
     except FileNotFoundError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -124,13 +126,19 @@ def transform_options(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict
     return {**dict(defaults), **dict(cfg.get("transform") or {})}
 
 
+def crop_share(options: Mapping, inputs: InputSpec) -> float:
+    """``transform.crop_pct``; null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9."""
+    crop_pct = options.get("crop_pct")
+    return float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
+
+
 def eval_transform(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
     """PIL image -> model input, as the run evaluates (its test split, and ``predict``'s images)."""
     options = transform_options(cfg, defaults)
-    return make_transform(str(options["eval"]), inputs, float(options.get("crop_pct", 0.9)))
+    return make_transform(str(options["eval"]), inputs, crop_share(options, inputs))
 
 
-def eval_crop(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
+def eval_crop(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> dict:
     """The evaluation transform in timm's data-config terms (``crop_pct``, ``crop_mode``), for an exported
     model's config; ``{}`` for a transform timm has no words for."""
     options = transform_options(cfg, defaults)
@@ -138,7 +146,7 @@ def eval_crop(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
     if kind == "resize":
         return {"crop_pct": 1.0, "crop_mode": "squash"}
     if kind == "resize_crop":
-        return {"crop_pct": float(options.get("crop_pct", 0.9)), "crop_mode": "center"}
+        return {"crop_pct": crop_share(options, inputs), "crop_mode": "center"}
     return {}
 
 
@@ -152,7 +160,7 @@ def image_splits(
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
     options = transform_options(cfg, defaults)
-    crop_pct = float(options.get("crop_pct", 0.9))
+    crop_pct = crop_share(options, inputs)
     train_tf = make_transform(str(options["train"]), inputs, crop_pct)
     eval_tf = eval_transform(cfg, inputs, defaults)
     probe_kind = str(options.get("probe", "contrast"))

@@ -38,6 +38,7 @@ HUSKS = (
     "selection.safetensors",
     "adapter.safetensors",
     "checkpoints",
+    "data_split.json",
 )
 
 

@@ -87,6 +87,10 @@ class FineTuneModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.method.prepare(self.bundle)
+            # Train with the dropout and drop-path the model's config asks for, whatever mode its
+            # loader returned it in (transformers' from_pretrained returns eval mode; Lightning keeps
+            # a module's mode). Evaluation switches to eval mode and back on its own.
+            self.model.train()
             if self.settings.ema_decay:
                 self.ema = TrainableEMA(self.model, self.settings.ema_decay)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from ..data import check_data_present
+from ..data import input_kind as data_kind
+from ..models import input_kind as model_kind
 from .settings import ConfigError, method_settings, train_settings
 
 
@@ -29,7 +31,28 @@ def preflight(cfg: DictConfig) -> None:
             f"subsets={subsets} splits the probe batches into {subsets} parts but probe.max_batches={max_batches}; "
             f"raise probe.max_batches to at least {subsets} or lower subsets"
         )
+    check_fit(cfg)
     check_data_present(cfg.dataset, cfg.data_dir)
+
+
+KIND_WORDS = {"image": "images", "text": "texts"}
+EXAMPLES = {
+    "image": "an image model (model=timm model.name=<timm name>, or model=hf with a vision model)",
+    "text": "a text model (model=hf model.name=<transformers text model>)",
+}
+
+
+def check_fit(cfg: DictConfig) -> None:
+    """An image model on a text task, or the reverse: one line naming both, before either loads."""
+    holds = data_kind(cfg.dataset)
+    reads = model_kind(cfg.model)
+    if reads is None or reads == holds:
+        return
+    raise ConfigError(
+        f"dataset {cfg.dataset.name} holds {KIND_WORDS[holds]} but model {cfg.model.name} "
+        f"(model family {cfg.model.family}) reads {KIND_WORDS[reads]}; choose {EXAMPLES[holds]}, "
+        f"or a dataset of {KIND_WORDS[reads]}"
+    )
 
 
 def _grft_keys(method: str) -> tuple[str, ...]:

@@ -18,9 +18,10 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from grft.io import write_json_atomic
 from grft.tuner import current_selection
 
-from ..data import build_datasets
+from ..data import build_datasets, class_count
 from ..methods import make_method
 from ..models import base_of_run
 from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
@@ -36,6 +37,7 @@ from .settings import ConfigError, check_numbers, method_settings, train_setting
 from .sweep_summary import current_multirun
 
 log = logging.getLogger("grft")
+SPLIT_LISTING = "data_split.json"  # which file (or row) of your own data went to which split
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -225,13 +227,17 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
             "in place, full-size masks) on every rank: use trainer=ddp"
         )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    bundle = base_of_run(cfg)
+    num_classes = class_count(cfg.dataset, cfg.data_dir)  # your own data: read from its files
+    bundle = base_of_run(cfg, num_classes)
     splits = build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs)
-    if splits.num_classes != int(cfg.dataset.num_classes):
+    if splits.num_classes != num_classes:
         raise ConfigError(
             f"dataset.num_classes={cfg.dataset.num_classes} but the data at {cfg.data_dir} "
             f"has {splits.num_classes} classes"
         )
+    if splits.split_listing is not None and rank_zero_only.rank == 0:
+        # which item went to which split, where the run chose them (a held-out share of train)
+        write_json_atomic(run_dir / SPLIT_LISTING, splits.split_listing)
     settings = train_settings(cfg, splits.metrics)
     probe_cfg = cfg.probe
     datamodule = TaskDataModule(
@@ -346,6 +352,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         done=True,
         status="done",
         selection_file=_selection_file(method, module.model, run_dir),
+        class_names=list(splits.class_names) if splits.class_names is not None else None,
+        split_file=SPLIT_LISTING if splits.split_listing is not None else None,
     )
     write_record(run_dir, record)
     log.info("test %s | trainable %.2f%% | record %s", metrics, report.percent, run_dir / "record.json")

@@ -32,6 +32,7 @@ from .base import Method, freeze_all, load_running_statistics, unfreeze
 FORMAT = "grft-lora"
 VIT_TARGETS = ("qkv",)
 DECODER_TARGETS = ("q_proj", "v_proj")
+OTHER_TARGETS = (("query", "value"), ("q_lin", "v_lin"))
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,21 @@ class LoRAMethod(Method):
 
 
 def default_targets(model: nn.Module) -> tuple[str, ...]:
-    """The attention projections LoRA adapts by default: fused ``qkv`` (ViT) or ``q_proj`` + ``v_proj``."""
+    """The attention projections LoRA adapts by default: peft's own choice for a transformers model
+    type it knows (BERT's ``query``/``value``, GPT-2's ``c_attn``...), else fused ``qkv`` (timm ViT),
+    ``q_proj`` + ``v_proj`` (decoders), ``query`` + ``value`` (BERT-like) or ``q_lin`` + ``v_lin`` (DistilBERT)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in PEFT_TARGETS:
+        return tuple(PEFT_TARGETS[model_type])
     leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    for targets in (VIT_TARGETS, DECODER_TARGETS):
+    for targets in (VIT_TARGETS, DECODER_TARGETS, *OTHER_TARGETS):
         if set(targets) <= leaves:
             return targets
     raise ValueError(
-        "lora: found neither a 'qkv' nor 'q_proj'/'v_proj' linear layer; set method.targets=[...] to the "
-        "names of the linear layers to adapt"
+        "lora: found none of the usual attention projections (qkv, q_proj/v_proj, query/value, q_lin/v_lin); "
+        "set method.targets=[...] to the names of the linear layers to adapt"
     )
 
 

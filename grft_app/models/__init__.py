@@ -49,7 +49,7 @@ def build_model(model_cfg: Mapping, num_classes: int, *, pretrained: bool = True
     return module.build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
 
 
-def base_of_run(cfg: Mapping) -> ModelBundle:
+def base_of_run(cfg: Mapping, num_classes: int) -> ModelBundle:
     """A run's model before its method touches it: ``build_model`` right after seeding every generator
     with the run's seed (a tiny model's random weights and the new head come from it), pre-trained
     weights unless ``model.tiny``. The runner builds its model with it, and ``grft_app.trained``
@@ -60,7 +60,15 @@ def base_of_run(cfg: Mapping) -> ModelBundle:
     np.random.seed(seed)
     torch.manual_seed(seed)
     tiny = bool(cfg["model"].get("tiny", False))
-    return build_model(cfg["model"], int(cfg["dataset"]["num_classes"]), pretrained=not tiny, tiny=tiny)
+    return build_model(cfg["model"], num_classes, pretrained=not tiny, tiny=tiny)
 
 
-__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "base_of_run", "build_model"]
+def input_kind(model_cfg: Mapping) -> str | None:
+    """``image`` or ``text``: what the model reads, known without loading it (``None``: only its files say)."""
+    family = model_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"model family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[family]).input_kind(model_cfg)
+
+
+__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "base_of_run", "build_model", "input_kind"]

@@ -71,6 +71,10 @@ def source_checkpoint(cfg: Mapping) -> Path:
     return save_tensors(path, model.state_dict())
 
 
+def input_kind(cfg: Mapping) -> str:
+    return "image"
+
+
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
     from grft.io import load_tensors
 

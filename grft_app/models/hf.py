@@ -159,6 +159,24 @@ def image_inputs(processor, cfg: Mapping) -> InputSpec:
     )
 
 
+def input_kind(cfg: Mapping) -> str | None:
+    """``image`` or ``text`` from ``model.model_type`` or the model's config.json if it is here (a local
+    directory or the hub cache); ``None`` if only a download could say (then the data check after
+    loading says it)."""
+    model_type = cfg.get("model_type")
+    if not model_type:
+        from transformers import AutoConfig
+
+        try:
+            model_type = AutoConfig.from_pretrained(str(cfg["name"]), local_files_only=True).model_type
+        except (OSError, ValueError):
+            return None
+    try:
+        return "image" if is_vision(str(model_type)) else "text"
+    except ValueError:
+        return None
+
+
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
     from . import ModelBundle
 

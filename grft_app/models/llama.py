@@ -168,6 +168,10 @@ def load(cfg: Mapping, num_labels: int, weights: bool = True):
     return tokenizer, model
 
 
+def input_kind(cfg: Mapping) -> str:
+    return "text"
+
+
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
     from . import ModelBundle
 

@@ -36,6 +36,10 @@ def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
     return model
 
 
+def input_kind(cfg: Mapping) -> str:
+    return "image"
+
+
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
     import timm
 
