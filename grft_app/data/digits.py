@@ -82,6 +82,7 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
         probe=TwoViews(raw_train, train_tf),
         test=Transformed(raw_test, eval_tf),
         num_classes=len(classes),
+        class_names=tuple(str(c) for c in classes),  # class id i is the digit classes[i]
     )
 
 

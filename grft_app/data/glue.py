@@ -172,6 +172,7 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
         num_classes=num_classes,
         collate_fn=TextCollate(inputs.tokenizer, int(inputs.max_length)),
         metrics=tuple(cfg.get("metrics") or ("acc",)),
+        class_names=layout.label_names or tuple(str(i) for i in range(num_classes)),
     )
 
 
