@@ -25,38 +25,50 @@ from grft_app.data import build_datasets
 from grft_app.trained import load_run, logits_of
 from helpers.app_runs import run
 from helpers.fresh_load import load_in_fresh_interpreter
-from helpers.miniature import glue_expected, write_glue, write_vtab
+from helpers.miniature import write_glue, write_vtab
+from helpers.own_data import CLASSES, TEST_ROWS, TRAIN_ROWS, write_image_folder, write_table
 
-TIMM = ["dataset=eurosat", "model=timm", "model.name=vit_tiny_patch16_224"]
-HF = ["dataset=rte", "model=hf", "model.name=bert-base-uncased", "model.model_type=bert"]
+IMAGES = ["dataset=images", "model=timm", "model.name=vit_tiny_patch16_224"]
+TEXT = ["dataset=text", "model=hf", "model.name=bert-base-uncased", "model.model_type=bert"]
 RUNS = {
-    "timm_rows": [*TIMM, "selection=row"],
-    "hf_columns": [*HF, "selection=column"],
-    "timm_lora": [*TIMM, "method=lora"],
+    "timm_rows": [*IMAGES, "selection=row"],
+    "hf_columns": [*TEXT, "selection=column"],
+    "timm_lora": [*IMAGES, "method=lora"],
 }
 SLOW_RUNS = {
-    "timm_columns": [*TIMM, "selection=column"],
-    "hf_rows": [*HF, "selection=row"],
-    "hf_lora": [*HF, "method=lora", "method.targets=[query,value]"],
-    "resnet_full": ["dataset=eurosat", "model=timm", "model.name=resnet18", "method=full"],  # BatchNorm statistics
-    "timm_ssf": [*TIMM, "method=ssf"],
-    "timm_gps": [*TIMM, "method=gps", "lambda=0"],
-    "timm_bias": [*TIMM, "method=bias"],
-    "hf_linear": [*HF, "method=linear"],
+    "timm_columns": [*IMAGES, "selection=column"],
+    "hf_rows": [*TEXT, "selection=row"],
+    "hf_lora": [*TEXT, "method=lora"],
+    "resnet_full": ["dataset=images", "model=timm", "model.name=resnet18", "method=full"],  # BatchNorm statistics
+    "timm_ssf": [*IMAGES, "method=ssf"],
+    "timm_gps": [*IMAGES, "method=gps", "lambda=0"],
+    "timm_bias": [*IMAGES, "method=bias"],
+    "hf_linear": [*TEXT, "method=linear"],
+    "vtab_vit": ["dataset=eurosat", "model=timm", "model.name=vit_tiny_patch16_224"],  # a paper task's layout
+    "glue_bert": ["dataset=rte", "model=hf", "model.name=bert-base-uncased", "model.model_type=bert"],
+    "digits_vit": ["dataset=digits", "method=grft"],  # the embedded default's own small ViT (one channel)
 }
 
 
-def write_data(data_dir: Path) -> None:
-    write_vtab(data_dir, "eurosat", num_classes=10)
-    write_glue(data_dir, "rte", dev_rows=4)
+def write_data(data: Path) -> None:
+    write_image_folder(data / "images", {"train": 4, "test": 2})  # three classes, every image mode
+    write_table(data / "text" / "train.csv", TRAIN_ROWS)
+    write_table(data / "text" / "test.csv", TEST_ROWS)
+    write_vtab(data, "eurosat", num_classes=10)
+    write_glue(data, "rte", dev_rows=4)
 
 
 def train(root: Path, overrides: list[str]):
     data = root / "data"
     if not data.is_dir():
         write_data(data)
+    places = [f"dataset.root={data / 'images'}"] if "dataset=images" in overrides else []
+    if "dataset=text" in overrides:
+        places = [f"dataset.train={data / 'text' / 'train.csv'}", f"dataset.test={data / 'text' / 'test.csv'}"]
     # Every test item evaluated (debug=smoke alone tests two batches), lr high enough to move the head.
-    return run(root / "runs", *overrides, f"data_dir={data}", "k=1", "lr=0.05", "trainer.limit_test_batches=1.0")
+    return run(
+        root / "runs", *overrides, *places, f"data_dir={data}", "k=1", "lr=0.05", "trainer.limit_test_batches=1.0"
+    )
 
 
 def whole_test_split(trained) -> tuple[object, torch.Tensor]:
@@ -130,52 +142,65 @@ def test_exported_model_gives_the_runs_logits_and_test_accuracy_without_grft(exp
 def test_exported_timm_model_carries_its_arguments_labels_and_preprocessing(exported):
     root, cases, _ = exported
     config = json.loads((Path(cases["timm_rows"]["job"]["folder"]) / "config.json").read_text())
-    assert config["num_classes"] == 10 and config["label_names"] == [str(i) for i in range(10)]
+    assert config["num_classes"] == 3 and config["label_names"] == list(CLASSES)
     assert config["model_args"]["img_size"] in (32, [32, 32]) and config["model_args"]["embed_dim"] == 32
     pretrained = config["pretrained_cfg"]
     assert pretrained["input_size"] == [3, 32, 32] and pretrained["mean"] == [0.5] * 3
-    assert pretrained["crop_mode"] == "squash"  # VTAB's evaluation: a direct resize
+    assert pretrained["crop_mode"] == "center" and pretrained["crop_pct"] == 0.9  # images: resize, centre crop
 
 
 def test_exported_transformers_model_has_label_names_and_tokenizer(exported):
     _, cases, _ = exported
     folder = Path(cases["hf_columns"]["job"]["folder"])
     config = json.loads((folder / "config.json").read_text())
-    assert config["id2label"] == {"0": "entailment", "1": "not_entailment"}
-    assert config["label2id"] == {"entailment": 0, "not_entailment": 1}
+    assert config["id2label"] == {"0": "meh", "1": "neg", "2": "pos"}  # sorted string labels
+    assert config["label2id"] == {"meh": 0, "neg": 1, "pos": 2}
     assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def test_predict_on_the_test_images_gives_the_recorded_accuracy(exported, capsys):
     root, cases, _ = exported
     merged = cases["timm_rows"]["merged"]
-    folder = root / "data" / "vtab-1k" / "eurosat" / "imgs" / "test"
+    folder = root / "data" / "images" / "test"  # images in every mode: RGB, L, RGBA, P, CMYK
     out = root / "timm_predictions.csv"
     assert predict_cli.main([str(merged.run_dir), str(folder), "--out", str(out)]) == 0
-    rows = pd.read_csv(out, dtype={"class": str})
-    truth = [int(Path(p).parent.name.split()[-1]) for p in rows["input"]]  # .../class <label>/<file>
-    assert len(rows) == 10 and set(rows["class"]) <= set(merged.class_names)
-    assert (rows["probability"] > 0).all() and (rows["probability"] <= 1).all()
-    correct = sum(int(i == t) for i, t in zip(rows["class_index"], truth, strict=True)) / len(truth)
+    rows = pd.read_csv(out)
+    truth = [Path(p).parent.name for p in rows["input"]]  # .../test/<class>/<file>
+    assert len(rows) == 6 and set(rows["class"]) <= set(CLASSES)
+    assert [merged.class_names[i] for i in rows["class_index"]] == list(rows["class"])
+    assert (rows["probability"] > 1 / 3 - 1e-6).all() and (rows["probability"] <= 1).all()  # the largest of three
+    correct = sum(int(c == t) for c, t in zip(rows["class"], truth, strict=True)) / len(truth)
     assert correct == pytest.approx(merged.record.metrics[merged.final_test_key], abs=1e-6)
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 11 and printed[-1] == f"wrote 10 predictions to {out}"
+    assert len(printed) == 7 and printed[-1] == f"wrote 6 predictions to {out}"
 
 
-def test_predict_on_a_table_of_text_pairs_gives_the_recorded_accuracy(exported):
+def test_predict_on_the_test_table_gives_the_recorded_accuracy(exported):
     root, cases, _ = exported
     merged = cases["hf_columns"]["merged"]
-    texts, labels = glue_expected("rte")
-    table = root / "pairs.csv"
-    pd.DataFrame({"premise": [t for t, _ in texts[:4]], "hypothesis": [h for _, h in texts[:4]]}).to_csv(table)
+    table = root / "data" / "text" / "test.csv"  # text, text_pair (the run's columns), label
     out = root / "text_predictions.csv"
-    argv = [str(merged.run_dir), str(table), "--text-column", "premise", "--pair-column", "hypothesis"]
-    assert predict_cli.main([*argv, "--out", str(out)]) == 0
+    assert predict_cli.main([str(merged.run_dir), str(table), "--out", str(out)]) == 0
     rows = pd.read_csv(out)
-    assert list(rows["input"]) == [f"{table}:{n}" for n in range(2, 6)]
-    assert set(rows["class"]) <= {"entailment", "not_entailment"}
-    correct = sum(int(i == t) for i, t in zip(rows["class_index"], labels[:4], strict=True)) / 4
+    assert list(rows["input"]) == [f"{table}:{n}" for n in range(2, 2 + len(TEST_ROWS))]
+    assert list(rows["text"]) == [f"{t} | {p}" for t, p, _ in TEST_ROWS]  # both segments were read
+    correct = sum(int(c == label) for c, (_, _, label) in zip(rows["class"], TEST_ROWS, strict=True)) / len(rows)
     assert correct == pytest.approx(merged.record.metrics[merged.final_test_key], abs=1e-6)
+
+
+def test_predict_reads_text_lines_and_renamed_columns(exported, tmp_path):
+    _, cases, _ = exported
+    run_dir = str(cases["hf_columns"]["merged"].run_dir)
+    lines = tmp_path / "reviews.txt"
+    lines.write_text("great fun\n\nboring\n")
+    out = tmp_path / "lines.csv"
+    assert predict_cli.main([run_dir, str(lines), "--out", str(out)]) == 0
+    assert list(pd.read_csv(out)["input"]) == [f"{lines}:1", f"{lines}:3"]
+    table = tmp_path / "renamed.jsonl"
+    write_table(table, TEST_ROWS[:2], columns=("review", "summary", "stars"))
+    argv = [run_dir, str(table), "--text-column", "review", "--pair-column", "summary", "--out", str(out)]
+    assert predict_cli.main(argv) == 0
+    assert list(pd.read_csv(out)["text"]) == [f"{t} | {p}" for t, p, _ in TEST_ROWS[:2]]
 
 
 # --- bad input: one line, status 2, nothing written --------------------------------------------------------
@@ -189,7 +214,7 @@ def one_line_error(capsys, code: int, *fragments: str) -> None:
 def test_a_folder_that_is_not_a_finished_run_is_one_line(exported, tmp_path, capsys):
     _, cases, _ = exported
     run_dir = cases["timm_rows"]["merged"].run_dir
-    image = next((run_dir.parents[3] / "data").rglob("*.jpg"))
+    image = next((run_dir.parents[3] / "data" / "images").rglob("*.jpg"))
     one_line_error(capsys, predict_cli.main([str(tmp_path / "nope"), str(image)]), "is not a directory")
     one_line_error(capsys, predict_cli.main([str(tmp_path), str(image)]), "has no record.json", "run directory")
     unfinished = tmp_path / "unfinished"
@@ -204,7 +229,7 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(exported, tmp_path, cap
 def test_inputs_that_do_not_suit_the_run_are_one_line(exported, tmp_path, capsys):
     _, cases, _ = exported
     image_run, text_run = (str(cases[n]["merged"].run_dir) for n in ("timm_rows", "hf_columns"))
-    image = next(Path(cases["timm_rows"]["merged"].run_dir).parents[3].joinpath("data").rglob("*.jpg"))
+    image = next(Path(cases["timm_rows"]["merged"].run_dir).parents[3].joinpath("data", "images").rglob("*.jpg"))
     text = tmp_path / "lines.txt"
     text.write_text("a sentence\n")
     broken = tmp_path / "broken.png"
@@ -218,6 +243,7 @@ def test_inputs_that_do_not_suit_the_run_are_one_line(exported, tmp_path, capsys
         (image_run, [str(image), str(broken)], "cannot read"),
         (image_run, [str(tmp_path / "absent.jpg")], "does not exist"),
         (text_run, [str(table)], "has no column 'text'"),
+        (text_run, [str(tmp_path)], "is a folder, but this run's model takes text"),
     ]
     for run_dir, inputs, message in cases_:
         one_line_error(capsys, predict_cli.main([run_dir, *inputs, "--out", str(out)]), message)
@@ -248,13 +274,12 @@ def test_every_mergeable_method_exports_and_reloads_without_grft(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["adapter", "vpt_deep"])
 def test_a_method_that_cannot_merge_still_predicts_and_says_why_it_does_not_export(tmp_path, capsys, method):
-    _, run_dir = train(tmp_path, [*TIMM, f"method={method}"])
+    _, run_dir = train(tmp_path, [*IMAGES, f"method={method}"])
     trained = load_run(run_dir)
     assert not trained.merged and "no weight of the base model can hold" in trained.not_merged_because
     one_line_error(capsys, export_cli.main([str(run_dir), str(tmp_path / "out")]), "predict with the run itself")
     assert not (tmp_path / "out").exists()
-    folder = tmp_path / "data" / "vtab-1k" / "eurosat" / "imgs" / "test"
-    assert predict_cli.main([str(run_dir), str(folder)]) == 0
+    assert predict_cli.main([str(run_dir), str(tmp_path / "data" / "images" / "test")]) == 0
 
 
 @pytest.mark.slow
