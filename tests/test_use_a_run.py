@@ -37,6 +37,7 @@ RUNS = {
 }
 SLOW_RUNS = {
     "timm_columns": [*IMAGES, "selection=column"],
+    "timm_sparse": [*IMAGES, "selection=sparse"],
     "hf_rows": [*TEXT, "selection=row"],
     "hf_lora": [*TEXT, "method=lora"],
     "resnet_full": ["dataset=images", "model=timm", "model.name=resnet18", "method=full"],  # BatchNorm statistics
@@ -147,6 +148,23 @@ def test_exported_timm_model_carries_its_arguments_labels_and_preprocessing(expo
     pretrained = config["pretrained_cfg"]
     assert pretrained["input_size"] == [3, 32, 32] and pretrained["mean"] == [0.5] * 3
     assert pretrained["crop_mode"] == "center" and pretrained["crop_pct"] == 0.9  # images: resize, centre crop
+
+
+def test_exported_timm_preprocessing_is_the_runs_evaluation_transform(exported):
+    """timm's own transform from the exported config (as the README loads it) feeds what the run tested on."""
+    import timm
+
+    from grft_app.data import eval_transform
+    from grft_app.data.images import load_rgb
+
+    root, cases, _ = exported
+    merged = cases["timm_rows"]["merged"]
+    model = timm.create_model(f"local-dir:{cases['timm_rows']['job']['folder']}", pretrained=True)
+    theirs = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    ours = eval_transform(merged.cfg.dataset, merged.bundle.inputs)
+    for path in sorted((root / "data" / "images" / "test").rglob("*.*")):
+        image = load_rgb(path)
+        torch.testing.assert_close(theirs(image), ours(image), rtol=0, atol=1e-6)
 
 
 def test_exported_transformers_model_has_label_names_and_tokenizer(exported):
