@@ -311,6 +311,6 @@ def test_a_run_rebuilt_on_another_base_is_refused(tmp_path):
     trained = load_run(run_dir)
     other = copy.deepcopy(trained.cfg)
     other.seed = int(other.seed) + 1  # another tiny random base
-    bundle = base_of_run(other)
+    bundle = base_of_run(other, len(trained.class_names))
     with pytest.raises(AdapterMismatch, match="another base model"):
         grft.load_adapter(bundle.model, trained.adapter, arch=bundle.arch)

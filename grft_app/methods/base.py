@@ -206,7 +206,7 @@ def load_trained_tensors(model: nn.Module, path: str | Path, method: str) -> nn.
             f"{path} does not fit this model: tensors with no place in it {unknown[:3]}, trained tensors the file "
             f"lacks {absent[:3]}; it was saved from another base model or another method"
         )
-    check_shapes(path, tensors, trained)
+    check_shapes(path, {n: tensors[n] for n in trained}, trained)
     with torch.no_grad():
         for name, value in trained.items():
             value.copy_(tensors[name])
