@@ -17,8 +17,9 @@ A bad run directory or input is one line naming it and the fix, exit status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,21 +176,25 @@ def text_batch(items: list[Item], collate):
     return inputs
 
 
+def batch_maker(run) -> Callable[[list[Item]], object]:
+    """Items -> the model's input: images through the run's evaluation transform, texts through its tokenizer."""
+    if run.kind == "image":
+        from .data import eval_transform
+
+        return functools.partial(image_batch, transform=eval_transform(run.cfg.dataset, run.bundle.inputs))
+    from .data.glue import TextCollate
+
+    inputs = run.bundle.inputs
+    return functools.partial(text_batch, collate=TextCollate(inputs.tokenizer, int(inputs.max_length)))
+
+
 def predict(run, items: list[Item], batch_size: int = 32) -> list[dict]:
     """One row per input: ``input``, ``class``, ``class_index``, ``probability`` (and ``text`` for text)."""
     import torch
 
-    from .data import eval_transform
     from .trained import logits_of
 
-    if run.kind == "image":
-        transform = eval_transform(run.cfg.dataset, run.bundle.inputs)
-        make = lambda chunk: image_batch(chunk, transform)  # noqa: E731 - one line, two kinds of batch
-    else:
-        from .data.glue import TextCollate
-
-        collate = TextCollate(run.bundle.inputs.tokenizer, int(run.bundle.inputs.max_length))
-        make = lambda chunk: text_batch(chunk, collate)  # noqa: E731
+    make = batch_maker(run)
     device = next(run.model.parameters()).device
     rows = []
     with torch.no_grad():

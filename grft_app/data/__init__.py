@@ -4,7 +4,10 @@
 family's module (``FAMILIES``), which returns ``DataSplits``. Each family module says what it holds
 (``INPUT_KIND``: images or text), and may check its files before any model loads
 (``check_present``), name its classes from its files (``class_names``: your own data, whose class
-count is read, not configured), and give the run key its data's identity (``fingerprint``).
+count is read, not configured), and give the run key its data's identity (``fingerprint``). For
+using a trained run (``grft_app.predict``, ``grft_app.export``), an image family gives its evaluation
+transform for new images (``eval_transform``) and that transform in timm's terms (``eval_crop``), and a
+paper task may name its classes from its config (``label_names``).
 """
 
 from __future__ import annotations
