@@ -155,6 +155,10 @@ def test_text_columns_can_be_renamed(tmp_path):
     _, splits = read(overrides, tmp_path)
     assert splits.class_names == ("1", "3", "5")  # numbers sorted as numbers
     assert all(pair is None for _, pair, _ in as_rows(splits.train))  # text_pair not asked for: one segment
+    rows = splits.split_listing["rows_of_training_file"]  # a quarter of each label held out as the test split
+    assert sorted(TRAIN_ROWS[i][2] for i in rows["test"]) == ["meh", "neg", "pos"]
+    assert sorted(rows["train"] + rows["test"]) == list(range(len(TRAIN_ROWS)))
+    assert [TRAIN_ROWS[i][0] for i in rows["test"]] == [text for text, _, _ in as_rows(splits.test)]
     _, splits = read([*overrides, "dataset.columns.text_pair=summary"], tmp_path)
     assert all(pair is not None for _, pair, _ in as_rows(splits.train))
 

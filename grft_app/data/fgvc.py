@@ -99,7 +99,7 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
 
 def eval_transform(cfg: Mapping, inputs: InputSpec):
     """PIL image -> model input, as this family evaluates."""
-    return images.eval_transform(cfg, inputs, DEFAULT_TRANSFORM)
+    return images.task_transform("eval", cfg, inputs, DEFAULT_TRANSFORM)
 
 
 def eval_crop(cfg: Mapping, inputs: InputSpec) -> dict:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import images
-from .images import ImageItems, image_splits, require_images
+from .images import ImageItems, image_splits, require_images, task_transform
 from .own import OwnDataError, content_digest, held_out
 from .splits import DataSplits, InputSpec
 
@@ -210,6 +210,11 @@ def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
         return {"folder": str(root), "files": "unreadable"}
 
 
+def eval_transform(cfg: Mapping, inputs: InputSpec):
+    """PIL image -> the tensor the run evaluated (and predicts) with."""
+    return task_transform("eval", cfg, inputs, DEFAULT_TRANSFORM)
+
+
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     require_images(cfg, inputs)
     found = listing(cfg)
@@ -230,11 +235,6 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
         **{split: [path for path, _ in items] for split, items in found.splits.items()},
     }
     return splits
-
-
-def eval_transform(cfg: Mapping, inputs: InputSpec):
-    """PIL image -> model input, as runs on your own images evaluate."""
-    return images.eval_transform(cfg, inputs, DEFAULT_TRANSFORM)
 
 
 def eval_crop(cfg: Mapping, inputs: InputSpec) -> dict:

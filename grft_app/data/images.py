@@ -132,10 +132,12 @@ def crop_share(options: Mapping, inputs: InputSpec) -> float:
     return float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
 
 
-def eval_transform(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
-    """PIL image -> model input, as the run evaluates (its test split, and ``predict``'s images)."""
+def task_transform(role: str, cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
+    """The task's ``train``, ``eval`` or ``probe`` transform as ``cfg["transform"]`` names it (else ``defaults``);
+    what a run's predictions go through too (``eval``)."""
     options = transform_options(cfg, defaults)
-    return make_transform(str(options["eval"]), inputs, crop_share(options, inputs))
+    kind = options.get("probe", "contrast") if role == "probe" else options[role]
+    return make_transform(str(kind), inputs, crop_share(options, inputs))
 
 
 def eval_crop(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> dict:
@@ -159,12 +161,10 @@ def image_splits(
     defaults: Mapping[str, object] = (),
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
-    options = transform_options(cfg, defaults)
-    crop_pct = crop_share(options, inputs)
-    train_tf = make_transform(str(options["train"]), inputs, crop_pct)
-    eval_tf = eval_transform(cfg, inputs, defaults)
-    probe_kind = str(options.get("probe", "contrast"))
-    probe_tf = train_tf if probe_kind == "train" else make_transform(probe_kind, inputs, crop_pct)
+    train_tf = task_transform("train", cfg, inputs, defaults)
+    eval_tf = task_transform("eval", cfg, inputs, defaults)
+    probe_kind = str(transform_options(cfg, defaults).get("probe", "contrast"))
+    probe_tf = train_tf if probe_kind == "train" else task_transform("probe", cfg, inputs, defaults)
     num_classes = int(cfg["num_classes"])
     return DataSplits(
         train=Transformed(train, train_tf),

@@ -354,6 +354,7 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
         split_listing={
             "classes": texts.classes,
             "held_out_by": texts.held,
-            **{f"{split}_rows_of_train": rows for split, rows in texts.rows.items()},
+            # row numbers (from 0) of the training file in each split drawn from it
+            "rows_of_training_file": texts.rows,
         },
     )
