@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     library = library_of(run.model)
     accuracy = run.record.metrics.get(run.final_test_key) if run.record.metrics else None
-    tested = f"; the run's test accuracy: {100 * accuracy:.1f}%" if accuracy is not None else ""
+    tested = f"; its test accuracy at the end of training: {100 * accuracy:.1f}%" if accuracy is not None else ""
     print(f"wrote {run.record.method} run {run.run_dir} as a {library} model to {out_dir}{tested}")
     print(f"load it with: {loading_hint(library, out_dir, run)}")
     return 0
