@@ -169,8 +169,6 @@ def image_batch(items: list[Item], transform):
 
 
 def text_batch(items: list[Item], collate):
-    if len({item.pair is None for item in items}) > 1:
-        raise BadInput("some inputs have a second text segment and others not; give every input a pair, or none")
     inputs = collate([({"text": item.text, "text_pair": item.pair}, 0) for item in items])
     inputs.pop("labels")
     return inputs
@@ -236,7 +234,10 @@ def read_inputs(kind: str, args: argparse.Namespace, dataset_cfg: dict) -> list[
         return image_items(args.inputs)
     columns = dataset_cfg.get("columns") or {}  # a run on your own texts: its column names
     text_column = args.text_column or columns.get("text") or "text"
-    return text_items(args.inputs, text_column, args.pair_column, columns.get("text_pair"))
+    items = text_items(args.inputs, text_column, args.pair_column, columns.get("text_pair"))
+    if len({item.pair is None for item in items}) > 1:  # the tokenizer takes a batch of pairs or of single texts
+        raise BadInput("some inputs have a second text segment and others not; give every input a pair, or none")
+    return items
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
