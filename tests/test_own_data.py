@@ -341,7 +341,7 @@ def test_bad_own_data_is_one_line_before_any_model_loads(tmp_path, monkeypatch, 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the data was checked")
 
-    monkeypatch.setattr(runner, "build_model", no_model)
+    monkeypatch.setattr(runner, "base_of_run", no_model)
     make, model, named = BAD_INPUTS[case]
     (tmp_path / "data").mkdir()
     cfg = make_cfg(tmp_path / "runs", *make(tmp_path / "data"), *model)

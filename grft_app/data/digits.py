@@ -98,3 +98,15 @@ def source_dataset(cfg: Mapping, inputs: InputSpec) -> Dataset:
     """The pre-training task: every image of ``source_classes``, augmented."""
     images, labels = digit_tensors(list(cfg["source_classes"]))
     return Transformed(TensorDataset(images, labels), _Normalise(inputs, augment=True))
+
+
+def label_names(cfg: Mapping) -> list[str]:
+    """The digits the task's classes are (class ``i`` is digit ``target_classes[i]``)."""
+    return [str(c) for c in cfg.get("target_classes", range(10))]
+
+
+def eval_transform(cfg: Mapping, inputs: InputSpec):
+    """PIL image -> model input as the test split is fed: grey, 8x8 (area-averaged), in [0, 1], then normalised."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Grayscale(), T.Resize((8, 8), antialias=True), T.ToTensor(), _Normalise(inputs, augment=False)])

@@ -180,3 +180,9 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
         metrics=tuple(cfg.get("metrics") or ("acc",)),
         class_names=layout.label_names or tuple(str(i) for i in range(num_classes)),
     )
+
+
+def label_names(cfg: Mapping) -> list[str] | None:
+    """The task's label names where its files use names (RTE); ``None`` where labels are integers."""
+    layout = LAYOUTS.get(str(cfg.get("layout", cfg.get("name"))))
+    return list(layout.label_names) if layout is not None and layout.label_names else None

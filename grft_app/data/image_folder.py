@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import images
 from .images import ImageItems, image_splits, require_images, task_transform
 from .own import OwnDataError, content_digest, held_out
 from .splits import DataSplits, InputSpec
@@ -234,3 +235,8 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
         **{split: [path for path, _ in items] for split, items in found.splits.items()},
     }
     return splits
+
+
+def eval_crop(cfg: Mapping, inputs: InputSpec) -> dict:
+    """The evaluation transform in timm's data-config terms."""
+    return images.eval_crop(cfg, inputs, DEFAULT_TRANSFORM)

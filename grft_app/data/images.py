@@ -144,20 +144,36 @@ def require_images(cfg: Mapping, inputs: InputSpec) -> None:
 
 
 def transform_options(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
+    """The transform names of ``cfg["transform"]``, each falling back to the family's ``defaults``."""
     return {**dict(defaults), **dict(cfg.get("transform") or {})}
+
+
+def crop_share(options: Mapping, inputs: InputSpec) -> float:
+    """``transform.crop_pct``; null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9."""
+    crop_pct = options.get("crop_pct")
+    return float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
 
 
 def task_transform(role: str, cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
     """The task's ``train``, ``eval`` or ``probe`` transform as ``cfg["transform"]`` names it (else ``defaults``);
     what a run's predictions go through too (``eval``)."""
     options = transform_options(cfg, defaults)
-    # null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9
-    crop_pct = options.get("crop_pct")
-    crop_pct = float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
     kind = options.get("probe", "contrast") if role == "probe" else options[role]
     # the random crops' interpolation (training and probe; None: the model's; ``random``: drawn per crop)
     crops = None if role == "eval" else options.get("augment_interpolation")
-    return make_transform(str(kind), inputs, crop_pct, crops)
+    return make_transform(str(kind), inputs, crop_share(options, inputs), crops)
+
+
+def eval_crop(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> dict:
+    """The evaluation transform in timm's data-config terms (``crop_pct``, ``crop_mode``), for an exported
+    model's config; ``{}`` for a transform timm has no words for."""
+    options = transform_options(cfg, defaults)
+    kind = str(options["eval"])
+    if kind == "resize":
+        return {"crop_pct": 1.0, "crop_mode": "squash"}
+    if kind == "resize_crop":
+        return {"crop_pct": crop_share(options, inputs), "crop_mode": "center"}
+    return {}
 
 
 def image_splits(

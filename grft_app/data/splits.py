@@ -26,6 +26,7 @@ class InputSpec:
     crop_pct: float | None = None  # the model's pretrained centre-crop share (timm); None: the task's own
     tokenizer: Any = None
     max_length: int = 256
+    processor: Any = None  # a transformers image processor, where the model came with one (``export`` saves it)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from grft.tuner import current_selection
 
 from ..data import build_datasets, class_count
 from ..methods import make_method
-from ..models import build_model
+from ..models import base_of_run
 from ..record import Budget, Launch, Params, RunRecord, Timings, read_record, write_record
 from ..tune.stages import FINAL, TRIAL, stage_of, tuning_of, with_val_in_train
 from .checkpoints import ChecksummedCheckpointIO
@@ -264,9 +264,8 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
             "in place, full-size masks) on every rank: use trainer=ddp"
         )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    tiny = bool(cfg.model.get("tiny", False))
     num_classes = class_count(cfg.dataset, cfg.data_dir)  # your own data: read from its files
-    bundle = build_model(cfg.model, num_classes, pretrained=not tiny, tiny=tiny)
+    bundle = base_of_run(cfg, num_classes)
     budget = size_budget(cfg, bundle)
     if budget is not None:
         method = make_method(method_settings(cfg, budget.k))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,7 +21,10 @@ from grft.config import GRFTConfig
 
 from ..data.identity import data_identity
 from ..methods import MethodSettings, method_class
-from .module import Protocol, TrainSettings
+from .schedule import Protocol
+
+if TYPE_CHECKING:
+    from .module import TrainSettings
 
 # Keys that change where or how a run is shown or launched, not what it computes.
 NOT_IN_KEY = (
@@ -226,6 +229,8 @@ def protocol_settings(cfg: DictConfig) -> Protocol:
 
 
 def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
+    from .module import TrainSettings  # Lightning: imported only where training is set up
+
     for key in ("lr", "batch_size", "epochs"):
         if not float(cfg[key]) > 0:
             raise ConfigError(f"{key} must be > 0, got {cfg[key]!r}")

@@ -9,9 +9,12 @@ model of the same family (for ``debug=smoke`` and tests): same layer types, same
 from __future__ import annotations
 
 import importlib
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from torch import nn
 
 from grft.targets import Architecture
@@ -46,6 +49,20 @@ def build_model(model_cfg: Mapping, num_classes: int, *, pretrained: bool = True
     return module.build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
 
 
+def base_of_run(cfg: Mapping, num_classes: int) -> ModelBundle:
+    """A run's model before its method touches it: ``build_model`` right after seeding every generator
+    with the run's seed (a tiny model's random weights and the new head come from it), pre-trained
+    weights unless ``model.tiny``. The runner builds its model with it, and ``grft_app.trained``
+    rebuilds a finished run's base with it, so the run's adapter finds the weights it was trained from.
+    """
+    seed = int(cfg["seed"])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tiny = bool(cfg["model"].get("tiny", False))
+    return build_model(cfg["model"], num_classes, pretrained=not tiny, tiny=tiny)
+
+
 def input_kind(model_cfg: Mapping) -> str | None:
     """``image`` or ``text``: what the model reads, known without loading it (``None``: only its files say)."""
     family = model_cfg.get("family")
@@ -54,4 +71,4 @@ def input_kind(model_cfg: Mapping) -> str | None:
     return importlib.import_module(FAMILIES[family]).input_kind(model_cfg)
 
 
-__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "build_model", "input_kind"]
+__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "base_of_run", "build_model", "input_kind"]

@@ -151,6 +151,7 @@ def image_inputs(processor, cfg: Mapping) -> InputSpec:
     side = cfg.get("img_size") or size.get("height") or size.get("shortest_edge") or 224
     return InputSpec(
         kind="image",
+        processor=processor,
         img_size=int(side),
         mean=tuple(cfg.get("mean") or getattr(processor, "image_mean", None) or (0.5, 0.5, 0.5)),
         std=tuple(cfg.get("std") or getattr(processor, "image_std", None) or (0.5, 0.5, 0.5)),
