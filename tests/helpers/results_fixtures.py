@@ -12,8 +12,8 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from experiments.paper.compose import Composer, run_dir
-from grft_app.paths import ROOT
 from grft_app.identity import RESULTS_VERSION
+from grft_app.paths import ROOT
 from grft_app.record import CodeFacts, Params, RunRecord, Timings, write_record
 
 # Class counts of the paper's benchmarks (FGVC, VTAB-1k, GLUE): facts about the datasets.
