@@ -135,9 +135,14 @@ def _unused_by(method: str | None) -> tuple[str, ...]:
     return unused + (PROBE_KEYS if cls.needs_probe is Method.needs_probe else ())
 
 
-def run_identity(config: Mapping, results_version: Any = RESULTS_VERSION) -> dict[str, Any]:
+_CURRENT = object()
+
+
+def run_identity(config: Mapping, results_version: Any = _CURRENT) -> dict[str, Any]:
     """The settings of a resolved ``config`` (a plain mapping) that decide its run's result, flat and
-    normalised, with ``results_version`` (a record's own; by default the code's)."""
+    normalised, with ``results_version`` (a record's own; by default the code's, ``RESULTS_VERSION``)."""
+    if results_version is _CURRENT:
+        results_version = RESULTS_VERSION
     method = (config.get("method") or {}).get("name") if isinstance(config.get("method"), Mapping) else None
     left_out = NOT_IDENTITY + _unused_by(method)
     ident = {key: normal(value) for key, value in flatten(config).items() if not _within(key, left_out)}

@@ -20,12 +20,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grft_app.identity import RESULTS_VERSION, cell_identity, run_identity
+from grft_app.identity import cell_identity, run_identity
 from grft_app.record import CorruptRecord, RunRecord, iter_records
 
 
-def identity(config: DictConfig | Mapping, results_version: Any = RESULTS_VERSION) -> dict[str, Any]:
-    """The cell a config fills: its run identity less the seed (flat ``dotted.key -> value``)."""
+def resolved(config: DictConfig | Mapping) -> Mapping:
+    """A composed config as a plain resolved mapping (a record's config already is one)."""
     if isinstance(config, DictConfig):
         # run_name (and hydra.*) interpolate the run key, which needs the whole root: drop them first.
         config = copy.copy(config)
@@ -33,12 +33,17 @@ def identity(config: DictConfig | Mapping, results_version: Any = RESULTS_VERSIO
             for key in ("hydra", "run_name"):
                 config.pop(key, None)
         config = OmegaConf.to_container(config, resolve=True)
-    return cell_identity(run_identity(config, results_version))
+    return config
+
+
+def identity(config: DictConfig | Mapping) -> dict[str, Any]:
+    """The cell a config fills: its run identity (under this code's results version) less the seed."""
+    return cell_identity(run_identity(resolved(config)))
 
 
 def record_identity(record: RunRecord) -> dict[str, Any]:
     """The cell a record fills, under the results version it was written with (``None``: before records said)."""
-    return identity(record.config, record.code.results_version if record.code else None)
+    return cell_identity(run_identity(record.config, record.code.results_version if record.code else None))
 
 
 def matches(expected: Mapping[str, Any], record_identity: Mapping[str, Any]) -> bool:
