@@ -66,11 +66,14 @@ class _Mismatch(ValueError):
 
 @dataclass
 class CodeFacts:
-    """The code that ran: the package version (in the run key) and the checkout's commit (provenance only)."""
+    """The code that ran: its results version (``grft_app.identity.RESULTS_VERSION``, in the run key; the
+    tables match only records of the current one; ``None`` in records written before it existed), the
+    package version and the checkout's commit (provenance only)."""
 
     version: str | None = field(default=None, metadata=KEEP_NULL)
     commit: str | None = field(default=None, metadata=KEEP_NULL)
     uncommitted_changes: bool | None = field(default=None, metadata=KEEP_NULL)
+    results_version: int | None = None
 
 
 @dataclass

@@ -336,8 +336,8 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     stale = index.unmatched(target.tasks, methods)
     if stale:
         notes.append(
-            f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings), "
-            f"e.g. {stale[0].run_dir}."
+            f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings, "
+            f"or another results version), e.g. {stale[0].run_dir}."
         )
     return notes
 

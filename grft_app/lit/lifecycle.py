@@ -36,6 +36,7 @@ import lightning as L
 from grft import __version__
 from grft.io import write_json_atomic
 
+from ..identity import RESULTS_VERSION
 from ..paths import ROOT
 from ..record import HISTORY_DIR, RECORD_NAME, CodeFacts
 
@@ -166,7 +167,7 @@ def resume_point(run_dir: Path) -> Path | None:
 
 
 def code_facts() -> CodeFacts:
-    """The package version (in the run key) and the checkout's commit (provenance only)."""
+    """The results version (in the run key), the package version and the checkout's commit (provenance)."""
     commit, dirty = None, None
     try:
         commit = subprocess.run(
@@ -183,7 +184,7 @@ def code_facts() -> CodeFacts:
         )
     except (OSError, subprocess.SubprocessError):
         pass
-    return CodeFacts(version=__version__, commit=commit, uncommitted_changes=dirty)
+    return CodeFacts(version=__version__, commit=commit, uncommitted_changes=dirty, results_version=RESULTS_VERSION)
 
 
 LAUNCH_KEYS = {"started_at", "resumed", "train_s", "steps", "outcome"}

@@ -2,47 +2,29 @@
 
 Also the run key: a short hash of everything that decides a run's result, so a run's directory is
 the same every time the same configuration is launched (re-launching resumes or skips it) and two
-different configurations never share one. Besides the config, the key holds the data's identity
-(the task folder's resolved path and a hash of its split files, ``grft_app.data.identity``) and the
-code version (``grft.__version__``: raise it when a change alters the numbers). The git commit is
-not in the key, so a run resumes across commits that do not change results; the record keeps it.
+different configurations never share one. Which settings count is ``grft_app.identity``'s rule
+(the tables match records by the same rule); besides them, the key holds the data's identity (the
+task folder's resolved path and a hash of its split files, ``grft_app.data.identity``) and the
+results version (``grft_app.identity.RESULTS_VERSION``: raised when a change alters the numbers,
+which the golden test notices). Neither ``grft.__version__`` nor the git commit is in the key, so a
+run resumes across commits that do not change results; the record keeps both.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from grft import __version__
 from grft.config import GRFTConfig
 
 from ..data.identity import data_identity
-from ..methods import MethodSettings, method_class
+from ..identity import run_key as identity_key
+from ..methods import MethodSettings
 from .schedule import Protocol
 
 if TYPE_CHECKING:
     from .module import TrainSettings
-
-# Keys that change where or how a run is shown or launched, not what it computes.
-NOT_IN_KEY = (
-    "paths",
-    "logger",
-    "data_dir",
-    "num_workers",
-    "cpu_threads",
-    "force",
-    "baselines",
-    "progress",
-    "tags",
-    "trace_memory_every",
-    "model.cache_dir",
-)
-
-
-GRFT_KEYS = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
 
 
 class ConfigError(ValueError):
@@ -65,6 +47,7 @@ def check_recipe(cfg) -> None:
 
 
 def run_key(root: DictConfig) -> str:
+    """The run key of a composed config (``grft_app.identity.run_key`` of it resolved, with its data)."""
     container = OmegaConf.to_container(root, resolve=False)
     try:
         check_recipe(container)
@@ -76,23 +59,7 @@ def run_key(root: DictConfig) -> str:
     container.pop("hydra", None)
     container.pop("run_name", None)
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
-    resolved["data"] = data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir")))
-    resolved["code_version"] = __version__
-    for dotted in NOT_IN_KEY:
-        *parents, leaf = dotted.split(".")
-        node = resolved
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    if resolved.get("share") is None:  # the budget key is new: runs without one keep the keys they had
-        resolved.pop("share", None)
-    # A baseline ignores GRFT's keys: the same baseline run serves every GRFT setting.
-    used = method_class(resolved["method"]["name"]).grft_keys
-    for key in GRFT_KEYS:
-        if key not in used:
-            resolved.pop(key, None)
-    return hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return identity_key(resolved, data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir"))))
 
 
 def register_resolvers() -> None:
