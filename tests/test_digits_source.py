@@ -23,10 +23,17 @@ def test_the_default_recipe_loads_the_shipped_weights_without_pretraining(tmp_pa
     assert not (tmp_path / "empty").exists()  # nothing trained, nothing cached
 
 
-def test_another_source_recipe_is_pretrained_here(tmp_path, monkeypatch):
+@pytest.mark.parametrize("override", ["model.source_epochs=1", "model.source_weights=train"])
+def test_another_source_recipe_or_source_weights_train_is_pretrained_here(tmp_path, monkeypatch, override):
     import grft_app.data.digits as digits_data
 
     monkeypatch.setattr(digits_data, "source_dataset", no_pretraining)
-    cfg = make_cfg(tmp_path / "runs", f"paths.cache={tmp_path / 'empty'}", "model.source_epochs=1")
+    cfg = make_cfg(tmp_path / "runs", f"paths.cache={tmp_path / 'empty'}", override)
     with pytest.raises(AssertionError, match="pre-trained here"):
+        digits.source_checkpoint(cfg.model)
+
+
+def test_an_unknown_source_weights_value_is_an_error_naming_the_choices(tmp_path):
+    cfg = make_cfg(tmp_path / "runs", "model.source_weights=downloaded")
+    with pytest.raises(ValueError, match="use shipped or train"):
         digits.source_checkpoint(cfg.model)

@@ -45,7 +45,8 @@ def make_vit(cfg: Mapping, num_classes: int):
 
 
 def source_checkpoint(cfg: Mapping) -> Path:
-    """The source-task weights: a cached copy, else the shipped one of this recipe, else trained here (seconds)."""
+    """The source-task weights: the shipped ones of this recipe (``source_weights: shipped``), else a copy
+    trained here earlier and cached, else trained here now (seconds) and cached."""
     from grft.io import save_tensors
 
     from ..data.digits import source_dataset
@@ -55,11 +56,14 @@ def source_checkpoint(cfg: Mapping) -> Path:
     }
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:10]
     name = f"digits_vit_source_{key}.safetensors"
+    weights = str(cfg.get("source_weights", "shipped"))
+    if weights not in ("shipped", "train"):
+        raise ValueError(f"model.source_weights={weights!r} is unknown; use shipped or train")
+    if weights == "shipped" and (SHIPPED / name).is_file():
+        return SHIPPED / name
     path = Path(cfg.get("cache_dir", ".cache/grft")) / name
     if path.is_file():
         return path
-    if (SHIPPED / name).is_file():
-        return SHIPPED / name
     torch.manual_seed(int(cfg.get("source_seed", 0)))
     classes = list(cfg["source_classes"])
     model = make_vit(cfg, len(classes))
