@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from ..data import check_data_present
 from ..data import input_kind as data_kind
 from ..models import input_kind as model_kind
+from ..models import timm_vit
 from .settings import ConfigError, method_settings, train_settings
 
 
@@ -34,6 +35,7 @@ def preflight(cfg: DictConfig) -> None:
             f"raise probe.max_batches to at least {subsets} or lower subsets"
         )
     check_fit(cfg)
+    check_method_fits(cfg)
     check_data_present(cfg.dataset, cfg.data_dir)
 
 
@@ -72,3 +74,16 @@ def _grft_keys(method: str) -> tuple[str, ...]:
     from ..methods import method_class
 
     return method_class(method).grft_keys
+
+
+def check_method_fits(cfg: DictConfig) -> None:
+    """A baseline that knows only timm's ViT (adapter, vpt_*, ssf) on another model: one line, before it loads."""
+    from ..methods import method_class
+    from ..methods.vit_only import GENERIC_METHODS
+
+    name = str(cfg.method.name)
+    if method_class(name).timm_vit_only and timm_vit(cfg.model) is False:
+        raise ConfigError(
+            f"method {name} supports timm ViT models, but model {cfg.model.name} (model family {cfg.model.family}) "
+            f"is not one; for other models use {', '.join(GENERIC_METHODS)}"
+        )

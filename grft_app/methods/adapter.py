@@ -64,6 +64,7 @@ class AdapterMethod(Method):
     """Bottleneck adapters (``method.bottleneck``, ``method.placement``) + head."""
 
     name = "adapter"
+    timm_vit_only = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         config = self.options_as(AdapterConfig)

@@ -54,6 +54,8 @@ class Method:
     grft_keys: tuple[str, ...] = ()
     # Whether the method handles a head made of several modules (DistilBERT, DeBERTa-v2).
     several_head_modules = False
+    # Whether the method knows only timm's VisionTransformer layout (checked before the model loads).
+    timm_vit_only = False
 
     def __init__(self, settings: MethodSettings):
         self.settings = settings

@@ -27,6 +27,7 @@ class SSFMethod(Method):
     """A scale and a shift per feature after every linear layer and LayerNorm + head."""
 
     name = "ssf"
+    timm_vit_only = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)

@@ -40,6 +40,7 @@ class VPTMethod(Method):
     """Prompt tokens (``method.length``; shallow: once before the blocks, deep: per block) + head."""
 
     name = "vpt"
+    timm_vit_only = True
     deep = False
 
     def configure(self, bundle: ModelBundle) -> nn.Module:

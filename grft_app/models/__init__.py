@@ -71,4 +71,17 @@ def input_kind(model_cfg: Mapping) -> str | None:
     return importlib.import_module(FAMILIES[family]).input_kind(model_cfg)
 
 
-__all__ = ["FAMILIES", "ModelBundle", "ModelUnavailableError", "base_of_run", "build_model", "input_kind"]
+def timm_vit(model_cfg: Mapping) -> bool | None:
+    """Whether the model is a timm VisionTransformer, known without loading it (``None``: unknown)."""
+    return importlib.import_module(FAMILIES[model_cfg.get("family")]).timm_vit(model_cfg)
+
+
+__all__ = [
+    "FAMILIES",
+    "ModelBundle",
+    "ModelUnavailableError",
+    "base_of_run",
+    "build_model",
+    "input_kind",
+    "timm_vit",
+]

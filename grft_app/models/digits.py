@@ -83,6 +83,11 @@ def source_checkpoint(cfg: Mapping) -> Path:
     return save_tensors(path, model.state_dict())
 
 
+def timm_vit(cfg: Mapping) -> bool:
+    """Whether the model is a timm VisionTransformer (what the ViT-only baselines need)."""
+    return True
+
+
 def input_kind(cfg: Mapping) -> str:
     return "image"
 

@@ -159,6 +159,11 @@ def image_inputs(processor, cfg: Mapping) -> InputSpec:
     )
 
 
+def timm_vit(cfg: Mapping) -> bool:
+    """Whether the model is a timm VisionTransformer (what the ViT-only baselines need)."""
+    return False
+
+
 def input_kind(cfg: Mapping) -> str | None:
     """``image`` or ``text`` from ``model.model_type`` or the model's config.json if it is here (a local
     directory or the hub cache); ``None`` if only a download could say (then the data check after

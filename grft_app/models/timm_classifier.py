@@ -133,6 +133,15 @@ def input_spec(model, cfg: Mapping) -> InputSpec:
     )
 
 
+def timm_vit(cfg: Mapping) -> bool | None:
+    """Whether ``model.name`` builds a timm VisionTransformer (on the meta device: no memory, no download);
+    ``None`` for a name timm does not know (building it says so)."""
+    try:
+        return model_class(str(cfg["name"])) == "VisionTransformer"
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
 def input_kind(cfg: Mapping) -> str:
     return "image"
 
