@@ -133,13 +133,33 @@ def _recompute_recipe(x: torch.Tensor):
     return None
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` whose result is never a view, so the model may edit it in place.
+
+    For an input of 3 or more dimensions ``F.linear`` multiplies the flattened input and returns a
+    view of that product, and autograd forbids in-place edits of a custom Function's output that is
+    a view (Swin-V2 scales it, NaFlexViT, Longformer and RoCBert add to it). Here the product is
+    written straight into a tensor of the output's shape: the same one ``addmm``/``mm`` call.
+    """
+    if x.dim() <= 2 or not x.is_contiguous():
+        y = F.linear(x, weight, bias)
+        return y.clone() if y._is_view() else y  # a transposed/strided input: rare, and copied
+    y = x.new_empty(*x.shape[:-1], weight.shape[0])
+    flat_x, flat_y = x.view(-1, x.shape[-1]), y.view(-1, weight.shape[0])
+    if bias is None:
+        torch.mm(flat_x, weight.t(), out=flat_y)
+    else:
+        torch.addmm(bias, flat_x, weight.t(), out=flat_y)
+    return y
+
+
 class _SlicedLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, bias, weight, index, kind):
         dtype = compute_dtype(x)
         with _without_autocast(x.device.type):
             xc = _cast(x, dtype)
-            y = F.linear(xc, _cast(weight, dtype), _cast(bias, dtype))
+            y = _linear(xc, _cast(weight, dtype), _cast(bias, dtype))
         ctx.recompute = None
         if kind == "column":
             ctx.save_for_backward(index, xc.index_select(-1, index))

@@ -1,0 +1,179 @@
+"""A tiny random model of every transformers ``*ForSequenceClassification`` / ``*ForImageClassification``.
+
+Each class's config is its library default with the sizes shrunk by name (layers, heads, widths,
+per-stage lists), so the model is small enough for a CPU; the batch is the model's main input
+(token ids with right padding, images, or audio) with repeating labels.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+NUM_LABELS = 3
+LABELS = (0, 1, 2, 0, 1, 2)
+TOKENS = 12
+IMAGE_SIDE = 32
+AUDIO_SAMPLES = 1600
+SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
+
+# Sizes by config attribute name. Widths are multiples of every head count used.
+LAYERS = 2
+HEADS = 2
+WIDTH = 32
+FFN = 64
+SIZES = {
+    **dict.fromkeys(
+        (
+            "num_hidden_layers",
+            "num_layers",
+            "n_layer",
+            "n_layers",
+            "encoder_layers",
+            "decoder_layers",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "num_blocks",
+            "num_self_attends_per_block",
+        ),
+        LAYERS,
+    ),
+    **dict.fromkeys(
+        (
+            "num_attention_heads",
+            "n_head",
+            "n_heads",
+            "encoder_attention_heads",
+            "decoder_attention_heads",
+            "num_heads",
+            "num_cross_attention_heads",
+            "num_self_attention_heads",
+        ),
+        HEADS,
+    ),
+    "num_key_value_heads": 1,
+    **dict.fromkeys(
+        ("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "d_latents", "word_embed_proj_dim"), WIDTH
+    ),
+    **dict.fromkeys(
+        (
+            "intermediate_size",
+            "ffn_dim",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+            "d_ff",
+            "n_inner",
+            "hidden_dim",
+            "decoder_hidden_size",
+        ),
+        FFN,
+    ),
+    "head_dim": WIDTH // HEADS,
+    "num_latents": 8,
+    "image_size": IMAGE_SIDE,
+    "max_position_embeddings": 128,
+    "vocab_size": 1000,
+}
+# Per-stage lists of hierarchical vision models: depths shrink to 1, widths and heads to small values.
+STAGE_LISTS = {
+    "depths": 1,
+    "num_heads": 1,
+    "hidden_sizes": 16,
+    "embed_dims": 16,
+    "embedding_dims": 16,
+    "hidden_dims": 16,
+    "num_attention_heads": 1,
+    "depth": 1,
+}
+
+
+def class_names() -> list[str]:
+    import transformers
+
+    return sorted(
+        n
+        for n in dir(transformers)
+        if n.endswith(SUFFIXES) and not n.startswith(("Auto", "TF", "Flax")) and n[0].isupper()
+    )
+
+
+def tiny_config(cls):
+    config = cls.config_class()
+    for key, value in SIZES.items():
+        current = getattr(config, key, None)
+        if not isinstance(current, int) or isinstance(current, bool):
+            continue
+        if key in ("max_position_embeddings", "vocab_size") and current <= value:
+            continue
+        _set(config, key, value)
+    for key, value in STAGE_LISTS.items():
+        current = getattr(config, key, None)
+        if isinstance(current, (list, tuple)) and current and all(isinstance(v, int) for v in current):
+            _set(config, key, [value] * len(current))
+    config.num_labels = NUM_LABELS
+    for key in ("pad_token_id",):
+        if getattr(config, key, None) is None or getattr(config, key) >= getattr(config, "vocab_size", 10**9):
+            setattr(config, key, 0)
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    return config
+
+
+def _set(config, key: str, value) -> None:
+    try:
+        setattr(config, key, value)
+    except AttributeError:  # a property computed from other sizes (Falcon's head_dim)
+        pass
+
+
+def batch_for(model) -> dict:
+    g = torch.Generator().manual_seed(0)
+    config = model.config
+    name = model.main_input_name
+    batch: dict = {"labels": torch.tensor(LABELS)}
+    n = len(LABELS)
+    if name == "input_ids":
+        vocab = min(getattr(config, "vocab_size", 100), 100)
+        ids = torch.randint(4, vocab, (n, TOKENS), generator=g)
+        mask = torch.ones_like(ids)
+        mask[::2, TOKENS - 3 :] = 0  # right padding
+        ids[mask == 0] = config.pad_token_id if config.pad_token_id is not None else 0
+        batch.update(input_ids=ids, attention_mask=mask)
+    elif name == "pixel_values":
+        channels = getattr(config, "num_channels", 3)
+        side = getattr(config, "image_size", IMAGE_SIDE)
+        side = side[0] if isinstance(side, (list, tuple)) else side
+        batch["pixel_values"] = torch.randn(n, channels, side, side, generator=g)
+    elif name == "input_values":
+        batch["input_values"] = torch.randn(n, AUDIO_SAMPLES, generator=g)
+    elif name == "input_features":
+        size = getattr(config, "feature_projection_input_dim", None) or getattr(config, "feature_size", 80)
+        batch["input_features"] = torch.randn(n, 64, size, generator=g)
+    elif name == "inputs":  # Perceiver: ids or images by its preprocessor
+        if "Image" in type(model).__name__:
+            side = getattr(config, "image_size", IMAGE_SIDE)
+            batch["inputs"] = torch.randn(n, 3, side, side, generator=g)
+        else:
+            batch["inputs"] = torch.randint(4, 100, (n, TOKENS), generator=g)
+    else:
+        raise ValueError(f"no tiny input for main input {name!r}")
+    return batch
+
+
+def build(class_name: str):
+    """``(model, batch)`` for the transformers class ``class_name``, tiny and random."""
+    import transformers
+
+    cls = getattr(transformers, class_name)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = cls(tiny_config(cls)).eval()
+    batch = batch_for(model)
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    logits = out.logits if hasattr(out, "logits") else out
+    if logits.shape[0] != len(LABELS):
+        raise ValueError(f"logits of shape {tuple(logits.shape)} for {len(LABELS)} examples")
+    return model, batch
