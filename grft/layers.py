@@ -343,6 +343,19 @@ class SlicedLinear(SlicedLayer, nn.Linear):
         return _SlicedLinearFn.apply(x, self.grft_delta, self.bias, self.weight, self.grft_index, self.grft_kind)
 
 
+def numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """A Conv2d's zero padding as numbers: ``"valid"`` is none, ``"same"`` is symmetric when every
+    ``dilation * (kernel - 1)`` is even (else None: PyTorch pads one side more)."""
+    if isinstance(conv.padding, tuple):
+        return conv.padding
+    if conv.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    if conv.padding == "same" and all(t % 2 == 0 for t in total):
+        return (total[0] // 2, total[1] // 2)
+    return None
+
+
 class SlicedConv2d(SlicedLayer, nn.Conv2d):
     """``nn.Conv2d`` (groups=1) seen as an ``[out, in*kh*kw]`` matrix with a trainable slice."""
 
@@ -362,6 +375,7 @@ class SlicedConv2d(SlicedLayer, nn.Conv2d):
             "_reversed_padding_repeated_twice",
         ):
             setattr(self, attr, getattr(base, attr))
+        self.padding = numeric_padding(base)
         self.weight, self.bias = base.weight, base.bias
         self._init_slice(base, kind, k, index)
 

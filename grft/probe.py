@@ -24,7 +24,15 @@ from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
 from .layers import SlicedLayer
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
-from .targets import Architecture, detect_architecture, eligible_layers, layer_matrix, pool_like_the_head, weight_matrix
+from .targets import (
+    Architecture,
+    detect_architecture,
+    eligible_layers,
+    layer_matrix,
+    nothing_to_slice,
+    pool_like_the_head,
+    weight_matrix,
+)
 
 # loss_fn(model, batch) -> scalar, or None to skip a batch that carries no signal for the probe.
 LossFn = Callable[[nn.Module, object], torch.Tensor | None]
@@ -221,7 +229,7 @@ def accumulate_gradients(
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)
     if not layers:
-        raise ValueError("model has no eligible layer (nn.Linear, nn.Conv2d with groups=1 or Conv1D outside the head)")
+        raise ValueError(nothing_to_slice(model, arch, config))
     for name, layer in layers.items():
         check_k(config.selection, config.k, tuple(weight_matrix(layer).shape), name)
     loss_fn = loss_fn or scl_probe_loss(arch, config.temperature)

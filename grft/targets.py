@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SlicedLayer, is_conv1d
+from .layers import SlicedLayer, is_conv1d, numeric_padding
 
 HEAD_NAMES = ("head", "score", "classifier", "fc", "lm_head")
 BLOCK_LISTS = ("blocks", "model.layers", "layers", "encoder.layer", "transformer.h", "h")
@@ -108,7 +108,7 @@ def ineligible_reason(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             return f"grouped/depthwise Conv2d (groups={module.groups}): not one [out, in*kh*kw] matrix"
-        if module.padding_mode != "zeros" or not isinstance(module.padding, tuple):
+        if module.padding_mode != "zeros" or numeric_padding(module) is None:
             return (
                 f"Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r}: "
                 "only zero padding is sliced"
@@ -223,6 +223,19 @@ def eligible_layers(model: nn.Module, arch: Architecture, config=None) -> dict[s
     if targets is not None and not layers:
         raise ValueError(f"target_modules={targets!r} matches no Linear/Conv2d/Conv1D layer outside the head")
     return layers
+
+
+def nothing_to_slice(model: nn.Module, arch: Architecture, config=None) -> str:
+    """The one-line refusal for a model without an eligible layer, naming why its layers are left out."""
+    reasons: dict[str, int] = {}
+    for reason in left_out_layers(model, arch, config).values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    common = sorted(reasons.items(), key=lambda item: -item[1])[:2]
+    why = "; ".join(f"{n} x {reason}" for reason, n in common) or "it has no layer with a weight matrix"
+    return (
+        f"{type(model).__name__} has nothing GRFT can slice outside its head (an nn.Linear, nn.Conv2d with "
+        f"groups=1 or Conv1D): {why}"
+    )
 
 
 def left_out_layers(model: nn.Module, arch: Architecture, config=None) -> dict[str, str]:

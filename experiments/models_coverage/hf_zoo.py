@@ -70,6 +70,7 @@ SIZES = {
         FFN,
     ),
     "head_dim": WIDTH // HEADS,
+    **dict.fromkeys(("pooler_hidden_size", "embedding_size", "projection_dim"), WIDTH),
     "num_latents": 8,
     "image_size": IMAGE_SIDE,
     "max_position_embeddings": 128,
@@ -98,26 +99,56 @@ def class_names() -> list[str]:
     )
 
 
-def tiny_config(cls):
+# Mixture-of-experts sizes, shrunk in every tier.
+EXPERTS = {
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": FFN,
+    "n_shared_experts": 1,
+}
+MAX_PARAMETERS = 150_000_000  # a less shrunk model is built only below this size
+TIERS = ("tiny", "shallow", "default")
+
+
+def tiny_config(cls, tier: str = "tiny"):
+    """The class's default config shrunk: ``tiny`` every size, ``shallow`` only depths and experts,
+    ``default`` only the experts; sub-configs (a CLIP's vision tower) alike."""
     config = cls.config_class()
-    for key, value in SIZES.items():
+    _shrink(config, tier)
+    config.num_labels = NUM_LABELS
+    if hasattr(config, "vocab_size") and config.vocab_size is None:
+        config.vocab_size = 100  # ESM's default config leaves it to the tokenizer
+    if getattr(config, "pad_token_id", None) is None or config.pad_token_id >= getattr(config, "vocab_size", 10**9):
+        config.pad_token_id = 0
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    return config
+
+
+def _shrink(config, tier: str) -> None:
+    sizes = dict(EXPERTS)
+    if tier in ("tiny", "shallow"):
+        sizes.update({k: v for k, v in SIZES.items() if v == LAYERS and "layers" in k or k == "num_blocks"})
+    if tier == "tiny":
+        sizes.update(SIZES)
+    for key, value in sizes.items():
         current = getattr(config, key, None)
         if not isinstance(current, int) or isinstance(current, bool):
             continue
         if key in ("max_position_embeddings", "vocab_size") and current <= value:
             continue
-        _set(config, key, value)
-    for key, value in STAGE_LISTS.items():
+        _set(config, key, min(current, value) if tier != "tiny" else value)
+    lists = STAGE_LISTS if tier == "tiny" else {"depths": 1, "depth": 1} if tier == "shallow" else {}
+    for key, value in lists.items():
         current = getattr(config, key, None)
         if isinstance(current, (list, tuple)) and current and all(isinstance(v, int) for v in current):
             _set(config, key, [value] * len(current))
-    config.num_labels = NUM_LABELS
-    for key in ("pad_token_id",):
-        if getattr(config, key, None) is None or getattr(config, key) >= getattr(config, "vocab_size", 10**9):
-            setattr(config, key, 0)
-    if hasattr(config, "use_cache"):
-        config.use_cache = False
-    return config
+    for key in list(vars(config)):
+        sub = getattr(config, key, None)
+        if sub is not config and type(sub).__name__.endswith("Config") and hasattr(sub, "to_dict"):
+            _shrink(sub, tier)
 
 
 def _set(config, key: str, value) -> None:
@@ -133,16 +164,20 @@ def batch_for(model) -> dict:
     name = model.main_input_name
     batch: dict = {"labels": torch.tensor(LABELS)}
     n = len(LABELS)
+    vision = getattr(config, "vision_config", None) or config
     if name == "input_ids":
         vocab = min(getattr(config, "vocab_size", 100), 100)
         ids = torch.randint(4, vocab, (n, TOKENS), generator=g)
         mask = torch.ones_like(ids)
         mask[::2, TOKENS - 3 :] = 0  # right padding
         ids[mask == 0] = config.pad_token_id if config.pad_token_id is not None else 0
+        eos = getattr(config, "eos_token_id", None)
+        if isinstance(eos, int) and 0 <= eos < getattr(config, "vocab_size", 10**9):
+            ids[torch.arange(n), mask.sum(1) - 1] = eos  # classifiers that read the <eos> token (BART)
         batch.update(input_ids=ids, attention_mask=mask)
     elif name == "pixel_values":
-        channels = getattr(config, "num_channels", 3)
-        side = getattr(config, "image_size", IMAGE_SIDE)
+        channels = getattr(vision, "num_channels", 3)
+        side = getattr(vision, "image_size", IMAGE_SIDE)
         side = side[0] if isinstance(side, (list, tuple)) else side
         batch["pixel_values"] = torch.randn(n, channels, side, side, generator=g)
     elif name == "input_values":
@@ -166,10 +201,26 @@ def build(class_name: str):
     import transformers
 
     cls = getattr(transformers, class_name)
+    first_error = None
+    for tier in TIERS:
+        try:
+            return _build(cls, tier)
+        except Exception as err:  # noqa: BLE001 - the next tier shrinks less
+            first_error = first_error or err
+    raise first_error
+
+
+def _build(cls, tier: str):
+    config = tiny_config(cls, tier)
+    if tier != "tiny":
+        with torch.device("meta"):
+            size = sum(p.numel() for p in cls(config).parameters())
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"{size:,} parameters with only the depth shrunk")
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = cls(tiny_config(cls)).eval()
+        model = cls(config).eval()
     batch = batch_for(model)
     with torch.no_grad():
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
