@@ -40,6 +40,11 @@ NO_SIGNAL = (
     "no probe batch gave the SCL loss a positive pair: give two augmented views per image "
     "(inputs as a [view1, view2] pair) or batches with repeated labels"
 )
+NO_GRADIENT_PATH = (
+    "the probe loss of {model} does not depend on any eligible weight through autograd: its blocks run inside "
+    "a custom autograd function (e.g. reversible layers) that autograd cannot see through, so GRFT can neither "
+    "rank nor train their slices; give a model without such blocks"
+)
 Progress = Callable[[Iterable, str, int | None], Iterable]
 
 
@@ -255,6 +260,8 @@ def accumulate_gradients(
                     raise ValueError(
                         f"the probe loss is {float(loss)} on batch {position}; check the data and the model"
                     )
+                if not loss.requires_grad:
+                    raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
                 loss.backward()
                 del loss
                 used += 1

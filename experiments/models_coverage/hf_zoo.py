@@ -14,7 +14,7 @@ import torch
 NUM_LABELS = 3
 LABELS = (0, 1, 2, 0, 1, 2)
 TOKENS = 12
-IMAGE_SIDE = 32
+IMAGE_SIDE = 64
 AUDIO_SAMPLES = 1600
 SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
 
@@ -72,6 +72,12 @@ SIZES = {
     "head_dim": WIDTH // HEADS,
     **dict.fromkeys(("pooler_hidden_size", "embedding_size", "projection_dim"), WIDTH),
     "num_latents": 8,
+    # Reformer: chunked attention over a 12-token input, axial positions that add up to the width
+    "attention_head_size": WIDTH // HEADS,
+    "feed_forward_size": FFN,
+    "local_attn_chunk_length": 4,
+    "lsh_attn_chunk_length": 4,
+    "num_buckets": 4,
     "image_size": IMAGE_SIDE,
     "max_position_embeddings": 128,
     "vocab_size": 1000,
@@ -87,6 +93,8 @@ STAGE_LISTS = {
     "num_attention_heads": 1,
     "depth": 1,
 }
+# Per-position sizes that must add up (or multiply) to the shrunk width and positions.
+FIXED = {"axial_pos_embds_dim": [WIDTH // 2, WIDTH // 2], "axial_pos_shape": [8, 16]}
 
 
 def class_names() -> list[str]:
@@ -140,6 +148,10 @@ def _shrink(config, tier: str) -> None:
         if key in ("max_position_embeddings", "vocab_size") and current <= value:
             continue
         _set(config, key, min(current, value) if tier != "tiny" else value)
+    if tier == "tiny":
+        for key, value in FIXED.items():
+            if isinstance(getattr(config, key, None), (list, tuple)):
+                _set(config, key, value)
     lists = STAGE_LISTS if tier == "tiny" else {"depths": 1, "depth": 1} if tier == "shallow" else {}
     for key, value in lists.items():
         current = getattr(config, key, None)
@@ -227,4 +239,6 @@ def _build(cls, tier: str):
     logits = out.logits if hasattr(out, "logits") else out
     if logits.shape[0] != len(LABELS):
         raise ValueError(f"logits of shape {tuple(logits.shape)} for {len(LABELS)} examples")
+    if torch.equal(logits, logits[:1].expand_as(logits)):
+        raise ValueError("the random model gives every input the same logits (nothing for a probe to contrast)")
     return model, batch
