@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from experiments.models_coverage import hf_zoo, timm_zoo
 from experiments.models_coverage.cycle import verdict

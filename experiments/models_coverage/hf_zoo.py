@@ -52,7 +52,13 @@ SIZES = {
         ),
         HEADS,
     ),
-    "num_key_value_heads": 1,
+    "num_key_value_heads": HEADS,
+    # multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): the rotary and latent parts of a head
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": WIDTH // HEADS,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 16,
     **dict.fromkeys(
         ("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "d_latents", "word_embed_proj_dim"), WIDTH
     ),
@@ -239,6 +245,10 @@ def _build(cls, tier: str):
     logits = out.logits if hasattr(out, "logits") else out
     if logits.shape[0] != len(LABELS):
         raise ValueError(f"logits of shape {tuple(logits.shape)} for {len(LABELS)} examples")
-    if torch.equal(logits, logits[:1].expand_as(logits)):
-        raise ValueError("the random model gives every input the same logits (nothing for a probe to contrast)")
+    spread = float((logits - logits[:1]).abs().max())
+    if spread <= 1e-6 * max(1.0, float(logits.abs().max())):
+        raise ValueError(
+            f"the random model's logits hardly depend on its input (spread {spread:.1e}): "
+            "nothing for a probe to contrast"
+        )
     return model, batch
