@@ -142,7 +142,7 @@ def tiny_config(cls, tier: str = "tiny"):
 
 
 def _shrink(config, tier: str) -> None:
-    sizes = dict(EXPERTS)
+    sizes = dict(EXPERTS, image_size=IMAGE_SIDE)  # the input's size, in every tier
     if tier in ("tiny", "shallow"):
         sizes.update({k: v for k, v in SIZES.items() if v == LAYERS and "layers" in k or k == "num_blocks"})
     if tier == "tiny":
