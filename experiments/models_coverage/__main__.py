@@ -3,7 +3,7 @@
 python -m experiments.models_coverage                       # every timm family and transformers class
 python -m experiments.models_coverage --library timm --only resnet,levit
 python -m experiments.models_coverage --readme              # also rewrite README "Which models"
-python -m experiments.models_coverage --render LOG --readme # the section from a saved log
+python -m experiments.models_coverage --render LOG... --readme # the section from saved logs
 """
 
 from __future__ import annotations
@@ -35,14 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated timm modules or transformers classes")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per model")
     parser.add_argument("--log", type=Path, default=DEFAULT_LOG, help="JSON lines, one verdict per model")
-    parser.add_argument("--render", type=Path, help="make the table from this log instead of running")
+    parser.add_argument("--render", type=Path, nargs="+", help="make the table from these logs instead of running")
     parser.add_argument("--readme", action="store_true", help="rewrite README's 'Which models' section")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
+    timed = "Wall time of the sweep"
     if args.render:
-        rows = read_log(args.render)
+        rows = [row for log in args.render for row in read_log(log)]
         seconds = sum(r.seconds for r in rows)
+        timed = "Time of the models in the log(s), one after another"
     else:
         only = args.only.split(",") if args.only else None
         models = []
@@ -57,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    print(summary(rows, seconds))
+    print(summary(rows, seconds, timed))
     if args.readme:
-        write_readme(ROOT / "README.md", readme_section(rows, seconds, versions()))
+        write_readme(ROOT / "README.md", readme_section(rows, seconds, versions(), timed))
     return 1 if any(r.status == "failed" for r in rows) else 0
 
 

@@ -75,6 +75,8 @@ def run_cycle(model, batch, selection: str, workdir: Path) -> None:
     base = copy.deepcopy(model)
     arch = detect_architecture(model)
     layers = eligible_layers(model, arch)
+    # A layer reachable under several names (CoaT's shared MLPs) has a state-dict key under each.
+    aliases = {alias: name for name, layer in layers.items() for alias, m in _all_named(model) if m is layer}
     expected = logits(base, batch)
 
     config = grft.GRFTConfig(k=1, selection=selection, norm="l2", lam=1e-3, regular_layers=1)
@@ -109,6 +111,7 @@ def run_cycle(model, batch, selection: str, workdir: Path) -> None:
     chosen = {name: set(s.index.tolist()) for name, s in sel.layers.items()}
     for key, before in base.state_dict().items():
         owner, _, leaf = key.rpartition(".")
+        owner = aliases.get(owner, owner)
         after = merged[key]
         if in_prefixes(owner, list(arch.heads)) or (owner in layers and leaf == "bias"):
             continue  # the head and the eligible biases train in full
@@ -120,6 +123,10 @@ def run_cycle(model, batch, selection: str, workdir: Path) -> None:
             continue
         if not torch.equal(before, after):
             raise CycleError(f"{key} is not trainable but changed")
+
+
+def _all_named(model):
+    return model.named_modules(remove_duplicate=False)
 
 
 def is_refusal(err: BaseException) -> bool:

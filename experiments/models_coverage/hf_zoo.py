@@ -85,6 +85,8 @@ SIZES = {
     "lsh_attn_chunk_length": 4,
     "num_buckets": 4,
     "image_size": IMAGE_SIDE,
+    "window_size": 4,  # divides every stage's grid of a 64-pixel Swin
+    "rotary_dim": 8,
     "max_position_embeddings": 128,
     "vocab_size": 1000,
 }

@@ -35,7 +35,7 @@ def rate(counts: dict[str, int]) -> float:
     return 100.0 * counts["pass"] / built if built else 0.0
 
 
-def summary(rows: list[Row], seconds: float) -> str:
+def summary(rows: list[Row], seconds: float, timed: str = "Wall time of the sweep") -> str:
     lines = [
         "| library | built | pass | refused | failed | pass rate | not buildable here |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -45,11 +45,11 @@ def summary(rows: list[Row], seconds: float) -> str:
         cells = [library, built, c["pass"], c["refused"], c["failed"], f"{rate(c):.1f}%", c["unbuildable"]]
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     lines.append("")
-    lines.append(f"Wall time of the sweep: {seconds / 60:.1f} min.")
+    lines.append(f"{timed}: {seconds / 60:.1f} min.")
     return "\n".join(lines)
 
 
-def readme_section(rows: list[Row], seconds: float, versions: str) -> str:
+def readme_section(rows: list[Row], seconds: float, versions: str, timed: str = "Wall time of the sweep") -> str:
     refused = [r for r in rows if r.status == "refused"]
     failed = [r for r in rows if r.status == "failed"]
     unbuildable = [r for r in rows if r.status == "unbuildable"]
@@ -60,7 +60,7 @@ def readme_section(rows: list[Row], seconds: float, versions: str) -> str:
         f"the smallest model of every timm family and a tiny model of every transformers sequence and image "
         f"classifier, built at random ({versions}):",
         "",
-        summary(rows, seconds),
+        summary(rows, seconds, timed),
     ]
     for title, group in (("Refused", refused), ("Failed", failed), ("Not buildable here (not counted)", unbuildable)):
         if group:
