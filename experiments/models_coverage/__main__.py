@@ -35,14 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated timm modules or transformers classes")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per model")
     parser.add_argument("--log", type=Path, default=DEFAULT_LOG, help="JSON lines, one verdict per model")
-    parser.add_argument("--render", type=Path, nargs="+", help="make the table from these logs instead of running")
+    parser.add_argument("--render", type=Path, nargs="+", help="table from these logs, no run (last wins)")
     parser.add_argument("--readme", action="store_true", help="rewrite README's 'Which models' section")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     timed = "Wall time of the sweep"
     if args.render:
-        rows = [row for log in args.render for row in read_log(log)]
+        latest = {(r.library, r.family): r for log in args.render for r in read_log(log)}  # a later log wins
+        rows = list(latest.values())
         seconds = sum(r.seconds for r in rows)
         timed = "Time of the models in the log(s), one after another"
     else:
