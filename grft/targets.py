@@ -233,8 +233,8 @@ def nothing_to_slice(model: nn.Module, arch: Architecture, config=None) -> str:
     common = sorted(reasons.items(), key=lambda item: -item[1])[:2]
     why = "; ".join(f"{n} x {reason}" for reason, n in common) or "it has no layer with a weight matrix"
     return (
-        f"{type(model).__name__} has nothing GRFT can slice outside its head (an nn.Linear, nn.Conv2d with "
-        f"groups=1 or Conv1D): {why}"
+        f"{type(model).__name__} has no eligible layer, nothing GRFT can slice outside its head (an nn.Linear, "
+        f"nn.Conv2d with groups=1 or Conv1D): {why}"
     )
 
 
