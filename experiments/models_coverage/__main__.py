@@ -14,7 +14,8 @@ from pathlib import Path
 
 from grft_app.paths import ROOT
 
-from .report import readme_section, summary, table, write_readme
+from . import hf_zoo, timm_zoo
+from .report import missing_line, readme_section, summary, table, write_readme
 from .sweep import hf_models, read_log, sweep, timm_models
 
 DEFAULT_LOG = ROOT / "results" / "models" / "coverage.jsonl"
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print(summary(rows, seconds, timed))
+    expected = {"timm": len(timm_zoo.families()), "transformers": len(hf_zoo.class_names())}
+    missing = missing_line(rows, expected)
+    print(missing)
     if args.readme:
-        write_readme(ROOT / "README.md", readme_section(rows, seconds, versions(), timed))
+        write_readme(ROOT / "README.md", readme_section(rows, seconds, versions(), timed, missing))
     return 1 if any(r.status == "failed" for r in rows) else 0
 
 

@@ -49,7 +49,19 @@ def summary(rows: list[Row], seconds: float, timed: str = "Wall time of the swee
     return "\n".join(lines)
 
 
-def readme_section(rows: list[Row], seconds: float, versions: str, timed: str = "Wall time of the sweep") -> str:
+def missing_line(rows: list[Row], expected: dict[str, int]) -> str:
+    """Say how many families or classes the log(s) lack (a sweep stopped before its end)."""
+    parts = []
+    for library, count in expected.items():
+        seen = sum(r.library == library for r in rows)
+        if seen < count:
+            parts.append(f"{count - seen} of the {count} {library} {'families' if library == 'timm' else 'classes'}")
+    return f"Not in the log(s), not yet run: {', '.join(parts)}." if parts else ""
+
+
+def readme_section(
+    rows: list[Row], seconds: float, versions: str, timed: str = "Wall time of the sweep", missing: str = ""
+) -> str:
     refused = [r for r in rows if r.status == "refused"]
     failed = [r for r in rows if r.status == "failed"]
     unbuildable = [r for r in rows if r.status == "unbuildable"]
@@ -62,6 +74,8 @@ def readme_section(rows: list[Row], seconds: float, versions: str, timed: str = 
         "",
         summary(rows, seconds, timed),
     ]
+    if missing:
+        parts += ["", missing]
     for title, group in (("Refused", refused), ("Failed", failed), ("Not buildable here (not counted)", unbuildable)):
         if group:
             parts += ["", f"{title}:", ""]
