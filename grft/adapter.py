@@ -85,13 +85,17 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The BatchNorm buffers a forward in train mode updates (frozen weights, moving statistics)."""
+    """The BatchNorm buffers a forward in train mode updates (frozen weights, moving statistics).
+
+    Only BatchNorm's own buffers: a BatchNorm inside the head (LeViT, RepViT) also holds the
+    penalty's anchors (``grft_*_start``), which ``attach`` adds and a fresh base does not have.
+    """
     return {
         f"{name}.{b}" if name else b: buffer
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
         for b, buffer in module.named_buffers(recurse=False)
-        if buffer is not None
+        if buffer is not None and not b.startswith("grft_")
     }
 
 

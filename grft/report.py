@@ -15,11 +15,14 @@ from .targets import Architecture, detect_architecture, eligible_layers, left_ou
 @dataclass(frozen=True)
 class ParamReport:
     """``left_out``: layers with a weight matrix that GRFT leaves frozen, each with the reason
-    (grouped/depthwise convolutions, embeddings, layers outside ``target_modules``...)."""
+    (grouped/depthwise convolutions, embeddings, layers outside ``target_modules``...).
+    ``probe_blocks``: after a low-memory probe, how it ran each block (checkpointed, or plain and
+    why; ``grft.checkpointing``); empty when no low-memory probe ran on this model."""
 
     trainable: int
     total: int
     left_out: dict[str, str] = field(default_factory=dict, compare=False)
+    probe_blocks: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def percent(self) -> float:
@@ -45,7 +48,7 @@ def param_report(model: nn.Module, config: GRFTConfig | None = None, arch: Archi
     if any(isinstance(m, SlicedLayer) for m in model.modules()):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         left_out = left_out_layers(model, state.arch, state.config) if state is not None else {}
-        return ParamReport(trainable, base_parameter_count(model), left_out)
+        return ParamReport(trainable, base_parameter_count(model), left_out, _probe_blocks(model))
     if config is None:
         raise ValueError("param_report on a model without GRFT layers needs the GRFTConfig it would use")
     arch = arch or detect_architecture(model)
@@ -55,7 +58,8 @@ def param_report(model: nn.Module, config: GRFTConfig | None = None, arch: Archi
         check_k(config.selection, config.k, shape, name)
         rows, cols = slice_shape(config.selection, config.k, shape)
         trainable += rows * cols + (layer.bias.numel() if layer.bias is not None else 0)
-    return ParamReport(trainable, base_parameter_count(model), left_out_layers(model, arch, config))
+    left_out = left_out_layers(model, arch, config)
+    return ParamReport(trainable, base_parameter_count(model), left_out, _probe_blocks(model))
 
 
 @dataclass(frozen=True)
@@ -115,3 +119,7 @@ def largest_k(
     while k > 1 and not within(k):
         k -= 1
     return Budget(share=share, k=k, trainable=fixed + k * per_k, total=total)
+
+
+def _probe_blocks(model: nn.Module) -> dict[str, str]:
+    return dict(getattr(model, "grft_probe_blocks", None) or {})
