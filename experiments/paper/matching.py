@@ -140,15 +140,7 @@ class RecordIndex:
             seed = record.seed
             if seed not in latest or (record.finished_at or "") > (latest[seed].finished_at or ""):
                 latest[seed] = record
-        for seed in sorted(latest, key=str):
-            record = latest[seed]
-            self.used.add(str(record.run_dir))
-            aggregate.records.append(record)
-            aggregate.values.append(scale * record.reported(metric))
-            aggregate.statistics.append(record.statistic)
-            if record.params is not None:
-                aggregate.params_pct.append(float(record.params.pct))
-        return aggregate
+        return self._aggregate(latest, metric, scale, aggregate)
 
     def tuned(self, cfg: DictConfig, metric: str, scale: float) -> Aggregate:
         """The final runs of studies (``make tune``) for this cell's task, method, model, selection and norm:
@@ -166,6 +158,10 @@ class RecordIndex:
             if seed not in latest or (record.finished_at or "") > (latest[seed].finished_at or ""):
                 latest[seed] = record
         aggregate = Aggregate()
+        return self._aggregate(latest, metric, scale, aggregate)
+
+    def _aggregate(self, latest: dict[Any, RunRecord], metric: str, scale: float, aggregate: Aggregate) -> Aggregate:
+        """One value per seed (its latest record), each record marked as claimed by a cell."""
         for seed in sorted(latest, key=str):
             record = latest[seed]
             self.used.add(str(record.run_dir))
