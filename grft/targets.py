@@ -292,7 +292,8 @@ def _classifier_names(model: nn.Module, classifier: object) -> tuple[str | None,
 
 def _timm_architecture(model: nn.Module, prefix: str = "") -> Architecture:
     """Head: ``get_classifier()``; stem: ``pretrained_cfg['first_conv']``; blocks: the repeated
-    blocks, else the stages ``feature_info`` names (DenseNet, RegNet, DLA, Inception...)."""
+    blocks, else the stages ``feature_info`` names (DenseNet, RegNet, DLA, Inception...), else the
+    largest run of same-class siblings (Xception's ``block1``...``block12``, VGG's convolutions)."""
     inner = model.get_submodule(prefix) if prefix else model
     heads = _classifier_names(model, inner.get_classifier())
     if not heads or None in heads:
@@ -306,6 +307,7 @@ def _timm_architecture(model: nn.Module, prefix: str = "") -> Architecture:
     stem = (first_conv,) if isinstance(first_conv, str) and first_conv in modules else ()
     arch = Architecture(head=heads, blocks=(), stem=stem)
     blocks = _repeated_blocks(model, arch) or _feature_stages(model, inner, prefix, arch)
+    blocks = blocks or _sibling_blocks(model, arch)
     return Architecture(head=heads, blocks=blocks, stem=stem)
 
 
@@ -437,6 +439,30 @@ def _repeated_blocks(model: nn.Module, arch: Architecture, need_eligible: bool =
         found.extend(names)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return _as_blocks(model, tuple(sorted(found, key=order.__getitem__)))
+
+
+def _sibling_blocks(model: nn.Module, arch: Architecture) -> Names:
+    """The largest group (two or more) of children of one module that share a class and hold (or are)
+    eligible layers, outside head and stem.
+
+    For models that keep their blocks as plain attributes (legacy Xception's ``block1``...``block12``)
+    or as a flat chain of layers (VGG's ``features``: convolutions between activations and pools,
+    each convolution a block): what the model repeats is what Eq. 8 counts from the top.
+    """
+    outer = list(arch.heads) + list(arch.stem)
+    best: list[str] = []
+    for name, module in model.named_modules():
+        if in_prefixes(name, outer):
+            continue
+        groups: dict[type, list[str]] = {}
+        for child_name, child in module.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            if not in_prefixes(full, outer) and any(is_eligible(m) for m in child.modules()):
+                groups.setdefault(type(child), []).append(full)
+        for names in groups.values():
+            if len(names) >= 2 and len(names) > len(best):
+                best = names
+    return _as_blocks(model, tuple(best))
 
 
 def _as_blocks(model: nn.Module, names: tuple[str, ...]) -> Names:

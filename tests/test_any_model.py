@@ -475,6 +475,24 @@ def test_without_a_block_list_regular_layers_must_be_all_or_zero():
         assert set(grft.sliced_layers(tuned)) == {"0"}
 
 
+@pytest.mark.parametrize(
+    ("name", "blocks"),
+    [
+        ("legacy_xception", [f"block{i}" for i in range(1, 13)]),  # blocks kept as plain attributes
+        ("vgg11", [f"features.{i}" for i in (3, 6, 8, 11, 13, 16, 18)]),  # convolutions in a chain (0 is the stem)
+    ],
+)
+def test_blocks_are_the_largest_run_of_same_class_siblings_when_nothing_else_names_them(name, blocks):
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=3)
+    arch = detect_architecture(model)
+    assert grft.targets.block_names(model, arch) == blocks
+    regular = grft.targets.regular_prefixes(model, arch, 1)
+    assert blocks[-1] in regular and blocks[-2] not in regular
+
+
 def test_a_timm_container_of_heads_is_opened_into_its_heads():
     import timm
 

@@ -28,6 +28,8 @@ SAMPLE = {
     "classifier inside the base model": ("transformers", "PerceiverForSequenceClassification"),
     "BatchNorm inside the head": ("timm", "levit_128s"),
     "a container of heads": ("timm", "efficientvim_m1"),
+    "blocks kept as plain attributes": ("timm", "legacy_xception"),
+    "a residual gain zero at random (a pre-trained one is not)": ("timm", "test_nfnet"),
 }
 REFUSED = {
     "reversible blocks": ("transformers", "ReformerForSequenceClassification", "custom autograd function"),

@@ -63,6 +63,8 @@ def run_one(library: str, family: str, model_name: str, builder: Callable | None
                     warnings.simplefilter("ignore")
                     model, batch = builder()
                 model_name = model_name or getattr(model, "default_cfg", {}).get("architecture", "")
+                if getattr(model, "grft_build", ""):
+                    model_name = f"{model_name} ({model.grft_build})"
             except Timeout:
                 raise
             except Exception as err:  # noqa: BLE001 - a model this library cannot build is not counted
