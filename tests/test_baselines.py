@@ -16,7 +16,9 @@ from experiments.paper.compose import Composer
 from experiments.paper.matching import RecordIndex
 from experiments.paper.paper import load_paper_table
 from experiments.paper.spec import load_spec
-from experiments.paper.tables import NOT_COMPARABLE, render_table, statistic_lines
+from experiments.paper.tables import render_table
+from experiments.paper.tables.notes import statistic_lines
+from experiments.paper.tables.wide import NOT_COMPARABLE
 from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_stubs
 

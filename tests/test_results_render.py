@@ -13,7 +13,8 @@ from experiments.paper.compose import Composer
 from experiments.paper.figures import render_memory, render_sweep
 from experiments.paper.matching import RecordIndex
 from experiments.paper.spec import load_spec
-from experiments.paper.tables import HOLE, NOT_COMPARABLE, render_table
+from experiments.paper.tables import render_table
+from experiments.paper.tables.wide import HOLE, NOT_COMPARABLE
 from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_fixture_record, write_stubs
 
@@ -246,7 +247,7 @@ def test_cli_renders_every_target_with_no_runs(stubs, tmp_path, capsys):
 def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_named(composer, tmp_path):
     import json
 
-    from experiments.paper.tables import FAILED
+    from experiments.paper.tables.wide import FAILED
 
     t1 = SPEC.target("table1")
     grft_row = next(r for r in t1.rows if r.label == "GRFT")
@@ -316,7 +317,7 @@ def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer
 
 
 def test_a_tuned_line_shows_the_final_runs_of_studies_beside_the_paper_and_ours(composer, tmp_path):
-    from experiments.paper.tables import TUNED_LINE
+    from experiments.paper.tables.wide import TUNED_LINE
     from grft_app.record import Evaluation, Reported, Tuning, read_record, write_record
 
     t1 = SPEC.target("table1")
