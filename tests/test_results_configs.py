@@ -105,6 +105,7 @@ def test_cached_composition_equals_a_full_hydra_compose(stubbed, tmp_path_factor
         ["experiment=glue/rte", "method=lora", "lr=0.0002"],
         ["experiment=fgvc/cub", "debug=smoke", "selection=row"],
         ["experiment=fgvc/cub", "+extra_note=1", "~lambda", "method.name=renamed"],
+        ["experiment=fgvc/cub", "++lr=0.5", "++brand_new.inner=2", "+augment={mixup: 0.5}", "~k=2"],
         ["experiment=fgvc/cub", "method=gps", "k=3"],  # the same group choices as the first case: from the cache
     ]
     for overrides in cases:
@@ -124,3 +125,7 @@ def test_missing_configs_are_reported_not_raised_deep_inside():
         composer.config(["dataset=digits", "no_such_key=1"])  # a value for a key the config lacks, as Hydra says
     with pytest.raises(ConfigUnavailable, match="Ambiguous value"):
         composer.config(["dataset=digits", "k=1,2"])  # a sweep is not one cell
+    with pytest.raises(ConfigUnavailable, match=r"lr exists; change it with lr=1 or \+\+lr=1"):
+        composer.config(["dataset=digits", "+lr=1"])
+    with pytest.raises(ConfigUnavailable, match="its value is 2, not 3"):
+        composer.config(["dataset=digits", "k=2", "~k=3"])

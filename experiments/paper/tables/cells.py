@@ -63,7 +63,7 @@ def collect(
                             f"Ours: {row.label} / {task} failed: {failed[0].error} "
                             f"(record {failed[0].run_dir}; fix it and launch again)"
                         )
-                    statistic = _statistic(cfg)
+                    statistic = statistic_of(cfg)
                     study = index.tuned(cfg, target.metric, target.scale) if tuned else study
                 except ConfigUnavailable as err:
                     status = "unavailable"
@@ -108,7 +108,7 @@ def collect(
     return cells, failures + notes
 
 
-def _statistic(cfg) -> str:
+def statistic_of(cfg) -> str:
     """Which number of a run the cell holds, from the cell's own configuration (its protocol)."""
     from grft_app.lit.settings import ConfigError, reported_statistic
 
