@@ -167,6 +167,7 @@ def lightning_paths(graph: dict[str, set[str]], prefix: str, root: Path = ROOT) 
 # --- the project ----------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_import_grft_loads_no_application_framework():
     code = "import json, sys, grft; print(json.dumps(sorted(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -176,6 +177,7 @@ def test_import_grft_loads_no_application_framework():
     assert sorted(loaded & set(NOT_IN_THE_LIBRARY)) == []
 
 
+@pytest.mark.process
 def test_the_paper_renderer_loads_no_lightning():
     proc = subprocess.run([sys.executable, "-c", RENDERER_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,7 @@ operations, by the rules Hydra's command line documents: ``key=value`` changes a
 merged into what is there. Which override belongs to which step is decided by Hydra's rule (its
 ``Overrides`` split): a key that names a config group, with a value that is not a dict, chooses an
 option; ``hydra.*`` overrides stay with the compose too (they can move the search path). Same steps,
-same order: the result is a full compose's (tests/test_results_identity.py compares the two).
+same order: the result is a full compose's (tests/paper/test_results_identity.py compares the two).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ def text_files(folder: Path, suffix: str = ".csv") -> tuple[Path, Path]:
 # --- training ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "data, model, method",
     [
@@ -71,12 +72,14 @@ def test_own_data_trains_and_its_record_names_the_classes(tmp_path, data, model,
     assert (run_dir / "adapter.safetensors").is_file()
 
 
+@pytest.mark.trains
 def test_a_timm_model_on_the_default_digits_task_runs(tmp_path):
     """Grey 8x8 digits become three channels at the model's input size."""
     record, _ = run(tmp_path / "runs", *TIMM_VIT)
     assert record.done and record.task == "digits"
 
 
+@pytest.mark.trains
 def test_a_transformers_model_trains_in_training_mode(tmp_path, monkeypatch):
     """from_pretrained returns eval mode; training must still use the dropout the config asks for."""
     from grft_app.lit.module import FineTuneModule
@@ -344,6 +347,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_own_data_is_one_line_before_any_model_loads(tmp_path, monkeypatch, case):
     import grft_app.lit.runner as runner
@@ -371,6 +375,7 @@ def cli(runs: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("case", ["empty-class", "image-model-on-text"])
 def test_a_launch_on_bad_own_data_exits_with_one_line_and_leaves_no_run(tmp_path, case):
     make, model, named = BAD_INPUTS[case]

@@ -29,6 +29,7 @@ def only_record(runs: Path) -> tuple[dict, Path]:
     return json.loads(paths[0].read_text()), paths[0].parent
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("subsets", [1, 2])
 def test_two_rank_cpu_ddp_selects_exactly_what_one_process_selects(tmp_path, subsets):
     common = ("debug=smoke", "baselines=null", "probe.max_batches=4", f"subsets={subsets}", "selection=column")
@@ -44,6 +45,7 @@ def test_two_rank_cpu_ddp_selects_exactly_what_one_process_selects(tmp_path, sub
     )
 
 
+@pytest.mark.process
 def test_submitit_local_sweep_finishes_with_one_record_per_job(tmp_path):
     proc = cli(tmp_path, "-m", "hydra/launcher=local", "debug=smoke", "baselines=null", "k=1,2")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -97,6 +99,7 @@ def same_adapter(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and bool((x[k] == y[k]).all()) for k in x)
 
 
+@pytest.mark.process
 def test_killed_twice_then_resumed_counts_every_launch_and_matches_bit_for_bit(tmp_path, uninterrupted):
     reference, reference_dir = uninterrupted
     runs = tmp_path / "killed"
@@ -124,6 +127,7 @@ def test_killed_twice_then_resumed_counts_every_launch_and_matches_bit_for_bit(t
     assert same_adapter(run_dir / "adapter.safetensors", reference_dir / "adapter.safetensors")
 
 
+@pytest.mark.process
 def test_sigterm_checkpoints_marks_the_record_unfinished_exits_non_zero_and_resumes(tmp_path, uninterrupted):
     reference, reference_dir = uninterrupted
     runs = tmp_path / "preempted"

@@ -43,6 +43,7 @@ def run(tmp_path: Path, *overrides: str):
     return run_task(cfg, run_dir_of(cfg))
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("task", list(MINIATURES))
 def test_smoke_run_on_a_miniature_of_each_family(tmp_path, task):
     MINIATURES[task](tmp_path / "data")
@@ -55,6 +56,7 @@ def test_smoke_run_on_a_miniature_of_each_family(tmp_path, task):
     )  # the paper's model, in its tiny form under debug=smoke
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "experiment,task", [("vtab/eurosat", "eurosat"), ("fgvc/oxford_flowers", "oxford_flowers"), ("glue/cola", "cola")]
 )
@@ -66,11 +68,13 @@ def test_smoke_run_of_the_experiment_config(tmp_path, experiment, task):
     assert record.done and record.task == task
 
 
+@pytest.mark.trains
 def test_missing_data_stops_the_run_with_the_fetch_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m data_prep.vtab --tasks dtd"):
         run(tmp_path, "dataset=dtd")
 
 
+@pytest.mark.process
 def test_run_py_on_a_glue_miniature(tmp_path):
     write_glue(tmp_path / "data", "rte")
     env = {**os.environ, "GRFT_RUNS": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}

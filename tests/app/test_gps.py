@@ -175,6 +175,7 @@ def test_adapter_file_holds_selected_entries_and_rebuilds_the_model(tmp_path):
     torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x), rtol=0, atol=0)
 
 
+@pytest.mark.trains
 def test_lightning_applies_the_masks_on_every_step():
     """Through FineTuneModule's on_before_optimizer_step: frozen entries bit-identical after 3 steps."""
     import lightning as L

@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -244,6 +245,7 @@ def differences(golden: dict, now: dict) -> list[str]:
     return found
 
 
+@pytest.mark.trains
 def test_the_numbers_are_those_of_the_current_results_version(tmp_path):
     torch.set_num_threads(1)
     selections, library = library_numbers()

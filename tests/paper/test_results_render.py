@@ -18,6 +18,8 @@ from experiments.paper.tables.wide import HOLE, NOT_COMPARABLE
 from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_fixture_record, write_stubs
 
+pytestmark = pytest.mark.composes  # every test renders (or builds) whole tables
+
 SPEC = load_spec()
 
 # The paper's row and column order, typed from its tables.

@@ -53,6 +53,7 @@ def study(tmp_path_factory):
     return runs, done.stdout
 
 
+@pytest.mark.process
 def test_two_trials_on_validation_then_one_final_run_on_train_and_val(study):
     from grft_app.data import build_datasets
     from grft_app.data.splits import InputSpec
@@ -84,6 +85,7 @@ def test_two_trials_on_validation_then_one_final_run_on_train_and_val(study):
     assert len(held["val_indices"]) == 40
 
 
+@pytest.mark.process
 def test_no_trial_evaluates_the_test_split_and_the_final_run_tests_once(study):
     runs, _ = study
     found = records(runs)
@@ -102,6 +104,7 @@ def test_no_trial_evaluates_the_test_split_and_the_final_run_tests_once(study):
     assert "test/acc" in header
 
 
+@pytest.mark.process
 def test_a_stopped_study_resumes_without_repeating_finished_trials(study):
     runs, _ = study
     before = {str(r.run_dir): r.launches for r in records(runs)["trial"]}
@@ -144,6 +147,7 @@ def test_glue_holds_out_a_seeded_stratified_part_of_train(tmp_path):
     assert build_datasets(cfg, tmp_path, spec).split_listing["val_indices"] == held  # seeded: every trial the same
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_a_vtab_study_validates_on_val200_and_trains_the_final_run_on_train800val200(tmp_path):
     from helpers.miniature import write_vtab
@@ -187,6 +191,7 @@ def test_own_data_final_run_trains_on_its_val_folder_too(tmp_path):
         int(splits.val.raw[i][1]) for i in range(len(splits.val))])  # fmt: skip
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_a_study_on_own_images_validates_on_its_val_folder(tmp_path):
     from helpers.own_data import write_image_folder

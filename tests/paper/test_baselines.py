@@ -49,6 +49,7 @@ def test_every_baseline_row_has_a_recipe():
         assert str(row.overrides.get("recipe", "")).startswith(str(row.overrides["method"]) + "_"), (name, label)
 
 
+@pytest.mark.composes
 @pytest.mark.parametrize("name,label", ROWS, ids=[f"{n}-{lbl}" for n, lbl in ROWS])
 def test_row_share_rounds_to_the_paper_or_the_difference_is_stated(composer, name, label):
     target, row = _row(name, label)
@@ -158,6 +159,7 @@ def test_ssf_runs_the_ssf_scripts_per_task_settings(composer):
 FULL_LINEAR_SCRIPT_DROP_PATH = 0.0
 
 
+@pytest.mark.composes
 @pytest.mark.parametrize("label", ["Full", "Linear"])
 def test_full_and_linear_train_with_their_scripts_drop_path_not_the_experiments(composer, label):
     """The experiment sets drop path 0.1/0.2 on NABirds, Oxford Flowers and eight VTAB tasks; the SSF scripts the
@@ -174,6 +176,7 @@ def test_full_and_linear_train_with_their_scripts_drop_path_not_the_experiments(
     assert inherited == 10  # the tasks where inheriting would have mattered
 
 
+@pytest.mark.composes
 def test_the_ssf_fgvc_row_reports_what_the_ssf_code_reports(composer, tmp_path):
     """SSF's train.py evaluates the EMA model when --model-ema is on (all five FGVC scripts) and keeps its best
     epoch; its VTAB scripts train without EMA, so that row stays the raw model's. The table says so."""
@@ -203,6 +206,7 @@ def test_a_recipe_for_another_task_family_is_a_clear_error(composer):
     check_numbers(composer.config(["experiment=fgvc/nabirds", "method=ssf", "recipe=ssf_fgvc"]))  # the right one passes
 
 
+@pytest.mark.composes
 def test_rendered_tables_mark_rows_without_a_published_recipe(composer, tmp_path):
     comparable = {"table1": {"SSF", "GPS*", "GRFT"}, "table2": {"SSF", "GPS*", "GRFT"}, "table3": {"GRFT"}}
     for name, expected in comparable.items():

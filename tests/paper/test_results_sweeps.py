@@ -37,6 +37,7 @@ def test_cell_counts_follow_the_paper():
     assert counts["fig4"] == FGVC * (30 + 6 + 8 + 7)  # k 1..30, lambda 1e-8..1e-3, blocks 1..8, subsets 1..7
 
 
+@pytest.mark.composes
 def test_default_rows_are_the_papers_own_runs(composer):
     p = plan(SPEC.target("table1"), composer)
     assert {j.cell.row for j in p.jobs} == {"GRFT", "GPS*"} and len(p.jobs) == 2 * FGVC
@@ -46,6 +47,7 @@ def test_default_rows_are_the_papers_own_runs(composer):
     assert len(p.launches) == 1 + FGVC
 
 
+@pytest.mark.composes
 def test_finished_runs_are_skipped_and_seeds_multiply(composer, tmp_path):
     target = SPEC.target("table5")
     row = target.rows[0]
@@ -59,6 +61,7 @@ def test_finished_runs_are_skipped_and_seeds_multiply(composer, tmp_path):
     )
 
 
+@pytest.mark.composes
 def test_runs_shared_between_targets_launch_once(composer):
     table1, table4, table5 = plan_all([SPEC.target(n) for n in ("table1", "table4", "table5")], composer)
     # Table 4 reuses Table 1's GPS* runs and its GRFT runs (the configured selection of each task);
@@ -68,6 +71,7 @@ def test_runs_shared_between_targets_launch_once(composer):
     assert len(table5.shared) == FGVC and len(table5.pending) == 2 * FGVC
 
 
+@pytest.mark.composes
 def test_dry_run_lists_job_counts_and_commands(stubs, tmp_path, capsys):
     code = cli(["run", "table3", "fig3", "--dry-run", search_path(stubs), f"paths.runs={tmp_path}"])
     out = capsys.readouterr().out
@@ -96,6 +100,7 @@ def test_unknown_target_and_bad_spec_are_clear_errors(tmp_path, capsys):
         load_spec(bad)
 
 
+@pytest.mark.process
 def test_make_targets_exist_and_call_the_results_cli():
     out = subprocess.run(
         [
@@ -169,6 +174,7 @@ def _tiny_project(folder):
     return folder
 
 
+@pytest.mark.process
 def test_a_real_smoke_sweep_appears_in_the_rendered_table(tmp_path):
     project = _tiny_project(tmp_path / "project")
     runs, out = tmp_path / "runs", tmp_path / "out"

@@ -94,6 +94,7 @@ class LearningRates(L.Callback):
         self.batch_sizes.append(len(labels))
 
 
+@pytest.mark.trains
 def test_a_reference_run_trains_with_that_schedule_and_records_best_final_and_curve(tmp_path):
     seen = LearningRates()
     record, _ = run(
@@ -119,6 +120,7 @@ def test_a_reference_run_trains_with_that_schedule_and_records_best_final_and_cu
     assert evaluation.reported.key == "test_acc_best" and "best epoch" in evaluation.reported.description
 
 
+@pytest.mark.trains
 def test_simple_protocol_reports_the_final_test_and_evaluates_once(tmp_path):
     record, _ = run(tmp_path / "runs", "epochs=2")
     evaluation = record.evaluation
@@ -142,6 +144,7 @@ def nabirds_miniature(tmp_path: Path) -> list[str]:
     ]
 
 
+@pytest.mark.trains
 def test_fgvc_trainval_with_an_odd_remainder_trains_full_epochs_with_mixup_and_cutmix(tmp_path):
     seen = LearningRates()
     record, _ = run(tmp_path / "runs", *nabirds_miniature(tmp_path), callbacks=[seen])
@@ -151,6 +154,7 @@ def test_fgvc_trainval_with_an_odd_remainder_trains_full_epochs_with_mixup_and_c
     assert record.done and set(record.adapter_files) == {"raw", "ema"}
 
 
+@pytest.mark.process
 def test_fgvc_odd_remainder_under_two_rank_ddp(tmp_path):
     overrides = nabirds_miniature(tmp_path)
     env = {**os.environ, "GRFT_RUNS": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
@@ -181,6 +185,7 @@ def test_protocol_errors_name_the_key(tmp_path, overrides, message):
         train_settings(make_cfg(tmp_path / "runs", *overrides), ("acc",))
 
 
+@pytest.mark.trains
 def test_a_training_split_smaller_than_a_batch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than batch_size=512"):
         run(tmp_path / "runs", "batch_size=512")
@@ -198,6 +203,7 @@ def accuracy(model: torch.nn.Module, dataset) -> float:
     return correct / total
 
 
+@pytest.mark.trains
 def test_loading_each_adapter_of_an_ema_run_gives_its_recorded_accuracy(tmp_path):
     record, run_dir = run(tmp_path / "runs", "augment.ema=0.6", "epochs=3", "lr=3e-2", "trainer.limit_test_batches=1.0")
     files = record.adapter_files

@@ -309,6 +309,7 @@ def test_hf_smoke_without_files_needs_the_model_type():
         build_model({"family": "hf", "name": "someone/unknown-model"}, 2, tiny=True)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "task,overrides",
     [

@@ -33,6 +33,7 @@ def files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
+@pytest.mark.trains
 def test_missing_data_is_found_before_the_model_is_built(tmp_path, monkeypatch):
     import grft_app.lit.runner as runner
 
@@ -55,6 +56,7 @@ def test_missing_data_is_found_before_the_model_is_built(tmp_path, monkeypatch):
         run_task(cfg, run_dir_of(cfg))
 
 
+@pytest.mark.process
 def test_a_launch_without_its_data_says_so_in_one_line_and_leaves_nothing(tmp_path):
     proc = cli(tmp_path / "runs", "dataset=cub", "selection=row", f"data_dir={tmp_path / 'data'}")
     assert proc.returncode == 2
@@ -63,6 +65,7 @@ def test_a_launch_without_its_data_says_so_in_one_line_and_leaves_nothing(tmp_pa
     assert files_under(tmp_path / "runs") == []  # no .hydra/, run.log or .lock left behind
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("full_error", [False, True])
 def test_an_unexpected_error_is_one_line_first_with_the_traceback_kept(tmp_path, full_error):
     # A Trainer argument Lightning does not know: an error no check of ours catches.

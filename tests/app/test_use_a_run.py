@@ -134,12 +134,16 @@ def exported(tmp_path_factory):
     return root, cases, dict(zip(cases, names, strict=True))
 
 
+@pytest.mark.process
+@pytest.mark.trains
 @pytest.mark.parametrize("name", list(RUNS))
 def test_exported_model_gives_the_runs_logits_and_test_accuracy_without_grft(exported, name):
     _, cases, names = exported
     check_export(cases[name], names[name])
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_exported_timm_model_carries_its_arguments_labels_and_preprocessing(exported):
     root, cases, _ = exported
     config = json.loads((Path(cases["timm_rows"]["job"]["folder"]) / "config.json").read_text())
@@ -150,6 +154,8 @@ def test_exported_timm_model_carries_its_arguments_labels_and_preprocessing(expo
     assert pretrained["crop_mode"] == "center" and pretrained["crop_pct"] == 0.9  # images: resize, centre crop
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_exported_timm_preprocessing_is_the_runs_evaluation_transform(exported):
     """timm's own transform from the exported config (as the README loads it) feeds what the run tested on."""
     import timm
@@ -167,6 +173,8 @@ def test_exported_timm_preprocessing_is_the_runs_evaluation_transform(exported):
         torch.testing.assert_close(theirs(image), ours(image), rtol=0, atol=1e-6)
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_exported_transformers_model_has_label_names_and_tokenizer(exported):
     _, cases, _ = exported
     folder = Path(cases["hf_columns"]["job"]["folder"])
@@ -176,6 +184,8 @@ def test_exported_transformers_model_has_label_names_and_tokenizer(exported):
     assert (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file()
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_predict_on_the_test_images_gives_the_recorded_accuracy(exported, capsys):
     root, cases, _ = exported
     merged = cases["timm_rows"]["merged"]
@@ -193,6 +203,8 @@ def test_predict_on_the_test_images_gives_the_recorded_accuracy(exported, capsys
     assert len(printed) == 7 and printed[-1] == f"wrote 6 predictions to {out}"
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_predict_on_the_test_table_gives_the_recorded_accuracy(exported):
     root, cases, _ = exported
     merged = cases["hf_columns"]["merged"]
@@ -206,6 +218,8 @@ def test_predict_on_the_test_table_gives_the_recorded_accuracy(exported):
     assert correct == pytest.approx(merged.record.metrics[merged.final_test_key], abs=1e-6)
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_predict_reads_text_lines_and_renamed_columns(exported, tmp_path):
     _, cases, _ = exported
     run_dir = str(cases["hf_columns"]["merged"].run_dir)
@@ -229,6 +243,8 @@ def one_line_error(capsys, code: int, *fragments: str) -> None:
         assert fragment in err, err
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_a_folder_that_is_not_a_finished_run_is_one_line(exported, tmp_path, capsys):
     _, cases, _ = exported
     run_dir = cases["timm_rows"]["merged"].run_dir
@@ -244,6 +260,8 @@ def test_a_folder_that_is_not_a_finished_run_is_one_line(exported, tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_inputs_that_do_not_suit_the_run_are_one_line(exported, tmp_path, capsys):
     _, cases, _ = exported
     image_run, text_run = (str(cases[n]["merged"].run_dir) for n in ("timm_rows", "hf_columns"))
@@ -268,6 +286,8 @@ def test_inputs_that_do_not_suit_the_run_are_one_line(exported, tmp_path, capsys
         assert not out.exists()
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_export_never_writes_over_a_folder(exported, tmp_path, capsys):
     _, cases, _ = exported
     (tmp_path / "taken").mkdir()
@@ -278,6 +298,8 @@ def test_export_never_writes_over_a_folder(exported, tmp_path, capsys):
 
 
 # --- broader: every other method, BatchNorm, columns on timm, rows on transformers ---------------------------
+@pytest.mark.process
+@pytest.mark.trains
 @pytest.mark.slow
 def test_every_mergeable_method_exports_and_reloads_without_grft(tmp_path):
     cases = {}
@@ -289,6 +311,7 @@ def test_every_mergeable_method_exports_and_reloads_without_grft(tmp_path):
         check_export(case, labels)
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["adapter", "vpt_deep"])
 def test_a_method_that_cannot_merge_still_predicts_and_says_why_it_does_not_export(tmp_path, capsys, method):
@@ -300,6 +323,7 @@ def test_a_method_that_cannot_merge_still_predicts_and_says_why_it_does_not_expo
     assert predict_cli.main([str(run_dir), str(tmp_path / "data" / "images" / "test")]) == 0
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_a_run_rebuilt_on_another_base_is_refused(tmp_path):
     """GRFT's adapter carries its base's fingerprint: a rebuilt base that is not the run's is an error."""

@@ -20,6 +20,7 @@ from helpers.app_runs import make_cfg, run
 register_resolvers()
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "selection,norm", [("row", "l2"), ("column", "l2"), ("sparse", "l2"), ("row", "l1"), ("row", "none")]
 )
@@ -72,6 +73,7 @@ def test_a_baseline_gets_the_method_group_hydra_composes(tmp_path):
         with_method(cfg, "nope")
 
 
+@pytest.mark.process
 def test_run_py_entry_point_and_output_dir(tmp_path):
     env = {**os.environ, "GRFT_RUNS": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -110,6 +112,7 @@ class StopAtEpoch(L.Callback):
             raise SystemExit("killed")
 
 
+@pytest.mark.trains
 def test_resume_keeps_the_selection_skips_the_probe_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     overrides = ("epochs=3", "trainer.limit_train_batches=3", "selection=column", "lambda=0.01")
     straight, straight_dir = run(tmp_path / "a", *overrides)
@@ -136,6 +139,7 @@ def test_resume_keeps_the_selection_skips_the_probe_and_matches_an_uninterrupted
     assert resumed.metrics["test_loss"] == pytest.approx(straight.metrics["test_loss"], rel=1e-6)
 
 
+@pytest.mark.trains
 def test_seeded_runs_are_deterministic_and_seeds_matter(tmp_path):
     first, first_dir = run(tmp_path / "a", "seed=3")
     second, second_dir = run(tmp_path / "b", "seed=3")
@@ -154,6 +158,7 @@ def run_cli(tmp_path, *args):
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args,expected",
     [

@@ -94,6 +94,7 @@ def no_probe(monkeypatch):
 # --- 1. a kill while a checkpoint is replaced ------------------------------------------------------
 
 
+@pytest.mark.trains
 def test_a_kill_while_the_checkpoint_is_replaced_resumes_from_the_newest_intact_one(
     tmp_path, stopped_runs, straight, monkeypatch, caplog
 ):
@@ -114,6 +115,7 @@ def test_a_kill_while_the_checkpoint_is_replaced_resumes_from_the_newest_intact_
     assert_matches_straight(record, run_dir, straight)
 
 
+@pytest.mark.trains
 def test_with_no_checkpoint_left_behind_a_dangling_link_the_launch_says_it_starts_over(tmp_path, caplog):
     runs = tmp_path / "runs"
     folder = run_dir_of(make_cfg(runs, *ARGS, "epochs=1")) / "checkpoints"
@@ -129,6 +131,7 @@ def test_with_no_checkpoint_left_behind_a_dangling_link_the_launch_says_it_start
 # --- 2. launches.json of the wrong shape --------------------------------------------------------------
 
 
+@pytest.mark.trains
 def test_a_launch_log_of_the_wrong_shape_is_set_aside_in_one_line_and_the_run_resumes(
     tmp_path, stopped_runs, straight, caplog
 ):
@@ -146,6 +149,7 @@ def test_a_launch_log_of_the_wrong_shape_is_set_aside_in_one_line_and_the_run_re
 # --- 3. a full disk ---------------------------------------------------------------------------------
 
 
+@pytest.mark.trains
 def test_a_full_disk_is_one_line_leaves_no_partial_checkpoint_and_records_the_launch_as_failed(
     tmp_path, stopped_runs, straight, monkeypatch
 ):
@@ -194,6 +198,7 @@ class SignalSent(Exception):
     pass
 
 
+@pytest.mark.trains
 def test_sigterm_during_the_probe_is_a_preemption_that_resumes(tmp_path, straight, monkeypatch):
     import grft_app.methods.grft as grft_method
 
@@ -222,6 +227,7 @@ def test_sigterm_during_the_probe_is_a_preemption_that_resumes(tmp_path, straigh
     assert_matches_straight(record, run_dir, straight)
 
 
+@pytest.mark.trains
 def test_ctrl_c_is_one_line_records_interrupted_exits_130_and_resumes(
     tmp_path, stopped_runs, straight, monkeypatch, caplog
 ):
@@ -249,6 +255,7 @@ def test_ctrl_c_is_one_line_records_interrupted_exits_130_and_resumes(
 # --- 7. damaged outputs and checkpoints -------------------------------------------------------------------
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "name,damage",
     [
@@ -277,6 +284,7 @@ def test_a_finished_run_with_a_damaged_output_is_not_done_and_names_the_file(tmp
     assert ("missing" if damage == "delete" else "damaged") in message
 
 
+@pytest.mark.trains
 def test_an_altered_checkpoint_fails_its_checksum_before_it_is_resumed(tmp_path, stopped_runs):
     run_dir = copy_runs(stopped_runs, tmp_path / "runs")
     target = (run_dir / "checkpoints" / "last.ckpt").resolve()
@@ -312,6 +320,7 @@ def test_a_runs_folder_that_cannot_be_written_is_one_line_before_hydra_writes(tm
     assert err.startswith("error: cannot write") and "Read-only file system" in err and "paths.runs" in err
 
 
+@pytest.mark.process
 def test_a_read_only_mount_is_found_by_trying(tmp_path):
     """Root writes through permissions, not through a read-only mount: the check tries a write."""
     from grft_app.lit.writable import write_problem
@@ -331,6 +340,7 @@ def test_a_read_only_mount_is_found_by_trying(tmp_path):
 # --- 9. probe.max_batches and the baselines list ----------------------------------------------------------
 
 
+@pytest.mark.trains
 def test_probe_max_batches_zero_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"probe\.max_batches must be a whole number >= 1"):
         launch_task(tmp_path, "probe.max_batches=0")
@@ -358,6 +368,7 @@ def test_the_digits_baselines_are_replaced_by_either_form(override, expected):
 # --- 10. a diverged run ----------------------------------------------------------------------------------
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("record_failure", [False, True], ids=["single", "multirun"])
 def test_a_diverged_run_is_recorded_failed_with_the_step_and_the_fix(tmp_path, record_failure):
     with pytest.raises(ValueError) as err:
@@ -388,6 +399,7 @@ def test_known_keys_groups_and_hydra_flags_pass():
     assert unknown_key_problem([*argv, "lambda=0.1", "probe.max_batches=2", "~tags", "experiment=fgvc/cub"]) is None
 
 
+@pytest.mark.process
 def test_a_misspelt_group_added_with_plus_stops_the_launch_before_training(tmp_path):
     env = {**os.environ, "GRFT_RUNS": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -405,6 +417,7 @@ def test_a_misspelt_group_added_with_plus_stops_the_launch_before_training(tmp_p
 # --- 12. one run's log, one epoch numbering --------------------------------------------------------------
 
 
+@pytest.mark.trains
 def test_each_run_log_holds_its_own_lines_and_epochs_agree_everywhere(tmp_path):
     first_dir = run_dir_of(make_cfg(tmp_path, *ARGS, "method=linear", "epochs=2"))
     first_dir.mkdir(parents=True)
@@ -438,7 +451,7 @@ def test_each_run_log_holds_its_own_lines_and_epochs_agree_everywhere(tmp_path):
 
 # --- kill -9 at chosen moments: every re-launch ends with the uninterrupted run's files ----------------
 
-KILL_AT = Path(__file__).parent / "helpers" / "kill_at.py"
+KILL_AT = ROOT / "tests" / "helpers" / "kill_at.py"
 
 
 def launch_cli(runs: Path, where: str) -> subprocess.CompletedProcess:
@@ -468,6 +481,8 @@ def assert_kill_then_resume(runs: Path, where: str, straight, relaunch) -> None:
     assert_matches_straight(record, run_dir, straight)
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_kill_9_while_the_checkpoint_link_moves_then_the_relaunch_matches_an_uninterrupted_run(
     tmp_path, straight, monkeypatch
 ):
@@ -481,6 +496,8 @@ def relaunch_cli(runs: Path):
     return read_record(run_dir_of(make_cfg(runs, *ARGS)))
 
 
+@pytest.mark.process
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "where",
@@ -499,6 +516,8 @@ def test_kill_9_at_any_moment_then_a_relaunch_matches_an_uninterrupted_run(tmp_p
     assert_kill_then_resume(tmp_path / "runs", where, straight, relaunch_cli)
 
 
+@pytest.mark.process
+@pytest.mark.trains
 @pytest.mark.slow
 def test_kill_9_at_random_moments_until_done_matches_an_uninterrupted_run(tmp_path, straight):
     import random

@@ -98,6 +98,8 @@ def check_composes(tmp_path: Path, overrides: list[str]):
     return job_cfg
 
 
+@pytest.mark.process
+@pytest.mark.trains
 @pytest.mark.parametrize("line", SHELL)
 def test_readme_command(tmp_path, line):
     words = shlex.split(line, comments=True)
@@ -144,6 +146,7 @@ def test_readme_library_example_runs_on_a_tiny_model(tmp_path, snippet, monkeypa
     assert (tmp_path / "adapter.safetensors").is_file()
 
 
+@pytest.mark.process
 def test_your_own_task_runs_as_written(tmp_path):
     """The example's commands, in order, as a user types them in a fresh folder: ``python`` is this
     interpreter, ``run.py`` the checkout's, and results go where they go by default (results/runs/)."""

@@ -14,6 +14,8 @@ from experiments.paper.spec import load_spec
 from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_stubs
 
+pytestmark = pytest.mark.composes  # every test renders (or builds) whole tables
+
 SPEC = load_spec()
 TASKS = [t for b in ("fgvc", "vtab", "glue") for t in SPEC.tasks(b)]
 

@@ -66,6 +66,7 @@ def _rank_probe(rank: int, world: int, init_file: str, out_dir: str, n: int, bat
         dist.destroy_process_group()
 
 
+@pytest.mark.process
 def test_two_ranks_probe_floor_n_over_batch_batches_together(tmp_path):
     n, batch_size = 45, 4  # 11 full batches and 1 left over: rank 0 gets 6, rank 1 gets 5
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -79,6 +80,7 @@ def test_two_ranks_probe_floor_n_over_batch_batches_together(tmp_path):
     assert ranks[0]["extent"] == ranks[1]["extent"] == {"batches": 11, "images": 44}
 
 
+@pytest.mark.trains
 def test_the_record_states_the_probes_batches_and_images(tmp_path):
     # digits: 200 training images; at batch 32 the probe walks 6 batches (192 images), not 7.
     record, _ = run(tmp_path / "runs", "probe.max_batches=null", "batch_size=32")

@@ -62,6 +62,7 @@ def test_a_share_below_k1_is_one_line_naming_the_share_k1_needs():
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.trains
 def test_the_app_trains_and_records_the_k_of_the_share(tmp_path):
     from grft_app.models import build_model
     from helpers.app_runs import make_cfg, run
@@ -75,6 +76,7 @@ def test_the_app_trains_and_records_the_k_of_the_share(tmp_path):
     assert record.budget.pct == pytest.approx(record.params.pct) and record.params.pct <= 6.0
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -214,6 +214,7 @@ def _rank_main(rank: int, world: int, init: str, name: str, subsets: int, out: s
         dist.destroy_process_group()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("subsets", [1, 2])
 @pytest.mark.parametrize("name", ["vit", "llama"])
 def test_two_rank_ddp_low_memory_probe_selects_what_the_plain_probe_selects(tmp_path, name, subsets):

@@ -41,6 +41,7 @@ def cli(runs: Path, *args: str, multirun: bool = False) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.trains
 def test_force_trains_again_from_the_pretrained_weights_and_keeps_the_old_record(tmp_path, monkeypatch):
     cfg = make_cfg(tmp_path, "epochs=2")
     run_dir = run_dir_of(cfg)
@@ -105,6 +106,7 @@ def test_the_same_config_on_another_data_folder_is_not_already_done(tmp_path):
     assert len(keys) == 2
 
 
+@pytest.mark.process
 def test_a_damaged_record_names_itself_and_force_gets_past_it(tmp_path):
     done = cli(tmp_path, "k=1")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -130,6 +132,8 @@ def test_a_damaged_record_names_itself_and_force_gets_past_it(tmp_path):
     assert len(list((record.parent / "history").glob("*-record.json"))) == 1
 
 
+@pytest.mark.process
+@pytest.mark.trains
 def test_a_damaged_last_checkpoint_names_itself_and_force_gets_past_it(tmp_path):
     import lightning as L
 
@@ -154,6 +158,7 @@ def test_a_damaged_last_checkpoint_names_itself_and_force_gets_past_it(tmp_path)
     assert json.loads((run_dir / "record.json").read_text())["resumed"] is False
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args,expected",
     [
@@ -166,6 +171,7 @@ def test_non_numbers_name_their_key(tmp_path, args, expected):
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.process
 def test_a_failed_job_is_recorded_and_the_rest_of_the_multirun_still_runs(tmp_path):
     data = tmp_path / "no_data"
     proc = cli(tmp_path / "runs", "dataset=cub,digits", f"data_dir={data}", multirun=True)  # cub first: it fails

@@ -69,6 +69,7 @@ def records():
     return {m: run_worker(m) for m in ("grft_row", "lora")}
 
 
+@pytest.mark.process
 def test_worker_rows_have_every_required_column(records):
     table = driver.aggregate(list(records.values()))
     assert set(REQUIRED) <= set(table.columns)
@@ -80,6 +81,7 @@ def test_worker_rows_have_every_required_column(records):
     assert records["grft_row"]["probe_s"] > 0 and records["lora"]["probe_s"] == 0
 
 
+@pytest.mark.process
 def test_whole_run_peak_is_the_largest_phase_peak(records):
     for rec in records.values():
         phases = (rec["build_peak_mb"], rec["prepare_peak_mb"], rec["peak_mem_mb"])
@@ -89,12 +91,14 @@ def test_whole_run_peak_is_the_largest_phase_peak(records):
     assert records["lora"]["probe_batch_s"] is None
 
 
+@pytest.mark.process
 def test_grft_adam_state_is_two_fp32_moments_per_trainable_parameter(records):
     rec = records["grft_row"]
     assert rec["optimizer_state_bytes"] == 2 * 4 * rec["trainable_params"]
     assert rec["optimizer_state_mb"] == pytest.approx(rec["optimizer_state_bytes"] / 2**20)
 
 
+@pytest.mark.process
 def test_grft_trainable_count_matches_hand_count(records):
     # tiny ViT: embed 64, 2 blocks, MLP 256, patch 8x8x3, 10 classes; rows, k=2.
     k, d, mlp, patch = 2, 64, 256, 3 * 8 * 8
@@ -104,6 +108,7 @@ def test_grft_trainable_count_matches_hand_count(records):
     assert records["grft_row"]["trainable_params"] == slices + biases + head
 
 
+@pytest.mark.process
 def test_grft_adapter_is_far_below_a_full_checkpoint(records):
     rec = records["grft_row"]
     full_checkpoint = 4 * rec["total_params"]  # fp32, before any file header
@@ -375,6 +380,7 @@ def test_cuda_without_a_gpu_says_so(capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     cmd = [

@@ -72,6 +72,7 @@ def test_preflight_rejects_an_odd_batch_under_mixup(tmp_path):
         preflight(smoke_cfg(tmp_path, "fgvc/cub", "batch_size=5"))
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "experiment,folder,classes", [("fgvc/cub", "CUB_200_2011", 200), ("fgvc/stanford_cars", "stanfordcars", 196)]
 )

@@ -31,6 +31,7 @@ def smoke_config(name: str, runs: Path, *extra: str):
         )
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_smoke_run_writes_a_record_with_params(name, tmp_path):
     cfg = smoke_config(name, tmp_path)
@@ -61,6 +62,7 @@ def test_smoke_run_writes_a_record_with_params(name, tmp_path):
         assert sum(v.numel() for v in kept.values()) == params.trainable
 
 
+@pytest.mark.trains
 def test_resumed_lora_run_restores_its_adapters(tmp_path):
     """A run whose record is gone resumes from its slim checkpoint; LoRA's keys must load back."""
     cfg = smoke_config("lora", tmp_path, "epochs=2", "trainer.limit_train_batches=1")

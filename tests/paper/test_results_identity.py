@@ -104,6 +104,7 @@ def difference(a, b) -> list:
     return sorted(set(flatten(resolved(a)).items()) ^ set(flatten(resolved(b)).items()), key=str)
 
 
+@pytest.mark.composes
 def test_a_run_directory_is_shared_exactly_when_a_table_cell_is(tmp_path):
     configs = variants(tmp_path)
     places = [place(c) for c in configs]
