@@ -14,7 +14,7 @@ DATA_TASKS := $(if $(TASKS),--tasks $(TASKS))
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-seeds overhead test test-all models-coverage lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
+.PHONY: help install run run-seeds overhead test test-fast test-all models-coverage lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ overhead: install ## per-step time of the embedded default under Lightning vs a 
 
 test: install ## run the default test suite (no slow, no GPU tests)
 	$(PYTHON) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-fast: install ## the default suite minus the tests that start processes, train or compose whole tables: a quick loop
+	$(PYTHON) -m pytest -q -m "not slow and not gpu and not process and not trains and not composes" $(PYTEST_ARGS)
 
 lint: install ## ruff: lint and check the formatting (changes nothing)
 	$(VENV)/bin/ruff check .

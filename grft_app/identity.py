@@ -27,7 +27,7 @@ In the identity
   ``limit_*_batches``, gradient clipping or accumulation, and any trainer key not named below (an
   unknown key counts, so a new one errs on the side of another run);
 - the results version (``RESULTS_VERSION``): raised when the code's numbers change, which
-  ``tests/test_results_golden.py`` notices.
+  ``tests/app/test_results_golden.py`` notices.
 
 Not in the identity
 - ``paths``, ``logger``, ``tags``, ``progress``, ``trace_memory_every``, ``force``, ``hydra`` and

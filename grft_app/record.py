@@ -16,25 +16,23 @@ it existed have no ``status``, ``evaluation``, ``launches``, ``code``...) reads 
 added ``checksums`` and ``interrupted_at`` to schema 1; a change of meaning or layout bumps
 ``SCHEMA_VERSION``.
 
-Hand-written (de)serialisation: the layout is a handful of small dataclasses, and the standard
-library's ``dataclasses`` and ``typing`` read it without a new dependency.
+This module is the layout (its dataclasses) and its file; how a dataclass is written to JSON and read
+back strictly is ``grft_app.strict_json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import functools
 import json
 import os
-import types
-import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from grft.io import write_json_atomic
+
+from .strict_json import KEEP_NULL, TRANSIENT, Mismatch, from_json, to_json
 
 RECORD_NAME = "record.json"
 HISTORY_DIR = "history"  # earlier records of a run that force=true started again; not read by tables
@@ -42,10 +40,9 @@ SCHEMA_VERSION = 2  # the layout written now
 READABLE_SCHEMAS = (1, 2)  # the layouts this code reads
 FIX = "launch the run again with force=true (it trains the run again and keeps the old file in history/)"
 
-# Field metadata. ``key``: the JSON key when it is not the field's name. ``keep_null``: written even
-# when None (the run's identity: every record lists the same keys, null where a method does not use
-# one). ``transient``: never written (where the record was read from).
-KEEP_NULL = {"keep_null": True}
+# Field metadata (``grft_app.strict_json``): ``key`` renames a JSON key; ``KEEP_NULL`` for the run's
+# identity (every record lists the same keys, null where a method does not use one); ``TRANSIENT`` for
+# where the record was read from.
 
 
 class CorruptRecord(ValueError):
@@ -54,10 +51,6 @@ class CorruptRecord(ValueError):
 
 class UnknownSchema(CorruptRecord):
     """A record written under a schema version this code does not read (by another version of the code)."""
-
-
-class _Mismatch(ValueError):
-    """A value that is not what the layout says; the message is the dotted key and what was found."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,13 +199,13 @@ class RunRecord:
     interrupted_at: str | None = None
     failed_at: str | None = None
     error: str | None = None
-    run_dir: Path | None = field(default=None, compare=False, repr=False, metadata={"transient": True})
+    run_dir: Path | None = field(default=None, compare=False, repr=False, metadata=TRANSIENT)
 
     # -- the file's layout --------------------------------------------------------------------------
 
     def to_json(self) -> dict:
         """The JSON object of ``record.json`` (schema ``schema_version``)."""
-        return _to_json(self)
+        return to_json(self)
 
     @classmethod
     def from_json(cls, data: Any, source: str | Path = "run record", run_dir: Path | None = None) -> RunRecord:
@@ -223,8 +216,8 @@ class RunRecord:
         if schema not in READABLE_SCHEMAS:
             raise UnknownSchema(_unknown_schema(source, schema, data))
         try:
-            record = _from_json(cls, data, "")
-        except _Mismatch as err:
+            record = from_json(cls, data)
+        except Mismatch as err:
             written = _written_by(data)
             raise CorruptRecord(
                 f"{source} is not a valid run record of schema {schema} ({err}); if another version of grft wrote it"
@@ -353,100 +346,7 @@ def iter_records(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Dataclasses <-> JSON
-
-
-def _json_key(f: dataclasses.Field) -> str:
-    return f.metadata.get("key", f.name)
-
-
-def _to_json(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if f.metadata.get("transient") or (item is None and not f.metadata.get("keep_null")):
-                continue
-            out[_json_key(f)] = _to_json(item)
-        return out
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _from_json(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise _Mismatch(f"{where or 'the record'} is {type(data).__name__}, not an object")
-    known = {_json_key(f): f for f in dataclasses.fields(cls) if not f.metadata.get("transient")}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise _Mismatch(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)}")
-    values = {}
-    for key, f in known.items():
-        if key in data:
-            values[f.name] = _value(_hints(cls)[f.name], data[key], where + key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _Mismatch(f"{where + key} is missing")
-    return cls(**values)
-
-
-def _value(kind: Any, value: Any, where: str) -> Any:
-    """``value`` checked against the annotation ``kind`` (dataclasses built, numbers kept as written)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if kind is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _value(options[0], value, where)
-        for arg in options:
-            try:
-                return _value(arg, value, where)
-            except _Mismatch:
-                continue
-        raise _Mismatch(f"{where} is {_short(value)}, not {_name(kind)}")
-    if dataclasses.is_dataclass(kind):
-        return _from_json(kind, value, f"{where}.")
-    if origin is list:
-        if not isinstance(value, list):
-            raise _Mismatch(f"{where} is {_short(value)}, not a list")
-        return [_value(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch(f"{where} is {_short(value)}, not an object")
-        return {k: _value(args[1], item, f"{where}.{k}") for k, item in value.items()}
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    fits = {
-        float: number,
-        int: number and isinstance(value, int),
-        bool: isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(kind)
-    if fits is None:
-        raise TypeError(f"the record layout uses {kind!r}, which _value does not read")  # a bug here, not in a file
-    if not fits:
-        raise _Mismatch(f"{where} is {_short(value)}, not {_name(kind)}")
-    return value
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _name(kind: Any) -> str:
-    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+# Messages
 
 
 def _written_by(data: dict) -> str:

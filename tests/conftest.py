@@ -1,4 +1,11 @@
-"""Shared fixtures and test-session settings; the helpers tests import are in ``tests/helpers/``."""
+"""Shared fixtures and test-session settings; the helpers tests import are in ``tests/helpers/``.
+
+The folders mirror the tiers: ``lib/`` the library (``grft``), ``app/`` the application (``grft_app``,
+``run.py``, ``data_prep``), ``paper/`` the paper's tables (``experiments/paper``), ``bench/`` the
+benchmark and the model-coverage sweep; ``test_layout.py`` checks the tiers themselves. Marks beside
+``slow`` and ``gpu``: ``process`` (starts processes), ``trains`` (trains in-process) and ``composes``
+(composes a paper table's many cells); ``make test-fast`` leaves them out, ``make test`` runs them.
+"""
 
 from __future__ import annotations
 

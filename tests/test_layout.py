@@ -31,6 +31,20 @@ NOT_IN_THE_LIBRARY = (
     "grft_app",
     "experiments",
 )
+LIGHTNING = ("lightning", "pytorch_lightning")  # what the paper's renderer must not load (tables need no trainer)
+# In a fresh interpreter: every module of the renderer, then the calls its tables make on a cell (compose it, find
+# its run directory, say which statistic it holds); prints the modules loaded.
+RENDERER_PROBE = """
+import importlib, json, pkgutil, sys
+import experiments.paper as paper
+for info in pkgutil.walk_packages(paper.__path__, "experiments.paper."):
+    importlib.import_module(info.name)
+from experiments.paper.compose import Composer, run_dir
+from experiments.paper.tables.cells import statistic_of
+cfg = Composer().config(["dataset=digits", "k=2"])
+print(run_dir(cfg), statistic_of(cfg), file=sys.stderr)
+print(json.dumps(sorted(sys.modules)))
+"""
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -127,9 +141,33 @@ def upward_imports(graph: dict[str, set[str]], tier: str, above: tuple[str, ...]
     )
 
 
+def lightning_paths(graph: dict[str, set[str]], prefix: str, root: Path = ROOT) -> list[str]:
+    """``a <- b <- c``: each project module that imports Lightning itself and that a module under ``prefix``
+    reaches, with the chain of imports that reaches it."""
+    known = modules(root)
+    parent: dict[str, str | None] = {m: None for m in graph if m.startswith(prefix)}
+    queue = sorted(parent)
+    while queue:
+        current = queue.pop(0)
+        for nxt in sorted(graph.get(current, ())):
+            if nxt not in parent:
+                parent[nxt] = current
+                queue.append(nxt)
+    found = []
+    for name in sorted(parent):
+        if not {n.split(".")[0] for n in imported_names(name, known[name])} & set(LIGHTNING):
+            continue
+        chain = [name]
+        while parent[chain[-1]] is not None:
+            chain.append(parent[chain[-1]])
+        found.append(" <- ".join(chain))
+    return found
+
+
 # --- the project ----------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_import_grft_loads_no_application_framework():
     code = "import json, sys, grft; print(json.dumps(sorted(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -137,6 +175,20 @@ def test_import_grft_loads_no_application_framework():
     loaded = {m.split(".")[0] for m in json.loads(proc.stdout.strip().splitlines()[-1])}
     assert "torch" in loaded and "grft" in loaded
     assert sorted(loaded & set(NOT_IN_THE_LIBRARY)) == []
+
+
+@pytest.mark.process
+def test_the_paper_renderer_loads_no_lightning():
+    proc = subprocess.run([sys.executable, "-c", RENDERER_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {m.split(".")[0] for m in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert {"hydra", "pandas", "experiments", "grft_app"} <= loaded  # it did load the renderer
+    assert sorted(loaded & set(LIGHTNING)) == []
+
+
+def test_no_path_of_the_paper_renderer_reaches_lightning():
+    """Read from the source, deferred imports included: no module the renderer may import imports Lightning."""
+    assert lightning_paths(import_graph(), "experiments.paper") == []
 
 
 def test_the_library_imports_neither_the_app_nor_the_experiments():
@@ -191,3 +243,20 @@ def test_an_upward_import_and_a_cycle_are_found(tmp_path, deferred):
     assert upward_imports(graph, "grft", ("grft_app", "experiments")) == ["grft.a imports grft_app.b"]
     assert upward_imports(graph, "grft_app", ("experiments",)) == ["grft_app.b imports experiments.paper.e"]
     assert cycles(graph) == [["grft.c", "grft.d"]]
+
+
+def test_a_deferred_lightning_import_behind_the_renderer_is_found(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "grft/__init__.py": "",
+            "grft_app/__init__.py": "",
+            "grft_app/settings.py": "def train():\n    from .module import x\n",
+            "grft_app/module.py": "import lightning as L\n",
+            "experiments/__init__.py": "",
+            "experiments/paper/__init__.py": "",
+            "experiments/paper/tables.py": "from grft_app import settings\n",
+        },
+    )
+    found = lightning_paths(import_graph(tmp_path), "experiments.paper", tmp_path)
+    assert found == ["grft_app.module <- grft_app.settings <- experiments.paper.tables"]

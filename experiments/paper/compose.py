@@ -4,11 +4,13 @@ Hydra composes in two steps: the overrides that choose config-group options (``e
 ``method=gps``) build the defaults tree, which is merged into one config; the other overrides (``k=5``,
 ``lr=0.003``) are then applied to that config. The paper has hundreds of cells that differ only in the
 second kind, and a compose takes ~0.2 s, so the first step runs through ``hydra.compose`` once per
-distinct set of group choices (cached), and the second through the function Hydra's own compose applies
-them with (``ConfigLoaderImpl._apply_overrides_to_config``), on a copy. Which override belongs to which
-step is decided by Hydra's rule (its ``Overrides`` split): a key that names a config group, with a
-value that is not a dict, chooses an option; ``hydra.*`` overrides stay with the compose too (they
-can move the search path). Same steps, same order, same code: the result is a full compose's.
+distinct set of group choices (cached), and the second on a copy of that config with OmegaConf's own
+operations, by the rules Hydra's command line documents: ``key=value`` changes a key that exists,
+``+key=value`` adds one that does not, ``++key=value`` adds or changes, ``~key`` deletes; a value is
+merged into what is there. Which override belongs to which step is decided by Hydra's rule (its
+``Overrides`` split): a key that names a config group, with a value that is not a dict, chooses an
+option; ``hydra.*`` overrides stay with the compose too (they can move the search path). Same steps,
+same order: the result is a full compose's (tests/paper/test_results_identity.py compares the two).
 """
 
 from __future__ import annotations
@@ -18,15 +20,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException
-from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from grft_app.paths import CONF_DIR
 
@@ -59,11 +59,12 @@ class Composer:
         items = [*overrides, *self.extra]
         try:
             parsed = self._parser.parse_overrides(items)
-            ConfigLoaderImpl.validate_sweep_overrides_legal(parsed, run_mode=RunMode.RUN, from_shell=False)
+            _refuse_sweeps(parsed)
             choices = tuple(o.input_line for o in parsed if self._shapes_defaults(o))
             values = [o for o in parsed if not self._shapes_defaults(o)]
             cfg = copy.deepcopy(self._cached(choices))
-            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            for override in values:
+                apply_value_override(override, cfg)
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigUnavailable(f"overrides {items}: {str(err).splitlines()[0]}") from None
         return cfg
@@ -108,8 +109,57 @@ class Composer:
         return initialize_config_dir(version_base="1.3", config_dir=str(self.conf_dir))
 
 
+def _refuse_sweeps(overrides: Sequence[Override]) -> None:
+    """A cell is one run: ``k=1,2`` (a sweep) is refused, as ``python run.py`` without ``-m`` refuses it."""
+    for override in overrides:
+        if override.is_sweep_override():
+            raise ConfigCompositionException(
+                f"Ambiguous value for argument {override.input_line!r}: a cell is one run, not a sweep; a list is "
+                "key=[a,b], a string with a comma is quoted: key='a,b'"
+            )
+
+
+def apply_value_override(override: Override, cfg: DictConfig) -> None:
+    """Apply one override that sets a value (not a config-group choice) to ``cfg``, in place.
+
+    ``key=v`` changes an existing key (a missing one is an error naming ``+key=v``), ``+key=v`` adds a key
+    (an existing one is an error, unless ``v`` is a dict or list, which is merged in), ``++key=v`` adds or
+    changes, ``~key`` (or ``~key=v``, checked against the current value) deletes.
+    """
+    key, value, line = override.key_or_group, override.value(), override.input_line
+    if override.package is not None:
+        raise ConfigCompositionException(f"{line} looks like a config group override, but group {key!r} does not exist")
+    try:
+        if override.is_delete():
+            _delete(cfg, key, value)
+        elif override.is_add():
+            if OmegaConf.select(cfg, key, throw_on_missing=False) is not None and not isinstance(value, (dict, list)):
+                raise ConfigCompositionException(f"{line}: {key} exists; change it with {line[1:]} or +{line}")
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        elif override.is_force_add():
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        else:
+            try:
+                OmegaConf.update(cfg, key, value, merge=True)
+            except (ConfigAttributeError, ConfigKeyError):
+                raise ConfigCompositionException(f"Could not override {key!r}: to add it use +{line}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigCompositionException(f"Error merging override {line}: {str(err).splitlines()[0]}") from None
+
+
+def _delete(cfg: DictConfig, key: str, value: object) -> None:
+    current = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if current is None:
+        raise ConfigCompositionException(f"Could not delete {key!r}: it does not exist")
+    if value is not None and value != current:
+        raise ConfigCompositionException(f"Could not delete {key!r}: its value is {current}, not {value}")
+    parent, _, leaf = key.rpartition(".")
+    with open_dict(cfg):
+        del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """Where ``python run.py`` puts (and looks for) this configuration's run."""
-    from grft_app.lit.app import run_dir_of
+    from grft_app.lit.settings import run_dir_of
 
     return run_dir_of(cfg)

@@ -15,7 +15,7 @@ from ..paths import CONF_DIR
 from ..record import RunRecord
 from .lock import RunLocked
 from .runner import run_task
-from .settings import ConfigError, run_key
+from .settings import ConfigError, run_dir_of  # run_dir_of: also imported from here by callers
 from .sweep_summary import current_multirun
 
 log = logging.getLogger("grft")
@@ -71,10 +71,6 @@ def baseline_specs(baselines) -> list[tuple[str, dict]]:
     if isinstance(baselines, DictConfig):
         return [(name, OmegaConf.to_container(o or {}, resolve=True)) for name, o in baselines.items()]
     return [(str(name), {}) for name in baselines]
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.runs) / str(cfg.dataset.name) / str(cfg.method.name) / run_key(cfg)
 
 
 def method_label(method: str, cfg: DictConfig) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -28,29 +27,12 @@ from .data import probe_extent
 from .ema import TrainableEMA
 from .evaluation import EvalView, test_views, val_views
 from .metrics import TaskMetrics
-from .schedule import Protocol, epoch_scheduler, warmup_cosine
+from .schedule import epoch_scheduler, warmup_cosine
+from .settings import TrainSettings  # plain settings, Lightning-free (the renderer reads settings.py)
 
 
 class Diverged(ValueError):
     """The training loss became NaN or inf; the message says where, and the fix (a lower ``lr``)."""
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation and protocol settings (paper §4.1 and the reference protocol)."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"  # adam (paper, vision) | adamw (paper, GLUE)
-    epochs: int = 100  # the cosine's length (the protocol may add cool-down epochs after it)
-    warmup_epochs: float = 10.0
-    protocol: Protocol = field(default_factory=Protocol)
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: float | None = None
-    seed: int = 0
-    metrics: tuple[str, ...] = ("acc",)
 
 
 class FineTuneModule(L.LightningModule):

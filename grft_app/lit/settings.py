@@ -12,7 +12,9 @@ run resumes across commits that do not change results; the record keeps both.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,9 +24,6 @@ from ..data.identity import data_identity
 from ..identity import run_key as identity_key
 from ..methods import MethodSettings
 from .schedule import Protocol
-
-if TYPE_CHECKING:
-    from .module import TrainSettings
 
 
 class ConfigError(ValueError):
@@ -60,6 +59,11 @@ def run_key(root: DictConfig) -> str:
     container.pop("run_name", None)
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     return identity_key(resolved, data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir"))))
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Where ``python run.py`` puts (and looks for) this configuration's run: ``paths.runs/task/method/key``."""
+    return Path(cfg.paths.runs) / str(cfg.dataset.name) / str(cfg.method.name) / run_key(cfg)
 
 
 def register_resolvers() -> None:
@@ -195,9 +199,25 @@ def protocol_settings(cfg: DictConfig) -> Protocol:
     return protocol
 
 
-def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
-    from .module import TrainSettings  # Lightning: imported only where training is set up
+@dataclass
+class TrainSettings:
+    """Optimisation and protocol settings (paper §4.1 and the reference protocol)."""
 
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam (paper, vision) | adamw (paper, GLUE)
+    epochs: int = 100  # the cosine's length (the protocol may add cool-down epochs after it)
+    warmup_epochs: float = 10.0
+    protocol: Protocol = field(default_factory=Protocol)
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema_decay: float | None = None
+    seed: int = 0
+    metrics: tuple[str, ...] = ("acc",)
+
+
+def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
     for key in ("lr", "batch_size", "epochs"):
         if not float(cfg[key]) > 0:
             raise ConfigError(f"{key} must be > 0, got {cfg[key]!r}")
