@@ -68,7 +68,9 @@ def records_of(overrides: list[str]) -> list:
 
 
 def label(record) -> str:
-    return record.method + (f" ({record.selection}, k={record.k})" if record.method == "grft" else "")
+    from grft_app.methods import method_label
+
+    return method_label(record.method, record.selection, record.k)
 
 
 def summary(accuracies: dict[str, list[float]]) -> list[tuple[str, float, float, float, float]]:

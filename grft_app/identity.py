@@ -45,6 +45,11 @@ Not in the identity
   ``model.name`` are read from, not which network it is. A checkpoint must hold ``model.name``'s
   weights; other weights need another ``model.name``;
 - ``trainer.log_every_n_steps``, ``enable_model_summary``, ``enable_progress_bar``: what is shown;
+- ``_target_`` at any depth (``method._target_``...): the code a group's YAML names to build it. Which
+  method, model or data a run has is in its settings already (``method.name`` and its options,
+  ``model.name`` and ``model.family``, ``dataset.*``), and code that changes a run's numbers raises
+  ``RESULTS_VERSION``; so moving a class to another module keeps every run key, and records written
+  before the YAML named its code still match;
 - ``data_dir``: the data is in the run key by content instead (``grft_app.data.identity``: the
   task folder and a hash of its split files). The tables match records by their config alone: they
   may be rendered where the data is not, from a copy of the runs folder that holds one data folder's runs.
@@ -98,6 +103,8 @@ NOT_IDENTITY = (
     "trainer.enable_progress_bar",
 )
 RESULTS_KEY = "results_version"
+# Last parts of a dotted key that name code rather than a setting (see the module docstring).
+CODE_KEYS = ("_target_",)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -145,7 +152,11 @@ def run_identity(config: Mapping, results_version: Any = _CURRENT) -> dict[str, 
         results_version = RESULTS_VERSION
     method = (config.get("method") or {}).get("name") if isinstance(config.get("method"), Mapping) else None
     left_out = NOT_IDENTITY + _unused_by(method)
-    ident = {key: normal(value) for key, value in flatten(config).items() if not _within(key, left_out)}
+    ident = {
+        key: normal(value)
+        for key, value in flatten(config).items()
+        if not _within(key, left_out) and key.rsplit(".", 1)[-1] not in CODE_KEYS
+    }
     ident[RESULTS_KEY] = results_version
     return ident
 

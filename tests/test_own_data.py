@@ -334,7 +334,7 @@ BAD_INPUTS = {
     "vit-only-baseline-on-bert": (
         lambda root: texts(*text_files(root)),
         [*HF_BERT, "method=ssf"],
-        ["method ssf supports timm ViT models", "use lora, grft"],
+        ["method ssf supports timm ViT models", "use full, gps, grft, linear, lora"],
     ),
     "vit-only-baseline-on-resnet": (
         lambda root: images(write_image_folder(root) and root),

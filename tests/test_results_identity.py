@@ -162,3 +162,15 @@ def test_the_identity_holds_the_results_version_and_normalises_whole_numbers():
         "lr": 0.1,
         "results_version": RESULTS_VERSION,
     }
+
+
+def test_the_code_a_yaml_names_is_not_in_the_identity():
+    """``_target_`` names the class that builds a group: a record written before the YAML named it, or
+    after the class moved, is the same run and the same cell as one that names it."""
+    named = {"method": {"_target_": "grft_app.methods.grft.GRFTMethod", "name": "grft"}, "k": 2, "lr": 1e-3}
+    moved = copy.deepcopy(named)
+    moved["method"]["_target_"] = "elsewhere.GRFTMethod"
+    unnamed = copy.deepcopy(named)
+    del unnamed["method"]["_target_"]
+    assert run_identity(named) == run_identity(moved) == run_identity(unnamed)
+    assert not any("_target_" in key for key in run_identity(named))

@@ -19,10 +19,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from grft.io import write_json_atomic
-from grft.tuner import current_selection
 
 from ..data import build_datasets, class_count
-from ..methods import make_method
+from ..methods import make_method, method_class
 from ..models import base_of_run
 from ..record import Budget, Launch, Params, RunRecord, Timings, read_record, write_record
 from ..tune.stages import FINAL, TRIAL, stage_of, tuning_of, with_val_in_train
@@ -102,9 +101,8 @@ def grft_facts(cfg: DictConfig, used: tuple[str, ...], k: int | None = None) -> 
 
 
 def _selection_file(method, model, run_dir: Path) -> str | None:
-    if method.name != "grft":
-        return None
-    return current_selection(model).save(run_dir / "selection.safetensors").name
+    path = method.save_selection(model, run_dir)
+    return path.name if path else None
 
 
 def _save_adapters(method, module, run_dir: Path) -> dict:
@@ -155,8 +153,6 @@ def identity_facts(cfg: DictConfig, k: int | None = None) -> dict:
 
     Task, method, settings, config, code. ``k``: what ``k=auto`` resolved to.
     """
-    from ..methods import method_class
-
     name = str(cfg.method.name)
     return {
         "task": cfg.dataset.name,
@@ -217,7 +213,7 @@ def size_budget(cfg: DictConfig, bundle) -> Budget | None:
     """``k=auto share=<percent>``: the largest k within the share, from the model's shapes (``grft.largest_k``)."""
     if not is_auto_k(cfg):
         return None
-    if str(cfg.method.name) != "grft":
+    if not method_class(str(cfg.method.name)).sizes_k_by_share:
         raise ConfigError(
             f"k=auto share=... sizes GRFT's k; method {cfg.method.name} has no k: set its own size instead "
             "(e.g. method.r for lora) and drop k=auto share"
@@ -258,7 +254,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         torch.set_num_threads(int(cfg.cpu_threads))
     method = make_method(method_settings(cfg))
     strategy = str(cfg.trainer.get("strategy", "auto")).lower()
-    if method.name in ("grft", "gps") and any(name in strategy for name in ("fsdp", "deepspeed")):
+    if not method.shardable and any(name in strategy for name in ("fsdp", "deepspeed")):
         raise ConfigError(
             f"trainer.strategy={strategy} shards weights, but {method.name} keeps whole-weight state (slices written "
             "in place, full-size masks) on every rank: use trainer=ddp"

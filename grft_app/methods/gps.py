@@ -81,6 +81,7 @@ def model_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 class GPSMethod(Method):
     name = "gps"
     grft_keys = ("k",)
+    shardable = False
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)

@@ -12,7 +12,7 @@ from grft.adapter import load_adapter, running_statistics, save_adapter
 from grft.decay import add_slice_decay_grad_, decay_slices_
 from grft.penalty import penalty
 from grft.probe import select
-from grft.tuner import apply_selection, attach, has_selection, merge, sliced_layers
+from grft.tuner import apply_selection, attach, current_selection, has_selection, merge, sliced_layers
 
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
@@ -22,6 +22,8 @@ class GRFTMethod(Method):
     name = "grft"
     grft_keys = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
     several_head_modules = True
+    shardable = False
+    sizes_k_by_share = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
@@ -61,6 +63,13 @@ class GRFTMethod(Method):
 
     def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_adapter(model, path)
+
+    def save_selection(self, model: nn.Module, run_dir: Path) -> Path | None:
+        return current_selection(model).save(run_dir / "selection.safetensors")
+
+    @classmethod
+    def label(cls, selection: str | None = None, k: int | None = None) -> str:
+        return f"{cls.name} ({selection}, k={k})"
 
     def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:
         """The library's own loader: it checks the file's checksum and the base's fingerprint first."""
