@@ -45,7 +45,8 @@ Not in the identity
   ``model.name`` are read from, not which network it is. A checkpoint must hold ``model.name``'s
   weights; other weights need another ``model.name``;
 - ``trainer.log_every_n_steps``, ``enable_model_summary``, ``enable_progress_bar``: what is shown;
-- ``_target_`` at any depth (``method._target_``...): the code a group's YAML names to build it. Which
+- ``_target_`` at any depth (``method._target_``...), ``model.builder`` and ``dataset.builder``: the
+  code a group's YAML names to build it (``grft_app.builders``). Which
   method, model or data a run has is in its settings already (``method.name`` and its options,
   ``model.name`` and ``model.family``, ``dataset.*``), and code that changes a run's numbers raises
   ``RESULTS_VERSION``; so moving a class to another module keeps every run key, and records written
@@ -94,6 +95,8 @@ NOT_IDENTITY = (
     "model.checkpoint",
     "model.cache_dir",
     "model.local_files_only",
+    "model.builder",
+    "dataset.builder",
     "trainer.accelerator",
     "trainer.strategy",
     "trainer.deterministic",

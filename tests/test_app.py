@@ -173,3 +173,15 @@ def test_config_errors_are_one_line_and_name_the_key(tmp_path, args, expected):
     if expected.startswith("error:"):
         assert "Traceback" not in proc.stderr
         assert not list(tmp_path.rglob("record.json"))
+
+
+@pytest.mark.parametrize(
+    "group,expected", [("csv", ["CSVLogger"]), ("tensorboard", ["CSVLogger", "TensorBoardLogger"]), ("none", [])]
+)
+def test_the_logger_group_names_its_lightning_loggers_which_write_in_the_run_directory(tmp_path, group, expected):
+    from grft_app.lit.runner import make_loggers
+
+    cfg = make_cfg(tmp_path, f"logger={group}")
+    made = make_loggers(cfg, tmp_path / "run")
+    assert [type(logger).__name__ for logger in made] == expected
+    assert all(logger.save_dir == str(tmp_path / "run") for logger in made)

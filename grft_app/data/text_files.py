@@ -335,6 +335,10 @@ def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
     return identity
 
 
+def fetch_hint(cfg: Mapping, data_dir: Path) -> str:
+    return "pass dataset.train=FILE and dataset.test=FILE (.csv, .tsv, .jsonl, .parquet, or a save_to_disk folder)"
+
+
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     if inputs.kind != "text" or inputs.tokenizer is None:
         raise OwnDataError(

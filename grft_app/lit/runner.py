@@ -54,27 +54,18 @@ SPLIT_LISTING = "data_split.json"  # which file (or row) of your own data went t
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch import loggers
+    """The Lightning loggers the ``logger`` group names (``<name>: {_target_: ..., options}``), each
+    writing under the run directory."""
+    from hydra.utils import instantiate
 
     made = []
-    for name in cfg.logger.get("use", []) or []:
-        if name == "csv":
-            made.append(loggers.CSVLogger(run_dir, name="logs"))  # version_N: a resumed run adds one
-        elif name == "tensorboard":
-            made.append(loggers.TensorBoardLogger(run_dir, name="tensorboard"))
-        elif name == "wandb":
-            w = cfg.logger.wandb
-            made.append(
-                loggers.WandbLogger(
-                    project=w.project,
-                    save_dir=str(run_dir),
-                    offline=bool(w.offline),
-                    name=cfg.run_name,
-                    tags=list(w.get("tags") or []),
-                )
+    for name, spec in (cfg.get("logger") or {}).items():
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            raise ConfigError(
+                f"logger.{name} names no logger class: give it `_target_: lightning.pytorch.loggers.<Logger>` "
+                "(as conf/logger/*.yaml do)"
             )
-        else:
-            raise ConfigError(f"logger {name!r} is unknown; known: csv, tensorboard, wandb")
+        made.append(instantiate(spec, save_dir=str(run_dir), _convert_="all"))
     return made
 
 

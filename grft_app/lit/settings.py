@@ -55,9 +55,10 @@ def run_key(root: DictConfig) -> str:
         # Raised here, inside Hydra's run-directory interpolation, it would surface as a long traceback;
         # the app's own checks (check_numbers) report it in one line before anything is written.
         return "unresolved-config"
-    # hydra.run.dir interpolates run_name, which interpolates this key: drop them before resolving.
-    container.pop("hydra", None)
-    container.pop("run_name", None)
+    # hydra.run.dir interpolates run_name, which interpolates this key: drop them (and the loggers, which
+    # may name the run by it; none is in the identity) before resolving.
+    for key in ("hydra", "run_name", "logger"):
+        container.pop(key, None)
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     return identity_key(resolved, data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir"))))
 
