@@ -16,9 +16,12 @@ hold the machine. Key by key:
 In the identity
 - ``method.*`` (the method and its options), ``model.*`` (which network, its size, dtype, input
   size and normalisation, ``tiny``), ``dataset.*`` (task, classes, split settings);
-- GRFT's keys (``k``, ``selection``, ``norm``, ``lambda``, ``regular_layers``, ``subsets``), for a
-  method that reads them (``Method.grft_keys``; a baseline reads none, GPS only ``k``): a baseline
-  run serves every GRFT setting, in the run key and in the tables alike;
+- GRFT's settings (``k``, ``selection``, ``norm``, ``lambda``, ``regular_layers``, ``subsets``,
+  ``probe.temperature``: ``grft_app.grft_settings``), for a method that reads them
+  (``Method.grft_keys``; a baseline reads none, GPS ``k`` and its probe's temperature): a baseline
+  run serves every GRFT setting, in the run key and in the tables alike. A setting exposed after
+  runs were recorded is out at the value those runs had (its ``recorded_default``: temperature
+  0.07), so their keys and cells stay;
 - ``probe.*``, for a method that probes the data before training (GRFT, GPS);
 - the optimisation: ``lr``, ``batch_size``, ``epochs``, ``warmup_epochs``, ``optimizer``,
   ``weight_decay``, ``augment.*``, ``protocol.*``, ``seed`` (the tables aggregate over seeds);
@@ -66,6 +69,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .grft_settings import KEYS, SETTINGS
 from .methods import Method, method_class
 
 # Raise by one whenever a change of code changes a run's numbers (the golden test says when).
@@ -73,7 +77,7 @@ from .methods import Method, method_class
 # and no table shows one. 1: every run before this number existed.
 RESULTS_VERSION = 2
 
-GRFT_KEYS = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+GRFT_KEYS = KEYS  # the settings table's config keys
 PROBE_KEYS = ("probe",)
 
 # Dotted prefixes of the settings that are not part of a run's identity (see the module docstring).
@@ -145,6 +149,14 @@ def _unused_by(method: str | None) -> tuple[str, ...]:
     return unused + (PROBE_KEYS if cls.needs_probe is Method.needs_probe else ())
 
 
+RECORDED_DEFAULTS = {s.key: s.recorded_default for s in SETTINGS if s.recorded_default is not None}
+
+
+def _as_recorded(key: str, value: Any) -> bool:
+    """A setting exposed after runs were recorded, at the value those runs had (out of the identity)."""
+    return key in RECORDED_DEFAULTS and normal(value) == normal(RECORDED_DEFAULTS[key])
+
+
 _CURRENT = object()
 
 
@@ -158,7 +170,7 @@ def run_identity(config: Mapping, results_version: Any = _CURRENT) -> dict[str, 
     ident = {
         key: normal(value)
         for key, value in flatten(config).items()
-        if not _within(key, left_out) and key.rsplit(".", 1)[-1] not in CODE_KEYS
+        if not _within(key, left_out) and key.rsplit(".", 1)[-1] not in CODE_KEYS and not _as_recorded(key, value)
     }
     ident[RESULTS_KEY] = results_version
     return ident

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from grft.io import write_json_atomic
 
 from ..data import build_datasets, class_count
+from ..grft_settings import SETTINGS as GRFT_SETTINGS
+from ..grft_settings import lookup
 from ..methods import make_method, method_class
 from ..models import base_of_run
 from ..record import Budget, Launch, Params, RunRecord, Timings, read_record, write_record
@@ -77,18 +79,18 @@ def cluster_plugins() -> list:
 
 
 def grft_facts(cfg: DictConfig, used: tuple[str, ...], k: int | None = None) -> dict:
-    """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key.
-
-    ``k``: what ``k=auto`` resolved to (None before the model is built)."""
-    values = {
-        "selection": cfg.selection.kind,
-        "norm": cfg.norm.kind,
-        "k": k if k is not None else (None if is_auto_k(cfg) else int(cfg.k)),
-        "lambda": float(cfg["lambda"]),
-        "regular_layers": cfg.regular_layers,
-        "subsets": int(cfg.subsets),
-    }
-    return {("lambda_" if key == "lambda" else key): (value if key in used else None) for key, value in values.items()}
+    """GRFT's settings as the record shows them (``RunRecord`` fields, from ``grft_app.grft_settings``):
+    ``None`` where the method does not read the setting. ``k``: what ``k=auto`` resolved to (None before
+    the model is built)."""
+    facts = {}
+    for setting in GRFT_SETTINGS:
+        if setting.record is None:
+            continue
+        value = setting.read(lookup(cfg, setting.key))
+        if setting.key == "k" and (k is not None or is_auto_k(cfg)):
+            value = k
+        facts[setting.record] = value if setting.key in used else None
+    return facts
 
 
 def _selection_file(method, model, run_dir: Path) -> str | None:

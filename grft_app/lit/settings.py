@@ -12,13 +12,15 @@ run resumes across commits that do not change results; the record keeps both.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from grft.config import GRFTConfig
 
 from ..data.identity import data_identity
+from ..grft_settings import SETTINGS as GRFT_SETTINGS
+from ..grft_settings import config_fields, in_key_words, lookup
 from ..identity import run_key as identity_key
 from ..methods import MethodSettings
 from .schedule import Protocol
@@ -95,28 +97,16 @@ def check_budget(cfg: DictConfig) -> None:
 
 
 def grft_config(cfg: DictConfig, k: int | None = None) -> GRFTConfig:
-    """``k``: the k that ``k=auto`` resolved to (the config keeps ``auto``)."""
+    """The ``GRFTConfig`` of a composed config, read through the settings table (``grft_app.grft_settings``).
+
+    ``k``: the k that ``k=auto`` resolved to (the config keeps ``auto``)."""
+    fields = config_fields(cfg)
+    if k is not None or is_auto_k(cfg):
+        fields["k"] = k if k is not None else 1
     try:
-        return GRFTConfig(
-            k=k if k is not None else (1 if is_auto_k(cfg) else _whole(cfg.k)),
-            selection=str(cfg.selection.kind),
-            norm=str(cfg.norm.kind),
-            lam=float(cfg["lambda"]),
-            regular_layers=cfg.regular_layers,
-            subsets=_whole(cfg.subsets),
-            seed=int(cfg.seed),
-        )
+        return GRFTConfig(**fields, seed=int(cfg.seed))
     except ValueError as err:
-        raise ConfigError(str(err).replace("lam (lambda)", "lambda")) from None
-
-
-def _whole(value: Any) -> Any:
-    """Hydra hands ``k=2.0`` or ``k='2'`` through as given; whole numbers become ints."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return value
+        raise ConfigError(in_key_words(str(err))) from None
 
 
 def method_settings(cfg: DictConfig, k: int | None = None) -> MethodSettings:
@@ -130,9 +120,7 @@ NUMBERS = {
     "batch_size": int,
     "epochs": int,
     "seed": int,
-    "k": int,
-    "lambda": float,
-    "subsets": int,
+    **{s.key: s.number for s in GRFT_SETTINGS if s.number is not None},
     "warmup_epochs": float,
     "weight_decay": float,
 }
@@ -143,7 +131,7 @@ def check_numbers(cfg: DictConfig) -> None:
     check_recipe(cfg)
     check_budget(cfg)
     for key, kind in NUMBERS.items():
-        value = cfg.get(key)
+        value = lookup(cfg, key)
         if key == "k" and is_auto_k(cfg):
             continue
         try:

@@ -62,7 +62,8 @@ class Method:
     """Base: nothing trains but what ``prepare`` unfreezes; no probe, no extra loss."""
 
     name = "base"
-    # Top-level GRFT keys this method reads; the others are left out of its run key and record.
+    # The GRFT settings this method reads (config keys of ``grft_app.grft_settings``); the others are left
+    # out of its run key and record.
     grft_keys: tuple[str, ...] = ()
     # Whether the method handles a head made of several modules (DistilBERT, DeBERTa-v2).
     several_head_modules = False

@@ -14,13 +14,14 @@ from grft.penalty import penalty
 from grft.probe import select
 from grft.tuner import apply_selection, attach, current_selection, has_selection, merge, sliced_layers
 
+from ..grft_settings import KEYS as GRFT_KEYS
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
 
 
 class GRFTMethod(Method):
     name = "grft"
-    grft_keys = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+    grft_keys = GRFT_KEYS  # every GRFT setting
     several_head_modules = True
     shardable = False
     sizes_k_by_share = True
