@@ -78,7 +78,7 @@ def compose(method: str, epochs: int, runs: Path, extra: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from grft_app.lit.settings import register_resolvers
+    from grft_app.run.settings import register_resolvers
 
     register_resolvers()
     overrides = [
@@ -96,9 +96,9 @@ def compose(method: str, epochs: int, runs: Path, extra: list[str]):
 
 
 def measure(method: str, epochs: int, rounds: int, extra: list[str]) -> dict:
-    from grft_app.lit.app import run_dir_of
     from grft_app.lit.quiet import quiet_lightning
-    from grft_app.lit.runner import run_task
+    from grft_app.run.app import run_dir_of
+    from grft_app.run.runner import run_task
 
     quiet_lightning()
     lightning, plain, step_only = [], [], []

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf, open_dict
 
 from experiments.paper.matching import RecordIndex, identity, matches, resolved
 from grft_app.identity import RESULTS_VERSION, flatten, run_identity
-from grft_app.lit.app import run_dir_of
 from grft_app.record import CodeFacts, RunRecord
+from grft_app.run.app import run_dir_of
 from helpers.app_runs import make_cfg
 
 BASES = (
@@ -180,9 +180,9 @@ def test_the_grft_settings_table_reaches_the_settings_the_record_and_the_identit
     """One row per setting (grft_app.grft_settings): ``probe.temperature``, exposed by one row, reaches
     ``GRFTConfig``; the record's GRFT facts follow what the method reads; a non-default temperature is
     another GRFT and GPS run but the same baseline run; errors name the key as users type it."""
-    from grft_app.lit.runner import grft_facts
-    from grft_app.lit.settings import ConfigError, check_numbers, grft_config
     from grft_app.methods import method_class
+    from grft_app.run.runner import grft_facts
+    from grft_app.run.settings import ConfigError, check_numbers, grft_config
 
     cfg = make_cfg(tmp_path, "probe.temperature=0.2", "lambda=0.5", "k=3", "selection=column", "regular_layers=1")
     config = grft_config(cfg)

@@ -22,11 +22,11 @@ from ..data.identity import data_identity
 from ..grft_settings import SETTINGS as GRFT_SETTINGS
 from ..grft_settings import config_fields, in_key_words, lookup
 from ..identity import run_key as identity_key
+from ..lit.schedule import Protocol
 from ..methods import MethodSettings
-from .schedule import Protocol
 
 if TYPE_CHECKING:
-    from .module import TrainSettings
+    from ..lit.module import TrainSettings
 
 
 class ConfigError(ValueError):
@@ -185,7 +185,7 @@ def protocol_settings(cfg: DictConfig) -> Protocol:
 
 
 def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
-    from .module import TrainSettings  # Lightning: imported only where training is set up
+    from ..lit.module import TrainSettings  # Lightning: imported only where training is set up
 
     for key in ("lr", "batch_size", "epochs"):
         if not float(cfg[key]) > 0:
@@ -218,7 +218,7 @@ def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
 
 def reported_statistic(cfg: DictConfig) -> str:
     """In words, the number a run of ``cfg`` reports (what a rendered table's 'ours' holds)."""
-    from .evaluation import describe
+    from ..lit.evaluation import describe
 
     protocol = protocol_settings(cfg)
     return describe(protocol, cfg.augment.ema is not None, protocol.total_epochs(int(cfg.epochs)))

@@ -24,13 +24,16 @@ from grft.io import write_json_atomic
 from ..data import DataSplits, build_datasets, class_count
 from ..grft_settings import SETTINGS as GRFT_SETTINGS
 from ..grft_settings import lookup
+from ..lit.checkpoints import ChecksummedCheckpointIO
+from ..lit.data import TaskDataModule
+from ..lit.evaluation import best_of, evaluation_record, with_final
+from ..lit.module import Diverged, FineTuneModule, TrainSettings
+from ..lit.progress import rich_progress, training_progress_bar
+from ..lit.resources import ResourceMonitor
 from ..methods import Method, make_method, method_class
 from ..models import base_of_run
 from ..record import Budget, Evaluation, Launch, Params, RunRecord, Timings, read_record, write_record
 from ..tune.stages import FINAL, TRIAL, stage_of, tuning_of, with_val_in_train
-from .checkpoints import ChecksummedCheckpointIO
-from .data import TaskDataModule
-from .evaluation import best_of, evaluation_record, with_final
 from .lifecycle import (
     Interrupted,
     LaunchClock,
@@ -43,11 +46,8 @@ from .lifecycle import (
     stop_signals,
 )
 from .lock import RunLock
-from .module import Diverged, FineTuneModule, TrainSettings
 from .outputs import check_outputs, output_checksums
 from .preflight import preflight
-from .progress import rich_progress, training_progress_bar
-from .resources import ResourceMonitor
 from .run_log import run_log
 from .settings import ConfigError, check_numbers, grft_config, is_auto_k, method_settings, train_settings
 from .sweep_summary import current_multirun
