@@ -66,6 +66,12 @@ def method_label(name: str, selection: str | None = None, k: int | None = None) 
     return load_class(targets[name]).label(selection, k) if name in targets else name
 
 
+def method_words(name: str, selection: str | None = None, k: int | None = None) -> list[str]:
+    """What sets a run of method ``name`` apart in a one-line summary (``Method.distinguishing``)."""
+    targets = method_targets()
+    return load_class(targets[name]).distinguishing(selection, k) if name in targets else []
+
+
 def generic_methods() -> list[str]:
     """The methods that work on any model with an obvious head (not only timm's ViT), with what they need."""
     classes = {name: method_class(name) for name in method_targets()}
@@ -88,5 +94,6 @@ __all__ = [
     "make_method",
     "method_class",
     "method_label",
+    "method_words",
     "method_targets",
 ]

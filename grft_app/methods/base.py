@@ -186,9 +186,15 @@ class Method:
         return None
 
     @classmethod
+    def distinguishing(cls, selection: str | None = None, k: int | None = None) -> list[str]:
+        """What sets one run of the method apart from another in a summary (GRFT: ``["row", "k=4"]``); none here."""
+        return []
+
+    @classmethod
     def label(cls, selection: str | None = None, k: int | None = None) -> str:
-        """The method as tables and summaries name it: its name, and what sets it apart (GRFT: ``grft (row, k=4)``)."""
-        return cls.name
+        """The method as tables name it: its name, and what sets it apart (GRFT: ``grft (row, k=4)``)."""
+        words = cls.distinguishing(selection, k)
+        return f"{cls.name} ({', '.join(words)})" if words else cls.name
 
     # --- after training -------------------------------------------------------------------------
     def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:

@@ -69,8 +69,8 @@ class GRFTMethod(Method):
         return current_selection(model).save(run_dir / "selection.safetensors")
 
     @classmethod
-    def label(cls, selection: str | None = None, k: int | None = None) -> str:
-        return f"{cls.name} ({selection}, k={k})"
+    def distinguishing(cls, selection: str | None = None, k: int | None = None) -> list[str]:
+        return [str(selection), f"k={k}"]
 
     def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:
         """The library's own loader: it checks the file's checksum and the base's fingerprint first."""
