@@ -1,7 +1,7 @@
 """Train one task: `python run.py dataset=cub selection=row k=2` (Hydra; `--help` lists groups).
 
 With no arguments it runs the embedded offline default (digits transfer, GRFT vs linear vs full).
-Any error shows as one line first: the problem and the fix (grft_app.lit.launch); the full traceback
+Any error shows as one line first: the problem and the fix (grft_app.run.launch); the full traceback
 goes to the run's run.log, or to the terminal with HYDRA_FULL_ERROR=1.
 """
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":  # before Hydra (which would add a misspelt key and train) and before torch loads
-    from grft_app.lit.overrides import unknown_key_problem
+    from grft_app.run.overrides import unknown_key_problem
 
     problem = unknown_key_problem(sys.argv[1:])
     if problem:
@@ -20,14 +20,14 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from grft_app.lit.settings import register_resolvers  # noqa: E402
+from grft_app.run.settings import register_resolvers  # noqa: E402
 
 register_resolvers()
 
 
 def launched_dirs(cfg: DictConfig, run_dir: Path) -> list[Path]:
     """The run directory and those of its side-by-side baselines (where a failed launch may write)."""
-    from grft_app.lit.app import baseline_specs, run_dir_of, with_method
+    from grft_app.run.app import baseline_specs, run_dir_of, with_method
 
     dirs = [run_dir]
     try:
@@ -42,9 +42,9 @@ def launched_dirs(cfg: DictConfig, run_dir: Path) -> list[Path]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
     """Returns the run's record (a study's sweeper reads its objective from it)."""
-    from grft_app.lit import launch
-    from grft_app.lit.app import main as run_app
     from grft_app.lit.quiet import quiet_lightning
+    from grft_app.run import launch
+    from grft_app.run.app import main as run_app
 
     quiet_lightning()
     run_dir = Path(HydraConfig.get().runtime.output_dir)

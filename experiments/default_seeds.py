@@ -49,9 +49,9 @@ def records_of(overrides: list[str]) -> list:
     """The records of the default's runs (GRFT, then each baseline) for these overrides, in that order."""
     from hydra import compose, initialize_config_dir
 
-    from grft_app.lit.app import baseline_specs, run_dir_of, with_method
-    from grft_app.lit.settings import register_resolvers
     from grft_app.record import read_record
+    from grft_app.run.app import baseline_specs, run_dir_of, with_method
+    from grft_app.run.settings import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -68,7 +68,9 @@ def records_of(overrides: list[str]) -> list:
 
 
 def label(record) -> str:
-    return record.method + (f" ({record.selection}, k={record.k})" if record.method == "grft" else "")
+    from grft_app.methods import method_label
+
+    return method_label(record.method, record.selection, record.k)
 
 
 def summary(accuracies: dict[str, list[float]]) -> list[tuple[str, float, float, float, float]]:

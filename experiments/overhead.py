@@ -78,27 +78,23 @@ def compose(method: str, epochs: int, runs: Path, extra: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from grft_app.lit.settings import register_resolvers
+    from grft_app.run.settings import register_resolvers
 
     register_resolvers()
-    overrides = [
-        f"method={method}",
-        f"epochs={epochs}",
-        "warmup_epochs=1",
-        "baselines=null",
-        f"paths.runs={runs}",
-        *extra,
-    ]
-    if method in ("linear", "full"):  # the learning rates `make run` gives them (conf/dataset/digits.yaml)
-        overrides.append({"linear": "lr=3e-2", "full": "lr=3e-3"}[method])
+    from grft_app.run.app import baseline_specs
+
+    overrides = [f"method={method}", f"epochs={epochs}", "warmup_epochs=1", f"paths.runs={runs}", *extra]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+        # A baseline trains with the settings `make run` gives it (the task's `baselines`, conf/dataset/digits.yaml).
+        task = hydra_compose("config", overrides=[o for o in overrides if not o.startswith("method=")])
+        own = dict(baseline_specs(task.baselines or [])).get(method, {})
+        return hydra_compose("config", overrides=[*overrides, "baselines=null", *(f"{k}={v}" for k, v in own.items())])
 
 
 def measure(method: str, epochs: int, rounds: int, extra: list[str]) -> dict:
-    from grft_app.lit.app import run_dir_of
     from grft_app.lit.quiet import quiet_lightning
-    from grft_app.lit.runner import run_task
+    from grft_app.run.app import run_dir_of
+    from grft_app.run.runner import run_task
 
     quiet_lightning()
     lightning, plain, step_only = [], [], []

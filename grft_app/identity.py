@@ -16,9 +16,12 @@ hold the machine. Key by key:
 In the identity
 - ``method.*`` (the method and its options), ``model.*`` (which network, its size, dtype, input
   size and normalisation, ``tiny``), ``dataset.*`` (task, classes, split settings);
-- GRFT's keys (``k``, ``selection``, ``norm``, ``lambda``, ``regular_layers``, ``subsets``), for a
-  method that reads them (``Method.grft_keys``; a baseline reads none, GPS only ``k``): a baseline
-  run serves every GRFT setting, in the run key and in the tables alike;
+- GRFT's settings (``k``, ``selection``, ``norm``, ``lambda``, ``regular_layers``, ``subsets``,
+  ``probe.temperature``: ``grft_app.grft_settings``), for a method that reads them
+  (``Method.grft_keys``; a baseline reads none, GPS ``k`` and its probe's temperature): a baseline
+  run serves every GRFT setting, in the run key and in the tables alike. A setting exposed after
+  runs were recorded is out at the value those runs had (its ``recorded_default``: temperature
+  0.07), so their keys and cells stay;
 - ``probe.*``, for a method that probes the data before training (GRFT, GPS);
 - the optimisation: ``lr``, ``batch_size``, ``epochs``, ``warmup_epochs``, ``optimizer``,
   ``weight_decay``, ``augment.*``, ``protocol.*``, ``seed`` (the tables aggregate over seeds);
@@ -45,6 +48,12 @@ Not in the identity
   ``model.name`` are read from, not which network it is. A checkpoint must hold ``model.name``'s
   weights; other weights need another ``model.name``;
 - ``trainer.log_every_n_steps``, ``enable_model_summary``, ``enable_progress_bar``: what is shown;
+- ``_target_`` at any depth (``method._target_``...), ``model.builder`` and ``dataset.builder``: the
+  code a group's YAML names to build it (``grft_app.builders``). Which
+  method, model or data a run has is in its settings already (``method.name`` and its options,
+  ``model.name`` and ``model.family``, ``dataset.*``), and code that changes a run's numbers raises
+  ``RESULTS_VERSION``; so moving a class to another module keeps every run key, and records written
+  before the YAML named its code still match;
 - ``data_dir``: the data is in the run key by content instead (``grft_app.data.identity``: the
   task folder and a hash of its split files). The tables match records by their config alone: they
   may be rendered where the data is not, from a copy of the runs folder that holds one data folder's runs.
@@ -60,6 +69,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .grft_settings import KEYS, SETTINGS
 from .methods import Method, method_class
 
 # Raise by one whenever a change of code changes a run's numbers (the golden test says when).
@@ -67,7 +77,7 @@ from .methods import Method, method_class
 # and no table shows one. 1: every run before this number existed.
 RESULTS_VERSION = 2
 
-GRFT_KEYS = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+GRFT_KEYS = KEYS  # the settings table's config keys
 PROBE_KEYS = ("probe",)
 
 # Dotted prefixes of the settings that are not part of a run's identity (see the module docstring).
@@ -89,6 +99,8 @@ NOT_IDENTITY = (
     "model.checkpoint",
     "model.cache_dir",
     "model.local_files_only",
+    "model.builder",
+    "dataset.builder",
     "trainer.accelerator",
     "trainer.strategy",
     "trainer.deterministic",
@@ -98,6 +110,8 @@ NOT_IDENTITY = (
     "trainer.enable_progress_bar",
 )
 RESULTS_KEY = "results_version"
+# Last parts of a dotted key that name code rather than a setting (see the module docstring).
+CODE_KEYS = ("_target_",)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -135,6 +149,14 @@ def _unused_by(method: str | None) -> tuple[str, ...]:
     return unused + (PROBE_KEYS if cls.needs_probe is Method.needs_probe else ())
 
 
+RECORDED_DEFAULTS = {s.key: s.recorded_default for s in SETTINGS if s.recorded_default is not None}
+
+
+def _as_recorded(key: str, value: Any) -> bool:
+    """A setting exposed after runs were recorded, at the value those runs had (out of the identity)."""
+    return key in RECORDED_DEFAULTS and normal(value) == normal(RECORDED_DEFAULTS[key])
+
+
 _CURRENT = object()
 
 
@@ -145,7 +167,11 @@ def run_identity(config: Mapping, results_version: Any = _CURRENT) -> dict[str, 
         results_version = RESULTS_VERSION
     method = (config.get("method") or {}).get("name") if isinstance(config.get("method"), Mapping) else None
     left_out = NOT_IDENTITY + _unused_by(method)
-    ident = {key: normal(value) for key, value in flatten(config).items() if not _within(key, left_out)}
+    ident = {
+        key: normal(value)
+        for key, value in flatten(config).items()
+        if not _within(key, left_out) and key.rsplit(".", 1)[-1] not in CODE_KEYS and not _as_recorded(key, value)
+    }
     ident[RESULTS_KEY] = results_version
     return ident
 

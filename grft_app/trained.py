@@ -106,7 +106,7 @@ def load_run(run_dir: str | Path, merge: bool = True, device: str | torch.device
     ``merge``: fold the method's additions into the base layers. A method whose additions do not
     fold (adapter, VPT) leaves them in place; ``merged`` and ``not_merged_because`` say so.
     """
-    from .lit.settings import method_settings
+    from .run.settings import method_settings
 
     run_dir = Path(run_dir)
     record = finished_record(run_dir)

@@ -199,6 +199,23 @@ def test_the_app_does_not_import_the_experiments():
     assert upward_imports(import_graph(), "grft_app", ("experiments",)) == []
 
 
+def test_the_lightning_parts_do_not_import_the_run_management():
+    """``grft_app.lit`` (module, data, checkpoints...) is used by ``grft_app.run`` (settings, launch,
+    lifecycle, the runner), never the reverse."""
+    graph = import_graph()
+    assert any(m.startswith("grft_app.run.") for m in graph) and any(m.startswith("grft_app.lit.") for m in graph)
+    assert (
+        sorted(
+            f"{m} imports {t}"
+            for m, targets in graph.items()
+            if m.startswith("grft_app.lit.")
+            for t in targets
+            if t == "grft_app.run" or t.startswith("grft_app.run.")
+        )
+        == []
+    )
+
+
 def test_no_import_cycles():
     assert cycles(import_graph()) == []
 
@@ -206,7 +223,7 @@ def test_no_import_cycles():
 def test_the_scan_sees_every_module_and_real_edges():
     """The checks above look at something: every tier's files, and imports the code really has."""
     graph = import_graph()
-    assert {"grft", "grft.adapter", "grft_app.lit.runner", "experiments.paper.compose"} <= set(graph)
+    assert {"grft", "grft.adapter", "grft_app.run.runner", "experiments.paper.compose"} <= set(graph)
     assert "grft.io" in graph["grft.adapter"]  # from .io import ... (relative)
     assert "grft_app.paths" in graph["experiments.paper.compose"]  # from grft_app.paths import ... (absolute)
     assert "grft.adapter" in graph["grft"]  # the package's __init__

@@ -24,9 +24,9 @@ from .spec import Row, Target
 
 def cell_report(cfg: DictConfig) -> ParamReport:
     """Trainable / total parameters of one composed cell, as its run's method would count them."""
-    from grft_app.lit.settings import method_settings
     from grft_app.methods import make_method
     from grft_app.models import ModelBundle
+    from grft_app.run.settings import method_settings
 
     model, arch = meta_model(cfg.model, int(cfg.dataset.num_classes))
     model = copy.deepcopy(model)  # the cached meta model stays untouched by the method

@@ -45,7 +45,7 @@ class Composer:
     """
 
     def __init__(self, extra: Iterable[str] = (), conf_dir: Path = CONF_DIR):
-        from grft_app.lit.settings import register_resolvers
+        from grft_app.run.settings import register_resolvers
 
         register_resolvers()
         self.conf_dir = Path(conf_dir).resolve()
@@ -160,6 +160,6 @@ def _delete(cfg: DictConfig, key: str, value: object) -> None:
 
 def run_dir(cfg: DictConfig) -> Path:
     """Where ``python run.py`` puts (and looks for) this configuration's run."""
-    from grft_app.lit.settings import run_dir_of
+    from grft_app.run.settings import run_dir_of
 
     return run_dir_of(cfg)

@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 def cost_rows() -> list[tuple[str, int, int, int, float]]:
     """(task, images trained per epoch, test images, test passes per epoch, evaluated / trained images)."""
     from grft_app.data.catalog import TASKS
-    from grft_app.lit.settings import register_resolvers
     from grft_app.paths import CONF_DIR
+    from grft_app.run.settings import register_resolvers
 
     register_resolvers()
     rows = []

@@ -8,7 +8,6 @@ choice was made. Shares come from the real model built on the meta device (no we
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +70,7 @@ def meta_model(model_cfg, num_classes: int):
     machine lacks (a hub config, a tokenizer).
     """
     from grft import detect_architecture
-    from grft_app.models import FAMILIES, build_model
+    from grft_app.models import build_model, model_module
 
     # Only shapes are needed: never ask a hub (local files only; a family without them falls back below).
     model_cfg = {
@@ -88,7 +87,7 @@ def meta_model(model_cfg, num_classes: int):
         built = (bundle.model, bundle.arch)
     except Exception as err:  # noqa: BLE001 - any failure to build leads to the fallback or a clear message
         try:
-            module = importlib.import_module(FAMILIES.get(family, ""))
+            module = model_module(model_cfg)
         except (ImportError, ValueError):
             module = None
         builder = getattr(module, "meta_model", None)

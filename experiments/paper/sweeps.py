@@ -114,7 +114,7 @@ def plan(
 
 
 def _statistic(cfg) -> str:
-    from grft_app.lit.settings import ConfigError, reported_statistic
+    from grft_app.run.settings import ConfigError, reported_statistic
 
     try:
         return reported_statistic(cfg)

@@ -1,38 +1,25 @@
 """Datasets in the on-disk layouts the PEFT community uses, and your own, built per task from its Hydra config.
 
-``build_datasets(dataset_cfg, data_dir, inputs)`` dispatches on ``dataset_cfg["family"]`` to the
-family's module (``FAMILIES``), which returns ``DataSplits``. Each family module says what it holds
-(``INPUT_KIND``: images or text), and may check its files before any model loads
-(``check_present``), name its classes from its files (``class_names``: your own data, whose class
-count is read, not configured), and give the run key its data's identity (``fingerprint``). For
-using a trained run (``grft_app.predict``, ``grft_app.export``), an image family gives its evaluation
-transform for new images (``eval_transform``) and that transform in timm's terms (``eval_crop``), and a
-paper task may name its classes from its config (``label_names``).
+``build_datasets(dataset_cfg, data_dir, inputs)`` calls ``build`` of the family module the dataset's
+YAML names (``builder:``; for a config with only ``family``, the one ``conf/dataset`` gives that
+family: ``grft_app.builders``), which returns ``DataSplits``. What every family module holds, and
+what it may hold besides, is the contract ``grft_app.data.family.DataFamily``: what its items are
+(``INPUT_KIND``), a check of its files before any model loads (``check_present``), the data's
+identity for the run key (``fingerprint``), and how to get missing data (``fetch_hint``).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..builders import family_module as builder_module
+from .family import DataFamily, checked_family
 from .splits import DataSplits, InputSpec
 
-FAMILIES = {
-    "digits": "grft_app.data.digits",
-    "vtab": "grft_app.data.vtab",
-    "fgvc": "grft_app.data.fgvc",
-    "glue": "grft_app.data.glue",
-    "images": "grft_app.data.image_folder",
-    "text": "grft_app.data.text_files",
-}
 
-
-def family_module(dataset_cfg: Mapping):
-    family = dataset_cfg.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"dataset family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(FAMILIES[family])
+def family_module(dataset_cfg: Mapping) -> DataFamily:
+    return checked_family(builder_module("dataset", dataset_cfg))
 
 
 def build_datasets(dataset_cfg: Mapping, data_dir: str | Path, inputs: InputSpec) -> DataSplits:
@@ -40,13 +27,13 @@ def build_datasets(dataset_cfg: Mapping, data_dir: str | Path, inputs: InputSpec
 
 
 def check_data_present(dataset_cfg: Mapping, data_dir: str | Path) -> None:
-    """Fail fast (before a model is loaded) if the task's folder or split files are absent or unusable.
+    """Fail fast (before a model is loaded) if the task's folder or split files are absent or unusable."""
+    family_module(dataset_cfg).check_present(dataset_cfg, Path(data_dir))
 
-    A family whose data ships with the code (digits) has nothing to check.
-    """
-    check = getattr(family_module(dataset_cfg), "check_present", None)
-    if check is not None:
-        check(dataset_cfg, Path(data_dir))
+
+def fetch_hint(dataset_cfg: Mapping, data_dir: str | Path) -> str:
+    """How to get the task's data when it is missing (the family's ``fetch_hint``)."""
+    return family_module(dataset_cfg).fetch_hint(dataset_cfg, Path(data_dir))
 
 
 def class_count(dataset_cfg: Mapping, data_dir: str | Path) -> int:
@@ -90,6 +77,7 @@ def eval_crop(dataset_cfg: Mapping, inputs: InputSpec) -> dict:
 
 
 __all__ = [
+    "DataFamily",
     "DataSplits",
     "InputSpec",
     "build_datasets",
@@ -98,6 +86,7 @@ __all__ = [
     "eval_crop",
     "eval_transform",
     "input_kind",
+    "family_module",
+    "fetch_hint",
     "label_names",
-    "FAMILIES",
 ]

@@ -113,10 +113,15 @@ class DataMissingError(FileNotFoundError):
 
 def missing(task_name: str, family: str, data_dir, folder, what: str) -> DataMissingError:
     """The error for an absent or incomplete task folder: what is missing and the command to fetch it."""
+    return DataMissingError(f"{task_name}: {folder} is incomplete: {what}. {fetch_hint(task_name, family, data_dir)}")
+
+
+def fetch_hint(task_name: str, family: str, data_dir) -> str:
+    """A paper task's ``fetch_hint`` (``grft_app.data.family``): the commands that fetch it, or where to point."""
     known = TASKS.get(task_name)
     fetch = known.prep_command(str(data_dir)) if known else f"python -m data_prep.{family} --data-dir {data_dir}"
-    return DataMissingError(
-        f"{task_name}: {folder} is incomplete: {what}. Fetch and convert it with `{fetch}` "
+    return (
+        f"Fetch and convert it with `{fetch}` "
         f"(or `make data-{family} DATA_DIR={data_dir}{f' TASKS={task_name}' if known else ''}`), "
         f"or point data_dir at the folder that holds "
         f"{FAMILY_ROOTS.get(family, family)}/"

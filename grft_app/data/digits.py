@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .holdout import holdout_of, split_off
+from .identity import BUILT_IN
 from .images import require_images
 from .splits import DataSplits, InputSpec
 from .views import Transformed, TwoViews
@@ -70,6 +71,18 @@ class _Normalise:
         if self.channels != image.shape[0]:
             image = image.expand(self.channels, -1, -1)
         return (image - self.mean) / self.std
+
+
+def check_present(cfg: Mapping, data_dir: Path) -> None:
+    """Nothing to check: the digits ship with scikit-learn."""
+
+
+def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
+    return dict(BUILT_IN)
+
+
+def fetch_hint(cfg: Mapping, data_dir: Path) -> str:
+    return "nothing to fetch: the digits ship with scikit-learn (pip install scikit-learn)"
 
 
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:

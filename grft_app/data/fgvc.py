@@ -19,6 +19,8 @@ from pathlib import Path
 
 from . import images
 from .catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, missing
+from .catalog import fetch_hint as catalog_fetch_hint
+from .identity import paper_task_identity
 from .images import ImageItems, check_files_exist, image_splits, require_images
 from .splits import DataSplits, InputSpec
 
@@ -53,6 +55,14 @@ def class_index(splits: Mapping[str, Mapping[str, object]]) -> dict[object, int]
 
 def task_folder(cfg: Mapping, data_dir: Path) -> Path:
     return Path(data_dir) / FAMILY_ROOTS["fgvc"] / str(cfg["folder"])
+
+
+def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
+    return paper_task_identity(cfg, data_dir)
+
+
+def fetch_hint(cfg: Mapping, data_dir: Path) -> str:
+    return catalog_fetch_hint(str(cfg["name"]), "fgvc", data_dir)
 
 
 def check_present(cfg: Mapping, data_dir: Path) -> Path:

@@ -21,7 +21,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .catalog import FAMILY_ROOTS, missing
+from .catalog import fetch_hint as catalog_fetch_hint
 from .holdout import holdout_of, split_off
+from .identity import paper_task_identity
 from .splits import DataSplits, InputSpec
 
 INPUT_KIND = "text"
@@ -137,6 +139,14 @@ def read_tsv(path: Path, layout: Layout, num_classes: int) -> TextItems:
 
 def task_folder(cfg: Mapping, data_dir: Path) -> Path:
     return Path(data_dir) / FAMILY_ROOTS["glue"] / str(cfg["folder"])
+
+
+def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
+    return paper_task_identity(cfg, data_dir)
+
+
+def fetch_hint(cfg: Mapping, data_dir: Path) -> str:
+    return catalog_fetch_hint(str(cfg["name"]), "glue", data_dir)
 
 
 def check_present(cfg: Mapping, data_dir: Path) -> Path:

@@ -6,15 +6,16 @@ files (``*.json``, ``*.txt``, ``*.tsv`` at the top of the task folder) are small
 and labels, hashed in full; the images they point to are not read (too slow for every launch
 and every sweep plan), so replacing an image under the same name goes unnoticed.
 
-Your own data (``dataset=images``, ``dataset=text``) is hashed whole instead: its family's
-``fingerprint`` hashes every file's relative name and bytes (``grft_app.data.own``), so adding,
-removing, renaming or editing any file is another run.
+Each family says it with its ``fingerprint`` (``grft_app.data.family``): the paper's families by
+``paper_task_identity`` here, data that ships with the code as ``built-in``. Your own data
+(``dataset=images``, ``dataset=text``) is hashed whole instead: its family's ``fingerprint``
+hashes every file's relative name and bytes (``grft_app.data.own``), so adding, removing, renaming
+or editing any file is another run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,14 +23,6 @@ from .catalog import FAMILY_ROOTS
 
 SPLIT_SUFFIXES = (".json", ".txt", ".tsv")
 _CACHE: dict[tuple, str] = {}
-
-
-def task_folder(dataset_cfg: Mapping, data_dir: str | Path) -> Path | None:
-    """The task's folder under ``data_dir`` (``None`` for data built into the package, e.g. digits)."""
-    root = FAMILY_ROOTS.get(str(dataset_cfg.get("family")))
-    if root is None or dataset_cfg.get("folder") is None:
-        return None
-    return Path(data_dir) / root / str(dataset_cfg["folder"])
 
 
 def split_files(folder: Path) -> list[Path]:
@@ -44,24 +37,31 @@ def _file_hash(path: Path) -> str:
     return _CACHE[key]
 
 
-def data_identity(dataset_cfg: Mapping, data_dir: str | Path) -> dict:
-    """``{"folder": <resolved path>, "splits": <hash of the split files>}``; ``splits: "missing"`` without a folder.
+BUILT_IN = {"folder": None, "splits": "built-in"}
 
-    A family with its own ``fingerprint`` (your own data) gives that instead.
-    """
-    from . import FAMILIES
 
-    family = FAMILIES.get(str(dataset_cfg.get("family")))
-    fingerprint = getattr(importlib.import_module(family), "fingerprint", None) if family else None
-    if fingerprint is not None:
-        return fingerprint(dataset_cfg, data_dir)
-    folder = task_folder(dataset_cfg, data_dir)
-    if folder is None:
-        return {"folder": None, "splits": "built-in"}
-    folder = folder.resolve()
+def paper_task_identity(dataset_cfg: Mapping, data_dir: str | Path) -> dict:
+    """A paper task's (VTAB-1k, FGVC, GLUE) ``fingerprint``: ``{"folder": <resolved path>, "splits": <hash of
+    the split files>}``; ``splits: "missing"`` without the folder."""
+    family, folder = str(dataset_cfg.get("family")), dataset_cfg.get("folder")
+    if family not in FAMILY_ROOTS or folder is None:
+        return dict(BUILT_IN)
+    folder = (Path(data_dir) / FAMILY_ROOTS[family] / str(folder)).resolve()
     if not folder.is_dir():
         return {"folder": str(folder), "splits": "missing"}
     digest = hashlib.sha1()
     for path in split_files(folder):
         digest.update(f"{path.name}\0{_file_hash(path)}\0".encode())
     return {"folder": str(folder), "splits": digest.hexdigest()[:12]}
+
+
+def data_identity(dataset_cfg: Mapping, data_dir: str | Path) -> dict:
+    """The family's ``fingerprint`` of the data (``grft_app.data.family``); an unknown family has none
+    here (the launch's checks name it, in one line, before anything is written)."""
+    from . import family_module
+
+    try:
+        family = family_module(dataset_cfg)
+    except (ValueError, ImportError, TypeError):
+        return dict(BUILT_IN)
+    return family.fingerprint(dataset_cfg, data_dir)

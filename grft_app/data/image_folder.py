@@ -210,6 +210,13 @@ def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
         return {"folder": str(root), "files": "unreadable"}
 
 
+def fetch_hint(cfg: Mapping, data_dir: Path) -> str:
+    return (
+        "put your images in DIR/train/<class>/ and DIR/test/<class>/ (or set dataset.test_fraction) "
+        "and pass dataset.root=DIR"
+    )
+
+
 def eval_transform(cfg: Mapping, inputs: InputSpec):
     """PIL image -> the tensor the run evaluated (and predicts) with."""
     return task_transform("eval", cfg, inputs, DEFAULT_TRANSFORM)

@@ -232,7 +232,25 @@ def read_texts(cfg: Mapping) -> Texts:
 
 
 def _read_texts(cfg: Mapping) -> Texts:
-    columns = columns_of(cfg)
+    """Read the splits, name the classes from the training labels, then hold out what the config asks."""
+    tables, held = _read_tables(cfg, columns_of(cfg))
+    classes = _classes(cfg, tables)
+    index = {name: i for i, name in enumerate(classes)}
+    items = {
+        split: TextItems(t.texts, [index[label.strip()] for label in t.labels], t.pairs) for split, t in tables.items()
+    }
+    rows = _hold_out(cfg, items, held)
+    if "test" not in items:
+        raise OwnDataError(
+            f"no test split for {tables['train'].source}: set dataset.test=FILE, or dataset.test_fraction=0.2 to "
+            "hold out a seeded share of each label of the training file"
+        )
+    return Texts(classes, items, rows, held)
+
+
+def _read_tables(cfg: Mapping, columns: dict[str, str]) -> tuple[dict[str, Table], dict[str, str]]:
+    """Split -> its table (train, and test / val where given: a file, or a split of a datasets folder),
+    and split -> where it came from."""
     train_path = path_of(cfg, "train")
     if train_path is None:
         raise OwnDataError(
@@ -250,6 +268,11 @@ def _read_texts(cfg: Mapping) -> Texts:
             found = read_table(train_path, split, "dataset.train", columns)
             if found is not None:
                 tables[split], held[split] = found, "datasets folder"
+    return tables, held
+
+
+def _classes(cfg: Mapping, tables: dict[str, Table]) -> list[str]:
+    """The training labels' names; every other split's labels and columns checked against them."""
     train = tables["train"]
     classes = train.label_names or ordered_names(train.labels)
     if len(set(train.labels)) < 2:
@@ -257,7 +280,7 @@ def _read_texts(cfg: Mapping) -> Texts:
             f"{train.source} has {len(set(train.labels))} distinct label(s) ({', '.join(sorted(set(train.labels)))}); "
             "a classifier needs at least two"
         )
-    index = {name: i for i, name in enumerate(classes)}
+    known = set(classes)
     for split, table in tables.items():
         if split != "train" and (table.pairs is None) != (train.pairs is None):
             raise OwnDataError(
@@ -265,7 +288,7 @@ def _read_texts(cfg: Mapping) -> Texts:
                 f"{train.source} {'has' if table.pairs is None else 'lacks'}; give both files the same columns"
             )
         for row, label in enumerate(table.labels, start=1):
-            if label.strip() not in index:
+            if label.strip() not in known:
                 raise OwnDataError(
                     f"{table.source}: row {row} has label {label!r}, which {train.source} never has, so the model "
                     f"cannot learn it; add training rows with that label, or remove it (training labels: "
@@ -277,9 +300,12 @@ def _read_texts(cfg: Mapping) -> Texts:
             f"dataset.num_classes={given} but {train.source} has {len(classes)} labels; drop dataset.num_classes "
             "(it is read from the labels)"
         )
-    items = {
-        split: TextItems(t.texts, [index[label.strip()] for label in t.labels], t.pairs) for split, t in tables.items()
-    }
+    return classes
+
+
+def _hold_out(cfg: Mapping, items: dict[str, TextItems], held: dict[str, str]) -> dict[str, list[int]]:
+    """Hold ``dataset.<split>_fraction`` of each label of train out as that split (in place); the training
+    file's row numbers of each split."""
     rows = {"train": list(range(len(items["train"])))}
     seed = int(cfg.get("split_seed", 0))
     for split in ("test", "val"):
@@ -297,12 +323,7 @@ def _read_texts(cfg: Mapping) -> Texts:
         items[split] = subset(items["train"], out)
         items["train"] = subset(items["train"], kept)
         held[split] = key
-    if "test" not in items:
-        raise OwnDataError(
-            f"no test split for {train.source}: set dataset.test=FILE, or dataset.test_fraction=0.2 to hold out a "
-            "seeded share of each label of the training file"
-        )
-    return Texts(classes, items, rows, held)
+    return rows
 
 
 def subset(items: TextItems, indices: list[int]) -> TextItems:
@@ -333,6 +354,10 @@ def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
             digest = "unreadable"
         identity[split] = {"path": str(path), "files": digest if files else "missing"}
     return identity
+
+
+def fetch_hint(cfg: Mapping, data_dir: Path) -> str:
+    return "pass dataset.train=FILE and dataset.test=FILE (.csv, .tsv, .jsonl, .parquet, or a save_to_disk folder)"
 
 
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from . import images
 from .catalog import FAMILY_ROOTS, missing
+from .catalog import fetch_hint as catalog_fetch_hint
+from .identity import paper_task_identity
 from .images import ImageItems, check_files_exist, check_labels, image_splits, require_images
 from .splits import DataSplits, InputSpec
 
@@ -57,6 +59,14 @@ def load_split(cfg: Mapping, data_dir: Path, stem: str) -> ImageItems:
     check_labels(dataset.labels, int(cfg["num_classes"]), str(path))
     check_files_exist(dataset, name, "vtab", data_dir, folder, stem)
     return dataset
+
+
+def fingerprint(cfg: Mapping, data_dir: Path) -> dict:
+    return paper_task_identity(cfg, data_dir)
+
+
+def fetch_hint(cfg: Mapping, data_dir: Path) -> str:
+    return catalog_fetch_hint(str(cfg["name"]), "vtab", data_dir)
 
 
 def check_present(cfg: Mapping, data_dir: Path) -> Path:

@@ -32,11 +32,23 @@ Progress = Callable[[Iterable, str, int | None], Iterable]
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """The method's Hydra group (``options``: everything in it but ``name``) and the GRFT keys."""
+    """The method's Hydra group (``options``: everything in it but ``name`` and ``_target_``) and the GRFT keys.
+
+    ``target``: the class the group's ``_target_`` names (``None``: the one ``conf/method/<name>.yaml``
+    names). A ``_target_`` left in ``options`` (the group as Hydra composed it) moves there.
+    """
 
     name: str
     grft: GRFTConfig = field(default_factory=GRFTConfig)
     options: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+
+    def __post_init__(self) -> None:
+        if "_target_" in self.options:
+            options = dict(self.options)
+            target = options.pop("_target_")
+            object.__setattr__(self, "options", options)
+            object.__setattr__(self, "target", self.target or target)
 
 
 FORMAT = "grft-trained-tensors"
@@ -50,12 +62,20 @@ class Method:
     """Base: nothing trains but what ``prepare`` unfreezes; no probe, no extra loss."""
 
     name = "base"
-    # Top-level GRFT keys this method reads; the others are left out of its run key and record.
+    # The GRFT settings this method reads (config keys of ``grft_app.grft_settings``); the others are left
+    # out of its run key and record.
     grft_keys: tuple[str, ...] = ()
     # Whether the method handles a head made of several modules (DistilBERT, DeBERTa-v2).
     several_head_modules = False
     # Whether the method knows only timm's VisionTransformer layout (checked before the model loads).
     timm_vit_only = False
+    # What a model needs besides an obvious head for the method to apply (said when another method is suggested).
+    requires = ""
+    # Whether the method's state may be sharded across ranks (FSDP, DeepSpeed): not when it keeps
+    # whole-weight state (slices written in place, full-size masks) on every rank.
+    shardable = True
+    # Whether ``k=auto share=...`` sizes this method's k (from the model's shapes, ``grft.largest_k``).
+    sizes_k_by_share = False
 
     def __init__(self, settings: MethodSettings):
         self.settings = settings
@@ -159,6 +179,22 @@ class Method:
         tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
         tensors.update(running_statistics(model))
         return save_tensors(path, tensors, {"format": FORMAT, "method": self.name})
+
+    def save_selection(self, model: nn.Module, run_dir: Path) -> Path | None:
+        """Write the probe's selection beside the adapter, where the method has one worth keeping apart
+        (GRFT's ``selection.safetensors``); ``None``: nothing written."""
+        return None
+
+    @classmethod
+    def distinguishing(cls, selection: str | None = None, k: int | None = None) -> list[str]:
+        """What sets one run of the method apart from another in a summary (GRFT: ``["row", "k=4"]``); none here."""
+        return []
+
+    @classmethod
+    def label(cls, selection: str | None = None, k: int | None = None) -> str:
+        """The method as tables name it: its name, and what sets it apart (GRFT: ``grft (row, k=4)``)."""
+        words = cls.distinguishing(selection, k)
+        return f"{cls.name} ({', '.join(words)})" if words else cls.name
 
     # --- after training -------------------------------------------------------------------------
     def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:

@@ -12,6 +12,7 @@ class BiasMethod(Method):
     """BitFit: every bias outside the head, and the head; every weight stays frozen."""
 
     name = "bias"
+    requires = "if the model has biases"
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)

@@ -80,7 +80,8 @@ def model_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 class GPSMethod(Method):
     name = "gps"
-    grft_keys = ("k",)
+    grft_keys = ("k", "probe.temperature")  # its probe's loss is GRFT's
+    shardable = False
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)

@@ -12,16 +12,19 @@ from grft.adapter import load_adapter, running_statistics, save_adapter
 from grft.decay import add_slice_decay_grad_, decay_slices_
 from grft.penalty import penalty
 from grft.probe import select
-from grft.tuner import apply_selection, attach, has_selection, merge, sliced_layers
+from grft.tuner import apply_selection, attach, current_selection, has_selection, merge, sliced_layers
 
+from ..grft_settings import KEYS as GRFT_KEYS
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
 
 
 class GRFTMethod(Method):
     name = "grft"
-    grft_keys = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+    grft_keys = GRFT_KEYS  # every GRFT setting
     several_head_modules = True
+    shardable = False
+    sizes_k_by_share = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
@@ -61,6 +64,13 @@ class GRFTMethod(Method):
 
     def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_adapter(model, path)
+
+    def save_selection(self, model: nn.Module, run_dir: Path) -> Path | None:
+        return current_selection(model).save(run_dir / "selection.safetensors")
+
+    @classmethod
+    def distinguishing(cls, selection: str | None = None, k: int | None = None) -> list[str]:
+        return [str(selection), f"k={k}"]
 
     def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:
         """The library's own loader: it checks the file's checksum and the base's fingerprint first."""

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from torch import nn
 
-# Methods that work on any model with an obvious head (Llama included); bias needs biases too.
-GENERIC_METHODS = ("lora", "grft", "gps", "full", "linear", "bias (if the model has biases)")
-
 
 def require_vit(model: nn.Module, method: str):
     """Return ``model`` if it is a timm ``VisionTransformer``; otherwise a clear error."""
     from timm.models.vision_transformer import VisionTransformer
 
+    from . import generic_methods
+
     if not isinstance(model, VisionTransformer):
         raise ValueError(
             f"method {method} supports timm ViT models (got {type(model).__name__}); "
-            f"for other models, Llama included, use {', '.join(GENERIC_METHODS)}"
+            f"for other models, Llama included, use {', '.join(generic_methods())}"
         )
     return model
 

@@ -1,14 +1,14 @@
 """Models by family, built from their Hydra config: timm ViTs, Hugging Face Llamas, the digits ViT,
 and any timm or transformers classifier (``timm``, ``hf``).
 
-``build_model(model_cfg, num_classes, pretrained=..., tiny=...)`` dispatches on
-``model_cfg["family"]`` to ``grft_app.models.<family>.build``. ``tiny=True`` builds a small random
+``build_model(model_cfg, num_classes, pretrained=..., tiny=...)`` calls ``build`` of the module the
+model's YAML names (``builder:``; for a config with only ``family``, the one ``conf/model`` gives
+that family: ``grft_app.builders``). ``tiny=True`` builds a small random
 model of the same family (for ``debug=smoke`` and tests): same layer types, same names.
 """
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,15 +19,13 @@ from torch import nn
 
 from grft.targets import Architecture
 
+from ..builders import family_module
 from ..data.splits import InputSpec
 
-FAMILIES = {
-    "vit": "grft_app.models.vit",
-    "llama": "grft_app.models.llama",
-    "digits_vit": "grft_app.models.digits",
-    "timm": "grft_app.models.timm_classifier",
-    "hf": "grft_app.models.hf",
-}
+
+def model_module(model_cfg: Mapping):
+    """The module that builds this model family (``build``, ``input_kind``, ``timm_vit``)."""
+    return family_module("model", model_cfg)
 
 
 class ModelUnavailableError(FileNotFoundError):
@@ -42,11 +40,7 @@ class ModelBundle:
 
 
 def build_model(model_cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False) -> ModelBundle:
-    family = model_cfg.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"model family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
-    module = importlib.import_module(FAMILIES[family])
-    return module.build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
+    return model_module(model_cfg).build(model_cfg, num_classes, pretrained=pretrained, tiny=tiny)
 
 
 def base_of_run(cfg: Mapping, num_classes: int) -> ModelBundle:
@@ -65,23 +59,20 @@ def base_of_run(cfg: Mapping, num_classes: int) -> ModelBundle:
 
 def input_kind(model_cfg: Mapping) -> str | None:
     """``image`` or ``text``: what the model reads, known without loading it (``None``: only its files say)."""
-    family = model_cfg.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"model family {family!r} is unknown; known: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(FAMILIES[family]).input_kind(model_cfg)
+    return model_module(model_cfg).input_kind(model_cfg)
 
 
 def timm_vit(model_cfg: Mapping) -> bool | None:
     """Whether the model is a timm VisionTransformer, known without loading it (``None``: unknown)."""
-    return importlib.import_module(FAMILIES[model_cfg.get("family")]).timm_vit(model_cfg)
+    return model_module(model_cfg).timm_vit(model_cfg)
 
 
 __all__ = [
-    "FAMILIES",
     "ModelBundle",
     "ModelUnavailableError",
     "base_of_run",
     "build_model",
     "input_kind",
+    "model_module",
     "timm_vit",
 ]

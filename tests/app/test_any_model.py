@@ -323,9 +323,9 @@ def test_app_smoke_run_on_a_model_the_user_names(tmp_path, task, overrides):
 
     from hydra import compose, initialize_config_dir
 
-    from grft_app.lit.app import run_dir_of
-    from grft_app.lit.runner import run_task
-    from grft_app.lit.settings import register_resolvers
+    from grft_app.run.app import run_dir_of
+    from grft_app.run.runner import run_task
+    from grft_app.run.settings import register_resolvers
     from helpers.miniature import write_glue, write_vtab
 
     register_resolvers()

@@ -11,10 +11,10 @@ import lightning as L
 import pytest
 
 import grft
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import register_resolvers
 from grft_app.paths import ROOT
+from grft_app.run.app import run_dir_of
+from grft_app.run.runner import run_task
+from grft_app.run.settings import register_resolvers
 from helpers.app_runs import make_cfg, run
 
 register_resolvers()
@@ -55,8 +55,8 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
 def test_a_baseline_gets_the_method_group_hydra_composes(tmp_path):
     from hydra import initialize_config_dir
 
-    from grft_app.lit.app import with_method
-    from grft_app.lit.settings import ConfigError
+    from grft_app.run.app import with_method
+    from grft_app.run.settings import ConfigError
 
     cfg = make_cfg(tmp_path, "method=grft")
     other = with_method(cfg, "lora", {"lr": 0.5})
@@ -178,3 +178,15 @@ def test_config_errors_are_one_line_and_name_the_key(tmp_path, args, expected):
     if expected.startswith("error:"):
         assert "Traceback" not in proc.stderr
         assert not list(tmp_path.rglob("record.json"))
+
+
+@pytest.mark.parametrize(
+    "group,expected", [("csv", ["CSVLogger"]), ("tensorboard", ["CSVLogger", "TensorBoardLogger"]), ("none", [])]
+)
+def test_the_logger_group_names_its_lightning_loggers_which_write_in_the_run_directory(tmp_path, group, expected):
+    from grft_app.run.runner import make_loggers
+
+    cfg = make_cfg(tmp_path, f"logger={group}")
+    made = make_loggers(cfg, tmp_path / "run")
+    assert [type(logger).__name__ for logger in made] == expected
+    assert all(logger.save_dir == str(tmp_path / "run") for logger in made)

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from grft import GRFTConfig, detect_architecture, largest_k, param_report
-from grft_app.lit.settings import ConfigError
+from grft_app.run.settings import ConfigError
 
 
 def vit_b16(num_classes: int):

@@ -7,8 +7,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from grft_app.data.catalog import TASKS
-from grft_app.lit.settings import register_resolvers
 from grft_app.paths import ROOT
+from grft_app.run.settings import register_resolvers
 
 register_resolvers()
 

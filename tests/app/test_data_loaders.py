@@ -269,3 +269,36 @@ def test_a_text_task_refuses_an_image_model(tmp_path):
     write_glue(tmp_path, "cola")
     with pytest.raises(ValueError, match="text model"):
         build_datasets(GLUE_CFGS["cola"], tmp_path, SPEC)
+
+
+def test_every_dataset_family_the_conf_folder_names_keeps_the_family_contract(tmp_path):
+    """Each family module that conf/dataset names has the members of ``DataFamily``; where its data is
+    absent, the check fails with the family's own fetch hint (digits ship with the code: nothing fails)."""
+    from omegaconf import OmegaConf
+
+    from grft_app.builders import family_builders
+    from grft_app.data import family_module, fetch_hint
+    from grft_app.data.family import DataFamily
+    from grft_app.paths import CONF_DIR
+
+    builders = family_builders("dataset")
+    assert set(builders) == {"digits", "vtab", "fgvc", "glue", "images", "text"}
+    for path in sorted((CONF_DIR / "dataset").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        cfg = OmegaConf.to_container(node.get("dataset", node), resolve=False)
+        assert isinstance(family_module(cfg), DataFamily), path.name
+        if cfg["family"] in ("vtab", "fgvc", "glue"):
+            hint = fetch_hint(cfg, tmp_path)
+            assert f"--tasks {cfg['name']}" in hint
+            with pytest.raises(DataMissingError) as err:
+                family_module(cfg).check_present(cfg, tmp_path)
+            assert hint in str(err.value)
+
+
+def test_a_config_names_its_builder_or_its_family_finds_one(tmp_path):
+    from grft_app.data import family_module
+
+    assert family_module({"family": "vtab"}).__name__ == "grft_app.data.vtab"
+    assert family_module({"family": "vtab", "builder": "grft_app.data.fgvc"}).__name__ == "grft_app.data.fgvc"
+    with pytest.raises(ValueError, match="dataset family 'nope' is unknown; known: digits, fgvc, glue, images"):
+        family_module({"family": "nope"})

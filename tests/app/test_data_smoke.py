@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import register_resolvers
 from grft_app.paths import ROOT
+from grft_app.run.app import run_dir_of
+from grft_app.run.runner import run_task
+from grft_app.run.settings import register_resolvers
 from helpers.miniature import write_fgvc, write_glue, write_vtab
 
 register_resolvers()

@@ -9,11 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from grft_app.data.catalog import TASKS
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.preflight import preflight
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import ConfigError, register_resolvers
 from grft_app.paths import ROOT
+from grft_app.run.app import run_dir_of
+from grft_app.run.preflight import preflight
+from grft_app.run.runner import run_task
+from grft_app.run.settings import ConfigError, register_resolvers
 from helpers.miniature import write_fgvc
 
 EXPERIMENTS = sorted(

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from grft_app.lit import launch
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import register_resolvers
 from grft_app.paths import ROOT
+from grft_app.run import launch
+from grft_app.run.app import run_dir_of
+from grft_app.run.runner import run_task
+from grft_app.run.settings import register_resolvers
 
 register_resolvers()
 
@@ -35,7 +35,7 @@ def files_under(folder: Path) -> list[Path]:
 
 @pytest.mark.trains
 def test_missing_data_is_found_before_the_model_is_built(tmp_path, monkeypatch):
-    import grft_app.lit.runner as runner
+    import grft_app.run.runner as runner
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the data was checked")

@@ -23,7 +23,7 @@ from torch import nn
 
 from grft.probe import call_model
 from grft.targets import detect_architecture
-from grft_app.methods import METHODS, MethodSettings, make_method
+from grft_app.methods import METHODS, MethodSettings, make_method, method_class
 from grft_app.methods.adapter import AdapterConfig
 from grft_app.methods.lora import LoRAConfig, load_lora
 from grft_app.methods.vpt import PromptConfig
@@ -361,7 +361,8 @@ def test_llama_trainable_set_and_steps(name):
 def test_vit_only_methods_refuse_llama_and_name_the_alternatives(name):
     method = make_method(MethodSettings(name=name))
     model = make_tiny_llama()
-    with pytest.raises(ValueError, match=rf"method {name} supports timm ViT models.*use lora, grft, gps, full, linear"):
+    alternatives = "use full, gps, grft, linear, lora, bias"
+    with pytest.raises(ValueError, match=rf"method {name} supports timm ViT models.*{alternatives}"):
         method.prepare(ModelBundle(model, detect_architecture(model), None))
 
 
@@ -391,6 +392,38 @@ def test_lora_adapter_round_trip(tmp_path):
     fresh = load_lora(copy.deepcopy(base), path)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_saves_an_adapter_that_loads_onto_a_fresh_base_with_the_same_logits(name, tmp_path):
+    """save_adapter after two steps, load_adapter onto a fresh copy of the untouched base: the model
+    it gives computes exactly the trained model's logits (and is not the base: training moved them)."""
+    base = make_tiny_vit()
+    method, model = prepare(name, copy.deepcopy(base))
+    train_steps(method, model)
+    path = method.save_adapter(model, tmp_path / "adapter.safetensors")
+    fresh_method = make_method(MethodSettings(name=name))
+    fresh = fresh_method.load_adapter(ModelBundle(copy.deepcopy(base), detect_architecture(base), None), path)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        trained, loaded, untouched = model.eval()(x), fresh.eval()(x), base.eval()(x)
+    torch.testing.assert_close(loaded, trained, rtol=0, atol=0)
+    assert not torch.equal(loaded, untouched)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_hooks_not_names_decide_selection_sharding_and_label(name, tmp_path):
+    """What differs between methods is an attribute or hook of the class: only the probing methods
+    refuse sharding, only GRFT writes a selection file and names its selection and k in its label."""
+    cls = method_class(name)
+    assert cls.name == name
+    assert cls.shardable == (name not in ("grft", "gps"))
+    assert cls.label("row", 4) == ("grft (row, k=4)" if name == "grft" else name)
+    method, model = prepare(name, make_tiny_vit())
+    written = method.save_selection(model, tmp_path)
+    assert (written is not None) == (name == "grft")
+    if written is not None:
+        assert written == tmp_path / "selection.safetensors" and written.is_file()
 
 
 # --- options, registry, configs -----------------------------------------------------------------------
@@ -423,6 +456,7 @@ def test_unknown_method_lists_every_method():
 def test_method_yaml_documents_the_code_defaults(name, cls):
     cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF}/{name}.yaml"))
     assert cfg.pop("name") == name
+    assert method_class(name).__name__ == cfg.pop("_target_").rsplit(".", 1)[-1]
     assert cfg == {f.name: f.default for f in fields(cls)}
 
 

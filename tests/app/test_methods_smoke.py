@@ -14,10 +14,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import register_resolvers
 from grft_app.methods import METHODS
 from grft_app.paths import CONF_DIR
+from grft_app.run.runner import run_task
+from grft_app.run.settings import register_resolvers
 
 CONF = CONF_DIR
 

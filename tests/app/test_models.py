@@ -174,3 +174,19 @@ def test_llama_3_2_1b_on_the_meta_device_matches_its_size_and_table8():
     rows = 3 * 16 * (6 * 2048 + 8192)  # three rows of each matrix: q, k, v, o, gate, up read 2048 inputs, down 8192
     assert report.trainable == rows + 2 * 2048  # + the score head, no biases in Llama
     assert round(report.percent, 2) == 0.08
+
+
+def test_every_model_yaml_names_the_module_that_builds_it():
+    """conf/model's ``builder`` is the module ``build_model`` calls; a config with only ``family`` finds the same."""
+    from omegaconf import OmegaConf
+
+    from grft_app.models import model_module
+    from grft_app.paths import CONF_DIR
+
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        module = model_module(cfg)
+        assert module.__name__ == cfg["builder"] and callable(module.build), path.name
+        assert model_module({"family": cfg["family"]}) is module
+    with pytest.raises(ValueError, match="model family 'nope' is unknown"):
+        model_module({"family": "nope"})

@@ -17,11 +17,11 @@ from PIL import Image
 
 from grft_app.data import build_datasets, check_data_present, class_count
 from grft_app.data.splits import InputSpec
-from grft_app.lit import launch
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import run_key
 from grft_app.paths import ROOT
+from grft_app.run import launch
+from grft_app.run.app import run_dir_of
+from grft_app.run.runner import run_task
+from grft_app.run.settings import run_key
 from helpers.app_runs import make_cfg, run
 from helpers.own_data import CLASSES, TEST_ROWS, TRAIN_ROWS, write_dataset_dir, write_image_folder, write_table
 
@@ -337,7 +337,7 @@ BAD_INPUTS = {
     "vit-only-baseline-on-bert": (
         lambda root: texts(*text_files(root)),
         [*HF_BERT, "method=ssf"],
-        ["method ssf supports timm ViT models", "use lora, grft"],
+        ["method ssf supports timm ViT models", "use full, gps, grft, linear, lora"],
     ),
     "vit-only-baseline-on-resnet": (
         lambda root: images(write_image_folder(root) and root),
@@ -350,7 +350,7 @@ BAD_INPUTS = {
 @pytest.mark.trains
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_own_data_is_one_line_before_any_model_loads(tmp_path, monkeypatch, case):
-    import grft_app.lit.runner as runner
+    import grft_app.run.runner as runner
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the data was checked")

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 import grft
 from grft_app.data import build_datasets
 from grft_app.lit.schedule import epoch_scheduler
-from grft_app.lit.settings import ConfigError, register_resolvers, train_settings
 from grft_app.models import build_model
 from grft_app.paths import ROOT
+from grft_app.run.settings import ConfigError, register_resolvers, train_settings
 from helpers.app_runs import make_cfg, run
 from helpers.miniature import write_fgvc
 

@@ -23,9 +23,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.settings import method_settings, register_resolvers, train_settings
 from grft_app.paths import ROOT
+from grft_app.run.app import run_dir_of
+from grft_app.run.settings import method_settings, register_resolvers, train_settings
 
 register_resolvers()
 
@@ -124,7 +124,7 @@ def test_readme_command(tmp_path, line):
     jobs = sweep_jobs(overrides) if multirun else [overrides]
     cfgs = [check_composes(tmp_path, job) for job in jobs]
     if "debug=smoke" in overrides and not multirun:  # seconds: run it, baselines included
-        from grft_app.lit.app import main as run_app
+        from grft_app.run.app import main as run_app
 
         record = run_app(cfgs[0], run_dir_of(cfgs[0]))
         assert record.done

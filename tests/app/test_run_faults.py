@@ -19,12 +19,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from grft_app.lit import launch
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import ConfigError, register_resolvers
 from grft_app.paths import ROOT
 from grft_app.record import read_record
+from grft_app.run import launch
+from grft_app.run.app import run_dir_of
+from grft_app.run.runner import run_task
+from grft_app.run.settings import ConfigError, register_resolvers
 from helpers.app_runs import make_cfg
 
 register_resolvers()
@@ -302,10 +302,10 @@ def test_an_altered_checkpoint_fails_its_checksum_before_it_is_resumed(tmp_path,
 def test_a_runs_folder_that_cannot_be_written_is_one_line_before_hydra_writes(tmp_path, monkeypatch, capsys):
     from omegaconf import OmegaConf
 
-    from grft_app.lit import writable
+    from grft_app.run import writable
 
     assert OmegaConf.load(ROOT / "conf" / "config.yaml").hydra.callbacks.writable_runs._target_ == (
-        "grft_app.lit.writable.WritableRuns"
+        "grft_app.run.writable.WritableRuns"
     )
     cfg = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "runs" / "digits" / "grft" / "abc")}}})
 
@@ -323,7 +323,7 @@ def test_a_runs_folder_that_cannot_be_written_is_one_line_before_hydra_writes(tm
 @pytest.mark.process
 def test_a_read_only_mount_is_found_by_trying(tmp_path):
     """Root writes through permissions, not through a read-only mount: the check tries a write."""
-    from grft_app.lit.writable import write_problem
+    from grft_app.run.writable import write_problem
 
     assert write_problem(tmp_path / "not" / "yet") is None
     mount = tmp_path / "ro"
@@ -358,7 +358,7 @@ def test_probe_max_batches_zero_names_the_key(tmp_path):
 def test_the_digits_baselines_are_replaced_by_either_form(override, expected):
     from hydra import compose, initialize_config_dir
 
-    from grft_app.lit.app import baseline_specs
+    from grft_app.run.app import baseline_specs
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[override] if override else [])
@@ -386,14 +386,14 @@ def test_a_diverged_run_is_recorded_failed_with_the_step_and_the_fix(tmp_path, r
 
 @pytest.mark.parametrize("arg,closest", [("datset=cub", "dataset"), ("+datset=cub", "dataset"), ("+lamda=1", "lambda")])
 def test_unknown_top_level_keys_name_the_closest_known_key(arg, closest):
-    from grft_app.lit.overrides import unknown_key_problem
+    from grft_app.run.overrides import unknown_key_problem
 
     problem = unknown_key_problem(["debug=smoke", arg])
     assert problem is not None and f"did you mean {closest!r}" in problem and "\n" not in problem
 
 
 def test_known_keys_groups_and_hydra_flags_pass():
-    from grft_app.lit.overrides import unknown_key_problem
+    from grft_app.run.overrides import unknown_key_problem
 
     argv = ["-m", "--config-name", "config", "dataset=cub,digits", "+trainer.max_time=1", "hydra/launcher=local"]
     assert unknown_key_problem([*argv, "lambda=0.1", "probe.max_batches=2", "~tags", "experiment=fgvc/cub"]) is None

@@ -13,11 +13,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import register_resolvers, run_key
 from grft_app.paths import ROOT
 from grft_app.record import CorruptRecord
+from grft_app.run.app import run_dir_of
+from grft_app.run.runner import run_task
+from grft_app.run.settings import register_resolvers, run_key
 
 register_resolvers()
 

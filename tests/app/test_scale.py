@@ -151,7 +151,7 @@ def test_sigterm_checkpoints_marks_the_record_unfinished_exits_non_zero_and_resu
 
 
 def test_the_same_run_cannot_train_twice_at_once(tmp_path):
-    from grft_app.lit.lock import RunLock, RunLocked
+    from grft_app.run.lock import RunLock, RunLocked
 
     with RunLock(tmp_path):
         with pytest.raises(RunLocked, match="is being trained by pid"):
@@ -164,7 +164,7 @@ def test_the_same_run_cannot_train_twice_at_once(tmp_path):
 def test_a_shared_baseline_run_waits_for_its_holder_instead_of_failing(tmp_path):
     import threading
 
-    from grft_app.lit.lock import RunLock
+    from grft_app.run.lock import RunLock
 
     holder = RunLock(tmp_path).__enter__()
     entered = threading.Event()

@@ -144,7 +144,7 @@ def test_gps_masks_keep_k_per_row_and_frozen_entries_never_move():
 def test_lora_arm_settings_are_what_the_app_composes_for_the_tables_recipe(model, recipe):
     from hydra import compose, initialize_config_dir
 
-    from grft_app.lit.settings import method_settings
+    from grft_app.run.settings import method_settings
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["method=lora", f"recipe={recipe}"])

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from grft_app.lit.app import run_dir_of
-from grft_app.lit.runner import run_task
-from grft_app.lit.settings import register_resolvers
 from grft_app.paths import CONF_DIR as CONF
 from grft_app.record import RunRecord
+from grft_app.run.app import run_dir_of
+from grft_app.run.runner import run_task
+from grft_app.run.settings import register_resolvers
 
 register_resolvers()
 

@@ -180,7 +180,7 @@ def test_full_and_linear_train_with_their_scripts_drop_path_not_the_experiments(
 def test_the_ssf_fgvc_row_reports_what_the_ssf_code_reports(composer, tmp_path):
     """SSF's train.py evaluates the EMA model when --model-ema is on (all five FGVC scripts) and keeps its best
     epoch; its VTAB scripts train without EMA, so that row stays the raw model's. The table says so."""
-    from grft_app.lit.settings import reported_statistic
+    from grft_app.run.settings import reported_statistic
 
     for name, ema in (("table1", True), ("table2", False)):
         target, row = _row(name, "SSF")
@@ -198,7 +198,7 @@ def test_the_ssf_fgvc_row_reports_what_the_ssf_code_reports(composer, tmp_path):
 
 
 def test_a_recipe_for_another_task_family_is_a_clear_error(composer):
-    from grft_app.lit.settings import ConfigError, check_numbers
+    from grft_app.run.settings import ConfigError, check_numbers
 
     cfg = composer.config(["experiment=fgvc/nabirds", "method=ssf", "recipe=ssf_vtab"])
     with pytest.raises(ConfigError, match="recipe=ssf_vtab has no settings for task 'nabirds' .*; use recipe=ssf_fgvc"):

@@ -93,7 +93,7 @@ def test_glue_experiments_state_what_the_paper_implies(stubbed, task):
 
 def test_cached_composition_equals_a_full_hydra_compose(stubbed, tmp_path_factory):
     """The composer caches the group choices' compose and applies the values after; that must equal a full compose."""
-    from grft_app.lit.settings import register_resolvers
+    from grft_app.run.settings import register_resolvers
 
     register_resolvers()
     extra = stubbed.extra

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf, open_dict
 
 from experiments.paper.matching import RecordIndex, identity, matches, resolved
 from grft_app.identity import RESULTS_VERSION, flatten, run_identity
-from grft_app.lit.app import run_dir_of
 from grft_app.record import CodeFacts, RunRecord
+from grft_app.run.app import run_dir_of
 from helpers.app_runs import make_cfg
 
 BASES = (
@@ -163,3 +163,53 @@ def test_the_identity_holds_the_results_version_and_normalises_whole_numbers():
         "lr": 0.1,
         "results_version": RESULTS_VERSION,
     }
+
+
+def test_the_code_a_yaml_names_is_not_in_the_identity():
+    """``_target_`` names the class that builds a group: a record written before the YAML named it, or
+    after the class moved, is the same run and the same cell as one that names it."""
+    named = {"method": {"_target_": "grft_app.methods.grft.GRFTMethod", "name": "grft"}, "k": 2, "lr": 1e-3}
+    moved = copy.deepcopy(named)
+    moved["method"]["_target_"] = "elsewhere.GRFTMethod"
+    unnamed = copy.deepcopy(named)
+    del unnamed["method"]["_target_"]
+    assert run_identity(named) == run_identity(moved) == run_identity(unnamed)
+    assert not any("_target_" in key for key in run_identity(named))
+
+
+def test_the_grft_settings_table_reaches_the_settings_the_record_and_the_identity(tmp_path):
+    """One row per setting (grft_app.grft_settings): ``probe.temperature``, exposed by one row, reaches
+    ``GRFTConfig``; the record's GRFT facts follow what the method reads; a non-default temperature is
+    another GRFT and GPS run but the same baseline run; errors name the key as users type it."""
+    from grft_app.methods import method_class
+    from grft_app.run.runner import grft_facts
+    from grft_app.run.settings import ConfigError, check_numbers, grft_config
+
+    cfg = make_cfg(tmp_path, "probe.temperature=0.2", "lambda=0.5", "k=3", "selection=column", "regular_layers=1")
+    config = grft_config(cfg)
+    assert (config.temperature, config.lam, config.k, config.selection, config.regular_layers) == (
+        0.2,
+        0.5,
+        3,
+        "column",
+        1,
+    )
+    assert grft_facts(cfg, method_class("grft").grft_keys) == {
+        "k": 3,
+        "selection": "column",
+        "norm": "l2",
+        "lambda_": 0.5,
+        "regular_layers": 1,
+        "subsets": 1,
+    }
+    assert set(grft_facts(cfg, method_class("gps").grft_keys).values()) == {3, None}
+    for method, differs in (("grft", True), ("gps", True), ("linear", False)):
+        base = make_cfg(tmp_path, f"method={method}", "weight_decay=0")
+        assert run_dir_of(base) == run_dir_of(with_value(base, "probe.temperature", 0.07))
+        assert (run_dir_of(base) != run_dir_of(with_value(base, "probe.temperature", 0.2))) == differs
+    with pytest.raises(ConfigError, match="^probe.temperature must be > 0"):
+        grft_config(make_cfg(tmp_path, "probe.temperature=0"))
+    with pytest.raises(ConfigError, match="^lambda must be a finite number"):
+        grft_config(make_cfg(tmp_path, "lambda=-1"))
+    with pytest.raises(ConfigError, match="^probe.temperature must be a number, got 'abc'"):
+        check_numbers(make_cfg(tmp_path, "probe.temperature=abc"))

@@ -110,7 +110,7 @@ def collect(
 
 def statistic_of(cfg) -> str:
     """Which number of a run the cell holds, from the cell's own configuration (its protocol)."""
-    from grft_app.lit.settings import ConfigError, reported_statistic
+    from grft_app.run.settings import ConfigError, reported_statistic
 
     try:
         return reported_statistic(cfg)

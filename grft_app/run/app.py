@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..methods import method_label
 from ..paths import CONF_DIR
 from ..record import RunRecord
 from .lock import RunLocked
@@ -73,15 +74,14 @@ def baseline_specs(baselines) -> list[tuple[str, dict]]:
     return [(str(name), {}) for name in baselines]
 
 
-def method_label(method: str, cfg: DictConfig) -> str:
-    return method + (f" ({cfg.selection.kind}, k={cfg.k})" if method == "grft" else "")
 
 
 def announce(cfg: DictConfig) -> None:
     """Before a side-by-side launch: what is compared, on what, and where the records go."""
     others = [name for name, _ in baseline_specs(cfg.baselines or [])]
+    label = method_label(str(cfg.method.name), cfg.selection.kind, cfg.k)
     print(
-        f"{cfg.dataset.name}: {method_label(str(cfg.method.name), cfg)} vs {', '.join(others)}, each trained on "
+        f"{cfg.dataset.name}: {label} vs {', '.join(others)}, each trained on "
         f"the same data and seed ({cfg.seed}), then tested; "
         f"records under {Path(cfg.paths.runs) / str(cfg.dataset.name)}/",
         flush=True,
@@ -96,7 +96,7 @@ def print_comparison(records: list[RunRecord], dirs: list[Path] | None = None) -
     for column in ("method", "test acc (%)", "trainable (%)", "trainable params", "train time (s)"):
         table.add_column(column, justify="right" if column != "method" else "left")
     for r in records:
-        label = r.method + (f" ({r.selection}, k={r.k})" if r.method == "grft" else "")
+        label = method_label(r.method, r.selection, r.k)
         acc = r.reported("test_acc")  # the number the run's protocol reports
         train_s = r.timings.train_s if r.timings else None  # records written before train_s existed lack it
         table.add_row(

@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from grft.config import GRFTConfig
 
 from ..data.identity import data_identity
+from ..grft_settings import SETTINGS as GRFT_SETTINGS
+from ..grft_settings import config_fields, in_key_words, lookup
 from ..identity import run_key as identity_key
+from ..lit.schedule import Protocol
 from ..methods import MethodSettings
-from .schedule import Protocol
 
 
 class ConfigError(ValueError):
@@ -54,9 +56,10 @@ def run_key(root: DictConfig) -> str:
         # Raised here, inside Hydra's run-directory interpolation, it would surface as a long traceback;
         # the app's own checks (check_numbers) report it in one line before anything is written.
         return "unresolved-config"
-    # hydra.run.dir interpolates run_name, which interpolates this key: drop them before resolving.
-    container.pop("hydra", None)
-    container.pop("run_name", None)
+    # hydra.run.dir interpolates run_name, which interpolates this key: drop them (and the loggers, which
+    # may name the run by it; none is in the identity) before resolving.
+    for key in ("hydra", "run_name", "logger"):
+        container.pop(key, None)
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     return identity_key(resolved, data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir"))))
 
@@ -98,28 +101,16 @@ def check_budget(cfg: DictConfig) -> None:
 
 
 def grft_config(cfg: DictConfig, k: int | None = None) -> GRFTConfig:
-    """``k``: the k that ``k=auto`` resolved to (the config keeps ``auto``)."""
+    """The ``GRFTConfig`` of a composed config, read through the settings table (``grft_app.grft_settings``).
+
+    ``k``: the k that ``k=auto`` resolved to (the config keeps ``auto``)."""
+    fields = config_fields(cfg)
+    if k is not None or is_auto_k(cfg):
+        fields["k"] = k if k is not None else 1
     try:
-        return GRFTConfig(
-            k=k if k is not None else (1 if is_auto_k(cfg) else _whole(cfg.k)),
-            selection=str(cfg.selection.kind),
-            norm=str(cfg.norm.kind),
-            lam=float(cfg["lambda"]),
-            regular_layers=cfg.regular_layers,
-            subsets=_whole(cfg.subsets),
-            seed=int(cfg.seed),
-        )
+        return GRFTConfig(**fields, seed=int(cfg.seed))
     except ValueError as err:
-        raise ConfigError(str(err).replace("lam (lambda)", "lambda")) from None
-
-
-def _whole(value: Any) -> Any:
-    """Hydra hands ``k=2.0`` or ``k='2'`` through as given; whole numbers become ints."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return value
+        raise ConfigError(in_key_words(str(err))) from None
 
 
 def method_settings(cfg: DictConfig, k: int | None = None) -> MethodSettings:
@@ -133,9 +124,7 @@ NUMBERS = {
     "batch_size": int,
     "epochs": int,
     "seed": int,
-    "k": int,
-    "lambda": float,
-    "subsets": int,
+    **{s.key: s.number for s in GRFT_SETTINGS if s.number is not None},
     "warmup_epochs": float,
     "weight_decay": float,
 }
@@ -146,7 +135,7 @@ def check_numbers(cfg: DictConfig) -> None:
     check_recipe(cfg)
     check_budget(cfg)
     for key, kind in NUMBERS.items():
-        value = cfg.get(key)
+        value = lookup(cfg, key)
         if key == "k" and is_auto_k(cfg):
             continue
         try:
@@ -249,7 +238,7 @@ def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
 
 def reported_statistic(cfg: DictConfig) -> str:
     """In words, the number a run of ``cfg`` reports (what a rendered table's 'ours' holds)."""
-    from .evaluation import describe
+    from ..lit.evaluation import describe
 
     protocol = protocol_settings(cfg)
     return describe(protocol, cfg.augment.ema is not None, protocol.total_epochs(int(cfg.epochs)))

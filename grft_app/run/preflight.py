@@ -78,12 +78,11 @@ def _grft_keys(method: str) -> tuple[str, ...]:
 
 def check_method_fits(cfg: DictConfig) -> None:
     """A baseline that knows only timm's ViT (adapter, vpt_*, ssf) on another model: one line, before it loads."""
-    from ..methods import method_class
-    from ..methods.vit_only import GENERIC_METHODS
+    from ..methods import generic_methods, method_class
 
     name = str(cfg.method.name)
     if method_class(name).timm_vit_only and timm_vit(cfg.model) is False:
         raise ConfigError(
             f"method {name} supports timm ViT models, but model {cfg.model.name} (model family {cfg.model.family}) "
-            f"is not one; for other models use {', '.join(GENERIC_METHODS)}"
+            f"is not one; for other models use {', '.join(generic_methods())}"
         )

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..lit.checkpoints import file_sha256
 from ..record import RunRecord
-from .checkpoints import file_sha256
 
 
 class DamagedOutput(ValueError):

@@ -31,10 +31,11 @@ def current_multirun() -> str | None:
 
 
 def describe(record: RunRecord, run_dir: Path) -> str:
+    from ..methods import method_words
+
     status = record.state
-    what = f"{record.task}/{record.method} seed={record.seed}"
-    if record.method == "grft":
-        what += f" {record.selection} k={record.k}"
+    words = method_words(record.method, record.selection, record.k)
+    what = " ".join([f"{record.task}/{record.method} seed={record.seed}", *words])
     tuning = record.evaluation.tuning if record.evaluation is not None else None
     if status == "done" and tuning is not None and tuning.stage == "trial":  # a study's trial: never tested
         key = record.evaluation.reported.key

@@ -11,6 +11,7 @@ directory across launches (start over, resume, time kept, SIGTERM) is ``lifecycl
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -19,16 +20,20 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from grft.io import write_json_atomic
-from grft.tuner import current_selection
 
-from ..data import build_datasets, class_count
-from ..methods import make_method
+from ..data import DataSplits, build_datasets, class_count
+from ..grft_settings import SETTINGS as GRFT_SETTINGS
+from ..grft_settings import lookup
+from ..lit.checkpoints import ChecksummedCheckpointIO
+from ..lit.data import TaskDataModule
+from ..lit.evaluation import best_of, evaluation_record, with_final
+from ..lit.module import Diverged, FineTuneModule, TrainSettings
+from ..lit.progress import rich_progress, training_progress_bar
+from ..lit.resources import ResourceMonitor
+from ..methods import Method, make_method, method_class
 from ..models import base_of_run
-from ..record import Budget, Launch, Params, RunRecord, Timings, read_record, write_record
+from ..record import Budget, Evaluation, Launch, Params, RunRecord, Timings, read_record, write_record
 from ..tune.stages import FINAL, TRIAL, stage_of, tuning_of, with_val_in_train
-from .checkpoints import ChecksummedCheckpointIO
-from .data import TaskDataModule
-from .evaluation import best_of, evaluation_record, with_final
 from .lifecycle import (
     Interrupted,
     LaunchClock,
@@ -41,11 +46,8 @@ from .lifecycle import (
     stop_signals,
 )
 from .lock import RunLock
-from .module import Diverged, FineTuneModule
 from .outputs import check_outputs, output_checksums
 from .preflight import preflight
-from .progress import rich_progress, training_progress_bar
-from .resources import ResourceMonitor
 from .run_log import run_log
 from .settings import ConfigError, check_numbers, grft_config, is_auto_k, method_settings, train_settings
 from .sweep_summary import current_multirun
@@ -55,27 +57,18 @@ SPLIT_LISTING = "data_split.json"  # which file (or row) of your own data went t
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch import loggers
+    """The Lightning loggers the ``logger`` group names (``<name>: {_target_: ..., options}``), each
+    writing under the run directory."""
+    from hydra.utils import instantiate
 
     made = []
-    for name in cfg.logger.get("use", []) or []:
-        if name == "csv":
-            made.append(loggers.CSVLogger(run_dir, name="logs"))  # version_N: a resumed run adds one
-        elif name == "tensorboard":
-            made.append(loggers.TensorBoardLogger(run_dir, name="tensorboard"))
-        elif name == "wandb":
-            w = cfg.logger.wandb
-            made.append(
-                loggers.WandbLogger(
-                    project=w.project,
-                    save_dir=str(run_dir),
-                    offline=bool(w.offline),
-                    name=cfg.run_name,
-                    tags=list(w.get("tags") or []),
-                )
+    for name, spec in (cfg.get("logger") or {}).items():
+        if not isinstance(spec, DictConfig) or "_target_" not in spec:
+            raise ConfigError(
+                f"logger.{name} names no logger class: give it `_target_: lightning.pytorch.loggers.<Logger>` "
+                "(as conf/logger/*.yaml do)"
             )
-        else:
-            raise ConfigError(f"logger {name!r} is unknown; known: csv, tensorboard, wandb")
+        made.append(instantiate(spec, save_dir=str(run_dir), _convert_="all"))
     return made
 
 
@@ -87,24 +80,23 @@ def cluster_plugins() -> list:
 
 
 def grft_facts(cfg: DictConfig, used: tuple[str, ...], k: int | None = None) -> dict:
-    """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key.
-
-    ``k``: what ``k=auto`` resolved to (None before the model is built)."""
-    values = {
-        "selection": cfg.selection.kind,
-        "norm": cfg.norm.kind,
-        "k": k if k is not None else (None if is_auto_k(cfg) else int(cfg.k)),
-        "lambda": float(cfg["lambda"]),
-        "regular_layers": cfg.regular_layers,
-        "subsets": int(cfg.subsets),
-    }
-    return {("lambda_" if key == "lambda" else key): (value if key in used else None) for key, value in values.items()}
+    """GRFT's settings as the record shows them (``RunRecord`` fields, from ``grft_app.grft_settings``):
+    ``None`` where the method does not read the setting. ``k``: what ``k=auto`` resolved to (None before
+    the model is built)."""
+    facts = {}
+    for setting in GRFT_SETTINGS:
+        if setting.record is None:
+            continue
+        value = setting.read(lookup(cfg, setting.key))
+        if setting.key == "k" and (k is not None or is_auto_k(cfg)):
+            value = k
+        facts[setting.record] = value if setting.key in used else None
+    return facts
 
 
 def _selection_file(method, model, run_dir: Path) -> str | None:
-    if method.name != "grft":
-        return None
-    return current_selection(model).save(run_dir / "selection.safetensors").name
+    path = method.save_selection(model, run_dir)
+    return path.name if path else None
 
 
 def _save_adapters(method, module, run_dir: Path) -> dict:
@@ -155,8 +147,6 @@ def identity_facts(cfg: DictConfig, k: int | None = None) -> dict:
 
     Task, method, settings, config, code. ``k``: what ``k=auto`` resolved to.
     """
-    from ..methods import method_class
-
     name = str(cfg.method.name)
     return {
         "task": cfg.dataset.name,
@@ -217,7 +207,7 @@ def size_budget(cfg: DictConfig, bundle) -> Budget | None:
     """``k=auto share=<percent>``: the largest k within the share, from the model's shapes (``grft.largest_k``)."""
     if not is_auto_k(cfg):
         return None
-    if str(cfg.method.name) != "grft":
+    if not method_class(str(cfg.method.name)).sizes_k_by_share:
         raise ConfigError(
             f"k=auto share=... sizes GRFT's k; method {cfg.method.name} has no k: set its own size instead "
             "(e.g. method.r for lora) and drop k=auto share"
@@ -233,36 +223,69 @@ def size_budget(cfg: DictConfig, bundle) -> Budget | None:
 
 
 def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> RunRecord | None:
+    """The pipeline: a finished run is found (or cleared with ``force``), then prepare, fit and test, record."""
+    finished = finished_or_cleared(cfg, run_dir)
+    if finished is not None:
+        return finished
+    run = prepare(cfg, run_dir, extra_callbacks)
+    tested = fit_and_test(run)
+    if not run.trainer.is_global_zero:
+        return None
+    return write_done_record(run, tested)
+
+
+@dataclass
+class PreparedRun:
+    """Everything one run trains and tests with, built before training starts."""
+
+    cfg: DictConfig
+    run_dir: Path
+    method: Method
+    budget: Budget | None  # k=auto: the k the share gave
+    stage: str | None  # a study's trial or final run (grft_app.tune), None otherwise
+    splits: DataSplits
+    settings: TrainSettings
+    datamodule: TaskDataModule
+    module: FineTuneModule
+    trainer: L.Trainer
+    clock: LaunchClock
+    monitor: ResourceMonitor
+
+
+@dataclass
+class Tested:
+    """What fitting and testing gave: the test metrics (none for a study's trial), and when and how it ran."""
+
+    metrics: dict[str, float]
+    resumed: bool
+    started_at: str
+
+
+def finished_or_cleared(cfg: DictConfig, run_dir: Path) -> RunRecord | None:
+    """``force=true``: the last attempt goes to ``history/`` and ``None``; otherwise a done run's record
+    (its outputs checked), or ``None`` to train."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if cfg.force:
-        if rank_zero_only.rank == 0:
-            kept = start_over(run_dir)
-            if kept:
-                log.info(
-                    "force=true: training %s again from the pre-trained weights; the last attempt's files are in %s",
-                    run_dir,
-                    kept[0].parent,
-                )
-    else:
-        previous = read_record(run_dir)
-        if previous and previous.done:
-            check_outputs(previous, run_dir)  # a damaged or missing output is named, with force=true
-            log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.metrics)
-            return previous
-    check_numbers(cfg)
+        kept = start_over(run_dir) if rank_zero_only.rank == 0 else None
+        if kept:
+            log.info(
+                "force=true: training %s again from the pre-trained weights; the last attempt's files are in %s",
+                run_dir,
+                kept[0].parent,
+            )
+        return None
+    previous = read_record(run_dir)
+    if previous and previous.done:
+        check_outputs(previous, run_dir)  # a damaged or missing output is named, with force=true
+        log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.metrics)
+        return previous
+    return None
 
-    preflight(cfg)  # settings and data first: a bad launch fails before any model is loaded
-    if cfg.get("cpu_threads"):
-        # Small models: one thread is faster than several on a busy CPU (threads wait on each other).
-        torch.set_num_threads(int(cfg.cpu_threads))
-    method = make_method(method_settings(cfg))
-    strategy = str(cfg.trainer.get("strategy", "auto")).lower()
-    if method.name in ("grft", "gps") and any(name in strategy for name in ("fsdp", "deepspeed")):
-        raise ConfigError(
-            f"trainer.strategy={strategy} shards weights, but {method.name} keeps whole-weight state (slices written "
-            "in place, full-size masks) on every rank: use trainer=ddp"
-        )
+
+def prepare(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> PreparedRun:
+    """Method, model, data, LightningModule and Trainer of a run, in that order (checks first)."""
+    method = prepare_method(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     num_classes = class_count(cfg.dataset, cfg.data_dir)  # your own data: read from its files
     bundle = base_of_run(cfg, num_classes)
@@ -270,6 +293,39 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     if budget is not None:
         method = make_method(method_settings(cfg, budget.k))
     stage = stage_of(cfg)
+    splits = prepare_data(cfg, run_dir, bundle, num_classes, stage)
+    settings = train_settings(cfg, splits.metrics)
+    check_stage(stage, splits, settings)
+    datamodule, module = prepare_module(cfg, bundle, method, splits, settings)
+    monitor = ResourceMonitor(trace_path=run_dir / "memory.csv", trace_every=int(cfg.trace_memory_every))
+    clock = LaunchClock(run_dir)
+    trainer = prepare_trainer(cfg, run_dir, settings, [monitor, clock, *(extra_callbacks or [])])
+    return PreparedRun(
+        cfg, run_dir, method, budget, stage, splits, settings, datamodule, module, trainer, clock, monitor
+    )
+
+
+def prepare_method(cfg: DictConfig) -> Method:
+    """The run's method, after the checks that need no model (a bad launch fails before any loads)."""
+    check_numbers(cfg)
+    preflight(cfg)  # settings and data first: a bad launch fails before any model is loaded
+    if cfg.get("cpu_threads"):
+        # Small models: one thread is faster than several on a busy CPU (threads wait on each other).
+        torch.set_num_threads(int(cfg.cpu_threads))
+    method = make_method(method_settings(cfg))
+    strategy = str(cfg.trainer.get("strategy", "auto")).lower()
+    if not method.shardable and any(name in strategy for name in ("fsdp", "deepspeed")):
+        raise ConfigError(
+            f"trainer.strategy={strategy} shards weights, but {method.name} keeps whole-weight state (slices written "
+            "in place, full-size masks) on every rank: use trainer=ddp"
+        )
+    return method
+
+
+def prepare_data(cfg: DictConfig, run_dir: Path, bundle, num_classes: int, stage: str | None) -> DataSplits:
+    """The task's splits, fed as the model reads; a study's final run trains on its validation split too."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     splits = build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs)
     if splits.num_classes != num_classes:
         raise ConfigError(
@@ -279,15 +335,20 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     if splits.split_listing is not None and rank_zero_only.rank == 0:
         # which item went to which split, where the run chose them (a held-out share of train)
         write_json_atomic(run_dir / SPLIT_LISTING, splits.split_listing)
-    if stage == FINAL:  # a study's final run: its own validation folder or file trains too
-        splits = with_val_in_train(splits)
-    settings = train_settings(cfg, splits.metrics)
+    return with_val_in_train(splits) if stage == FINAL else splits
+
+
+def check_stage(stage: str | None, splits: DataSplits, settings: TrainSettings) -> None:
     if stage == TRIAL and (splits.val is None or settings.protocol.test_every):
         raise ConfigError(
             "a study's trial is evaluated on a validation split only: it needs one (your data's val/ folder or "
             "dataset.val file, or hydra.sweeper.val_fraction=0.1) and protocol.test_every=0; launch studies with "
             "make tune"
         )
+
+
+def prepare_module(cfg: DictConfig, bundle, method: Method, splits: DataSplits, settings: TrainSettings):
+    """The data module and the LightningModule, each told which evaluation views the other serves."""
     probe_cfg = cfg.probe
     datamodule = TaskDataModule(
         splits,
@@ -308,7 +369,11 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     )
     datamodule.val_views = [v.split for v in module.val_views]
     datamodule.test_views = [v.split for v in module.test_views]
-    monitor = ResourceMonitor(trace_path=run_dir / "memory.csv", trace_every=int(cfg.trace_memory_every))
+    return datamodule, module
+
+
+def prepare_trainer(cfg: DictConfig, run_dir: Path, settings: TrainSettings, callbacks: list) -> L.Trainer:
+    """The Trainer: ``cfg.trainer``, end-of-epoch checkpoints in the run directory, the configured loggers."""
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch{epoch}",
@@ -317,14 +382,13 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         auto_insert_metric_name=False,
         save_on_train_epoch_end=True,  # every epoch, after that epoch's evaluation, whatever protocol.test_every is
     )
-    clock = LaunchClock(run_dir)
-    callbacks = [checkpoints, monitor, clock, *(extra_callbacks or [])]
+    callbacks = [checkpoints, *callbacks]
     if cfg.progress:
         callbacks.append(training_progress_bar())
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     if settings.protocol.test_every:
         trainer_args.setdefault("check_val_every_n_epoch", settings.protocol.test_every)
-    trainer = L.Trainer(
+    return L.Trainer(
         **trainer_args,
         plugins=[*cluster_plugins(), ChecksummedCheckpointIO()],
         default_root_dir=str(run_dir),
@@ -332,7 +396,12 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         logger=make_loggers(cfg, run_dir) or False,
         enable_progress_bar=bool(cfg.progress),
     )
-    last = resume_point(run_dir)
+
+
+def fit_and_test(run: PreparedRun) -> Tested:
+    """Fit (from the last checkpoint, if any), then test; a stop (SIGTERM, Ctrl-C) is recorded and raised."""
+    trainer, module, clock = run.trainer, run.module, run.clock
+    last = resume_point(run.run_dir)
     resumed = last is not None
     if resumed:
         log.info("resuming from %s", last)
@@ -340,59 +409,82 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     clock.start(resumed)
     try:
         with stop_signals(lambda: trainer):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+            trainer.fit(module, datamodule=run.datamodule, ckpt_path=str(last) if resumed else None)
             clock.stop("trained")
             module.final_epoch = max(0, int(trainer.current_epoch) - 1)  # epochs are counted from 0
             # A study's trial never evaluates the test split (grft_app.tune): its settings are chosen on val.
-            tested = trainer.test(module, datamodule=datamodule, verbose=False) if stage != TRIAL else []
-        test_metrics = {k: v for per_loader in tested for k, v in per_loader.items() if k != "epoch"}
+            tested = trainer.test(module, datamodule=run.datamodule, verbose=False) if run.stage != TRIAL else []
     except (SIGTERMException, Interrupted) as stop:
         preempted = isinstance(stop, SIGTERMException)
-        status = "preempted" if preempted else "interrupted"
-        clock.stop(status)
+        clock.stop("preempted" if preempted else "interrupted")
         if trainer.is_global_zero:
-            write_record(
-                run_dir,
-                RunRecord(
-                    **identity_facts(cfg, budget.k if budget else None),
-                    done=False,
-                    status=status,
-                    resumed=resumed,
-                    started_at=started,
-                    preempted_at=now() if preempted else None,
-                    interrupted_at=None if preempted else now(),
-                    launches=launches_of(clock.launches),
-                    timings=Timings(train_s=clock.total_s),
-                ),
-            )
-            log.warning(
-                "%s: stopped %s; launch it again to resume from its last end-of-epoch checkpoint",
-                "SIGTERM" if preempted else "interrupted (Ctrl-C)",
-                run_dir,
-            )
+            write_stopped_record(run, preempted, resumed, started)
         raise (Preempted() if preempted else Stopped()) from None
     except BaseException:
         clock.stop("failed")
         raise
+    metrics = {k: v for per_loader in tested for k, v in per_loader.items() if k != "epoch"}
+    return Tested(metrics, resumed, started)
 
-    if not trainer.is_global_zero:
-        return None
-    report = method.param_report(module.model)
-    adapters = _save_adapters(method, module, run_dir)
-    metrics = {k.replace("/", "_"): float(v) for k, v in test_metrics.items()}
-    metrics.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")})
-    final_epoch = module.final_epoch
-    curve = with_final(module.curve, metrics, final_epoch)
+
+def write_stopped_record(run: PreparedRun, preempted: bool, resumed: bool, started: str) -> None:
+    """A run stopped by SIGTERM (pre-emption) or Ctrl-C: its record says so; launching again resumes it."""
+    status = "preempted" if preempted else "interrupted"
+    write_record(
+        run.run_dir,
+        RunRecord(
+            **identity_facts(run.cfg, run.budget.k if run.budget else None),
+            done=False,
+            status=status,
+            resumed=resumed,
+            started_at=started,
+            preempted_at=now() if preempted else None,
+            interrupted_at=None if preempted else now(),
+            launches=launches_of(run.clock.launches),
+            timings=Timings(train_s=run.clock.total_s),
+        ),
+    )
+    log.warning(
+        "%s: stopped %s; launch it again to resume from its last end-of-epoch checkpoint",
+        "SIGTERM" if preempted else "interrupted (Ctrl-C)",
+        run.run_dir,
+    )
+
+
+def final_metrics(run: PreparedRun, tested: Tested) -> tuple[dict[str, float], list]:
+    """The record's metrics (test, last validation, best-of-curve) and the per-epoch curve."""
+    metrics = {k.replace("/", "_"): float(v) for k, v in tested.metrics.items()}
+    validation = {k: v for k, v in run.trainer.callback_metrics.items() if k.startswith("val")}
+    metrics.update({k.replace("/", "_"): float(v) for k, v in validation.items()})
+    curve = with_final(run.module.curve, metrics, run.module.final_epoch)
     metrics.update(best_of(curve))
-    device = module.device
-    selection_file = _selection_file(method, module.model, run_dir)
+    return metrics, curve
+
+
+def evaluation_of(run: PreparedRun, curve: list) -> Evaluation:
+    """What the record reports and how it was chosen (a study's trial: its validation metric)."""
+    cfg, stage = run.cfg, run.stage
     reported_metric = f"val_{cfg.tune.get('metric') or 'acc'}" if stage == TRIAL else "test_acc"
-    evaluation = evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None, reported_metric)
+    evaluation = evaluation_record(
+        run.settings.protocol, curve, run.module.final_epoch, run.module.ema is not None, reported_metric
+    )
     if stage is not None:  # the study's objective: a trial's reported key, which the final run names
         objective = evaluation.reported.key if stage == TRIAL else cfg.tune.get("objective")
         evaluation.selected_on, evaluation.tuning = tuning_of(cfg, objective)
+    return evaluation
+
+
+def write_done_record(run: PreparedRun, tested: Tested) -> RunRecord:
+    """Save the adapters (and selection), then write the finished run's record."""
+    method, module, run_dir, clock = run.method, run.module, run.run_dir, run.clock
+    report = method.param_report(module.model)
+    adapters = _save_adapters(method, module, run_dir)
+    metrics, curve = final_metrics(run, tested)
+    device = module.device
+    selection_file = _selection_file(method, module.model, run_dir)
+    splits = run.splits
     record = RunRecord(
-        **identity_facts(cfg, budget.k if budget else None),
+        **identity_facts(run.cfg, run.budget.k if run.budget else None),
         metrics=metrics,
         params=Params(trainable=report.trainable, total=report.total, pct=report.percent),
         probe_facts=module.probe_facts,
@@ -402,17 +494,17 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
             train_s=clock.total_s,
             train_s_this_launch=clock.this_launch_s,
             eval_in_training_s=round(module.eval_seconds, 3),
-            **monitor.summary(device),
+            **run.monitor.summary(device),
         ),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         memory_trace="memory.csv" if (run_dir / "memory.csv").is_file() else None,
         adapter_file=adapters.get("raw"),
         adapter_files=adapters,
-        evaluation=evaluation,
-        budget=budget,
-        resumed=resumed,
+        evaluation=evaluation_of(run, curve),
+        budget=run.budget,
+        resumed=tested.resumed,
         launches=launches_of(clock.launches),
-        started_at=started,
+        started_at=tested.started_at,
         finished_at=now(),
         done=True,
         status="done",
@@ -424,7 +516,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     write_record(run_dir, record)
     log.info(
         "%s %s | trainable %.2f%% | record %s",
-        "validation" if stage == TRIAL else "test",
+        "validation" if run.stage == TRIAL else "test",
         metrics,
         report.percent,
         run_dir / "record.json",

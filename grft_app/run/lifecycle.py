@@ -97,7 +97,7 @@ def start_over(run_dir: Path) -> list[Path]:
 def check_checkpoint(path: Path) -> None:
     """The checkpoint's SHA-256 against the one saved beside it; a file without one (written before
     checkpoints had it) is opened lazily (memory-mapped, so cheap) to find a truncated or damaged file."""
-    from .checkpoints import checksum_problem
+    from ..lit.checkpoints import checksum_problem
 
     problem = checksum_problem(Path(path))
     if problem is None:
@@ -123,7 +123,7 @@ def resume_point(run_dir: Path) -> Path | None:
     from. ``None`` (with one line saying why) when nothing can be resumed; ``CorruptCheckpoint``
     when checkpoints exist but none is intact (a damaged file is not silently trained over).
     """
-    from .checkpoints import remove_stale_temporaries
+    from ..lit.checkpoints import remove_stale_temporaries
 
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
