@@ -28,7 +28,7 @@ from .ema import TrainableEMA
 from .evaluation import EvalView, test_views, val_views
 from .metrics import TaskMetrics
 from .schedule import epoch_scheduler, warmup_cosine
-from ..run.settings import TrainSettings  # plain settings, Lightning-free (the renderer reads settings.py)
+from .train_settings import TrainSettings  # plain values, Lightning-free (the run management reads them)
 
 
 class Diverged(ValueError):

@@ -12,9 +12,7 @@ run resumes across commits that do not change results; the record keeps both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +23,7 @@ from ..grft_settings import SETTINGS as GRFT_SETTINGS
 from ..grft_settings import config_fields, in_key_words, lookup
 from ..identity import run_key as identity_key
 from ..lit.schedule import Protocol
+from ..lit.train_settings import TrainSettings
 from ..methods import MethodSettings
 
 
@@ -186,24 +185,6 @@ def protocol_settings(cfg: DictConfig) -> Protocol:
             "protocol.cooldown_epochs needs protocol.schedule=epoch (the per-step schedule has no cool-down)"
         )
     return protocol
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation and protocol settings (paper §4.1 and the reference protocol)."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"  # adam (paper, vision) | adamw (paper, GLUE)
-    epochs: int = 100  # the cosine's length (the protocol may add cool-down epochs after it)
-    warmup_epochs: float = 10.0
-    protocol: Protocol = field(default_factory=Protocol)
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: float | None = None
-    seed: int = 0
-    metrics: tuple[str, ...] = ("acc",)
 
 
 def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
