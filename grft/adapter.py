@@ -77,11 +77,18 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         tensors[f"{name}.grft_delta"] = layer.grft_delta
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias
-    for head in state.arch.heads:
-        for pname, p in model.get_submodule(head).named_parameters():
-            tensors[f"{head}.{pname}"] = p
+    tensors.update(head_tensors(model, state.arch.heads))
     tensors.update(running_statistics(model))
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def head_tensors(model: nn.Module, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Every parameter of the head modules, by its name in ``model``: what each method's adapter keeps of the head.
+
+    Nested heads come whole (RoBERTa's ``classifier.dense`` and ``classifier.out_proj``), and a head of several
+    modules (DistilBERT's ``pre_classifier`` and ``classifier``) gives each.
+    """
+    return {f"{head}.{name}": p for head in heads for name, p in model.get_submodule(head).named_parameters()}
 
 
 def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -218,7 +225,7 @@ def check_fits(
         layers[name] = LayerSelection(index.long(), shape)
     params = {**dict(model.named_parameters()), **running_statistics(model)}
     needed = [f"{n}.bias" for n in saved if getattr(modules[n], "bias", None) is not None]
-    needed += [f"{head}.{p}" for head in arch.heads for p, _ in model.get_submodule(head).named_parameters()]
+    needed += list(head_tensors(model, arch.heads))
     absent = [n for n in needed if n not in tensors]
     if absent:
         raise AdapterMismatch(f"{path} lacks {absent[:3]}; the file is incomplete or from another model")

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from grft.adapter import running_statistics
+from grft.adapter import head_tensors, running_statistics
 from grft.config import GRFTConfig
 from grft.io import load_tensors, read_metadata, save_tensors
 from grft.probe import accumulate_gradients
@@ -167,8 +167,7 @@ def save_gps(model: nn.Module, path: str | Path, head: str) -> Path:
         if layer.bias is not None:
             tensors[f"{name}.bias"] = layer.bias
         shapes[name] = list(layer.weight.shape)
-    for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
-        tensors[f"{head}.{pname}"] = p
+    tensors.update(head_tensors(model, (head,)))
     tensors.update(running_statistics(model))  # a frozen BatchNorm still moves them in train mode
     meta = {"format": FORMAT, "head": head, "shapes": shapes}
     return save_tensors(path, tensors, meta)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from grft.adapter import running_statistics
+from grft.adapter import head_tensors, running_statistics
 from grft.io import load_tensors, read_metadata, save_tensors
 
 from ..models import ModelBundle
@@ -132,8 +132,7 @@ def lora_tensors(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     tensors = dict(get_peft_model_state_dict(model))
-    for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
-        tensors[f"{head}.{pname}"] = p
+    tensors.update(head_tensors(model, (head,)))
     tensors.update(running_statistics(model))  # a frozen BatchNorm still moves them in train mode
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
