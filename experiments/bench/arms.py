@@ -7,15 +7,19 @@ trains), ``probe`` (GRFT's and GPS's selection, timed as ``probe_s``), ``extra_l
 penalty), ``before_optimizer_step`` (GPS's masks), ``param_report`` (the trainable count) and
 ``save_adapter`` (the file a run writes). So the benchmark measures what a run trains.
 
-- full, linear: ``method=full``, ``method=linear``.
-- gps: ``method=gps`` with ``k`` (``--k``) entries per row.
-- lora: ``method=lora`` with the recipe of the paper's table for that model, composed through
-  Hydra as ``python run.py method=lora recipe=...`` does: ViT ``recipe=lora_vtab`` (Tables 1-2:
-  r=16, alpha=16 on the fused ``qkv``), Llama ``recipe=lora_glue`` (Table 3: r=16, alpha=16 on
-  ``q_proj``, ``k_proj``, ``v_proj``).
-- grft_row / grft_column: ``method=grft`` with ``selection=row|column``, ``k`` (``--k``) and the
-  squared L2 pull, lambda 1e-3 over the last 2 blocks + stem + head (ours: a penalty that is on,
-  so its cost is measured).
+An arm is a list of Hydra overrides composed through the app's own config, as ``python run.py`` composes
+them (``names``: ``<method>`` or ``<method>_<selection>``), and the app's ``method_settings`` reads the
+result; what differs between arms comes from the method's class (whether it reads the selection and
+``k``, whether it probes), never from a list here:
+
+- ``method=<method>``, with ``selection=<selection>`` for ``grft_row`` / ``grft_column``.
+- ``recipe=<method>_<suite>`` where the method has a row in the paper table the model stands for
+  (ViT: VTAB-1k, Table 2; Llama: GLUE, Table 3): LoRA then trains ``recipe=lora_vtab`` (r=16,
+  alpha=16 on the fused ``qkv``) or ``recipe=lora_glue`` (r=16, alpha=16 on ``q_proj``, ``k_proj``,
+  ``v_proj``). Only the recipe's ``method`` options are used (the benchmark sets its own optimiser).
+- the benchmark's settings, the same for every arm: ``k`` (``--k``: GRFT's rows or columns, GPS's
+  entries per row) and the squared L2 pull, lambda 1e-3 over the last 2 blocks + stem + head (ours:
+  a penalty that is on, so its cost is measured; only the methods that read them do).
 - floor (the benchmark's own): the head plus the bias of the network's first layer (ViT: the
   patch embedding; Llama, which has no biases: a zero bias given to layer 0's ``q_proj``, so the
   outputs do not change), so backward runs through every layer but computes no weight gradient
@@ -36,33 +40,23 @@ import torch
 
 # Every arm's worker loads Hydra (the floor's too), so its few MB of modules count for all alike.
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from grft.config import GRFTConfig
 from grft.targets import detect_architecture
 from grft_app.data.splits import InputSpec
-from grft_app.methods import Method, MethodSettings, make_method
+from grft_app.methods import Method, MethodSettings, make_method, method_class
 from grft_app.models import ModelBundle
 from grft_app.paths import CONF_DIR
+from grft_app.run.settings import method_settings
 
 from .models import Workload
-from .names import METHODS
+from .names import FLOOR, arm_parts, check_arm, group_options
 
 PENALTY_LAMBDA = 1e-3
 REGULAR_LAYERS = 2
-# The recipe of the paper's table each model stands for (conf/recipe/): its LoRA row's settings.
-LORA_RECIPES = {"vit": "lora_vtab", "llama": "lora_glue"}
-# Arm -> the app's method (``method=<name>``); the floor is not one.
-APP_METHODS = {
-    "full": "full",
-    "gps": "gps",
-    "lora": "lora",
-    "grft_row": "grft",
-    "grft_column": "grft",
-    "linear": "linear",
-}
+# The paper's table each model stands for: a method's row of it is conf/recipe/<method>_<suite>.yaml.
+SUITES = {"vit": "vtab", "llama": "glue"}
 
 
 @dataclass
@@ -86,33 +80,53 @@ class Trainable:
     method: Method | None = None
 
 
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+def arm_class(arm: str) -> type[Method] | None:
+    """The app's method class of ``arm`` (``None``: the floor); a selection the method does not read is an error."""
+    if arm == FLOOR:
+        return None
+    method, selection = arm_parts(arm)
+    cls = method_class(method)
+    if selection is not None and "selection.kind" not in cls.grft_keys:
+        raise ValueError(f"unknown method {arm!r}: method {method} reads no selection; use {method}")
+    return cls
 
 
-def composed_method(name: str, recipe: str | None = None) -> dict:
-    """The ``method`` node Hydra composes for ``method=<name>`` (then ``recipe=<recipe>``), as a dict."""
-    overrides = [f"+method={name}"] + ([f"+recipe={recipe}"] if recipe else [])
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=None, overrides=overrides)
-    return OmegaConf.to_container(cfg.method, resolve=True)
+def check_method(arm: str) -> None:
+    check_arm(arm)
+    arm_class(arm)
+
+
+def probes(arm: str) -> bool:
+    """Whether ``arm``'s setup runs a probe (its method has one: GRFT, GPS)."""
+    cls = arm_class(arm)
+    return cls is not None and cls.needs_probe is not Method.needs_probe
+
+
+def reads_k(arm: str) -> bool:
+    cls = arm_class(arm)
+    return cls is not None and "k" in cls.grft_keys
+
+
+def arm_overrides(arm: str, model: str, k: int) -> list[str]:
+    """``arm`` on ``model`` (``vit`` or ``llama``) as overrides of the app's config (``python run.py ...``)."""
+    arm_class(arm)
+    method, selection = arm_parts(arm)
+    recipe = f"{method}_{SUITES[model]}"
+    return (
+        [f"method={method}"]
+        + ([f"selection={selection}"] if selection else [])
+        + ([f"recipe={recipe}"] if recipe in group_options("recipe") else [])
+        + [f"k={k}", "norm=l2", f"lambda={PENALTY_LAMBDA}", f"regular_layers={REGULAR_LAYERS}"]
+    )
 
 
 def arm_settings(arm: str, model: str, k: int) -> MethodSettings:
-    """The app's settings object for ``arm`` on ``model`` (``vit`` or ``llama``)."""
-    check_method(arm)
-    if arm not in APP_METHODS:
+    """The app's settings object for ``arm`` on ``model``: what ``method_settings`` reads from the composed config."""
+    if arm == FLOOR:
         raise ValueError(f"arm {arm!r} is the benchmark's own, not a method of the app")
-    options = composed_method(APP_METHODS[arm], LORA_RECIPES[model] if arm == "lora" else None)
-    name = options.pop("name")
-    if arm.startswith("grft_"):
-        grft = GRFTConfig(
-            k=k, selection=arm.removeprefix("grft_"), norm="l2", lam=PENALTY_LAMBDA, regular_layers=REGULAR_LAYERS
-        )
-    else:
-        grft = GRFTConfig(k=k)  # GPS reads k; the others read no GRFT key
-    return MethodSettings(name=name, grft=grft, options=options)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=arm_overrides(arm, model, k))
+    return method_settings(cfg)
 
 
 def bundle_of(work: Workload) -> ModelBundle:
@@ -189,6 +203,6 @@ def prepare_floor(work: Workload) -> Trainable:
 def prepare(arm: str, work: Workload, k: int, sync: Callable[[], None] = lambda: None) -> Trainable:
     """Make ``work.model`` trainable the way ``arm`` does (runs its probe, if it has one)."""
     check_method(arm)
-    if arm == "floor":
+    if arm == FLOOR:
         return prepare_floor(work)
     return prepare_app_method(arm, work, k, sync)

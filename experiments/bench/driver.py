@@ -20,11 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 from grft_app.paths import ROOT
 
 from .launch import WorkerError, interleave_command, parse, probe_time_command, run_worker, worker_command
+from .row import WorkerRow
 
 PROBE_JOB = "probe vs full"
 CSV_COLUMNS = (
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
             elif method == PROBE_JOB:
                 probe_times.append(run_worker(probe_time_command(args, model)))
             else:
-                records.append(run_worker(worker_command(args, model, method)))
+                records.append(asdict(WorkerRow.read(run_worker(worker_command(args, model, method)))))
         except WorkerError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

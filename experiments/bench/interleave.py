@@ -20,7 +20,8 @@ import sys
 import torch
 
 from . import device as devices
-from .arms import METHODS, prepare
+from .arms import check_method, prepare
+from .names import DEFAULT_ARMS, arm_list
 from .worker import (
     add_workload_arguments,
     autocast_for,
@@ -35,7 +36,7 @@ from .worker import (
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     add_workload_arguments(p)
-    p.add_argument("--methods", required=True, help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--methods", required=True, help=f"comma-separated arms, e.g. {','.join(DEFAULT_ARMS)}")
     p.add_argument("--rounds", type=int, default=4, help="measured steps per method, taken in turn")
     return p
 
@@ -43,10 +44,9 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def parse(argv=None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     p = parser or make_parser("python -m experiments.bench.interleave", __doc__.split("\n")[0])
     args = p.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown or not args.methods:
-        raise ValueError(f"unknown method(s) {unknown or args.methods}; choose from {', '.join(METHODS)}")
+    args.methods = arm_list(args.methods)
+    for method in args.methods:
+        check_method(method)
     check_workload_arguments(args, ("rounds",))
     return args
 

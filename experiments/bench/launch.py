@@ -17,7 +17,8 @@ from pathlib import Path
 
 from grft_app.paths import ROOT
 
-from .names import METHODS, MODELS, add_llama_arguments
+from . import names
+from .names import DEFAULT_ARMS, MODELS, add_llama_arguments
 
 # Steps per device: (warm-up, measured, interleaved rounds per model). A CPU ViT-B/16 step takes
 # seconds; the CPU Llama's (2 layers) a quarter of that, so it gets three times the rounds.
@@ -43,6 +44,13 @@ def csv_list(allowed: tuple[str, ...], what: str):
     return parse
 
 
+def arm_list(text: str) -> list[str]:
+    try:
+        return names.arm_list(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m experiments.bench",
@@ -51,9 +59,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--models", type=csv_list(MODELS, "model"), default=list(MODELS), help="comma-separated: vit,llama")
     p.add_argument(
         "--methods",
-        type=csv_list(METHODS, "method"),
-        default=list(METHODS),
-        help=f"comma-separated, from {','.join(METHODS)}",
+        type=arm_list,
+        default=list(DEFAULT_ARMS),
+        help=f"comma-separated arms (default {','.join(DEFAULT_ARMS)}): any method=<name> of conf/method, "
+        "<method>_<selection> (grft_row), floor",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="default: fp32 on cpu, bf16 on cuda")
@@ -103,7 +112,7 @@ def parse(argv=None) -> argparse.Namespace:
     args.warmup = warmup if args.warmup is None else args.warmup
     args.steps = steps if args.steps is None else args.steps
     args.rounds = dict(rounds) if args.rounds is None else dict.fromkeys(rounds, args.rounds)
-    args.interleave = [] if args.interleave == "none" else csv_list(METHODS, "method")(args.interleave)
+    args.interleave = [] if args.interleave == "none" else arm_list(args.interleave)
     args.interleave = [m for m in args.interleave if m in args.methods]
     args.precision = args.precision or ("bf16" if kind == "cuda" else "fp32")
     args.fig3_steps = args.fig3_steps or (8 if kind == "cpu" else 200)

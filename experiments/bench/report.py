@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .names import DEFAULT_ARMS
 from .targets import evaluate
 
-METHOD_ORDER = ("full", "gps", "lora", "grft_row", "grft_column", "linear", "floor")
+METHOD_ORDER = DEFAULT_ARMS  # other arms follow them
 REFERENCES = ("full", "lora", "floor")
 COLORS = {
     "full": "#7f7f7f",

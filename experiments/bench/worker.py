@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from . import device as devices
-from .arms import METHODS, Trainable, check_method, prepare
+from .arms import Trainable, check_method, prepare, probes, reads_k
 from .memory import MB, Memory, Sampler, compact_allocator, trim_allocator
 from .models import LLAMA_LAYERS, MODELS, build, call
-from .names import add_llama_arguments
-
-PROBED = ("gps", "grft_row", "grft_column")  # the methods whose setup runs the gradient probe
+from .names import DEFAULT_ARMS, add_llama_arguments
+from .row import WorkerRow
 
 
 def add_workload_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +60,7 @@ def check_workload_arguments(args: argparse.Namespace, counts: tuple[str, ...]) 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.bench.worker", description=__doc__.split("\n")[0])
     add_workload_arguments(p)
-    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", required=True, help=f"an arm: {', '.join(DEFAULT_ARMS)}, ... (names)")
     p.add_argument("--steps", type=int, default=4, help="measured steps (the median is reported)")
     p.add_argument("--trace", type=Path, default=None, help="also sample memory over time into this CSV")
     p.add_argument("--scratch", type=Path, default=None, help="folder for adapter files (default: a temp dir)")
@@ -146,7 +145,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> WorkerRow:
     device = devices.resolve(args.device)
     torch.set_num_threads(args.threads)
     memory = Memory(device)
@@ -162,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     # Only the high-water mark restarts here (nothing is freed): the next peak is the setup's.
     memory.reset()
 
-    mark("probe" if args.method in PROBED else "setup")  # Fig. 3 shades the probe
+    mark("probe" if probes(args.method) else "setup")  # Fig. 3 shades the probe
     trainable = prepare(args.method, work, args.k, sync)
     optimizer = torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0)
     trainable_params = trainable.moving if trainable.moving is not None else sum(p.numel() for p in trainable.params)
@@ -195,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         adapter_bytes = trainable.save(Path(scratch)).stat().st_size
     quartiles = statistics.quantiles(wall, n=4, method="inclusive") if len(wall) > 1 else [wall[0]] * 3
-    return {
+    record = {
         "model": args.model,
         "method": args.method,
         "step_time_s": statistics.median(wall),
@@ -220,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
         "total_params": total_params,
         "optimizer_state_bytes": state_bytes,
         "adapter_bytes": adapter_bytes,
-        "k": args.k if args.method in ("gps", "grft_row", "grft_column") else None,
+        "k": args.k if reads_k(args.method) else None,
         "batch": args.batch,
         "workload": work.describe,
         "precision": args.precision,
@@ -233,16 +232,18 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "step_times": wall,
     }
+    return WorkerRow.read(record)  # strict: a value the row does not declare is an error here, in the worker
 
 
 def print_record(measure) -> int:
-    """Print ``measure()``'s record as one JSON line (what the driver reads); a bad option: exit 2."""
+    """Print ``measure()``'s record (a ``WorkerRow``, or a dict) as one JSON line (what the driver reads);
+    a bad option: exit 2."""
     try:
         record = measure()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(record), flush=True)
+    print(record.to_line() if isinstance(record, WorkerRow) else json.dumps(record), flush=True)
     return 0
 
 

@@ -24,7 +24,7 @@ import torch
 
 from experiments.bench import arms, driver, interleave, launch, report, targets, worker
 from experiments.bench.models import build_llama, build_vit, call
-from experiments.bench.names import METHODS
+from experiments.bench.names import DEFAULT_ARMS
 from grft_app.methods.gps import model_masks
 from grft_app.paths import ROOT
 
@@ -157,12 +157,49 @@ def test_lora_arm_settings_are_what_the_app_composes_for_the_tables_recipe(model
 def test_every_arm_but_the_floor_is_the_apps_method():
     from grft_app.methods import method_class
 
-    for arm, name in arms.APP_METHODS.items():
+    app_methods = {"full": "full", "gps": "gps", "lora": "lora", "grft_row": "grft", "grft_column": "grft"}
+    assert set(app_methods) | {"linear", "floor"} == set(DEFAULT_ARMS)
+    for arm, name in (app_methods | {"linear": "linear"}).items():
         trainable = arms.prepare(arm, build_vit(batch=4, tiny=True, probe_batches=1), k=1)
         assert type(trainable.method) is method_class(name), arm
     trainable = arms.prepare("grft_column", build_vit(batch=4, tiny=True, probe_batches=1), k=1)
     assert trainable.method.settings.grft.selection == "column" and trainable.probe_s > 0
     assert arms.prepare("floor", build_vit(batch=4, tiny=True, probe_batches=1), k=1).method is None
+
+
+def test_arms_are_the_apps_config_overrides_and_facts_come_from_the_methods_class():
+    from grft_app.methods.bias import BiasMethod
+
+    settings = arms.arm_settings("grft_column", "vit", k=3)  # the bench's pull: squared L2, lambda 1e-3, 2 blocks
+    grft = settings.grft
+    assert (grft.k, grft.selection, grft.norm, grft.lam, grft.regular_layers) == (3, "column", "l2", 1e-3, 2)
+    assert arms.arm_overrides("lora", "llama", k=2)[:2] == ["method=lora", "recipe=lora_glue"]
+    # A method of conf/method outside the default comparison is an arm with no edit in the benchmark.
+    trainable = arms.prepare("bias", build_vit(batch=4, tiny=True, probe_batches=1), k=1)
+    assert type(trainable.method) is BiasMethod
+    assert {n for n, p in trainable.model.named_parameters() if p.requires_grad} == {
+        n for n, _ in trainable.model.named_parameters() if n.endswith(".bias") or n.startswith("head.")
+    }
+    probing = {"full": False, "gps": True, "lora": False, "grft_row": True, "linear": False, "floor": False}
+    assert {arm: arms.probes(arm) for arm in probing} == probing
+    assert {arm: arms.reads_k(arm) for arm in probing} == probing  # GRFT and GPS read k; they alone probe
+    with pytest.raises(ValueError, match="method lora reads no selection"):
+        arms.prepare("lora_row", build_vit(batch=4, tiny=True, probe_batches=1), k=1)
+
+
+def test_worker_row_reads_the_committed_results_and_refuses_an_unknown_column():
+    from experiments.bench.row import WorkerRow
+    from grft_app.strict_json import Mismatch
+
+    lines = (ROOT / "results" / "bench" / "latest_runs.jsonl").read_text().splitlines()
+    rows = [WorkerRow.from_line(line) for line in lines if '"step_time_s"' in line]
+    assert rows and {r.method for r in rows} == set(DEFAULT_ARMS)
+    assert json.loads(rows[0].to_line()) == json.loads(next(line for line in lines if '"step_time_s"' in line))
+    data = json.loads(rows[0].to_line())
+    with pytest.raises(Mismatch, match="peak_gb"):
+        WorkerRow.read({**data, "peak_gb": 1.0})
+    with pytest.raises(Mismatch, match="trainable_params"):
+        WorkerRow.read({**data, "trainable_params": "many"})
 
 
 def test_lora_arm_trains_rank_16_on_the_recipes_targets_by_hand_count(tmp_path):
@@ -403,7 +440,7 @@ def test_driver_writes_csv_markdown_chart_and_fig3(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "latest.csv")
     assert set(REQUIRED) <= set(table.columns)
-    assert sorted(table["method"]) == sorted(METHODS)
+    assert sorted(table["method"]) == sorted(DEFAULT_ARMS)
     assert (tmp_path / "latest.png").stat().st_size > 0 and (tmp_path / "fig3_memory.png").stat().st_size > 0
     trace = pd.read_csv(tmp_path / "fig3_memory.csv")
     assert list(trace.columns)[:3] == ["method", "t_s", "memory_mb"] and set(trace["method"]) == {
