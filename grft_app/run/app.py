@@ -74,8 +74,6 @@ def baseline_specs(baselines) -> list[tuple[str, dict]]:
     return [(str(name), {}) for name in baselines]
 
 
-
-
 def announce(cfg: DictConfig) -> None:
     """Before a side-by-side launch: what is compared, on what, and where the records go."""
     others = [name for name, _ in baseline_specs(cfg.baselines or [])]
