@@ -9,13 +9,14 @@ probe gradient, pulled towards the pre-trained weights (torch only).
 """
 
 from .adapter import load_adapter, save_adapter
+from .architecture import Architecture, detect_architecture, pool_last_token
 from .config import NORMS, SELECTIONS, GRFTConfig
 from .layers import SlicedConv2d, SlicedLayer, SlicedLinear
 from .penalty import penalty
 from .probe import accumulate_gradients, rank_gradients, select, supervised_contrastive_loss
 from .report import Budget, ParamReport, largest_k, param_report
 from .selection import LayerSelection, Selection
-from .targets import Architecture, detect_architecture, eligible_layers, pool_last_token
+from .targets import eligible_layers
 from .tuner import apply_selection, attach, current_selection, has_selection, merge, sliced_layers
 
 __all__ = [

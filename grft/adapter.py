@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .architecture import Architecture, detect_architecture
 from .config import GRFTConfig
 from .io import UnreadableFile, load_tensors, read_metadata, save_tensors
 from .layers import slice_shape
+from .matrices import weight_matrix
 from .selection import LayerSelection, Selection, check_k, compact_index
-from .targets import Architecture, detect_architecture, eligible_layers, weight_matrix
+from .targets import eligible_layers
 from .tuner import attach, sliced_layers, state_of
 
 FORMAT = "grft-adapter"

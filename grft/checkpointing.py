@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .architecture import Architecture, block_names
 from .heap import release_free_pages
-from .targets import Architecture, block_names
 
 
 def _hidden_state(out: object) -> torch.Tensor | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .architecture import in_prefixes
 from .layers import SlicedLayer
-from .targets import in_prefixes
 from .tuner import state_of
 
 

@@ -20,19 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .accumulation import FlatAccumulator
+from .architecture import Architecture, detect_architecture, pool_like_the_head
 from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
 from .layers import SlicedLayer
+from .matrices import layer_matrix, weight_matrix
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
-from .targets import (
-    Architecture,
-    detect_architecture,
-    eligible_layers,
-    layer_matrix,
-    nothing_to_slice,
-    pool_like_the_head,
-    weight_matrix,
-)
+from .targets import eligible_layers, nothing_to_slice
 
 # loss_fn(model, batch) -> scalar, or None to skip a batch that carries no signal for the probe.
 LossFn = Callable[[nn.Module, object], torch.Tensor | None]

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .architecture import Architecture, detect_architecture
 from .config import GRFTConfig
 from .layers import SlicedLayer, slice_shape
+from .matrices import weight_matrix
 from .selection import check_k
-from .targets import Architecture, detect_architecture, eligible_layers, left_out_layers, weight_matrix
+from .targets import eligible_layers, left_out_layers
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .architecture import Architecture, detect_architecture
 from .config import GRFTConfig
 from .layers import SlicedLayer, make_sliced
+from .matrices import weight_matrix
 from .selection import Selection, check_k
-from .targets import (
-    Architecture,
-    detect_architecture,
-    eligible_layers,
-    nothing_to_slice,
-    regular_prefixes,
-    weight_matrix,
-)
+from .targets import eligible_layers, nothing_to_slice, regular_prefixes
 
 
 @dataclass

@@ -43,7 +43,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 from torch import nn
 
-from grft.targets import detect_architecture
+from grft.architecture import detect_architecture
 from grft_app.data.splits import InputSpec
 from grft_app.methods import Method, MethodSettings, make_method, method_class
 from grft_app.models import ModelBundle

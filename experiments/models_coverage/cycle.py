@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from grft.targets import detect_architecture, eligible_layers, in_prefixes
+from grft.architecture import detect_architecture, in_prefixes
+from grft.targets import eligible_layers
 
 SELECTIONS = ("row", "column")
 GRFT_DIR = Path(grft.__file__).resolve().parent

@@ -36,11 +36,12 @@ import torch
 from torch import nn
 
 from grft.adapter import head_tensors, running_statistics
+from grft.architecture import Architecture, detect_architecture
 from grft.config import GRFTConfig
 from grft.io import load_tensors, read_metadata, save_tensors
 from grft.probe import accumulate_gradients
 from grft.selection import as_matrix, check_k, compact_index, rank
-from grft.targets import Architecture, detect_architecture, eligible_layers
+from grft.targets import eligible_layers
 
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress, freeze_all, load_running_statistics, unfreeze

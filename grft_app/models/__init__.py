@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grft.targets import Architecture
+from grft.architecture import Architecture
 
 from ..builders import family_module
 from ..data.splits import InputSpec

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from grft.targets import Architecture
+from grft.architecture import Architecture
 
 from ..data.splits import InputSpec
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from grft.targets import detect_architecture
+from grft.architecture import detect_architecture
 
 from ..data.splits import InputSpec
 from .llama import offline, tiny_tokenizer, weight_dtype

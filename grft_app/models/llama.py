@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from grft.targets import Architecture, pool_last_token
+from grft.architecture import Architecture, pool_last_token
 
 from ..data.splits import InputSpec
 

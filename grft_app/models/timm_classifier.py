@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from grft.targets import detect_architecture
+from grft.architecture import detect_architecture
 
 from ..data.splits import InputSpec
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from grft.targets import Architecture
+from grft.architecture import Architecture
 
 from ..data.splits import InputSpec
 from .timm_classifier import create as create_timm_classifier

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import grft
-from grft.targets import detect_architecture, eligible_layers, in_prefixes
+from grft.architecture import detect_architecture, in_prefixes
+from grft.targets import eligible_layers
 from grft_app.models import hf, timm_classifier
 from grft_app.paths import CONF_DIR
 
@@ -231,9 +232,9 @@ def test_param_report_names_every_layer_it_leaves_out_and_why():
     # Layers whose forward is not the plain product are never sliced: slicing would change them.
     same = timm.layers.Conv2dSame(3, 4, 3)
     std = timm.layers.StdConv2d(3, 4, 3)
-    assert "overrides Conv2d.forward" in grft.targets.ineligible_reason(same)
-    assert "overrides Conv2d.forward" in grft.targets.ineligible_reason(std)
-    assert not grft.targets.is_eligible(same) and not grft.targets.is_eligible(std)
+    assert "overrides Conv2d.forward" in grft.matrices.ineligible_reason(same)
+    assert "overrides Conv2d.forward" in grft.matrices.ineligible_reason(std)
+    assert not grft.matrices.is_eligible(same) and not grft.matrices.is_eligible(std)
 
 
 def test_vit_b16_default_eligible_set_is_the_papers():
@@ -445,10 +446,10 @@ def test_a_linear_subclass_is_sliced_when_its_forward_is_the_plain_product():
         def forward(self, x):
             return 2 * super().forward(x)
 
-    assert grft.targets.is_eligible(Plain(4, 3))
-    assert "overrides Linear.forward" in grft.targets.ineligible_reason(Scaled(4, 3))
+    assert grft.matrices.is_eligible(Plain(4, 3))
+    assert "overrides Linear.forward" in grft.matrices.ineligible_reason(Scaled(4, 3))
     with torch.device("meta"):  # nothing to ask on the meta device: left out
-        assert not grft.targets.is_eligible(Plain(4, 3))
+        assert not grft.matrices.is_eligible(Plain(4, 3))
 
 
 def test_a_batchnorm_in_the_head_travels_in_the_adapter(tmp_path):
@@ -489,7 +490,7 @@ def test_blocks_are_the_largest_run_of_same_class_siblings_when_nothing_else_nam
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=3)
     arch = detect_architecture(model)
-    assert grft.targets.block_names(model, arch) == blocks
+    assert grft.architecture.block_names(model, arch) == blocks
     regular = grft.targets.regular_prefixes(model, arch, 1)
     assert blocks[-1] in regular and blocks[-2] not in regular
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import grft
-from grft.targets import detect_architecture
+from grft.architecture import detect_architecture
 from grft_app.methods import MethodSettings, make_method
 from grft_app.methods.gps import build_masks, load_gps, model_masks
 from grft_app.models import ModelBundle

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from grft.architecture import detect_architecture
 from grft.probe import call_model
-from grft.targets import detect_architecture
 from grft_app.methods import METHODS, MethodSettings, make_method, method_class
 from grft_app.methods.adapter import AdapterConfig
 from grft_app.methods.lora import LoRAConfig, load_lora
