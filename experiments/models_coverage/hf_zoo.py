@@ -90,6 +90,8 @@ SIZES = {
     "max_position_embeddings": 128,
     "vocab_size": 1000,
 }
+# What fixes the input's size, kept by the ``native`` tier.
+NATIVE_INPUT = ("image_size", "window_size")
 # Per-stage lists of hierarchical vision models: depths shrink to 1, widths and heads to small values.
 STAGE_LISTS = {
     "depths": 1,
@@ -125,14 +127,24 @@ EXPERTS = {
     "n_shared_experts": 1,
 }
 MAX_PARAMETERS = 150_000_000  # a less shrunk model is built only below this size
-TIERS = ("tiny", "shallow", "default")
+# ``tiny`` shrinks every size and draws 64-pixel images; ``native`` shrinks the same but keeps the
+# input size the model was designed for (Swin's windows tile only its own grid); ``shallow`` shrinks
+# only depths and experts; ``default`` only the experts.
+TIERS = ("tiny", "native", "shallow", "default")
 
 
 def tiny_config(cls, tier: str = "tiny"):
-    """The class's default config shrunk: ``tiny`` every size, ``shallow`` only depths and experts,
-    ``default`` only the experts; sub-configs (a CLIP's vision tower) alike."""
-    config = cls.config_class()
-    _shrink(config, tier)
+    """The class's default config shrunk by ``tier``, sub-configs (a CLIP's vision tower) alike.
+
+    The config is built anew from the shrunk sizes, so that what it derives from them (DeepSeek's
+    ``head_dim`` from its rotary part, per-layer ``layer_types`` from the depth) follows; a config
+    that cannot be built so is shrunk in place."""
+    default = cls.config_class()
+    try:
+        config = _rebuilt(default, tier)
+    except Exception:  # noqa: BLE001 - the constructor rejects the sizes together; set them one by one
+        config = _shrunk_in_place(cls.config_class(), tier)
+    _fill_unset(config)
     config.num_labels = NUM_LABELS
     if hasattr(config, "vocab_size") and config.vocab_size is None:
         config.vocab_size = 100  # ESM's default config leaves it to the tokenizer
@@ -143,32 +155,78 @@ def tiny_config(cls, tier: str = "tiny"):
     return config
 
 
-def _shrink(config, tier: str) -> None:
-    sizes = dict(EXPERTS, image_size=IMAGE_SIDE)  # the input's size, in every tier
-    if tier in ("tiny", "shallow"):
-        sizes.update({k: v for k, v in SIZES.items() if v == LAYERS and "layers" in k or k == "num_blocks"})
+def _rebuilt(config, tier: str):
+    kwargs = {}
+    for key, value in _changes(config, tier).items():
+        sub = getattr(config, key, None)
+        kwargs[key] = _rebuilt(sub, tier) if _is_config(sub) and sub is not config else value
+    return type(config)(**kwargs)
+
+
+def _shrunk_in_place(config, tier: str):
+    for key, value in _changes(config, tier).items():
+        _shrunk_in_place(value, tier) if _is_config(value) else _set(config, key, value)
+    return config
+
+
+def _is_config(value) -> bool:
+    return type(value).__name__.endswith("Config") and hasattr(value, "to_dict")
+
+
+def _changes(config, tier: str) -> dict:
+    """``{attribute: shrunk value}``; a sub-config maps to itself (it is shrunk on its own)."""
+    changes = {}
+    sizes = dict(EXPERTS)
     if tier == "tiny":
-        sizes.update(SIZES)
-    for key, value in sizes.items():
+        sizes["image_size"] = IMAGE_SIDE
+    if tier in ("tiny", "native", "shallow"):
+        sizes.update({k: v for k, v in SIZES.items() if v == LAYERS and "layers" in k or k == "num_blocks"})
+    if tier in ("tiny", "native"):
+        sizes.update({k: v for k, v in SIZES.items() if tier == "tiny" or k not in NATIVE_INPUT})
+    for key, value in sorted(sizes.items(), key=lambda kv: kv[0] == "head_dim"):
         current = getattr(config, key, None)
         if not isinstance(current, int) or isinstance(current, bool):
             continue
         if key in ("max_position_embeddings", "vocab_size") and current <= value:
             continue
-        _set(config, key, min(current, value) if tier != "tiny" else value)
-    if tier == "tiny":
+        if key == "head_dim" and current == getattr(config, "qk_rope_head_dim", None) and "qk_rope_head_dim" in changes:
+            value = changes["qk_rope_head_dim"]  # multi-head latent attention: head_dim is a head's rotary part
+        changes[key] = min(current, value) if tier in ("shallow", "default") else value
+    depth, layers = getattr(config, "num_hidden_layers", None), changes.get("num_hidden_layers")
+    for key, value in vars(config).items():  # a per-layer pattern (Zamba's block types) as deep as the model
+        if layers and isinstance(value, list) and len(value) == depth and all(isinstance(v, str) for v in value):
+            changes[key] = value[:layers]
+    if tier in ("tiny", "native"):
         for key, value in FIXED.items():
             if isinstance(getattr(config, key, None), (list, tuple)):
-                _set(config, key, value)
-    lists = STAGE_LISTS if tier == "tiny" else {"depths": 1, "depth": 1} if tier == "shallow" else {}
+                changes[key] = value
+    lists = STAGE_LISTS if tier in ("tiny", "native") else {"depths": 1, "depth": 1} if tier == "shallow" else {}
     for key, value in lists.items():
         current = getattr(config, key, None)
         if isinstance(current, (list, tuple)) and current and all(isinstance(v, int) for v in current):
-            _set(config, key, [value] * len(current))
+            changes[key] = [value] * len(current)
     for key in list(vars(config)):
         sub = getattr(config, key, None)
-        if sub is not config and type(sub).__name__.endswith("Config") and hasattr(sub, "to_dict"):
-            _shrink(sub, tier)
+        if sub is not config and _is_config(sub):
+            changes[key] = sub
+    return changes
+
+
+def _fill_unset(config) -> None:
+    """Sizes a default config leaves ``None`` although the model reads them as numbers."""
+    for sub in [config] + [getattr(config, k) for k in list(vars(config)) if _is_config(getattr(config, k, None))]:
+        heads = getattr(sub, "num_attention_heads", None)
+        if getattr(sub, "num_key_value_heads", 0) is None and isinstance(heads, int):
+            sub.num_key_value_heads = heads  # Nemotron: no grouped queries unless asked
+        if getattr(sub, "head_dim", 0) is None and isinstance(heads, int) and getattr(sub, "hidden_size", None):
+            sub.head_dim = sub.hidden_size // heads  # Ministral, Nemotron, HunYuan
+        experts = getattr(sub, "n_routed_experts", None) or getattr(sub, "num_experts", None)
+        if getattr(sub, "num_experts_per_tok", 0) is None and isinstance(experts, int):
+            sub.num_experts_per_tok = min(2, experts)  # DeepSeek-V2 routes to none by default
+        if getattr(sub, "default_language", 0) is None and getattr(sub, "languages", None):
+            sub.default_language = list(sub.languages)[0]  # X-MOD picks its adapters by language
+        if getattr(sub, "is_encoder_decoder", False) and getattr(sub, "decoder_start_token_id", None) is None:
+            sub.decoder_start_token_id = getattr(sub, "pad_token_id", None) or 0  # T5 starts from <pad>
 
 
 def _set(config, key: str, value) -> None:
