@@ -7,9 +7,12 @@ per-stage lists), so the model is small enough for a CPU; the batch is the model
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
+
+from .cycle import output_logits
 
 NUM_LABELS = 3
 LABELS = (0, 1, 2, 0, 1, 2)
@@ -125,6 +128,8 @@ EXPERTS = {
     "num_experts_per_tok": 2,
     "moe_intermediate_size": FFN,
     "n_shared_experts": 1,
+    "n_group": 1,
+    "topk_group": 1,
 }
 MAX_PARAMETERS = 150_000_000  # a less shrunk model is built only below this size
 # ``tiny`` shrinks every size and draws 64-pixel images; ``native`` shrinks the same but keeps the
@@ -146,10 +151,16 @@ def tiny_config(cls, tier: str = "tiny"):
         config = _shrunk_in_place(cls.config_class(), tier)
     _fill_unset(config)
     config.num_labels = NUM_LABELS
-    if hasattr(config, "vocab_size") and config.vocab_size is None:
-        config.vocab_size = 100  # ESM's default config leaves it to the tokenizer
-    if getattr(config, "pad_token_id", None) is None or config.pad_token_id >= getattr(config, "vocab_size", 10**9):
-        config.pad_token_id = 0
+    # The token positions a classifier reads its scores at (ShieldGemma-2's yes/no) stay in the vocabulary.
+    read_at = [v for k, v in vars(config).items() if k.endswith("_token_index") and k != "image_token_index"]
+    for sub in _with_subs(config):
+        if hasattr(sub, "vocab_size") and sub.vocab_size is None:
+            sub.vocab_size = 100  # ESM's default config leaves it to the tokenizer
+        if isinstance(getattr(sub, "vocab_size", None), int) and read_at:
+            sub.vocab_size = max(sub.vocab_size, max(read_at) + 1)
+        if sub is config or hasattr(sub, "vocab_size"):  # a text tower reads its own padding token
+            if getattr(sub, "pad_token_id", None) is None or sub.pad_token_id >= getattr(sub, "vocab_size", 10**9):
+                sub.pad_token_id = 0
     if hasattr(config, "use_cache"):
         config.use_cache = False
     return config
@@ -167,6 +178,10 @@ def _shrunk_in_place(config, tier: str):
     for key, value in _changes(config, tier).items():
         _shrunk_in_place(value, tier) if _is_config(value) else _set(config, key, value)
     return config
+
+
+def _with_subs(config) -> list:
+    return [config] + [getattr(config, k) for k in list(vars(config)) if _is_config(getattr(config, k, None))]
 
 
 def _is_config(value) -> bool:
@@ -193,9 +208,16 @@ def _changes(config, tier: str) -> dict:
             value = changes["qk_rope_head_dim"]  # multi-head latent attention: head_dim is a head's rotary part
         changes[key] = min(current, value) if tier in ("shallow", "default") else value
     depth, layers = getattr(config, "num_hidden_layers", None), changes.get("num_hidden_layers")
-    for key, value in vars(config).items():  # a per-layer pattern (Zamba's block types) as deep as the model
-        if layers and isinstance(value, list) and len(value) == depth and all(isinstance(v, str) for v in value):
-            changes[key] = value[:layers]
+    patterns = {  # per-layer patterns (Zamba's block types) as deep as the model
+        key: value
+        for key, value in vars(config).items()
+        if layers and isinstance(value, list) and len(value) == depth and all(isinstance(v, str) for v in value)
+    }
+    for value in patterns.values():  # deep enough for every kind of layer (a cache needs an attention layer)
+        layers = max(layers, max(value.index(kind) for kind in set(value)) + 1)
+    if patterns:
+        changes["num_hidden_layers"] = layers
+        changes.update({key: value[:layers] for key, value in patterns.items()})
     if tier in ("tiny", "native"):
         for key, value in FIXED.items():
             if isinstance(getattr(config, key, None), (list, tuple)):
@@ -214,7 +236,7 @@ def _changes(config, tier: str) -> dict:
 
 def _fill_unset(config) -> None:
     """Sizes a default config leaves ``None`` although the model reads them as numbers."""
-    for sub in [config] + [getattr(config, k) for k in list(vars(config)) if _is_config(getattr(config, k, None))]:
+    for sub in _with_subs(config):
         heads = getattr(sub, "num_attention_heads", None)
         if getattr(sub, "num_key_value_heads", 0) is None and isinstance(heads, int):
             sub.num_key_value_heads = heads  # Nemotron: no grouped queries unless asked
@@ -253,6 +275,14 @@ def batch_for(model) -> dict:
         if isinstance(eos, int) and 0 <= eos < getattr(config, "vocab_size", 10**9):
             ids[torch.arange(n), mask.sum(1) - 1] = eos  # classifiers that read the <eos> token (BART)
         batch.update(input_ids=ids, attention_mask=mask)
+    elif name == "pixel_values" and "spatial_shapes" in inspect.signature(model.forward).parameters:
+        # SigLIP-2 takes images as rows of flattened patches, with each image's grid and a patch mask
+        patch = vision.patch_size
+        side = IMAGE_SIDE // patch
+        channels = getattr(vision, "num_channels", 3)
+        batch["pixel_values"] = torch.randn(n, side * side, channels * patch * patch, generator=g)
+        batch["pixel_attention_mask"] = torch.ones(n, side * side, dtype=torch.long)
+        batch["spatial_shapes"] = torch.tensor([[side, side]] * n)
     elif name == "pixel_values":
         channels = getattr(vision, "num_channels", 3)
         side = getattr(vision, "image_size", IMAGE_SIDE)
@@ -285,6 +315,12 @@ def build(class_name: str):
             return _build(cls, tier)
         except Exception as err:  # noqa: BLE001 - the next tier shrinks less
             first_error = first_error or err
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cls(cls.config_class())
+    except Exception as err:  # noqa: BLE001 - the evidence that the fault is not the shrinking
+        raise RuntimeError(f"its own default config does not build either: {type(err).__name__}: {err}") from err
     raise first_error
 
 
@@ -300,15 +336,56 @@ def _build(cls, tier: str):
         warnings.simplefilter("ignore")
         model = cls(config).eval()
     batch = batch_for(model)
-    with torch.no_grad():
-        out = model(**{k: v for k, v in batch.items() if k != "labels"})
-    logits = out.logits if hasattr(out, "logits") else out
-    if logits.shape[0] != len(LABELS):
-        raise ValueError(f"logits of shape {tuple(logits.shape)} for {len(LABELS)} examples")
-    spread = float((logits - logits[:1]).abs().max())
-    if spread <= 1e-6 * max(1.0, float(logits.abs().max())):
+    spread = _spread(model, batch)
+    if not spread and _batch_norms(model):
+        _calibrate(model, batch)  # running statistics 0 and 1 leave a random net's activations vanishing
+        spread = _spread(model, batch)
+    if not spread:
         raise ValueError(
-            f"the random model's logits hardly depend on its input (spread {spread:.1e}): "
+            f"the random model's logits hardly depend on its input (spread {spread.value:.1e}): "
             "nothing for a probe to contrast"
         )
     return model, batch
+
+
+class _Spread(float):
+    """How far the logits of the batch's examples differ; false when they hardly do."""
+
+    def __new__(cls, value: float, scale: float):
+        self = super().__new__(cls, value)
+        self.value, self.scale = value, scale
+        return self
+
+    def __bool__(self) -> bool:
+        return self.value > 1e-6 * max(1.0, self.scale)
+
+
+def _spread(model, batch) -> _Spread:
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    logits = output_logits(out)
+    if logits.shape[0] != len(LABELS):
+        raise ValueError(f"logits of shape {tuple(logits.shape)} for {len(LABELS)} examples")
+    return _Spread(float((logits - logits[:1]).abs().max()), float(logits.abs().max()))
+
+
+def _batch_norms(model) -> list:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _calibrate(model, batch) -> None:
+    """Every BatchNorm's running statistics from the batch itself, as training would have set them:
+    with the defaults (mean 0, variance 1) and small random weights, each layer of a deep
+    convolutional net scales its input down, so the logits of a random MobileNet or LeViT come out
+    the same for every image."""
+    norms = _batch_norms(model)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one pass sets the batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+    model.eval()
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
