@@ -315,12 +315,15 @@ def build(class_name: str):
             return _build(cls, tier)
         except Exception as err:  # noqa: BLE001 - the next tier shrinks less
             first_error = first_error or err
+    if isinstance(first_error, ImportError):  # an optional library this machine lacks (natten, detectron2)
+        raise first_error
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cls(cls.config_class())
     except Exception as err:  # noqa: BLE001 - the evidence that the fault is not the shrinking
-        raise RuntimeError(f"its own default config does not build either: {type(err).__name__}: {err}") from err
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise RuntimeError(f"its own default config does not build either: {type(err).__name__}: {first_line}") from err
     raise first_error
 
 
@@ -374,14 +377,14 @@ def _batch_norms(model) -> list:
 
 
 def _calibrate(model, batch) -> None:
-    """Every BatchNorm's running statistics from the batch itself, as training would have set them:
-    with the defaults (mean 0, variance 1) and small random weights, each layer of a deep
-    convolutional net scales its input down, so the logits of a random MobileNet or LeViT come out
-    the same for every image."""
+    """Every BatchNorm's running statistics from the batch itself, as training would have set them,
+    and its scale and shift at torch's defaults: with the default statistics (mean 0, variance 1)
+    and small random weights, each layer of a deep convolutional net scales its input down, so the
+    logits of a random MobileNet or LeViT come out the same for every image."""
     norms = _batch_norms(model)
     momenta = [m.momentum for m in norms]
     for m in norms:
-        m.reset_running_stats()
+        m.reset_parameters()  # EfficientNet draws its scales like weights, N(0, 0.02): back to 1
         m.momentum = None  # a cumulative average: one pass sets the batch's statistics
     model.train()
     with torch.no_grad():
