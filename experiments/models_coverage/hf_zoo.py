@@ -93,6 +93,7 @@ SIZES = {
     "max_position_embeddings": 128,
     "vocab_size": 1000,
 }
+WIDTH_COEFFICIENT = 0.25
 # What fixes the input's size, kept by the ``native`` tier.
 NATIVE_INPUT = ("image_size", "window_size")
 # Per-stage lists of hierarchical vision models: depths shrink to 1, widths and heads to small values.
@@ -200,6 +201,9 @@ def _changes(config, tier: str) -> dict:
         sizes.update({k: v for k, v in SIZES.items() if tier == "tiny" or k not in NATIVE_INPUT})
     for key, value in sorted(sizes.items(), key=lambda kv: kv[0] == "head_dim"):
         current = getattr(config, key, None)
+        if key == "image_size" and isinstance(current, (list, tuple)) and all(isinstance(v, int) for v in current):
+            changes[key] = [value] * len(current)  # TextNet's [640, 640]
+            continue
         if not isinstance(current, int) or isinstance(current, bool):
             continue
         if key in ("max_position_embeddings", "vocab_size") and current <= value:
@@ -207,6 +211,11 @@ def _changes(config, tier: str) -> dict:
         if key == "head_dim" and current == getattr(config, "qk_rope_head_dim", None) and "qk_rope_head_dim" in changes:
             value = changes["qk_rope_head_dim"]  # multi-head latent attention: head_dim is a head's rotary part
         changes[key] = min(current, value) if tier in ("shallow", "default") else value
+    width = getattr(config, "width_coefficient", None)
+    if tier in ("tiny", "native") and isinstance(width, float) and isinstance(getattr(config, "hidden_dim", None), int):
+        # EfficientNet: the last width is the width multiplier times 1280, so the two shrink together
+        changes["width_coefficient"] = WIDTH_COEFFICIENT
+        changes["hidden_dim"] = round(config.hidden_dim * WIDTH_COEFFICIENT / width)
     depth, layers = getattr(config, "num_hidden_layers", None), changes.get("num_hidden_layers")
     patterns = {  # per-layer patterns (Zamba's block types) as deep as the model
         key: value
@@ -227,6 +236,9 @@ def _changes(config, tier: str) -> dict:
         current = getattr(config, key, None)
         if isinstance(current, (list, tuple)) and current and all(isinstance(v, int) for v in current):
             changes[key] = [value] * len(current)
+    stem, stages = getattr(config, "stem_out_channels", None), getattr(config, "hidden_sizes", None)
+    if "hidden_sizes" in changes and isinstance(stem, int) and stages and stem == stages[0]:
+        changes["stem_out_channels"] = changes["hidden_sizes"][0]  # TextNet: the stem feeds the first stage
     for key in list(vars(config)):
         sub = getattr(config, key, None)
         if sub is not config and _is_config(sub):
