@@ -1,8 +1,12 @@
 """A tiny random model of every transformers ``*ForSequenceClassification`` / ``*ForImageClassification``.
 
 Each class's config is its library default with the sizes shrunk by name (layers, heads, widths,
-per-stage lists), so the model is small enough for a CPU; the batch is the model's main input
-(token ids with right padding, images, or audio) with repeating labels.
+per-stage lists), so the model is small enough for a CPU; the config is then built anew from those
+sizes so that what it derives from them follows, and sizes it leaves unset are filled. Less shrunk
+tiers (the native input size, then only the depth) are tried when a tier does not build. A random
+net whose logits do not depend on its input because of BatchNorm at its default statistics gets
+them from the batch. The batch is the model's main input (token ids with right padding, images,
+patches or audio) with repeating labels.
 """
 
 from __future__ import annotations
