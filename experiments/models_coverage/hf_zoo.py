@@ -137,10 +137,12 @@ EXPERTS = {
     "topk_group": 1,
 }
 MAX_PARAMETERS = 150_000_000  # a less shrunk model is built only below this size
-# ``tiny`` shrinks every size and draws 64-pixel images; ``native`` shrinks the same but keeps the
+# ``tiny`` shrinks every size and draws 64-pixel images, deep enough for every kind of layer of a
+# per-layer pattern; ``cut`` the same at the plain depth (Zamba ties its one hybrid layer's weights to
+# a second one, so it builds without any); ``native`` shrinks the same but keeps the
 # input size the model was designed for (Swin's windows tile only its own grid); ``shallow`` shrinks
 # only depths and experts; ``default`` only the experts.
-TIERS = ("tiny", "native", "shallow", "default")
+TIERS = ("tiny", "cut", "native", "shallow", "default")
 
 
 def tiny_config(cls, tier: str = "tiny"):
@@ -197,12 +199,12 @@ def _changes(config, tier: str) -> dict:
     """``{attribute: shrunk value}``; a sub-config maps to itself (it is shrunk on its own)."""
     changes = {}
     sizes = dict(EXPERTS)
-    if tier == "tiny":
+    if tier in ("tiny", "cut"):
         sizes["image_size"] = IMAGE_SIDE
-    if tier in ("tiny", "native", "shallow"):
+    if tier in ("tiny", "cut", "native", "shallow"):
         sizes.update({k: v for k, v in SIZES.items() if v == LAYERS and "layers" in k or k == "num_blocks"})
-    if tier in ("tiny", "native"):
-        sizes.update({k: v for k, v in SIZES.items() if tier == "tiny" or k not in NATIVE_INPUT})
+    if tier in ("tiny", "cut", "native"):
+        sizes.update({k: v for k, v in SIZES.items() if tier in ("tiny", "cut") or k not in NATIVE_INPUT})
     for key, value in sorted(sizes.items(), key=lambda kv: kv[0] == "head_dim"):
         current = getattr(config, key, None)
         if key == "image_size" and isinstance(current, (list, tuple)) and all(isinstance(v, int) for v in current):
@@ -215,8 +217,8 @@ def _changes(config, tier: str) -> dict:
         if key == "head_dim" and current == getattr(config, "qk_rope_head_dim", None) and "qk_rope_head_dim" in changes:
             value = changes["qk_rope_head_dim"]  # multi-head latent attention: head_dim is a head's rotary part
         changes[key] = min(current, value) if tier in ("shallow", "default") else value
-    width = getattr(config, "width_coefficient", None)
-    if tier in ("tiny", "native") and isinstance(width, float) and isinstance(getattr(config, "hidden_dim", None), int):
+    width, last = getattr(config, "width_coefficient", None), getattr(config, "hidden_dim", None)
+    if tier in ("tiny", "cut", "native") and isinstance(width, float) and isinstance(last, int):
         # EfficientNet: the last width is the width multiplier times 1280, so the two shrink together
         changes["width_coefficient"] = WIDTH_COEFFICIENT
         changes["hidden_dim"] = round(config.hidden_dim * WIDTH_COEFFICIENT / width)
@@ -226,16 +228,16 @@ def _changes(config, tier: str) -> dict:
         for key, value in vars(config).items()
         if layers and isinstance(value, list) and len(value) == depth and all(isinstance(v, str) for v in value)
     }
-    for value in patterns.values():  # deep enough for every kind of layer (a cache needs an attention layer)
+    for value in patterns.values() if tier != "cut" else ():  # every kind of layer (a cache needs attention)
         layers = max(layers, max(value.index(kind) for kind in set(value)) + 1)
     if patterns:
         changes["num_hidden_layers"] = layers
         changes.update({key: value[:layers] for key, value in patterns.items()})
-    if tier in ("tiny", "native"):
+    if tier in ("tiny", "cut", "native"):
         for key, value in FIXED.items():
             if isinstance(getattr(config, key, None), (list, tuple)):
                 changes[key] = value
-    lists = STAGE_LISTS if tier in ("tiny", "native") else {"depths": 1, "depth": 1} if tier == "shallow" else {}
+    lists = STAGE_LISTS if tier in ("tiny", "cut", "native") else {"depths": 1, "depth": 1} if tier == "shallow" else {}
     for key, value in lists.items():
         current = getattr(config, key, None)
         if isinstance(current, (list, tuple)) and current and all(isinstance(v, int) for v in current):
@@ -345,7 +347,7 @@ def build(class_name: str):
 
 def _build(cls, tier: str):
     config = tiny_config(cls, tier)
-    if tier != "tiny":
+    if tier not in ("tiny", "cut"):
         with torch.device("meta"):
             size = sum(p.numel() for p in cls(config).parameters())
         if size > MAX_PARAMETERS:
