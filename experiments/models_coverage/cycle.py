@@ -48,7 +48,15 @@ def labels_of(batch) -> torch.Tensor:
 def forward(model, batch):
     inputs = inputs_of(batch)
     out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-    return out.logits if hasattr(out, "logits") else out
+    return output_logits(out)
+
+
+def output_logits(out) -> torch.Tensor:
+    """The class scores of a model's output: ``logits``, a plain tensor, or the first field of an
+    output without ``logits`` (PP-LCNet returns its scores as ``last_hidden_state``)."""
+    if hasattr(out, "logits"):
+        return out.logits
+    return out if isinstance(out, torch.Tensor) else out[0]
 
 
 def logits(model, batch) -> torch.Tensor:

@@ -30,6 +30,18 @@ SAMPLE = {
     "a container of heads": ("timm", "efficientvim_m1"),
     "blocks kept as plain attributes": ("timm", "legacy_xception"),
     "a residual gain zero at random (a pre-trained one is not)": ("timm", "test_nfnet"),
+    "BatchNorm at its default statistics (logits independent of the input)": (
+        "transformers",
+        "LevitForImageClassification",
+    ),
+}
+# Classes whose default config, shrunk size by size, no longer builds; each for its own reason.
+SHRUNK_TOGETHER = {
+    "rotary part of a latent-attention head": "DeepseekV2ForSequenceClassification",
+    "head size the default config leaves unset": "MinistralForSequenceClassification",
+    "per-layer pattern as deep as the model": "Zamba2ForSequenceClassification",
+    "images as rows of patches": "Siglip2ForImageClassification",
+    "windows that tile only the native image size": "SwinForImageClassification",
 }
 REFUSED = {
     "reversible blocks": ("transformers", "ReformerForSequenceClassification", "custom autograd function"),
@@ -46,6 +58,13 @@ def test_the_whole_cycle_passes_on_a_model_with_each_former_cause(cause):
     model, batch = build(*SAMPLE[cause])
     result = verdict(model, batch)
     assert result.status == "pass", result.reason
+
+
+@pytest.mark.parametrize("cause", list(SHRUNK_TOGETHER))
+def test_a_config_whose_sizes_depend_on_each_other_still_builds_tiny(cause):
+    model, batch = hf_zoo.build(SHRUNK_TOGETHER[cause])
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    assert len(batch["labels"]) == len(hf_zoo.LABELS)
 
 
 @pytest.mark.parametrize("cause", list(REFUSED))
