@@ -3,7 +3,7 @@
 Text models load as ``AutoModelForSequenceClassification`` (BERT, RoBERTa, DistilBERT, DeBERTa,
 GPT-2, Llama, Qwen2, Mistral, Gemma...), vision models as ``AutoModelForImageClassification``
 (ViT...): the pre-trained base model plus a new task head. GRFT finds head and blocks through
-transformers' ``base_model_prefix`` and ``_no_split_modules`` (``grft.targets``): the head is
+transformers' ``base_model_prefix`` and ``_no_split_modules`` (``grft.architecture``): the head is
 everything outside the base model (DistilBERT's ``pre_classifier`` + ``classifier`` both train).
 
 A tokenizer without a pad token pads with its end-of-sequence token (decoders: GPT-2, Llama).

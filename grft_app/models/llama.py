@@ -7,7 +7,7 @@ reads the last real token. Llama has no pad token, so padding uses the end-of-se
 (the classifier finds the last real token from it, GRFT's probe from the attention mask).
 
 GRFT's eligible matrices are each layer's q, k, v, o, gate, up and down projections
-(``grft.targets``); embeddings and norms stay frozen, the ``score`` head trains in full.
+(``grft.architecture``); embeddings and norms stay frozen, the ``score`` head trains in full.
 """
 
 from __future__ import annotations

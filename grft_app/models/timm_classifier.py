@@ -2,7 +2,7 @@
 EfficientNet, EVA, DeiT, ViT...
 
 The classifier is new, sized for the task; GRFT finds head, blocks and stem through timm's own
-``get_classifier()`` and ``pretrained_cfg`` (``grft.targets``). The input size, mean, std and
+``get_classifier()`` and ``pretrained_cfg`` (``grft.architecture``). The input size, mean, std and
 interpolation come from the model's pretrained config unless ``model.*`` sets them.
 ``model.checkpoint`` reads a local file instead of the hub (as for the ViT family).
 ``tiny=True`` (``debug=smoke``, tests) builds a small random model of the same class.
