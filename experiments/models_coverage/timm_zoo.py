@@ -41,12 +41,9 @@ def smallest(family: str, cache: Path | None = None) -> str:
     best = None
     for name in timm.list_models(module=family):
         try:
-            with warnings.catch_warnings(), torch.device("meta"):
-                warnings.simplefilter("ignore")
-                model = timm.create_model(name, pretrained=False)
+            count = parameters(name)
         except Exception:  # noqa: BLE001 - a variant that cannot be built is skipped
             continue
-        count = sum(p.numel() for p in model.parameters())
         if best is None or count < best[1]:
             best = (name, count)
     if best is None:
@@ -79,6 +76,7 @@ def _attempts(name: str) -> list[tuple[dict, int | None]]:
 
 
 def parameters(name: str) -> int:
+    """``name``'s parameter count, on the meta device (no memory, no download)."""
     import timm
 
     with warnings.catch_warnings(), torch.device("meta"):

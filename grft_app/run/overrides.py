@@ -19,6 +19,9 @@ from ..paths import CONF_DIR
 # Hydra's flags that take a value as the next argument (``--config-name NAME``).
 VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p"}
 INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+# Keys a launch could set once and can no more, each with what replaces it: Hydra would answer
+# ``logger.use=[csv]`` with advice to add the key, which nothing reads.
+RETIRED = {"logger.use": "the logger group chooses the loggers: logger=csv, tensorboard, wandb or none"}
 
 
 def known_keys(conf_dir: Path = CONF_DIR) -> set[str]:
@@ -45,6 +48,9 @@ def unknown_key_problem(argv: list[str], conf_dir: Path = CONF_DIR) -> str | Non
     """One line for the first override whose top-level key is unknown; ``None`` when all are known."""
     known = known_keys(conf_dir)
     for arg in overrides_of(argv):
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key in RETIRED:
+            return f"{arg}: {key} is no longer a setting; {RETIRED[key]}"
         top = re.split(r"[.=@/]", arg.lstrip("+~"), maxsplit=1)[0]
         if not top or top in known:
             continue

@@ -392,6 +392,14 @@ def test_unknown_top_level_keys_name_the_closest_known_key(arg, closest):
     assert problem is not None and f"did you mean {closest!r}" in problem and "\n" not in problem
 
 
+@pytest.mark.parametrize("arg", ["logger.use=[csv]", "+logger.use=[csv,tensorboard]"])
+def test_a_retired_key_names_what_replaces_it(arg):
+    from grft_app.run.overrides import unknown_key_problem
+
+    problem = unknown_key_problem(["debug=smoke", arg])
+    assert problem is not None and "logger=csv, tensorboard, wandb or none" in problem and "\n" not in problem
+
+
 def test_known_keys_groups_and_hydra_flags_pass():
     from grft_app.run.overrides import unknown_key_problem
 
