@@ -39,7 +39,9 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
         "sparse": lambda out, inp: saved["k"] * out,
     }[selection]
     shapes = [selection_file[name].shape for name in selection_file]
-    assert saved["probe_facts"] == {"layers": len(shapes), "selected_entries": sum(per_layer(*s) for s in shapes)}
+    facts = saved["probe_facts"]
+    assert (facts["layers"], facts["selected_entries"]) == (len(shapes), sum(per_layer(*s) for s in shapes))
+    assert facts["passes"] >= 1 and facts["passes_from"] == "probe.memory=train"  # the default budget
     # The adapter on a fresh base model reproduces the run's tuned model.
     assert (run_dir / saved["adapter_file"]).stat().st_size > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -21,6 +21,7 @@ from grft.config import GRFTConfig
 
 from ..data.identity import data_identity
 from ..methods import MethodSettings, method_class
+from ..methods.probe_plan import TRAIN, ProbeSettings
 from .module import Protocol, TrainSettings
 
 # Keys that change where or how a run is shown or launched, not what it computes.
@@ -124,7 +125,20 @@ def _whole(value: Any) -> Any:
 def method_settings(cfg: DictConfig) -> MethodSettings:
     options = OmegaConf.to_container(cfg.method, resolve=True)
     name = options.pop("name")
-    return MethodSettings(name=name, grft=grft_config(cfg), options=options)
+    return MethodSettings(name=name, grft=grft_config(cfg), options=options, probe=probe_settings(cfg))
+
+
+def probe_settings(cfg: DictConfig) -> ProbeSettings:
+    """``probe.memory`` / ``probe.passes``, checked; the training batch scales the memory estimate."""
+    probe = cfg.get("probe") or {}
+    try:
+        return ProbeSettings(
+            memory=probe.get("memory", TRAIN),
+            passes=probe.get("passes"),
+            train_batch_size=int(cfg.batch_size) if probe.get("batch_size") is not None else None,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 NUMBERS = {

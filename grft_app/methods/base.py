@@ -20,17 +20,20 @@ from grft.config import GRFTConfig
 from grft.report import ParamReport
 
 from ..models import ModelBundle
+from .probe_plan import ProbeSettings
 
 Progress = Callable[[Iterable, str, int | None], Iterable]
 
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """The method's Hydra group (``options``: everything in it but ``name``) and the GRFT keys."""
+    """The method's Hydra group (``options``: everything in it but ``name``), the GRFT keys, and how
+    the probe may spend memory (``probe.memory``, ``probe.passes``)."""
 
     name: str
     grft: GRFTConfig = field(default_factory=GRFTConfig)
     options: dict[str, Any] = field(default_factory=dict)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
 
 
 class Method:

@@ -16,6 +16,7 @@ from grft.tuner import apply_selection, attach, has_selection, sliced_layers
 
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
+from .probe_plan import plan_passes
 
 
 class GRFTMethod(Method):
@@ -32,9 +33,12 @@ class GRFTMethod(Method):
         return not has_selection(model)
 
     def probe(self, model: nn.Module, batches: Iterable, progress: Progress | None = None) -> dict:
-        selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress)
+        """Select with as many passes over the probe data as ``probe.memory``/``probe.passes`` ask
+        (``probe_plan``); the selection is the same for any number of passes."""
+        plan = plan_passes(model, batches, self.settings.grft, self.arch, self.settings.probe)
+        selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress, passes=plan.passes)
         apply_selection(model, selection)
-        return {"layers": len(selection), "selected_entries": selection.slice_numel()}
+        return {"layers": len(selection), "selected_entries": selection.slice_numel(), **plan.facts()}
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return penalty(model)
