@@ -44,6 +44,7 @@ from grft.config import GRFTConfig
 from grft.targets import detect_architecture
 from grft_app.data.splits import InputSpec
 from grft_app.methods import Method, MethodSettings, make_method
+from grft_app.methods.probe_plan import ProbeSettings
 from grft_app.models import ModelBundle
 from grft_app.paths import CONF_DIR
 
@@ -74,6 +75,7 @@ class Trainable:
     probe_s: wall seconds of the selection probe (0 if none). save: writes the arm's adapter file
     under a folder, returns it. moving: the entries training can change (the app's Params column;
     ``None``: every entry of ``params``). method: the app's method (``None`` for the floor).
+    probe_facts: what the method's probe returned (GRFT: its passes and their memory plan).
     """
 
     model: nn.Module
@@ -84,6 +86,7 @@ class Trainable:
     save: Callable[[Path], Path]
     moving: int | None = None
     method: Method | None = None
+    probe_facts: dict | None = None
 
 
 def check_method(method: str) -> None:
@@ -99,8 +102,9 @@ def composed_method(name: str, recipe: str | None = None) -> dict:
     return OmegaConf.to_container(cfg.method, resolve=True)
 
 
-def arm_settings(arm: str, model: str, k: int) -> MethodSettings:
-    """The app's settings object for ``arm`` on ``model`` (``vit`` or ``llama``)."""
+def arm_settings(arm: str, model: str, k: int, probe: ProbeSettings | None = None) -> MethodSettings:
+    """The app's settings object for ``arm`` on ``model`` (``vit`` or ``llama``); ``probe``: how
+    GRFT's probe may spend memory (default: the app's, no more than the training peak)."""
     check_method(arm)
     if arm not in APP_METHODS:
         raise ValueError(f"arm {arm!r} is the benchmark's own, not a method of the app")
@@ -112,7 +116,7 @@ def arm_settings(arm: str, model: str, k: int) -> MethodSettings:
         )
     else:
         grft = GRFTConfig(k=k)  # GPS reads k; the others read no GRFT key
-    return MethodSettings(name=name, grft=grft, options=options)
+    return MethodSettings(name=name, grft=grft, options=options, probe=probe or ProbeSettings())
 
 
 def bundle_of(work: Workload) -> ModelBundle:
@@ -136,20 +140,20 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_app_method(arm: str, work: Workload, k: int) -> tuple[Method, nn.Module]:
+def build_app_method(arm: str, work: Workload, k: int, probe: ProbeSettings | None = None) -> tuple[Method, nn.Module]:
     """``arm``'s method from the app's factory, and ``work.model`` prepared by it (not probed yet)."""
-    method = make_method(arm_settings(arm, work.name, k))
+    method = make_method(arm_settings(arm, work.name, k, probe))
     model = method.prepare(bundle_of(work))
     method.check_training(SimpleNamespace(optimizer="adam", weight_decay=0.0))
     return method, model
 
 
-def prepare_app_method(arm: str, work: Workload, k: int, sync) -> Trainable:
+def prepare_app_method(arm: str, work: Workload, k: int, sync, probe: ProbeSettings | None = None) -> Trainable:
     """Build ``arm`` through the app's factory; run its probe (timed) if it has one."""
-    method, model = build_app_method(arm, work, k)
-    probe_s = 0.0
+    method, model = build_app_method(arm, work, k, probe)
+    probe_s, facts = 0.0, {}
     if method.needs_probe(model):
-        _, probe_s = _timed(lambda: method.probe(model, work.probe_batches), sync)
+        facts, probe_s = _timed(lambda: method.probe(model, work.probe_batches), sync)
 
     def save(folder: Path) -> Path:
         return method.save_adapter(model, folder / "adapter.safetensors")
@@ -163,6 +167,7 @@ def prepare_app_method(arm: str, work: Workload, k: int, sync) -> Trainable:
         save,
         method.param_report(model).trainable,
         method,
+        facts,
     )
 
 
@@ -186,9 +191,11 @@ def prepare_floor(work: Workload) -> Trainable:
     return Trainable(model, _trainable(model), None, None, 0.0, save)
 
 
-def prepare(arm: str, work: Workload, k: int, sync: Callable[[], None] = lambda: None) -> Trainable:
+def prepare(
+    arm: str, work: Workload, k: int, sync: Callable[[], None] = lambda: None, probe: ProbeSettings | None = None
+) -> Trainable:
     """Make ``work.model`` trainable the way ``arm`` does (runs its probe, if it has one)."""
     check_method(arm)
     if arm == "floor":
         return prepare_floor(work)
-    return prepare_app_method(arm, work, k, sync)
+    return prepare_app_method(arm, work, k, sync, probe)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -158,6 +159,7 @@ class Plan:
     reason: str
     store_bytes: int
     budget_bytes: float | None = None
+    seconds: float = 0.0
     model_bytes: int | None = None
     trainable_state_bytes: int | None = None
     training_activation_bytes: int | None = None
@@ -168,6 +170,7 @@ class Plan:
         return {
             "passes": self.passes,
             "passes_from": self.reason,
+            "plan_s": round(self.seconds, 3),
             "store_mb": mb(self.store_bytes),
             "budget_mb": mb(self.budget_bytes),
             "estimated_training_activations_mb": mb(self.training_activation_bytes),
@@ -184,6 +187,7 @@ def plan_passes(
     store = store_bytes(layers)
     if settings.passes is not None:
         return Plan(settings.passes, "probe.passes", store)
+    started = time.perf_counter()
     device = next(model.parameters()).device
     model_bytes = tensor_bytes([*model.parameters(), *model.buffers()])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -227,4 +231,5 @@ def plan_passes(
         most = torch.tensor([passes], device=device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         passes = int(most)
-    return Plan(passes, reason, store, budget, model_bytes, state, train_act, probe_act)
+    seconds = time.perf_counter() - started
+    return Plan(passes, reason, store, budget, seconds, model_bytes, state, train_act, probe_act)
