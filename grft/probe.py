@@ -170,6 +170,13 @@ def _gradients_of(group: dict[str, nn.Module]) -> Iterator[None]:
             layer.weight.grad = None
 
 
+@contextlib.contextmanager
+def _gradients_on(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
+    """The one-pass probe's state: every eligible weight requires grad (and nothing else)."""
+    with _probing(model, layers), _gradients_of(layers):
+        yield
+
+
 class RandomState:
     """The random generators a probe pass draws from (torch's CPU and the model's device, Python's,
     numpy's), captured once and restored before every later pass so it replays the first one's
