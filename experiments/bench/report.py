@@ -252,8 +252,11 @@ HOW_MEASURED = """## How it was measured
   from a Llama-3.2-1B-wide config, 2 labels): time and memory do not depend on the values. In the
   CPU Llama configuration (2 layers, 8 x 32 tokens) the weights (1.5 GB, of which the 128256 x 2048
   token embedding is 1 GB) dwarf the activations, so the methods' peak memories barely differ;
-  full fine-tuning also trains that embedding, which GPS (like GRFT) leaves frozen. The CPU memory
-  targets are therefore set for the ViT only; the Llama ratios are shown above, not judged.
+  full fine-tuning also trains that embedding, which GPS (like GRFT) leaves frozen. The CPU
+  training-memory targets are therefore set for the ViT only; the whole-run targets (GRFT's probe
+  within its training peak and LoRA's) hold for every model: there the probe's gradient store,
+  a second copy of the eligible weights if held at once, is what GRFT must keep within budget
+  (`probe passes`: one group of layers per pass over the probe data).
 """
 
 
