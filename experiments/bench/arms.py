@@ -154,6 +154,9 @@ def prepare_app_method(arm: str, work: Workload, k: int, sync, probe: ProbeSetti
     probe_s, facts = 0.0, {}
     if method.needs_probe(model):
         facts, probe_s = _timed(lambda: method.probe(model, work.probe_batches), sync)
+        plan = getattr(method, "last_plan", None)
+        if plan is not None:
+            facts = {**facts, "plan_s": plan.seconds}
 
     def save(folder: Path) -> Path:
         return method.save_adapter(model, folder / "adapter.safetensors")

@@ -23,6 +23,7 @@ class GRFTMethod(Method):
     name = "grft"
     grft_keys = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
     several_head_modules = True
+    last_plan = None  # the probe's memory plan (probe_plan.Plan), once it has run
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
@@ -36,6 +37,7 @@ class GRFTMethod(Method):
         """Select with as many passes over the probe data as ``probe.memory``/``probe.passes`` ask
         (``probe_plan``); the selection is the same for any number of passes."""
         plan = plan_passes(model, batches, self.settings.grft, self.arch, self.settings.probe)
+        self.last_plan = plan  # its time, for the benchmark (the facts hold no timings)
         selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress, passes=plan.passes)
         apply_selection(model, selection)
         return {"layers": len(selection), "selected_entries": selection.slice_numel(), **plan.facts()}

@@ -153,7 +153,8 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
 
 @dataclass
 class Plan:
-    """The passes chosen and the numbers behind them (bytes; recorded in the run's probe facts)."""
+    """The passes chosen and the numbers behind them (bytes; recorded in the run's probe facts,
+    which stay the same on every run of the same config: the plan's time is not among them)."""
 
     passes: int
     reason: str
@@ -170,7 +171,6 @@ class Plan:
         return {
             "passes": self.passes,
             "passes_from": self.reason,
-            "plan_s": round(self.seconds, 3),
             "store_mb": mb(self.store_bytes),
             "budget_mb": mb(self.budget_bytes),
             "estimated_training_activations_mb": mb(self.training_activation_bytes),
