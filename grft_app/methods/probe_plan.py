@@ -120,7 +120,8 @@ def training_activation_bytes(model: nn.Module, batch: object) -> int:
 def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn.Module], arch: Architecture, config):
     """Bytes the low-memory probe holds for backward on one batch, its store left out: the saved
     tensors of one forward (the last block's inside, the head, the loss), the block inputs the
-    checkpointed blocks keep, and one weight-sized gradient before it is summed. A block
+    checkpointed blocks keep, and one weight-sized gradient before it is summed (or the ranking's
+    float64 copy of one matrix, twice the bytes of its float32 sum, after the pass). A block
     recomputed in backward replaces the last block's inside, freed by then."""
     blocks = [model.get_submodule(n) for n in block_names(model, arch)]
     kept: list[torch.Tensor] = []
@@ -148,7 +149,9 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
                 layer.grft_probing = False
         for p, flag in saved.items():
             p.requires_grad_(flag)
-    return counted[0] + inputs + largest_weight_bytes(layers)
+    # The ranking's float64 copy of one matrix (grft.selection.rank) comes after the passes'
+    # backward, but next to the group's sums: counted with the largest weight's per-batch gradient.
+    return counted[0] + inputs + 2 * largest_weight_bytes(layers)
 
 
 @dataclass
