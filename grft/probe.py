@@ -23,6 +23,7 @@ from torch import nn
 from .accumulation import FlatAccumulator
 from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
+from .heap import release_free_pages
 from .layers import SlicedLayer
 from .passes import weight_groups
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
@@ -316,6 +317,8 @@ def gradient_groups(
             nonzero = nonzero or any(bool(g.any()) for g in grads.values())
             yield grads
             del grads
+            if device.type == "cpu":
+                release_free_pages()  # the pass's and the ranking's freed heap pages, before the next group's sums
     if not nonzero:
         raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from grft.checkpointing import checkpointed_blocks
 from grft.config import GRFTConfig
+from grft.heap import release_free_pages
 from grft.passes import largest_weight_bytes, max_passes, passes_within, store_bytes
 from grft.probe import RandomState, call_model, scl_probe_loss, split_batch, to_device
 from grft.targets import Architecture, block_names, eligible_layers
@@ -208,6 +209,8 @@ def plan_passes(
         raise ValueError("the probe got no batches: the data loader is empty") from None
     finally:
         start.restore()
+        if device.type == "cpu":
+            release_free_pages()  # the measuring forwards' freed heap pages: the probe must not start above them
     if settings.memory == TRAIN:
         budget = model_bytes + state + train_act
         reason = "probe.memory=train"
