@@ -200,6 +200,8 @@ def plan_passes(
     try:
         batch = to_device(next(iter(batches)), device)
         train_act = training_activation_bytes(model, batch)
+        if device.type == "cpu":
+            release_free_pages()  # its freed activations would stay resident under the next forward's
         _, labels = split_batch(batch)
         if settings.train_batch_size is not None:
             train_act = train_act * settings.train_batch_size // max(1, _batch_size(labels))
