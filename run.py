@@ -8,11 +8,19 @@ goes to the run's run.log, or to the terminal with HYDRA_FULL_ERROR=1.
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+if __name__ == "__main__":  # before Hydra (which would add a misspelt key and train) and before torch loads
+    from grft_app.lit.overrides import unknown_key_problem
 
-from grft_app.lit.settings import register_resolvers
+    problem = unknown_key_problem(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from grft_app.lit.settings import register_resolvers  # noqa: E402
 
 register_resolvers()
 
@@ -32,7 +40,8 @@ def launched_dirs(cfg: DictConfig, run_dir: Path) -> list[Path]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig):
+    """Returns the run's record (a study's sweeper reads its objective from it)."""
     from grft_app.lit import launch
     from grft_app.lit.app import main as run_app
     from grft_app.lit.quiet import quiet_lightning
@@ -42,7 +51,7 @@ def main(cfg: DictConfig) -> None:
     before = launch.snapshot(launched_dirs(cfg, run_dir))
     runs_root = Path(str(cfg.paths.runs))
     try:
-        run_app(cfg, run_dir)
+        return run_app(cfg, run_dir)
     except SystemExit as stop:  # the app has already printed its one-line error
         if stop.code not in (0, None):
             for state in before:

@@ -13,7 +13,7 @@ from .config import NORMS, SELECTIONS, GRFTConfig
 from .layers import SlicedConv2d, SlicedLayer, SlicedLinear
 from .penalty import penalty
 from .probe import accumulate_gradients, rank_gradients, select, supervised_contrastive_loss
-from .report import ParamReport, param_report
+from .report import Budget, ParamReport, largest_k, param_report
 from .selection import LayerSelection, Selection
 from .targets import Architecture, detect_architecture, eligible_layers, pool_last_token
 from .tuner import apply_selection, attach, current_selection, has_selection, merge, sliced_layers
@@ -39,6 +39,8 @@ __all__ = [
     "load_adapter",
     "merge",
     "param_report",
+    "largest_k",
+    "Budget",
     "penalty",
     "pool_last_token",
     "rank_gradients",

@@ -85,13 +85,17 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The BatchNorm buffers a forward in train mode updates (frozen weights, moving statistics)."""
+    """The BatchNorm buffers a forward in train mode updates (frozen weights, moving statistics).
+
+    Only BatchNorm's own buffers: a BatchNorm inside the head (LeViT, RepViT) also holds the
+    penalty's anchors (``grft_*_start``), which ``attach`` adds and a fresh base does not have.
+    """
     return {
         f"{name}.{b}" if name else b: buffer
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
         for b, buffer in module.named_buffers(recurse=False)
-        if buffer is not None
+        if buffer is not None and not b.startswith("grft_")
     }
 
 
@@ -154,18 +158,22 @@ def load_adapter(model: nn.Module, path: str | Path, arch: Architecture | None =
 
 
 def check_integrity(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """The tensors are the ones that were saved (checksum; older files without one: finite values)."""
+    """The tensors are the ones that were saved (checksum, where the file has one), and all finite.
+
+    Finite always: a checksum only says the file is what was saved, and a diverged run (or a file
+    rewritten with a matching checksum) saves NaN or inf as faithfully as any other value.
+    """
     expected = meta.get("sha256")
     if expected is not None and tensors_checksum(tensors) != expected:
         raise AdapterMismatch(
             f"{path} is damaged: its tensors do not match the checksum saved with them; {DAMAGED_FIX}"
         )
-    if expected is None:
-        bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:
-            raise AdapterMismatch(
-                f"{path} holds non-finite values in {bad[:3]}; the file is damaged or the run diverged"
-            )
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise AdapterMismatch(
+            f"{path} holds non-finite values (NaN or inf) in {bad[:3]}; the file is damaged or the run diverged: "
+            "train it again (with a lower lr if it diverged)"
+        )
 
 
 def check_fits(

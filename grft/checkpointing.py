@@ -17,6 +17,14 @@ On CPU the heap's free pages are handed back to the system after each block's fo
 before each block's backward (``grft.heap``): the probe's mix of tensor sizes otherwise leaves
 hundreds of MB of freed but resident heap, more than the live tensors the checkpointing saves.
 
+A block is replayed only when everything it is called with is a tensor or an immutable value
+(numbers, strings, None, tuples of these). A block handed a list, a dict or an object such as a
+key/value cache may change it during its forward pass (RDNet's dense blocks read the list of
+features the stage then extends; XLM's and FlauBERT's attention layers extend the cache they are
+given), so its replay would not see what the first pass saw: such a block runs plainly, keeping
+its activations, which gives the same gradients. ``model.grft_probe_blocks`` records, block by
+block, which way the last probe ran it (``grft.param_report`` shows it).
+
 It wraps the block list ``Architecture.blocks`` names rather than switching on timm's or
 transformers' own checkpointing flags: those act only in training mode (transformers) or differ in
 how they are turned off again, and the probe must behave the same in either mode on any model the
@@ -61,10 +69,37 @@ def _release_around(out: object) -> None:
         hidden.register_hook(_release_on_backward)
 
 
-def _probe_forward(forward, recompute: bool):
+CHECKPOINTED = "checkpointed"
+LAST = "plain: the last block (backward starts with it)"
+IMMUTABLE = (torch.Tensor, bool, int, float, complex, str, bytes, torch.dtype, torch.device, type(None))
+
+
+def _changeable_argument(args: tuple, kwargs: dict) -> str | None:
+    """The first argument a block could change during its forward pass (None: all are immutable)."""
+    for where, value in [*((f"argument {i}", a) for i, a in enumerate(args)), *kwargs.items()]:
+        if not _immutable(value):
+            return f"{where} ({type(value).__name__})"
+    return None
+
+
+def _immutable(value: object) -> bool:
+    if isinstance(value, tuple):
+        return all(_immutable(v) for v in value)
+    return isinstance(value, IMMUTABLE)
+
+
+def _probe_forward(forward, recompute: bool, name: str, record: dict[str, str]):
     @functools.wraps(forward)
     def run(*args, **kwargs):
-        out = checkpoint(forward, *args, use_reentrant=False, **kwargs) if recompute else forward(*args, **kwargs)
+        changeable = _changeable_argument(args, kwargs) if recompute else None
+        if recompute and changeable is None:
+            out = checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            record.setdefault(name, CHECKPOINTED)
+        else:
+            out = forward(*args, **kwargs)
+            way = LAST if not recompute else f"plain: called with {changeable}, which checkpointing cannot replay"
+            if record.get(name, CHECKPOINTED) == CHECKPOINTED:
+                record[name] = way
         _release_around(out)
         return out
 
@@ -75,19 +110,23 @@ def _probe_forward(forward, recompute: bool):
 def checkpointed_blocks(model: nn.Module, arch: Architecture) -> Iterator[int]:
     """Inside the block, every block of ``arch.blocks`` but the last recomputes its activations in backward.
 
-    Yields the number of blocks checkpointed; the model is exactly as before on exit.
+    Yields the number of blocks checkpointed; the model is exactly as before on exit, but for
+    ``model.grft_probe_blocks``: block name -> how the probe ran it (checkpointed, or plain and why).
     """
-    blocks = [model.get_submodule(name) for name in block_names(model, arch)]  # one list, or a staged model's
+    names = block_names(model, arch)  # one list, or a staged model's
+    blocks = [model.get_submodule(name) for name in names]
     config = getattr(model, "config", None)
     cache = getattr(config, "use_cache", None)
+    record: dict[str, str] = {}
+    model.grft_probe_blocks = record
     patched = []
     try:
         if cache:
             config.use_cache = False
-        for i, block in enumerate(blocks):
+        for i, (name, block) in enumerate(zip(names, blocks, strict=True)):
             had_own = "forward" in vars(block)
             patched.append((block, had_own, vars(block).get("forward")))
-            block.forward = _probe_forward(block.forward, recompute=i < len(blocks) - 1)
+            block.forward = _probe_forward(block.forward, i < len(blocks) - 1, name, record)
         yield max(len(blocks) - 1, 0)
     finally:
         for block, had_own, own in patched:

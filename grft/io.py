@@ -12,6 +12,7 @@ and these files are meant to be shared like any other.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -41,18 +42,32 @@ def as_new_file(path: str | Path) -> Path:
     return Path(path)
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC, as an ``OSError`` or as the message of a library's own error type (safetensors)."""
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``; returns ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``; returns ``path``.
+
+    On any error the temporary file is removed (so a full disk gets its space back and no partial
+    file is left); a full disk is raised as ``OSError(ENOSPC)`` naming ``path``, whatever the writer
+    raised.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         as_new_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(err) and not (isinstance(err, OSError) and err.filename == str(path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
         raise
     return path
 

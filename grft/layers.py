@@ -133,13 +133,33 @@ def _recompute_recipe(x: torch.Tensor):
     return None
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` whose result is never a view, so the model may edit it in place.
+
+    For an input of 3 or more dimensions ``F.linear`` multiplies the flattened input and returns a
+    view of that product, and autograd forbids in-place edits of a custom Function's output that is
+    a view (Swin-V2 scales it, NaFlexViT, Longformer and RoCBert add to it). Here the product is
+    written straight into a tensor of the output's shape: the same one ``addmm``/``mm`` call.
+    """
+    if x.dim() <= 2 or not x.is_contiguous():
+        y = F.linear(x, weight, bias)
+        return y.clone() if y._is_view() else y  # a transposed/strided input: rare, and copied
+    y = x.new_empty(*x.shape[:-1], weight.shape[0])
+    flat_x, flat_y = x.view(-1, x.shape[-1]), y.view(-1, weight.shape[0])
+    if bias is None:
+        torch.mm(flat_x, weight.t(), out=flat_y)
+    else:
+        torch.addmm(bias, flat_x, weight.t(), out=flat_y)
+    return y
+
+
 class _SlicedLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, bias, weight, index, kind):
         dtype = compute_dtype(x)
         with _without_autocast(x.device.type):
             xc = _cast(x, dtype)
-            y = F.linear(xc, _cast(weight, dtype), _cast(bias, dtype))
+            y = _linear(xc, _cast(weight, dtype), _cast(bias, dtype))
         ctx.recompute = None
         if kind == "column":
             ctx.save_for_backward(index, xc.index_select(-1, index))
@@ -323,6 +343,19 @@ class SlicedLinear(SlicedLayer, nn.Linear):
         return _SlicedLinearFn.apply(x, self.grft_delta, self.bias, self.weight, self.grft_index, self.grft_kind)
 
 
+def numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """A Conv2d's zero padding as numbers: ``"valid"`` is none, ``"same"`` is symmetric when every
+    ``dilation * (kernel - 1)`` is even (else None: PyTorch pads one side more)."""
+    if isinstance(conv.padding, tuple):
+        return conv.padding
+    if conv.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    if conv.padding == "same" and all(t % 2 == 0 for t in total):
+        return (total[0] // 2, total[1] // 2)
+    return None
+
+
 class SlicedConv2d(SlicedLayer, nn.Conv2d):
     """``nn.Conv2d`` (groups=1) seen as an ``[out, in*kh*kw]`` matrix with a trainable slice."""
 
@@ -342,6 +375,7 @@ class SlicedConv2d(SlicedLayer, nn.Conv2d):
             "_reversed_padding_repeated_twice",
         ):
             setattr(self, attr, getattr(base, attr))
+        self.padding = numeric_padding(base)
         self.weight, self.bias = base.weight, base.bias
         self._init_slice(base, kind, k, index)
 

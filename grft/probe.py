@@ -27,7 +27,15 @@ from .heap import release_free_pages
 from .layers import SlicedLayer
 from .passes import weight_groups
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
-from .targets import Architecture, detect_architecture, eligible_layers, layer_matrix, pool_like_the_head, weight_matrix
+from .targets import (
+    Architecture,
+    detect_architecture,
+    eligible_layers,
+    layer_matrix,
+    nothing_to_slice,
+    pool_like_the_head,
+    weight_matrix,
+)
 
 try:  # numpy comes with torch's usual installs; its generator is replayed where it exists
     import numpy as np
@@ -39,6 +47,11 @@ LossFn = Callable[[nn.Module, object], torch.Tensor | None]
 NO_SIGNAL = (
     "no probe batch gave the SCL loss a positive pair: give two augmented views per image "
     "(inputs as a [view1, view2] pair) or batches with repeated labels"
+)
+NO_GRADIENT_PATH = (
+    "the probe loss of {model} does not depend on any eligible weight through autograd: its blocks run inside "
+    "a custom autograd function (e.g. reversible layers) that autograd cannot see through, so GRFT can neither "
+    "rank nor train their slices; give a model without such blocks"
 )
 Progress = Callable[[Iterable, str, int | None], Iterable]
 
@@ -279,7 +292,7 @@ def gradient_groups(
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)
     if not layers:
-        raise ValueError("model has no eligible layer (nn.Linear, nn.Conv2d with groups=1 or Conv1D outside the head)")
+        raise ValueError(nothing_to_slice(model, arch, config))
     for name, layer in layers.items():
         check_k(config.selection, config.k, tuple(weight_matrix(layer).shape), name)
     groups = weight_groups(layers, passes)
@@ -347,6 +360,8 @@ def _one_pass(
                 continue
             if not torch.isfinite(loss):
                 raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
+            if not loss.requires_grad:
+                raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
             _check_replay(float(loss.detach()), used, record, expect)
             loss.backward()
             del loss

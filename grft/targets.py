@@ -18,13 +18,15 @@ own library where they are (timm: ``get_classifier()`` and ``pretrained_cfg``; t
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .layers import SlicedLayer, is_conv1d
+from .layers import SlicedLayer, is_conv1d, numeric_padding
 
 HEAD_NAMES = ("head", "score", "classifier", "fc", "lm_head")
 BLOCK_LISTS = ("blocks", "model.layers", "layers", "encoder.layer", "transformer.h", "h")
@@ -74,8 +76,8 @@ def pool_last_token(hidden: torch.Tensor, inputs: object) -> torch.Tensor:
     if hidden.dim() != 3:
         return hidden
     mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    if mask is None:
-        return hidden[:, -1]
+    if mask is None or mask.dim() != 2 or mask.shape[1] != hidden.shape[1]:
+        return hidden[:, -1]  # no mask, or one over other positions (Perceiver's head reads its latents)
     # argmax of the running count finds the first position where it peaks: the last attended token.
     last = mask.long().cumsum(dim=1).argmax(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -106,7 +108,7 @@ def ineligible_reason(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             return f"grouped/depthwise Conv2d (groups={module.groups}): not one [out, in*kh*kw] matrix"
-        if module.padding_mode != "zeros" or not isinstance(module.padding, tuple):
+        if module.padding_mode != "zeros" or numeric_padding(module) is None:
             return (
                 f"Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r}: "
                 "only zero padding is sliced"
@@ -115,7 +117,7 @@ def ineligible_reason(module: nn.Module) -> str | None:
             return f"{type(module).__name__} overrides Conv2d.forward: slicing would change what it computes"
         return None
     if isinstance(module, nn.Linear):
-        if type(module).forward is not nn.Linear.forward:
+        if type(module).forward is not nn.Linear.forward and not computes_plain_product(module):
             return f"{type(module).__name__} overrides Linear.forward: slicing would change what it computes"
         return None
     if is_conv1d(module):
@@ -126,6 +128,44 @@ def ineligible_reason(module: nn.Module) -> str | None:
             return "embedding table: frozen, as every embedding"
         return f"{type(module).__name__} is not a Linear, Conv2d (groups=1) or Conv1D"
     return None
+
+
+_PLAIN_PRODUCT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def computes_plain_product(layer: nn.Linear) -> bool:
+    """Whether a Linear subclass's own ``forward`` gives ``F.linear(x, W, b)`` (Falcon's ``FalconLinear``).
+
+    Asked of the layer itself, in training and in eval mode, on a small random input: a forward
+    that returns anything else (a tuple, a quantised or noisy product) is not the plain product,
+    and the slice layer, which computes ``F.linear``, would change it. A layer on the meta device
+    cannot be asked and counts as not plain. Remembered per layer.
+    """
+    known = _PLAIN_PRODUCT.get(layer)
+    if known is not None:
+        return known
+    weight = layer.weight
+    plain = False
+    if weight.device.type != "meta" and weight.dim() == 2:
+        mode = layer.training
+        tolerance = 1e-2 if weight.element_size() < 4 else 1e-4  # the sum's order differs
+        generator = torch.Generator(device=weight.device).manual_seed(0)
+        x = torch.randn(2, weight.shape[1], generator=generator, device=weight.device).to(weight.dtype)
+        try:
+            with torch.no_grad():
+                expected = F.linear(x, weight, layer.bias)
+                plain = True
+                for training in (True, False):
+                    layer.train(training)
+                    out = type(layer).forward(layer, x)
+                    plain = plain and torch.is_tensor(out) and out.shape == expected.shape
+                    plain = plain and bool(torch.allclose(out, expected, rtol=tolerance, atol=tolerance))
+        except Exception:  # noqa: BLE001 - a forward that cannot take a plain input is not the plain product
+            plain = False
+        finally:
+            layer.train(mode)
+    _PLAIN_PRODUCT[layer] = plain
+    return plain
 
 
 def is_eligible(module: nn.Module) -> bool:
@@ -185,6 +225,19 @@ def eligible_layers(model: nn.Module, arch: Architecture, config=None) -> dict[s
     return layers
 
 
+def nothing_to_slice(model: nn.Module, arch: Architecture, config=None) -> str:
+    """The one-line refusal for a model without an eligible layer, naming why its layers are left out."""
+    reasons: dict[str, int] = {}
+    for reason in left_out_layers(model, arch, config).values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    common = sorted(reasons.items(), key=lambda item: -item[1])[:2]
+    why = "; ".join(f"{n} x {reason}" for reason, n in common) or "it has no layer with a weight matrix"
+    return (
+        f"{type(model).__name__} has no eligible layer, nothing GRFT can slice outside its head (an nn.Linear, "
+        f"nn.Conv2d with groups=1 or Conv1D): {why}"
+    )
+
+
 def left_out_layers(model: nn.Module, arch: Architecture, config=None) -> dict[str, str]:
     """Layers with a weight matrix that stay frozen, each with the reason (for ``param_report``)."""
     chosen = eligible_layers(model, arch, config)
@@ -218,20 +271,63 @@ def _has_parameters(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
 
 
-def _timm_architecture(model: nn.Module) -> Architecture:
-    classifier = model.get_classifier()
-    parts = classifier if isinstance(classifier, (tuple, list)) else (classifier,)  # distilled: (head, head_dist)
-    heads = tuple(_name_of(model, c) for c in parts if isinstance(c, nn.Module) and _has_parameters(c))
+def _classifier_names(model: nn.Module, classifier: object) -> tuple[str | None, ...]:
+    """Module names of what ``get_classifier()`` returned, a container of heads opened into its heads.
+
+    timm returns one module, a pair (distilled models: head, head_dist), or a ModuleList of heads
+    that the model calls one by one and never as a whole (CrossViT: one per branch; EfficientViM:
+    one per stage).
+    """
+    parts = classifier if isinstance(classifier, (tuple, list)) else (classifier,)
+    names: list[str | None] = []
+    for part in parts:
+        if not isinstance(part, nn.Module) or not _has_parameters(part):
+            continue
+        if isinstance(part, (nn.ModuleList, nn.ModuleDict)):
+            names.extend(_classifier_names(model, [m for m in part.children()]))
+        else:
+            names.append(_name_of(model, part))
+    return tuple(names)
+
+
+def _timm_architecture(model: nn.Module, prefix: str = "") -> Architecture:
+    """Head: ``get_classifier()``; stem: ``pretrained_cfg['first_conv']``; blocks: the repeated
+    blocks, else the stages ``feature_info`` names (DenseNet, RegNet, DLA, Inception...)."""
+    inner = model.get_submodule(prefix) if prefix else model
+    heads = _classifier_names(model, inner.get_classifier())
     if not heads or None in heads:
         raise ValueError(
-            f"the timm model {type(model).__name__} has no classifier (created with num_classes=0?); "
+            f"the timm model {type(inner).__name__} has no classifier (created with num_classes=0?); "
             "create it with num_classes=<classes> or pass grft.Architecture(head=..., blocks=...)"
         )
-    first_conv = model.pretrained_cfg.get("first_conv")
+    first_conv = inner.pretrained_cfg.get("first_conv")
     modules = dict(model.named_modules())
+    first_conv = f"{prefix}.{first_conv}" if prefix and isinstance(first_conv, str) else first_conv
     stem = (first_conv,) if isinstance(first_conv, str) and first_conv in modules else ()
     arch = Architecture(head=heads, blocks=(), stem=stem)
-    return Architecture(head=heads, blocks=_repeated_blocks(model, arch), stem=stem)
+    blocks = _repeated_blocks(model, arch) or _feature_stages(model, inner, prefix, arch)
+    return Architecture(head=heads, blocks=blocks, stem=stem)
+
+
+def _feature_stages(model: nn.Module, inner: nn.Module, prefix: str, arch: Architecture) -> Names:
+    """The modules timm's ``feature_info`` names (each ends a stage), those holding an eligible layer."""
+    info = getattr(inner, "feature_info", None)
+    names = []
+    for entry in info if isinstance(info, (list, tuple)) else ():
+        name = entry.get("module") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            continue
+        name = f"{prefix}.{name}" if prefix else name
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        outer = list(arch.heads) + list(arch.stem)
+        if in_prefixes(name, outer) or not any(is_eligible(m) for m in module.modules()):
+            continue
+        if not any(in_prefixes(name, [n]) or in_prefixes(n, [name]) for n in names):
+            names.append(name)
+    return _as_blocks(model, tuple(names))
 
 
 def _transformers_architecture(model: nn.Module) -> Architecture:
@@ -239,20 +335,48 @@ def _transformers_architecture(model: nn.Module) -> Architecture:
     prefix = model.base_model_prefix
     if not isinstance(getattr(model, prefix, None), nn.Module):
         return _named_architecture(model)
+    base = getattr(model, prefix)
+    if hasattr(base, "get_classifier") and hasattr(base, "pretrained_cfg"):
+        return _timm_architecture(model, prefix)  # transformers' TimmWrapper: a timm model inside
     heads = tuple(n for n, m in model.named_children() if n != prefix and _has_parameters(m))
     if not heads:
-        raise ValueError(
-            f"{type(model).__name__} has no task head outside its base model {prefix!r}: load it as a "
-            "*ForSequenceClassification / *ForImageClassification, or pass grft.Architecture(head=..., blocks=...)"
-        )
+        heads = _head_inside_base(model, prefix)
     stem = ()
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embeddings = _input_embeddings(model)
     if isinstance(embeddings, nn.Module) and any(is_eligible(m) for m in embeddings.modules()):
         stem = (_name_of(model, embeddings),)
     arch = Architecture(head=heads, blocks=(), stem=stem)
     block_classes = set(getattr(model, "_no_split_modules", None) or ())
     blocks = _blocks_of_classes(model, block_classes) if block_classes else ()
-    return Architecture(head=heads, blocks=blocks or _repeated_blocks(model, arch), stem=stem)
+    blocks = blocks or _repeated_blocks(model, arch)
+    blocks = blocks or _repeated_blocks(model, arch, need_eligible=False)
+    return Architecture(head=heads, blocks=blocks, stem=stem)
+
+
+def _input_embeddings(model: nn.Module) -> nn.Module | None:
+    """transformers' ``get_input_embeddings()``; vision and audio models raise NotImplementedError."""
+    try:
+        return model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def _head_inside_base(model: nn.Module, prefix: str) -> tuple[str, ...]:
+    """The classifier when the base model holds it (Perceiver's decoder): the last Linear that gives
+    ``config.num_labels`` outputs."""
+    labels = getattr(model.config, "num_labels", None)
+    found = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and labels is not None and m.out_features == labels and n.startswith(prefix + ".")
+    ]
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no task head outside its base model {prefix!r} and no Linear with "
+            f"config.num_labels={labels} outputs inside it: load it as a *ForSequenceClassification / "
+            "*ForImageClassification, or pass grft.Architecture(head=..., blocks=...)"
+        )
+    return (found[-1],)
 
 
 def _named_architecture(model: nn.Module) -> Architecture:
@@ -290,10 +414,11 @@ def _blocks_of_classes(model: nn.Module, classes: set[str]) -> Names:
     return _as_blocks(model, tuple(found))
 
 
-def _repeated_blocks(model: nn.Module, arch: Architecture) -> Names:
+def _repeated_blocks(model: nn.Module, arch: Architecture, need_eligible: bool = True) -> Names:
     """The children of the innermost ModuleLists/Sequentials of same-class composite modules that
     hold eligible layers, outside head and stem: a ViT's blocks, each stage's blocks of a Swin,
-    ConvNeXt, ResNet or EfficientNet.
+    ConvNeXt, ResNet or EfficientNet. ``need_eligible=False``: blocks of any layers (SqueezeBERT's
+    blocks are 1-d convolutions GRFT leaves out, but they are still the model's blocks).
     """
     outer = list(arch.heads) + list(arch.stem)
     found: list[str] = []
@@ -303,7 +428,8 @@ def _repeated_blocks(model: nn.Module, arch: Architecture) -> Names:
         children = list(module.named_children())
         if not children or len({type(m) for _, m in children}) != 1:
             continue
-        if not all(any(is_eligible(x) for x in m.modules()) and len(list(m.children())) > 0 for _, m in children):
+        holds = (lambda m: any(is_eligible(x) for x in m.modules())) if need_eligible else _has_parameters
+        if not all(holds(m) and len(list(m.children())) > 0 for _, m in children):
             continue
         names = [f"{name}.{c}" if name else c for c, _ in children]
         # Modules come parents first: an inner list's blocks replace the entry of the block holding it.
@@ -344,6 +470,11 @@ def regular_prefixes(model: nn.Module, arch: Architecture, regular_layers) -> li
         return [""]
     blocks = block_names(model, arch)
     depth = len(blocks)
+    if depth == 0 and regular_layers > 0:
+        raise ValueError(
+            f"regular_layers={regular_layers} counts blocks, and grft found no list of blocks in "
+            f"{type(model).__name__}: use regular_layers='all' or 0, or pass grft.Architecture(head=..., blocks=...)"
+        )
     if regular_layers > depth:
         raise ValueError(
             f"regular_layers={regular_layers} exceeds the model's {depth} blocks; allowed: 0..{depth} or 'all'"

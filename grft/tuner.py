@@ -17,7 +17,14 @@ from torch import nn
 from .config import GRFTConfig
 from .layers import SlicedLayer, make_sliced
 from .selection import Selection, check_k
-from .targets import Architecture, detect_architecture, eligible_layers, regular_prefixes, weight_matrix
+from .targets import (
+    Architecture,
+    detect_architecture,
+    eligible_layers,
+    nothing_to_slice,
+    regular_prefixes,
+    weight_matrix,
+)
 
 
 @dataclass
@@ -60,7 +67,7 @@ def attach(
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)
     if not layers:
-        raise ValueError("model has no eligible layer (nn.Linear, nn.Conv2d with groups=1 or Conv1D outside the head)")
+        raise ValueError(nothing_to_slice(model, arch, config))
     regular = regular_prefixes(model, arch, config.regular_layers)
     if selection is not None:
         _check_selection_fits(selection, layers, config)

@@ -2,16 +2,19 @@
 
 A record is ``record.json`` in the run's directory, the JSON form of ``RunRecord``. ``done: true``
 marks a finished run; sweeps skip a run whose record is done, and tables read only done records.
-A run that did not finish says why in ``status``: ``failed`` (with its ``error``) or ``preempted``
-(stopped by SIGTERM; launching it again resumes it). A record without ``status`` is read as
+A run that did not finish says why in ``status``: ``failed`` (with its ``error``), ``preempted``
+(stopped by SIGTERM) or ``interrupted`` (stopped by Ctrl-C); launching it again resumes it. A
+finished record keeps the SHA-256 of each file it names (``checksums``), so a damaged output is
+found before a launch reports the run as done. A record without ``status`` is read as
 ``done`` or ``unfinished`` from its ``done`` flag (``RunRecord.state``).
 
 The layout carries its version (``schema``). Reading is strict, so a table never shows a number
 read from a key that means something else: a file that is not JSON, a schema version this code
 does not read, an unknown key or a value of the wrong type is ``CorruptRecord``, one line naming the
 file and the fix. A key that the schema leaves optional and a record lacks (records written before
-it existed have no ``status``, ``evaluation``, ``launches``, ``code``...) reads as ``None``. Schema 1
-is the layout every record has had so far; a change of meaning or layout bumps ``SCHEMA_VERSION``.
+it existed have no ``status``, ``evaluation``, ``launches``, ``code``...) reads as ``None``. Schema 2
+added ``checksums`` and ``interrupted_at`` to schema 1; a change of meaning or layout bumps
+``SCHEMA_VERSION``.
 
 Hand-written (de)serialisation: the layout is a handful of small dataclasses, and the standard
 library's ``dataclasses`` and ``typing`` read it without a new dependency.
@@ -35,8 +38,8 @@ from grft.io import write_json_atomic
 
 RECORD_NAME = "record.json"
 HISTORY_DIR = "history"  # earlier records of a run that force=true started again; not read by tables
-SCHEMA_VERSION = 1  # the layout written now
-READABLE_SCHEMAS = (1,)  # the layouts this code reads
+SCHEMA_VERSION = 2  # the layout written now
+READABLE_SCHEMAS = (1, 2)  # the layouts this code reads
 FIX = "launch the run again with force=true (it trains the run again and keeps the old file in history/)"
 
 # Field metadata. ``key``: the JSON key when it is not the field's name. ``keep_null``: written even
@@ -63,11 +66,14 @@ class _Mismatch(ValueError):
 
 @dataclass
 class CodeFacts:
-    """The code that ran: the package version (in the run key) and the checkout's commit (provenance only)."""
+    """The code that ran: its results version (``grft_app.identity.RESULTS_VERSION``, in the run key; the
+    tables match only records of the current one; ``None`` in records written before it existed), the
+    package version and the checkout's commit (provenance only)."""
 
     version: str | None = field(default=None, metadata=KEEP_NULL)
     commit: str | None = field(default=None, metadata=KEEP_NULL)
     uncommitted_changes: bool | None = field(default=None, metadata=KEEP_NULL)
+    results_version: int | None = None
 
 
 @dataclass
@@ -102,7 +108,7 @@ class Launch:
     resumed: bool
     train_s: float
     steps: int
-    outcome: str  # trained | preempted | failed | killed (running: only while it runs)
+    outcome: str  # trained | preempted | interrupted | failed | killed (running: only while it runs)
     ended_at: str | None = None
 
 
@@ -117,6 +123,18 @@ class Reported:
 
 
 @dataclass
+class Tuning:
+    """The study (``make tune``) a run belongs to: one of its trials, or the final run on the settings it chose."""
+
+    study: str
+    stage: str  # trial (validation only, never tested) | final (train + val, tested once)
+    storage: str | None = None  # the study's folder (Optuna's study.db, study.json)
+    objective: str | None = None  # the validation metric the study maximises, e.g. val_acc_best
+    trial: int | None = None  # final: the trial whose settings it trains
+    value: float | None = None  # final: that trial's objective
+
+
+@dataclass
 class Evaluation:
     """What was evaluated when (docs/PROTOCOL.md, "Evaluation"); the values themselves are in ``metrics``."""
 
@@ -126,6 +144,17 @@ class Evaluation:
     final_epoch: int | None = None
     ema: bool | None = None
     curve: list[dict[str, float]] | None = None  # per evaluated epoch: {"epoch": e, "test_acc": ...}
+    selected_on: str | None = None  # val: the settings were chosen on validation data (a study's final run)
+    tuning: Tuning | None = None
+
+
+@dataclass
+class Budget:
+    """``k=auto share=<percent>``: the budget asked for, and the k and share it gave."""
+
+    share: float  # percent asked for
+    k: int
+    pct: float  # the trainable share at that k
 
 
 @dataclass
@@ -136,7 +165,7 @@ class RunRecord:
     method: str
     done: bool
     schema_version: int = field(default=SCHEMA_VERSION, metadata={"key": "schema"})
-    status: str | None = None  # done | failed | preempted; absent in the earliest records
+    status: str | None = None  # done | failed | preempted | interrupted; absent in the earliest records
     # What the run is (``runner.identity_facts``): GRFT's keys are None for a method that does not use them.
     family: str | None = field(default=None, metadata=KEEP_NULL)
     model: str | None = field(default=None, metadata=KEEP_NULL)
@@ -163,13 +192,18 @@ class RunRecord:
     adapter_file: str | None = None  # the raw model's adapter (= adapter_files["raw"])
     adapter_files: dict[str, str] | None = None  # raw / ema -> file name
     selection_file: str | None = None
+    checksums: dict[str, str] | None = None  # file name -> SHA-256 of every output file named above
     probe_facts: dict[str, Any] | None = None  # what the method's probe returned; None without a probe
+    class_names: list[str] | None = None  # each class id's name, where the data names them (your own data)
+    split_file: str | None = None  # which items went to which split (your own data), in the run directory
     evaluation: Evaluation | None = None  # absent in records written before records said so
+    budget: Budget | None = None  # k=auto: the share asked for and the k it gave
     resumed: bool | None = None
     launches: list[Launch] | None = None
     started_at: str | None = None
     finished_at: str | None = None
     preempted_at: str | None = None
+    interrupted_at: str | None = None
     failed_at: str | None = None
     error: str | None = None
     run_dir: Path | None = field(default=None, compare=False, repr=False, metadata={"transient": True})
@@ -203,7 +237,9 @@ class RunRecord:
 
     @property
     def state(self) -> str:
-        """``done``, ``failed``, ``preempted`` or ``unfinished`` (the earliest records carry only ``done``)."""
+        """``done``, ``failed``, ``preempted``, ``interrupted`` or ``unfinished``.
+
+        The earliest records carry only ``done``."""
         if self.done:
             return "done"
         return self.status or "unfinished"

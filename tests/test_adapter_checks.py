@@ -144,3 +144,17 @@ def test_bad_index_and_older_files_with_nan_are_refused_untouched(tmp_path):
     delta[0, 0] = float("nan")
     rewrite(path, {delta_name: delta}, {"sha256": None})  # a file written before checksums existed
     assert_refused_untouched(model, path, "non-finite values")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_values_are_refused_even_when_the_checksum_matches(tmp_path, value):
+    """A diverged run saves NaN as faithfully as any number: a matching checksum does not make it loadable."""
+    from grft.adapter import tensors_checksum
+
+    base, path = tuned_adapter(tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+    delta_name = next(k for k in tensors if k.endswith(".grft_delta"))
+    tensors[delta_name][0, 0] = value
+    rewrite(path, tensors, {"sha256": tensors_checksum(tensors)})
+    assert_refused_untouched(copy.deepcopy(base), path, "non-finite values")

@@ -361,3 +361,124 @@ def test_batchnorm_statistics_moved_in_train_mode_travel_in_the_adapter(tmp_path
     fresh = grft.load_adapter(copy.deepcopy(base).eval(), grft.save_adapter(model, tmp_path / "a.safetensors"))
     assert not torch.equal(model.bn1.running_mean, base.bn1.running_mean)
     torch.testing.assert_close(logits(fresh, (x, y)), logits(model, (x, y)), rtol=0, atol=1e-6)
+
+
+# --- models that once broke the cycle -----------------------------------------------------------
+class _Blocks(torch.nn.Module):
+    """Blocks in a list, a head: ``cache`` is a list every block reads and extends (like a key/value
+    cache or RDNet's feature list), ``x`` only tensors."""
+
+    def __init__(self, extend_cache: bool, head: torch.nn.Module | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList(_Block(extend_cache) for _ in range(3))
+        self.head = head or torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        cache: list[torch.Tensor] = []
+        for block in self.blocks:
+            x = block(x, cache) if block.extend_cache else block(x)
+        return self.head(x.mean(1))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, extend_cache: bool):
+        super().__init__()
+        self.extend_cache = extend_cache
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x, cache=None):
+        y = torch.tanh(self.fc(x))
+        if cache is not None:
+            y = y + sum(cache) if cache else y  # a replay that sees the extended cache computes something else
+            cache.append(y)
+        return x + y
+
+
+ARCH = grft.Architecture(head="head", blocks="blocks")
+
+
+def _toy_batch():
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(6, 5, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2]))
+
+
+@pytest.mark.parametrize("extend_cache", [False, True])
+def test_low_memory_probe_runs_a_block_plainly_where_checkpointing_cannot_replay_it(extend_cache):
+    config = grft.GRFTConfig(k=1)
+    model, batch = _Blocks(extend_cache), _toy_batch()
+    plain = grft.accumulate_gradients(copy.deepcopy(model), [batch], config, arch=ARCH, low_memory=False)
+    low = grft.accumulate_gradients(model, [batch], config, arch=ARCH, low_memory=True)
+    for name in plain:  # the same gradients, bit for bit
+        assert torch.equal(plain[name], low[name]), name
+    ways = grft.param_report(model, config, ARCH).probe_blocks
+    assert ways["blocks.2"].startswith("plain: the last block")
+    if extend_cache:
+        assert all("called with argument 1 (list)" in ways[f"blocks.{i}"] for i in (0, 1))
+    else:
+        assert ways["blocks.0"] == ways["blocks.1"] == "checkpointed"
+
+
+def test_a_sliced_output_can_be_edited_in_place():
+    """Swin-V2 scales a projection's output in place; the slice's gradient is still the dense one's rows."""
+    from grft.layers import make_sliced
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(4, 6)
+    x = torch.randn(2, 3, 4)
+    sliced = make_sliced(copy.deepcopy(dense), "row", 2, torch.tensor([1, 4]))
+    y = sliced(x)
+    y.mul_(2.0)
+    y.square().sum().backward()
+    reference = dense(x) * 2.0
+    reference.square().sum().backward()
+    torch.testing.assert_close(sliced.grft_delta.grad, dense.weight.grad[[1, 4]])
+
+
+def test_a_linear_subclass_is_sliced_when_its_forward_is_the_plain_product():
+    class Plain(torch.nn.Linear):  # transformers' FalconLinear
+        def forward(self, x):
+            return x @ self.weight.T + self.bias
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert grft.targets.is_eligible(Plain(4, 3))
+    assert "overrides Linear.forward" in grft.targets.ineligible_reason(Scaled(4, 3))
+    with torch.device("meta"):  # nothing to ask on the meta device: left out
+        assert not grft.targets.is_eligible(Plain(4, 3))
+
+
+def test_a_batchnorm_in_the_head_travels_in_the_adapter(tmp_path):
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    model, batch = _Blocks(False, head).eval(), _toy_batch()
+    base = copy.deepcopy(model)
+    config = grft.GRFTConfig(k=1)
+    grft.attach(model, grft.select(model, [batch], config, arch=ARCH), config, ARCH)
+    model.train()
+    F.cross_entropy(model(batch[0]), batch[1]).backward()  # moves the head's BatchNorm statistics
+    model.eval()
+    path = grft.save_adapter(model, tmp_path / "a.safetensors")
+    fresh = grft.load_adapter(copy.deepcopy(base), path, arch=ARCH)
+    assert not torch.equal(fresh.head[0].running_mean, base.head[0].running_mean)
+    torch.testing.assert_close(fresh(batch[0]), model(batch[0]), rtol=0, atol=1e-6)
+
+
+def test_without_a_block_list_regular_layers_must_be_all_or_zero():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    arch = grft.Architecture(head="2", blocks=())
+    with pytest.raises(ValueError, match=r"found no list of blocks in Sequential: use regular_layers='all' or 0"):
+        grft.attach(copy.deepcopy(model), None, grft.GRFTConfig(k=1, regular_layers=1), arch)
+    for regular in ("all", 0):
+        tuned = grft.attach(copy.deepcopy(model), None, grft.GRFTConfig(k=1, regular_layers=regular), arch)
+        assert set(grft.sliced_layers(tuned)) == {"0"}
+
+
+def test_a_timm_container_of_heads_is_opened_into_its_heads():
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model("crossvit_tiny_240", num_classes=3)
+    arch = detect_architecture(model)
+    assert arch.head == ("head.0", "head.1")

@@ -16,7 +16,7 @@ from experiments.paper.compose import Composer
 from experiments.paper.matching import RecordIndex
 from experiments.paper.paper import load_paper_table
 from experiments.paper.spec import load_spec
-from experiments.paper.tables import NOT_COMPARABLE, render_table
+from experiments.paper.tables import NOT_COMPARABLE, render_table, statistic_lines
 from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_stubs
 
@@ -150,6 +150,46 @@ def test_ssf_runs_the_ssf_scripts_per_task_settings(composer):
         for task in SPEC.tasks(bench):
             cfg = composer.config([f"experiment={bench}/{task}", "method=ssf", f"recipe=ssf_{bench}"])
             assert float(cfg.lr) > 0 and float(cfg.weight_decay) > 0 and cfg.model.kwargs.drop_path_rate is not None
+
+
+# The SSF code's own scripts (dongzelian/SSF): train_full.sh and train_linear_probe.sh both pass --drop-path 0.
+FULL_LINEAR_SCRIPT_DROP_PATH = 0.0
+
+
+@pytest.mark.parametrize("label", ["Full", "Linear"])
+def test_full_and_linear_train_with_their_scripts_drop_path_not_the_experiments(composer, label):
+    """The experiment sets drop path 0.1/0.2 on NABirds, Oxford Flowers and eight VTAB tasks; the SSF scripts the
+    Full and Linear recipes cite train with none, so neither row inherits it."""
+    inherited = 0
+    for name in ("table1", "table2"):
+        target, row = _row(name, label)
+        for task in target.tasks:
+            experiment = composer.config([f"experiment={target.benchmark}/{task}"])
+            inherited += float(experiment.model.get("kwargs", {}).get("drop_path_rate", 0.0)) > 0
+            cfg = composer.config(target.cell(row, task).args)
+            drop_path = float(cfg.model.get("kwargs", {}).get("drop_path_rate", 0.0))  # absent: timm's 0
+            assert drop_path == FULL_LINEAR_SCRIPT_DROP_PATH, (name, task)
+    assert inherited == 10  # the tasks where inheriting would have mattered
+
+
+def test_the_ssf_fgvc_row_reports_what_the_ssf_code_reports(composer, tmp_path):
+    """SSF's train.py evaluates the EMA model when --model-ema is on (all five FGVC scripts) and keeps its best
+    epoch; its VTAB scripts train without EMA, so that row stays the raw model's. The table says so."""
+    from grft_app.lit.settings import reported_statistic
+
+    for name, ema in (("table1", True), ("table2", False)):
+        target, row = _row(name, "SSF")
+        for task in target.tasks:
+            cfg = composer.config(target.cell(row, task).args)
+            assert (cfg.augment.ema is not None, cfg.protocol.report_model) == (ema, "ema" if ema else "raw"), task
+            assert ("of the EMA model" in reported_statistic(cfg)) == ema
+    result = render_table(SPEC.target("table1"), SPEC, composer, RecordIndex([]), tmp_path / "table1")
+    statistic = "\n".join(statistic_lines(SPEC.target("table1"), SPEC, result.cells))
+    usual = "Every task column, except the rows below: best epoch's test accuracy of the raw (not EMA) model"
+    assert usual in statistic
+    assert "SSF, every task column: best epoch's test accuracy of the EMA model (110 epochs" in statistic
+    text = (tmp_path / "table1" / "table1.md").read_text()
+    assert "- SSF, every task column: best epoch's test accuracy of the EMA model" in text
 
 
 def test_a_recipe_for_another_task_family_is_a_clear_error(composer):

@@ -39,7 +39,7 @@ def test_missing_data_is_found_before_the_model_is_built(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the data was checked")
 
-    monkeypatch.setattr(runner, "build_model", no_model)
+    monkeypatch.setattr(runner, "base_of_run", no_model)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             "config",

@@ -4,7 +4,9 @@ The README's shell commands are read from its code blocks (indented or fenced), 
 so a command added to the README is checked too: ``make`` lines must be valid targets (``make
 -n``), ``python run.py`` lines must compose and pass the settings checks (each job of a ``-m``
 sweep), ``--help`` and ``debug=smoke`` lines run for real, and the library example runs on a tiny
-model. A line this test does not know how to check fails it.
+model. A line this test does not know how to check fails it. The section "Your own task" is one
+example whose commands depend on each other (train, then predict and export the run): it runs as
+written, in order, in a fresh folder.
 """
 
 from __future__ import annotations
@@ -48,8 +50,21 @@ def code_blocks(text: str) -> list[tuple[str, list[str]]]:
     return blocks
 
 
+def section(text: str, title: str) -> tuple[str, str]:
+    """``(the section "## <title>", the text without it)``."""
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    end = len(text) if end < 0 else end
+    return text[start:end], text[:start] + text[end:]
+
+
+def shell_lines(text: str) -> list[str]:
+    return [line for lang, block in code_blocks(text) if lang in ("sh", "bash", "console") for line in block]
+
+
 README = (ROOT / "README.md").read_text()
-SHELL = [line for lang, block in code_blocks(README) if lang in ("sh", "bash", "console") for line in block]
+OWN_TASK, OTHER_SECTIONS = section(README, "Your own task")
+SHELL = shell_lines(OTHER_SECTIONS)
 PYTHON = ["\n".join(block) for lang, block in code_blocks(README) if lang == "python"]
 
 
@@ -127,3 +142,28 @@ def test_readme_library_example_runs_on_a_tiny_model(tmp_path, snippet, monkeypa
     }
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert (tmp_path / "adapter.safetensors").is_file()
+
+
+def test_your_own_task_runs_as_written(tmp_path):
+    """The example's commands, in order, as a user types them in a fresh folder: ``python`` is this
+    interpreter, ``run.py`` the checkout's, and results go where they go by default (results/runs/)."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # a link would lose the venv
+    (shims / "python").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    lines = [line.replace("python run.py", f"python {ROOT / 'run.py'}") for line in shell_lines(OWN_TASK)]
+    assert any("grft_app.predict" in line for line in lines) and any("grft_app.export" in line for line in lines)
+    env = {k: v for k, v in os.environ.items() if k not in ("GRFT_RUNS", "GRFT_CACHE", "GRFT_DATA")}
+    env.update(PATH=f"{shims}{os.pathsep}{env['PATH']}", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
+    proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    import pandas as pd
+    import timm
+
+    predictions = pd.read_csv(work / "predictions.csv")
+    assert len(predictions) == 10 and set(predictions["class"]) <= {"zero", "one", "two"}
+    model = timm.create_model(f"local-dir:{work / 'my-model'}", pretrained=True)
+    assert model.pretrained_cfg["label_names"] == ["one", "two", "zero"] and model.num_classes == 3

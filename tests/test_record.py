@@ -13,6 +13,7 @@ import pytest
 
 from grft_app.record import (
     RECORD_NAME,
+    SCHEMA_VERSION,
     CodeFacts,
     CorruptRecord,
     Evaluation,
@@ -100,7 +101,8 @@ def test_a_record_round_trips_through_its_file(tmp_path):
     path = write_record(tmp_path, record)
     assert path == tmp_path / RECORD_NAME and record.run_dir == tmp_path
     on_disk = json.loads(path.read_text())
-    assert on_disk == record.to_json() and on_disk["schema"] == 1 and on_disk["lambda"] == 1e-3  # JSON keys as before
+    assert on_disk == record.to_json() and on_disk["schema"] == SCHEMA_VERSION
+    assert on_disk["lambda"] == 1e-3  # JSON keys as before
     assert "run_dir" not in on_disk and "lambda_" not in on_disk and "error" not in on_disk  # None: not written
     assert on_disk["multirun"] is None  # the run's identity keys are written even when null
     again = read_record(tmp_path)
@@ -164,14 +166,14 @@ def write_raw(folder: Path, data: dict) -> Path:
 def test_an_unknown_schema_version_is_one_line_naming_the_file_the_version_and_the_fix(tmp_path):
     data = {
         **full_record().to_json(),
-        "schema": 2,
+        "schema": 99,
         "code": {"version": "0.3.0", "commit": None, "uncommitted_changes": None},
     }
     path = write_raw(tmp_path / "run", data)
     with pytest.raises(UnknownSchema) as err:
         read_record(path.parent)
     message = str(err.value)
-    assert "\n" not in message and str(path) in message and "schema 2" in message and "reads schema 1" in message
+    assert "\n" not in message and str(path) in message and "schema 99" in message and "reads schema 1, 2" in message
     assert "version that wrote it (version 0.3.0)" in message and "force=true" in message
     assert isinstance(err.value, CorruptRecord)  # what every reader already handles: sweeps stop, tables name it
     with pytest.raises(UnknownSchema, match="has no schema version"):
@@ -193,7 +195,7 @@ def test_a_key_the_layout_lacks_or_a_value_of_the_wrong_type_names_itself(tmp_pa
     for data, detail in cases:
         with pytest.raises(CorruptRecord, match=detail) as err:
             RunRecord.from_json(data, "some/record.json")
-        assert str(err.value).startswith("some/record.json is not a valid run record of schema 1")
+        assert str(err.value).startswith("some/record.json is not a valid run record of schema 2")
         assert "version 0.1.0" in str(err.value) and "force=true" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -11,6 +11,7 @@ from experiments.paper.compose import Composer
 from experiments.paper.hparams import FIELDS, sci, write_hparams
 from experiments.paper.paper import load_paper_table
 from experiments.paper.spec import load_spec
+from grft_app.paths import ROOT
 from helpers.results_fixtures import search_path, write_stubs
 
 SPEC = load_spec()
@@ -32,6 +33,14 @@ def test_hparams_is_reproducible(written):
     _, first, second = written
     for name in ("hparams.csv", "table6.md", "table7.md", "table8.md", "selection_choice.md"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_the_committed_hparams_outputs_are_what_make_hparams_writes(written):
+    """``make hparams`` needs no runs, so its committed outputs must be exactly what it writes from this code."""
+    _, first, _ = written
+    for name in ("hparams.csv", "table6.md", "table7.md", "table8.md", "selection_choice.md"):
+        committed = ROOT / "results" / "tables" / name
+        assert committed.read_text() == (first / name).read_text(), f"{committed} is stale: run `make hparams`"
 
 
 def test_hparams_csv_matches_the_configs(written):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -230,6 +231,16 @@ def test_cli_renders_every_target_with_no_runs(stubs, tmp_path, capsys):
     for name in ("table1", "table2", "table3", "table4", "table5"):
         assert {f"{name}.md", f"{name}.tex", f"{name}.csv"} <= set(made)
     assert {"fig3_memory.png", "fig3_memory.csv", "fig4_ablation.png", "fig4_ablation.csv"} <= set(made)
+    # Rendered with no runs, every committed table and figure's data must be what this code writes (the
+    # images are not compared byte for byte: matplotlib's files carry its version; their data is the csv).
+    link = re.compile(r"\[PROTOCOL\.md\]\([^)]*\)")  # relative to the folder written to
+    for written in sorted((tmp_path / "out").rglob("*")):
+        if written.suffix not in (".md", ".tex", ".csv"):
+            continue
+        committed = ROOT / "results" / written.relative_to(tmp_path / "out")
+        assert committed.is_file(), f"{committed} is not committed"
+        same = [link.sub("[PROTOCOL.md]", p.read_text()) for p in (committed, written)]
+        assert same[0] == same[1], f"{committed} is stale: run `python -m experiments.paper render paper` with no runs"
 
 
 def test_a_failed_run_shows_as_failed_not_as_a_hole_and_a_damaged_record_is_named(composer, tmp_path):
@@ -292,8 +303,8 @@ def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer
     assert ours(result, "GRFT", "cub")["ours"] == pytest.approx(85.0)
     text = (tmp_path / "tables" / "table1.md").read_text()
     assert (
-        "Every task column: best epoch's test accuracy of the raw (not EMA) model (110 epochs, test split "
-        "evaluated after every epoch; protocol=reference)." in text
+        "Every task column, except the rows below: best epoch's test accuracy of the raw (not EMA) model "
+        "(110 epochs, test split evaluated after every epoch; protocol=reference)." in text
     )
     assert "GRFT, CUB-2011: some runs report best epoch's test accuracy (fixture)." in text  # not the config's words
     import re
@@ -302,3 +313,37 @@ def test_a_cell_holds_the_statistic_its_protocol_reports_and_says_which(composer
     assert ((tmp_path / "tables") / link).resolve() == ROOT / "docs" / "PROTOCOL.md"
     csv = pd.read_csv(tmp_path / "tables" / "table1.csv")
     assert csv[(csv.row == "GRFT") & (csv.column == "cub")]["statistic"].item().startswith("best epoch's")
+
+
+def test_a_tuned_line_shows_the_final_runs_of_studies_beside_the_paper_and_ours(composer, tmp_path):
+    from experiments.paper.tables import TUNED_LINE
+    from grft_app.record import Evaluation, Reported, Tuning, read_record, write_record
+
+    t1 = SPEC.target("table1")
+    cell = t1.cell(next(r for r in t1.rows if r.label == "GRFT"), "cub").args
+    runs = tmp_path / "runs"
+    write_fixture_record(composer, runs, cell, 0.90)
+    # a study's final run: its own lr, trained on train + val and tested once
+    final = write_fixture_record(composer, runs, [*cell, "lr=0.0042", "protocol.test_every=0"], 0.88)
+    record = read_record(final)
+    record.evaluation = Evaluation(
+        protocol="reference",
+        reported=Reported(statistic="final", model="raw", key="test_acc", description="final"),
+        selected_on="val",
+        tuning=Tuning(study="cub-grft", stage="final", objective="val_acc_best", trial=3, value=0.91),
+    )
+    write_record(final, record)
+    index = RecordIndex.load(runs)
+    result = render_table(t1, SPEC, composer, index, tmp_path / "tables", tuned=True)
+    cub = ours(result, "GRFT", "cub")
+    assert cub["ours"] == pytest.approx(90.0) and cub["n"] == 1  # the tuned run is not one of ours
+    assert cub["tuned"] == pytest.approx(88.0) and cub["tuned_n"] == 1
+    assert ours(result, "GRFT", "nabirds")["tuned_n"] == 0
+    wide = result.wide
+    line = wide.index[wide["Method"] == "GRFT"][0]
+    assert wide.loc[line + 3, ""] == TUNED_LINE and wide.loc[line + 3, "CUB-2011"] == "88.0"
+    assert wide.loc[line + 3, "NABirds"] == HOLE
+    text = (tmp_path / "tables" / "table1.md").read_text()
+    assert f"{TUNED_LINE}: settings chosen on validation data only" in text
+    plain = render_table(t1, SPEC, composer, RecordIndex.load(runs), tmp_path / "plain")
+    assert "tuned" not in plain.cells.columns and len(plain.wide) == 3 * len(t1.rows)

@@ -63,7 +63,7 @@ def test_force_trains_again_from_the_pretrained_weights_and_keeps_the_old_record
     assert len(kept) == 1 and json.loads(kept[0].read_text())["finished_at"] == first.finished_at
 
 
-def test_the_run_key_follows_the_data_folder_its_split_files_and_the_code_version(tmp_path, monkeypatch):
+def test_the_run_key_follows_the_data_folder_its_split_files_and_the_results_version(tmp_path, monkeypatch):
     def key(data_dir):
         return run_key(make_cfg(tmp_path, "dataset=cub", "model=vit_b16_in21k", f"data_dir={data_dir}"))
 
@@ -85,10 +85,13 @@ def test_the_run_key_follows_the_data_folder_its_split_files_and_the_code_versio
     (folder / "train.json").write_text(json.dumps({"a.jpg": 0}))
     assert key(a) != before  # a split list changed in place
     assert key(tmp_path / "absent") != key(a)  # missing data has its own key
-    import grft_app.lit.settings as settings
+    import grft
+    import grft_app.identity as identity
 
     current = key(a)
-    monkeypatch.setattr(settings, "__version__", "999")
+    monkeypatch.setattr(grft, "__version__", "999")
+    assert key(a) == current  # the package version is provenance only
+    monkeypatch.setattr(identity, "RESULTS_VERSION", identity.RESULTS_VERSION + 1)
     assert key(a) != current
 
 

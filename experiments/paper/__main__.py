@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="writes <out>/tables and <out>/figures (default: results; results/smoke with debug=...)",
     )
     render.add_argument("--runs", type=Path, default=None, help="records folder (default: paths.runs of the config)")
+    render.add_argument(
+        "--tuned",
+        action="store_true",
+        help="also a 'tuned (val)' line per method: settings chosen on validation data by make tune, tested once",
+    )
     hp = sub.add_parser("hparams", help="hparams.csv, Tables 6-8 and the row/column choice from the experiment configs")
     hp.add_argument("overrides", nargs="*", metavar="OVERRIDE")
     hp.add_argument("--out", type=Path, default=OUT / "tables")
@@ -122,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         debug = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "debug" and o.split("=", 1)[1] != "null"]
         out = args.out or (SMOKE_OUT if debug else OUT)
         banner = SMOKE_BANNER.format(overrides=" ".join(debug)) if debug else None
-        return render(spec, targets, composer, out, _runs_root(composer, args.runs), banner)
+        return render(spec, targets, composer, out, _runs_root(composer, args.runs), banner, args.tuned)
     except (SpecError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
-def render(spec, targets, composer, out: Path, runs: Path, banner: str | None = None) -> int:
+def render(spec, targets, composer, out: Path, runs: Path, banner: str | None = None, tuned: bool = False) -> int:
     from .figures import render_memory, render_sweep
     from .matching import RecordIndex
     from .tables import render_table, shared_configs
@@ -140,7 +145,7 @@ def render(spec, targets, composer, out: Path, runs: Path, banner: str | None = 
         print(f"warning: left out: {problem}", file=sys.stderr)
     for target in targets:
         if target.kind == "table":
-            result = render_table(target, spec, composer, index, out / "tables", banner, shared)
+            result = render_table(target, spec, composer, index, out / "tables", banner, shared, tuned)
         elif target.kind == "memory":
             result = render_memory(target, spec, composer, index, out / "figures")
         else:

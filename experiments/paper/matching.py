@@ -1,10 +1,11 @@
-"""Which run records belong to a cell: those whose configuration is the cell's, seeds aside.
+"""Which run records belong to a cell: those whose run identity is the cell's, seeds aside.
 
-A record stores its full resolved config. A cell's expected config is composed from its overrides
-(``compose.Composer``). They match when every setting that decides the result agrees. Settings
-that only say where or how a run was launched (paths, logger, trainer device, tags, seed) are
-ignored, and so is a key that one side lacks (a record written before a new default key existed
-still counts; a key the record has that the cell lacks cannot contradict it).
+A record stores its full resolved config and the results version of the code that ran it. A cell's
+expected config is composed from its overrides (``compose.Composer``). They match when their run
+identities (``grft_app.identity.run_identity``, the rule the run key hashes) are equal, seed aside:
+the same settings decide whether a sweep finds a run done and whether a table shows it. A record
+of another results version (written by code whose numbers differ, or before records said which)
+fills no cell; the renderer lists it among the unmatched records.
 """
 
 from __future__ import annotations
@@ -19,46 +20,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from grft_app.identity import RESULTS_KEY, RESULTS_VERSION, cell_identity, normal, run_identity
 from grft_app.record import CorruptRecord, RunRecord, iter_records
 
-# Where a run went and how it was launched, not what it computed.
-IGNORED = (
-    "hydra",
-    "run_name",
-    "seed",
-    "paths",
-    "logger",
-    "data_dir",
-    "num_workers",
-    "force",
-    "baselines",
-    "progress",
-    "tags",
-    "trace_memory_every",
-    "eval_batch_size",
-    "trainer",
-    "model.cache_dir",
-    "model.checkpoint",
-    "model.local_files_only",
-)
+# What a study's final run shares with a table cell: the rest (k, lambda, lr... and the split) is its own.
+TUNED_MATCH = ("model.name", "selection.kind", "norm.kind")
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out if out or not prefix else {prefix[:-1]: {}}
-    return {prefix[:-1]: tree}
+def tuned_by_study(record: RunRecord) -> bool:
+    """A study's trial or final run (``make tune``): never one of the paper-protocol cells' runs."""
+    return record.evaluation is not None and record.evaluation.tuning is not None
 
 
-def _ignored(key: str) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in IGNORED)
-
-
-def identity(config: DictConfig | Mapping) -> dict[str, Any]:
-    """The settings that decide a run's result, as flat ``dotted.key -> value``."""
+def resolved(config: DictConfig | Mapping) -> Mapping:
+    """A composed config as a plain resolved mapping (a record's config already is one)."""
     if isinstance(config, DictConfig):
         # run_name (and hydra.*) interpolate the run key, which needs the whole root: drop them first.
         config = copy.copy(config)
@@ -66,21 +41,21 @@ def identity(config: DictConfig | Mapping) -> dict[str, Any]:
             for key in ("hydra", "run_name"):
                 config.pop(key, None)
         config = OmegaConf.to_container(config, resolve=True)
-    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
+    return config
 
 
-def same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+def identity(config: DictConfig | Mapping) -> dict[str, Any]:
+    """The cell a config fills: its run identity (under this code's results version) less the seed."""
+    return cell_identity(run_identity(resolved(config)))
+
+
+def record_identity(record: RunRecord) -> dict[str, Any]:
+    """The cell a record fills, under the results version it was written with (``None``: before records said)."""
+    return cell_identity(run_identity(record.config, record.code.results_version if record.code else None))
 
 
 def matches(expected: Mapping[str, Any], record_identity: Mapping[str, Any]) -> bool:
-    return all(same_value(value, record_identity[key]) for key, value in expected.items() if key in record_identity)
+    return dict(expected) == dict(record_identity)
 
 
 @dataclass
@@ -123,7 +98,7 @@ class RecordIndex:
             if record.state not in ("done", "failed"):
                 continue
             index = self.by_task_method if record.state == "done" else self.failed
-            index.setdefault((record.task, record.method), []).append((record, identity(record.config)))
+            index.setdefault((record.task, record.method), []).append((record, record_identity(record)))
         self.used: set[str] = set()
         self.corrupt = list(corrupt)
 
@@ -160,11 +135,33 @@ class RecordIndex:
         expected = identity(cfg)
         latest: dict[Any, RunRecord] = {}
         for record, ident in candidates:
-            if record.reported(metric) is None or not matches(expected, ident):
+            if record.reported(metric) is None or not matches(expected, ident) or tuned_by_study(record):
                 continue
             seed = record.seed
             if seed not in latest or (record.finished_at or "") > (latest[seed].finished_at or ""):
                 latest[seed] = record
+        return self._aggregate(latest, metric, scale, aggregate)
+
+    def tuned(self, cfg: DictConfig, metric: str, scale: float) -> Aggregate:
+        """The final runs of studies (``make tune``) for this cell's task, method, model, selection and norm:
+        settings chosen on validation data, tested once. Trials (never tested) have no value and do not count."""
+        expected = {key: OmegaConf.select(cfg, key) for key in TUNED_MATCH}
+        latest: dict[Any, RunRecord] = {}
+        for record, ident in self.candidates(str(cfg.dataset.name), str(cfg.method.name)):
+            if record.evaluation is None or record.evaluation.selected_on != "val" or record.reported(metric) is None:
+                continue
+            if ident.get(RESULTS_KEY) != RESULTS_VERSION:  # written by code whose numbers differ
+                continue
+            if not all(normal(value) == ident.get(key, normal(value)) for key, value in expected.items()):
+                continue
+            seed = record.seed
+            if seed not in latest or (record.finished_at or "") > (latest[seed].finished_at or ""):
+                latest[seed] = record
+        aggregate = Aggregate()
+        return self._aggregate(latest, metric, scale, aggregate)
+
+    def _aggregate(self, latest: dict[Any, RunRecord], metric: str, scale: float, aggregate: Aggregate) -> Aggregate:
+        """One value per seed (its latest record), each record marked as claimed by a cell."""
         for seed in sorted(latest, key=str):
             record = latest[seed]
             self.used.add(str(record.run_dir))

@@ -25,6 +25,13 @@ from .paper import check_mean, decimals, load_claims, load_paper_table
 from .spec import Spec, SpecError, Target
 
 HOLE = "—"
+TUNED_LINE = "tuned (val)"
+TUNED_STATISTIC = (
+    f"{TUNED_LINE}: settings chosen on validation data only by a study (`make tune`: its objective is the "
+    "protocol's statistic on the validation split; trials never see the test split), then trained on train + val "
+    "and tested once: the final model's test accuracy, mean over seeds. Not the paper's protocol, which reports "
+    "settings and epochs chosen with the test split in view (docs/PROTOCOL.md)"
+)
 FAILED = "failed"
 LEGEND = (
     f"paper: as printed. ours: mean over seeds of the matching finished runs (± sd and n when there is more than "
@@ -65,8 +72,13 @@ def _check_layout(target: Target, paper: pd.DataFrame) -> None:
         )
 
 
-def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Long-format cells (row, column, paper, ours, ...) in the paper's order, and notes about our side."""
+def collect(
+    target: Target, composer: Composer, index: RecordIndex, paper_dir: Path, tuned: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """Long-format cells (row, column, paper, ours, ...) in the paper's order, and notes about our side.
+
+    ``tuned``: also each cell's "tuned on validation" value (``tuned``, ``tuned_n``): the final runs of
+    studies of its task and method (``make tune``)."""
     paper = load_paper_table(target.paper, paper_dir)
     _check_layout(target, paper)
     records = []
@@ -74,8 +86,9 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
     failures: list[str] = []
     for row in target.rows:
         aggs: dict[str, Aggregate] = {}
+        studies: dict[str, Aggregate] = {}
         for task in target.tasks:
-            status, agg, statistic = "paper_only", Aggregate(), ""
+            status, agg, statistic, study = "paper_only", Aggregate(), "", Aggregate()
             if not row.paper_only:
                 try:
                     cfg = composer.config(target.cell(row, task).args)
@@ -89,16 +102,18 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
                             f"(record {failed[0].run_dir}; fix it and launch again)"
                         )
                     statistic = _statistic(cfg)
+                    study = index.tuned(cfg, target.metric, target.scale) if tuned else study
                 except ConfigUnavailable as err:
                     status = "unavailable"
                     unavailable.setdefault(row.label, str(err))
-            aggs[task] = agg
+            aggs[task], studies[task] = agg, study
             printed = paper.loc[row.label, task]
             records.append(
                 {
                     **_cell(row.label, task, printed, agg, status, target.digits),
                     "statistic": statistic,
                     "statistic_runs": sorted(set(agg.statistics)),
+                    **({"tuned": study.mean, "tuned_n": study.n} if tuned else {}),
                 }
             )
         for column, values in (
@@ -115,6 +130,15 @@ def collect(target: Target, composer: Composer, index: RecordIndex, paper_dir: P
             cell = _row(row.label, column, printed, value, math.nan, n, status, decimals(printed) if printed else 2)
             statistic = "mean of the row's task cells" if column == "mean" else "trainable share of the runs (%)"
             records.append({**cell, "statistic": "" if row.paper_only else statistic, "statistic_runs": []})
+            if tuned:
+                mine = [getattr(a, "mean" if column == "mean" else "params") for a in studies.values()]
+                done = not row.paper_only and all(not math.isnan(v) for v in mine)
+                records[-1].update(
+                    {
+                        "tuned": sum(mine) / len(mine) if done else math.nan,
+                        "tuned_n": min(a.n for a in studies.values()) if done else 0,
+                    }
+                )
     cells = pd.DataFrame.from_records(records)
     notes = [
         f"Row {label} could not be composed, so it has no runs here: {reason}" for label, reason in unavailable.items()
@@ -133,21 +157,41 @@ def _statistic(cfg) -> str:
 
 
 def statistic_lines(target: Target, spec: Spec, cells: pd.DataFrame) -> list[str]:
-    """What 'ours' holds, column by column (one line when every task column holds the same)."""
+    """What 'ours' holds, column by column (one line when every task column holds the same); a row whose
+    cells hold another number than most rows' (e.g. SSF's EMA accuracy, as its own code reports) gets a
+    line of its own."""
     tasks = cells[cells["column"].isin(target.tasks) & (cells["statistic"] != "")]
-    by_stat: dict[str, list[str]] = {}
-    for column, statistic in zip(tasks["column"], tasks["statistic"], strict=True):
-        titles = by_stat.setdefault(statistic, [])
-        if spec.label(column) not in titles:
-            titles.append(spec.label(column))
-    if len(by_stat) == 1:
-        lines = [f"Every task column: {next(iter(by_stat))}."]
-    else:
-        lines = [f"{', '.join(titles)}: {statistic}." for statistic, titles in by_stat.items()]
+    per_row: dict[str, tuple[tuple[str, str], ...]] = {
+        row: tuple(zip(group["column"], group["statistic"], strict=True))
+        for row, group in tasks.groupby("row", sort=False)
+    }
+    counts: dict[tuple, int] = {}
+    for mapping in per_row.values():
+        counts[mapping] = counts.get(mapping, 0) + 1
+    usual = max(counts, key=counts.get) if counts else ()
+
+    def columns(mapping: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        by_stat: dict[str, list[str]] = {}
+        for column, statistic in mapping:
+            titles = by_stat.setdefault(statistic, [])
+            if spec.label(column) not in titles:
+                titles.append(spec.label(column))
+        if len(by_stat) == 1:
+            return [("Every task column", next(iter(by_stat)))]
+        return [(", ".join(titles), statistic) for statistic, titles in by_stat.items()]
+
+    others = [row for row, mapping in per_row.items() if mapping != usual]
+    lines = [
+        f"{where}{', except the rows below' if others else ''}: {statistic}." for where, statistic in columns(usual)
+    ]
+    for row in others:
+        lines += [f"{row}, {where.lower()}: {statistic}." for where, statistic in columns(per_row[row])]
     if target.mean:
         lines.append(f"{target.mean}: the mean of the row's task cells (ours recomputed from ours).")
     if target.params:
         lines.append(f"{target.params}: the runs' trainable share (the same at every epoch).")
+    if "tuned" in cells.columns:
+        lines.append(TUNED_STATISTIC)
     stray = cells[cells["statistic_runs"].map(len) > 0]
     for _, cell in stray.iterrows():
         other = [s for s in cell["statistic_runs"] if s != cell["statistic"]]
@@ -199,6 +243,13 @@ def wide_table(target: Target, spec: Spec, cells: pd.DataFrame) -> pd.DataFrame:
                 ours_line.append(_ours_text(cell, digits) if cell["n"] else HOLE)
                 diff_line.append(_fmt(cell["diff"], digits, signed=True) if cell["n"] else HOLE)
         lines += [paper_line, ours_line, diff_line]
+        if "tuned" in cells.columns:
+            tuned_line = ["", TUNED_LINE]
+            for column in columns:
+                cell = mine.loc[column]
+                shown = cell["status"] != "paper_only" and int(cell["tuned_n"])
+                tuned_line.append(_fmt(float(cell["tuned"]), int(cell["digits"])) if shown else HOLE)
+            lines.append(tuned_line)
     return pd.DataFrame(lines, columns=["Method", "", *titles])
 
 
@@ -285,8 +336,8 @@ def ours_notes(target: Target, cells: pd.DataFrame, index: RecordIndex) -> list[
     stale = index.unmatched(target.tasks, methods)
     if stale:
         notes.append(
-            f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings), "
-            f"e.g. {stale[0].run_dir}."
+            f"Ours: {len(stale)} finished runs of these tasks and methods match no cell here (other settings, "
+            f"or another results version), e.g. {stale[0].run_dir}."
         )
     return notes
 
@@ -427,9 +478,10 @@ def recipe_notes(target: Target, composer: Composer) -> tuple[set[str], list[str
 
 def mark_not_comparable(target: Target, wide: pd.DataFrame, labels: set[str]) -> pd.DataFrame:
     """Relabel the "ours" line of each row in ``labels`` (the wide table holds paper / ours / diff per row)."""
+    per_row = len(wide) // len(target.rows)  # paper / ours / diff (/ tuned)
     for i, row in enumerate(target.rows):
         if row.label in labels:
-            wide.iloc[3 * i + 1, 1] = NOT_COMPARABLE
+            wide.iloc[per_row * i + 1, 1] = NOT_COMPARABLE
     return wide
 
 
@@ -441,13 +493,15 @@ def render_table(
     out_dir: Path,
     banner: str | None = None,
     shared: SharedConfigs | None = None,
+    tuned: bool = False,
 ) -> TableResult:
     """Write ``<target>.md``, ``.tex`` and ``.csv`` under ``out_dir`` (created); ``banner`` heads the markdown.
 
     ``shared``: ``shared_configs(spec, composer)`` when the caller renders several tables (computed here if not given).
+    ``tuned``: a "tuned (val)" line under each method (``TUNED_STATISTIC``).
     """
     paper_dir = spec.paper_dir
-    cells, unavailable = collect(target, composer, index, paper_dir)
+    cells, unavailable = collect(target, composer, index, paper_dir, tuned)
     not_comparable, recipes = recipe_notes(target, composer)
     wide = mark_not_comparable(target, wide_table(target, spec, cells), not_comparable)
     notes = (
@@ -463,7 +517,7 @@ def render_table(
     doc_link = os.path.relpath(PROTOCOL_DOC, out_dir.resolve())
     paths[0].write_text(markdown(target, wide, notes, statistic_lines(target, spec, cells), doc_link, banner))
     paths[1].write_text(latex(target, wide))
-    export = cells.drop(columns=["digits", "statistic_runs"]).round({"ours": 4, "ours_std": 4, "diff": 4})
+    export = cells.drop(columns=["digits", "statistic_runs"]).round({"ours": 4, "ours_std": 4, "diff": 4, "tuned": 4})
     export.insert(2, "label", [_column_title(target, spec, c) for c in export["column"]])
     export.to_csv(paths[2], index=False)
     return TableResult(target.name, cells, wide, notes, paths)

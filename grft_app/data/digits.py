@@ -2,7 +2,9 @@
 
 Source task: classify digits ``source_classes`` (a small ViT is pre-trained on it and cached).
 Target task: the other digits, with only ``train_per_class`` labelled images per class; the rest
-are the test set. Nothing is downloaded: the images ship inside scikit-learn.
+are the test set. ``val_fraction`` holds a seeded, stratified part of those training images out as
+a validation split (choosing settings without the test set: ``make tune``). Nothing is downloaded:
+the images ship inside scikit-learn.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .holdout import holdout_of, split_off
+from .images import require_images
 from .splits import DataSplits, InputSpec
 from .views import Transformed, TwoViews
+
+INPUT_KIND = "image"
 
 
 def digit_tensors(classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,9 +50,13 @@ def split_per_class(labels: torch.Tensor, per_class: int, seed: int) -> tuple[to
 
 
 class _Normalise:
+    """Jitter (training), then the model's input: the grey channel repeated to its channel count (a
+    timm or transformers model pre-trained on RGB), resized to its size, normalised with its mean/std."""
+
     def __init__(self, inputs: InputSpec, augment: bool):
-        self.mean = torch.tensor(inputs.mean[:1]).view(1, 1, 1)
-        self.std = torch.tensor(inputs.std[:1]).view(1, 1, 1)
+        self.channels = int(inputs.in_chans)
+        self.mean = torch.tensor(inputs.mean[: self.channels]).view(-1, 1, 1)
+        self.std = torch.tensor(inputs.std[: self.channels]).view(-1, 1, 1)
         self.size = inputs.img_size
         self.augment = augment
 
@@ -57,21 +67,30 @@ class _Normalise:
             image = padded[:, dy : dy + 8, dx : dx + 8]
         if self.size != image.shape[-1]:
             image = torch.nn.functional.interpolate(image[None], size=self.size, mode="nearest")[0]
+        if self.channels != image.shape[0]:
+            image = image.expand(self.channels, -1, -1)
         return (image - self.mean) / self.std
 
 
 def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
+    require_images(cfg, inputs)
     classes = list(cfg.get("target_classes", range(10)))
     images, labels = digit_tensors(classes)
     train_idx, test_idx = split_per_class(labels, int(cfg.get("train_per_class", 40)), int(cfg.get("split_seed", 0)))
     raw_train = TensorDataset(images[train_idx], labels[train_idx])
     raw_test = TensorDataset(images[test_idx], labels[test_idx])
+    raw_val, holdout = None, None
+    if holdout_of(cfg) is not None:
+        raw_train, raw_val, holdout = split_off(raw_train, labels[train_idx].tolist(), *holdout_of(cfg))
     train_tf, eval_tf = _Normalise(inputs, augment=True), _Normalise(inputs, augment=False)
     return DataSplits(
         train=Transformed(raw_train, train_tf),
         probe=TwoViews(raw_train, train_tf),
         test=Transformed(raw_test, eval_tf),
+        val=Transformed(raw_val, eval_tf) if raw_val is not None else None,
         num_classes=len(classes),
+        split_listing=holdout,  # which training images were held out as validation
+        class_names=tuple(str(c) for c in classes),  # class id i is the digit classes[i]
     )
 
 
@@ -79,3 +98,15 @@ def source_dataset(cfg: Mapping, inputs: InputSpec) -> Dataset:
     """The pre-training task: every image of ``source_classes``, augmented."""
     images, labels = digit_tensors(list(cfg["source_classes"]))
     return Transformed(TensorDataset(images, labels), _Normalise(inputs, augment=True))
+
+
+def label_names(cfg: Mapping) -> list[str]:
+    """The digits the task's classes are (class ``i`` is digit ``target_classes[i]``)."""
+    return [str(c) for c in cfg.get("target_classes", range(10))]
+
+
+def eval_transform(cfg: Mapping, inputs: InputSpec):
+    """PIL image -> model input as the test split is fed: grey, 8x8 (area-averaged), in [0, 1], then normalised."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Grayscale(), T.Resize((8, 8), antialias=True), T.ToTensor(), _Normalise(inputs, augment=False)])

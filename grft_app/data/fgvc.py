@@ -17,9 +17,12 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import images
 from .catalog import FAMILY_ROOTS, FGVC_IMAGE_ROOTS, missing
 from .images import ImageItems, check_files_exist, image_splits, require_images
 from .splits import DataSplits, InputSpec
+
+INPUT_KIND = "image"
 
 SPLIT_FILES = ("train", "val", "test")
 PROTOCOLS = ("trainval", "train")
@@ -92,3 +95,13 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     else:
         train, val = items("train"), items("val")
     return image_splits(cfg, inputs, train, items("test"), val, DEFAULT_TRANSFORM)
+
+
+def eval_transform(cfg: Mapping, inputs: InputSpec):
+    """PIL image -> model input, as this family evaluates."""
+    return images.task_transform("eval", cfg, inputs, DEFAULT_TRANSFORM)
+
+
+def eval_crop(cfg: Mapping, inputs: InputSpec) -> dict:
+    """The evaluation transform in timm's data-config terms."""
+    return images.eval_crop(cfg, inputs, DEFAULT_TRANSFORM)

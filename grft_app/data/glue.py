@@ -21,7 +21,10 @@ import torch
 from torch.utils.data import Dataset
 
 from .catalog import FAMILY_ROOTS, missing
+from .holdout import holdout_of, split_off
 from .splits import DataSplits, InputSpec
+
+INPUT_KIND = "text"
 
 
 @dataclass(frozen=True)
@@ -163,11 +166,23 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     num_classes = int(cfg["num_classes"])
     train = read_tsv(folder / SPLITS["train"], layout, num_classes)
     test = read_tsv(folder / SPLITS["test"], layout, num_classes)
+    val, holdout = None, None
+    if holdout_of(cfg) is not None:  # GLUE has no validation split of its own: a seeded, stratified part of train
+        train, val, holdout = split_off(train, train.labels, *holdout_of(cfg))
     return DataSplits(
         train=train,
         probe=train,
         test=test,
+        val=val,
+        split_listing=holdout,  # which training rows were held out as validation
         num_classes=num_classes,
         collate_fn=TextCollate(inputs.tokenizer, int(inputs.max_length)),
         metrics=tuple(cfg.get("metrics") or ("acc",)),
+        class_names=layout.label_names or tuple(str(i) for i in range(num_classes)),
     )
+
+
+def label_names(cfg: Mapping) -> list[str] | None:
+    """The task's label names where its files use names (RTE); ``None`` where labels are integers."""
+    layout = LAYOUTS.get(str(cfg.get("layout", cfg.get("name"))))
+    return list(layout.label_names) if layout is not None and layout.label_names else None

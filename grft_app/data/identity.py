@@ -5,11 +5,16 @@ split list in place, makes a new run instead of finding the old one "already don
 files (``*.json``, ``*.txt``, ``*.tsv`` at the top of the task folder) are small lists of paths
 and labels, hashed in full; the images they point to are not read (too slow for every launch
 and every sweep plan), so replacing an image under the same name goes unnoticed.
+
+Your own data (``dataset=images``, ``dataset=text``) is hashed whole instead: its family's
+``fingerprint`` hashes every file's relative name and bytes (``grft_app.data.own``), so adding,
+removing, renaming or editing any file is another run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,7 +45,16 @@ def _file_hash(path: Path) -> str:
 
 
 def data_identity(dataset_cfg: Mapping, data_dir: str | Path) -> dict:
-    """``{"folder": <resolved path>, "splits": <hash of the split files>}``; ``splits: "missing"`` without a folder."""
+    """``{"folder": <resolved path>, "splits": <hash of the split files>}``; ``splits: "missing"`` without a folder.
+
+    A family with its own ``fingerprint`` (your own data) gives that instead.
+    """
+    from . import FAMILIES
+
+    family = FAMILIES.get(str(dataset_cfg.get("family")))
+    fingerprint = getattr(importlib.import_module(family), "fingerprint", None) if family else None
+    if fingerprint is not None:
+        return fingerprint(dataset_cfg, data_dir)
     folder = task_folder(dataset_cfg, data_dir)
     if folder is None:
         return {"folder": None, "splits": "built-in"}

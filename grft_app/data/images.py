@@ -7,7 +7,10 @@ Transforms (torchvision, on PIL images), selected by name from the dataset confi
   reference evaluation: crop_pct 0.9 gives 248 -> 224);
 - ``contrast``: the probe's views (crop, flip, colour jitter, greyscale), as in the contrastive
   augmentation of the reference code's gradient probe.
-All end with ToTensor + Normalize(mean, std) of the model's ``InputSpec``.
+All end with ToTensor + Normalize(mean, std) of the model's ``InputSpec``. Resizing uses the model's
+interpolation, except that the dataset's ``transform.augment_interpolation`` may set the random
+crops' (training crops and probe views): ``random`` picks bilinear or bicubic per crop, as timm's
+``interpolation="random"`` does in the reference code's FGVC training and probe loaders.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ def load_rgb(path: Path):
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # PIL's route for a palette with transparency
+            return image.convert("RGB")  # greyscale, palette, RGBA, CMYK...: RGB, as the models expect
     except FileNotFoundError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -85,23 +90,42 @@ def check_labels(labels: Sequence[int], num_classes: int, where: str) -> None:
         )
 
 
-def make_transform(kind: str, inputs: InputSpec, crop_pct: float = 0.9) -> Callable:
+def random_crop(size: int, interpolation: str) -> Callable:
+    """RandomResizedCrop; ``random``: timm's, bilinear or bicubic drawn per crop (the reference's FGVC crops)."""
+    from torchvision import transforms as T
+
+    if interpolation == "random":
+        from timm.data.transforms import RandomResizedCropAndInterpolation
+
+        return RandomResizedCropAndInterpolation(size, interpolation="random")
+    return T.RandomResizedCrop(size, interpolation=T.InterpolationMode(interpolation))
+
+
+def make_transform(
+    kind: str, inputs: InputSpec, crop_pct: float = 0.9, crop_interpolation: str | None = None
+) -> Callable:
+    """``crop_interpolation``: the random crops' interpolation (None: the model's; ``random``: per crop)."""
     from torchvision import transforms as T
 
     size = inputs.img_size
     interpolation = T.InterpolationMode(inputs.interpolation)
+    crop_mode = crop_interpolation or inputs.interpolation
+    if crop_mode != "random" and crop_mode not in {m.value for m in T.InterpolationMode}:
+        raise ValueError(
+            f"dataset.transform.augment_interpolation={crop_mode!r} is unknown; use random, bilinear, bicubic or null"
+        )
     tail = [T.ToTensor(), T.Normalize(inputs.mean, inputs.std)]
     if kind == "resize":
         head = [T.Resize((size, size), interpolation=interpolation)]
     elif kind == "crop_flip":
-        head = [T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip()]
+        head = [random_crop(size, crop_mode), T.RandomHorizontalFlip()]
     elif kind == "resize_crop":
         if not 0 < crop_pct <= 1:
             raise ValueError(f"dataset.transform.crop_pct must be in (0, 1]; got {crop_pct}")
         head = [T.Resize(math.floor(size / crop_pct), interpolation=interpolation), T.CenterCrop(size)]
     elif kind == "contrast":
         head = [
-            T.RandomResizedCrop(size, interpolation=interpolation),
+            random_crop(size, crop_mode),
             T.RandomHorizontalFlip(),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
@@ -119,6 +143,39 @@ def require_images(cfg: Mapping, inputs: InputSpec) -> None:
         )
 
 
+def transform_options(cfg: Mapping, defaults: Mapping[str, object] = ()) -> dict:
+    """The transform names of ``cfg["transform"]``, each falling back to the family's ``defaults``."""
+    return {**dict(defaults), **dict(cfg.get("transform") or {})}
+
+
+def crop_share(options: Mapping, inputs: InputSpec) -> float:
+    """``transform.crop_pct``; null: the model's own pretrained crop share (timm's crop_pct), else FGVC's 0.9."""
+    crop_pct = options.get("crop_pct")
+    return float(crop_pct if crop_pct is not None else inputs.crop_pct or 0.9)
+
+
+def task_transform(role: str, cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> Callable:
+    """The task's ``train``, ``eval`` or ``probe`` transform as ``cfg["transform"]`` names it (else ``defaults``);
+    what a run's predictions go through too (``eval``)."""
+    options = transform_options(cfg, defaults)
+    kind = options.get("probe", "contrast") if role == "probe" else options[role]
+    # the random crops' interpolation (training and probe; None: the model's; ``random``: drawn per crop)
+    crops = None if role == "eval" else options.get("augment_interpolation")
+    return make_transform(str(kind), inputs, crop_share(options, inputs), crops)
+
+
+def eval_crop(cfg: Mapping, inputs: InputSpec, defaults: Mapping[str, object] = ()) -> dict:
+    """The evaluation transform in timm's data-config terms (``crop_pct``, ``crop_mode``), for an exported
+    model's config; ``{}`` for a transform timm has no words for."""
+    options = transform_options(cfg, defaults)
+    kind = str(options["eval"])
+    if kind == "resize":
+        return {"crop_pct": 1.0, "crop_mode": "squash"}
+    if kind == "resize_crop":
+        return {"crop_pct": crop_share(options, inputs), "crop_mode": "center"}
+    return {}
+
+
 def image_splits(
     cfg: Mapping,
     inputs: InputSpec,
@@ -128,12 +185,10 @@ def image_splits(
     defaults: Mapping[str, object] = (),
 ) -> DataSplits:
     """Wrap raw splits with the transforms named in ``cfg["transform"]`` (falling back to ``defaults``)."""
-    options = {**dict(defaults), **dict(cfg.get("transform") or {})}
-    crop_pct = float(options.get("crop_pct", 0.9))
-    train_tf = make_transform(str(options["train"]), inputs, crop_pct)
-    eval_tf = make_transform(str(options["eval"]), inputs, crop_pct)
-    probe_kind = str(options.get("probe", "contrast"))
-    probe_tf = train_tf if probe_kind == "train" else make_transform(probe_kind, inputs, crop_pct)
+    train_tf = task_transform("train", cfg, inputs, defaults)
+    eval_tf = task_transform("eval", cfg, inputs, defaults)
+    probe_kind = str(transform_options(cfg, defaults).get("probe", "contrast"))
+    probe_tf = train_tf if probe_kind == "train" else task_transform("probe", cfg, inputs, defaults)
     num_classes = int(cfg["num_classes"])
     return DataSplits(
         train=Transformed(train, train_tf),

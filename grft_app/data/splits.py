@@ -23,8 +23,10 @@ class InputSpec:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
+    crop_pct: float | None = None  # the model's pretrained centre-crop share (timm); None: the task's own
     tokenizer: Any = None
     max_length: int = 256
+    processor: Any = None  # a transformers image processor, where the model came with one (``export`` saves it)
 
 
 @dataclass
@@ -37,6 +39,9 @@ class DataSplits:
     val: optional validation split; test: the split the paper reports.
     collate_fn: for text, pads a list of items into ``{"input_ids", "attention_mask", "labels"}``.
     metrics: what to report beside accuracy (``mcc`` for CoLA, ``f1`` for MRPC).
+    class_names: the name of each class id, where the data names them (your own images and texts).
+    split_listing: which items went to which split, where the run chose them (a held-out fraction);
+        the runner writes it into the run directory (``data_split.json``).
     """
 
     train: Dataset
@@ -46,3 +51,5 @@ class DataSplits:
     val: Dataset | None = None
     collate_fn: Callable | None = None
     metrics: tuple[str, ...] = field(default_factory=lambda: ("acc",))
+    class_names: tuple[str, ...] | None = None
+    split_listing: dict | None = None

@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import images
 from .catalog import FAMILY_ROOTS, missing
 from .images import ImageItems, check_files_exist, check_labels, image_splits, require_images
 from .splits import DataSplits, InputSpec
+
+INPUT_KIND = "image"
 
 SPLITS = {"train800val200": ("train800val200", None), "train800": ("train800", "val200")}
 DEFAULT_TRANSFORM = {"train": "resize", "eval": "resize", "probe": "contrast"}
@@ -80,3 +83,13 @@ def build(cfg: Mapping, data_dir: Path, inputs: InputSpec) -> DataSplits:
     val = load_split(cfg, data_dir, val_stem) if val_stem else None
     test = load_split(cfg, data_dir, "test")
     return image_splits(cfg, inputs, train, test, val, DEFAULT_TRANSFORM)
+
+
+def eval_transform(cfg: Mapping, inputs: InputSpec):
+    """PIL image -> model input, as this family evaluates."""
+    return images.task_transform("eval", cfg, inputs, DEFAULT_TRANSFORM)
+
+
+def eval_crop(cfg: Mapping, inputs: InputSpec) -> dict:
+    """The evaluation transform in timm's data-config terms."""
+    return images.eval_crop(cfg, inputs, DEFAULT_TRANSFORM)

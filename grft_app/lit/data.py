@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -98,9 +99,12 @@ class TaskDataModule(L.LightningDataModule):
         """The probe walks the training set in one seeded random order, the same on every pass.
 
         A fixed order matters for ``subsets > 1``, which measures each part's loss and then takes
-        gradients on the best part in a second pass. Under DDP rank r probes batches r, r+W, ...
-        of that one sequence and the gradients are summed across ranks: the selection equals a
-        single process's on the same data.
+        gradients on the best part in a second pass. With ``drop_last`` (the protocol's) the short
+        last batch is dropped, as the reference's gradient pass walks a training loader that drops
+        it; then ``max_batches`` applies; then, under DDP, rank r probes batches r, r+W, ... of that
+        one sequence and the gradients are summed across ranks: the selection equals a single
+        process's on the same data. The loader's ``batch_sampler`` (``ProbeBatches``) also knows
+        how many batches and images the probe walks over all ranks (the record's ``probe_facts``).
         """
         batch_size = batch_size or self.batch_size
         dataset = self.splits.probe
@@ -109,18 +113,46 @@ class TaskDataModule(L.LightningDataModule):
         # probe passes, and every rank layout, see the same augmented images.
         keys = [(PROBE_EPOCH, i) for i in order]
         batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < batch_size:
+            batches = batches[:-1]
+        if not batches:
+            raise ValueError(
+                f"the probe data has {len(dataset)} items, fewer than the probe's batch size {batch_size}: "
+                "with the short last batch dropped (protocol.drop_last) nothing would be probed; "
+                "lower probe.batch_size (or batch_size)"
+            )
         if max_batches is not None:
             batches = batches[:max_batches]
+        rank, world = 0, 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            batches = batches[rank::world]
         return DataLoader(
             SeededItems(dataset, self.seed),
-            batch_sampler=batches,
+            batch_sampler=ProbeBatches(batches, rank, world),
             num_workers=self.num_workers,
             collate_fn=self.splits.collate_fn,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+class ProbeBatches(Sequence):
+    """This rank's share (batches r, r+W, ...) of the probe's batches, and the extent of all of them."""
+
+    def __init__(self, batches: list[list], rank: int = 0, world: int = 1):
+        self.mine = batches[rank::world]
+        self.extent = {"batches": len(batches), "images": sum(len(b) for b in batches)}
+
+    def __len__(self) -> int:
+        return len(self.mine)
+
+    def __getitem__(self, index):
+        return self.mine[index]
+
+
+def probe_extent(loader: Any) -> dict[str, int]:
+    """How many batches and images the probe walked, over all ranks (empty for a loader not made here)."""
+    sampler = getattr(loader, "batch_sampler", None)
+    return dict(sampler.extent) if isinstance(sampler, ProbeBatches) else {}
 
 
 class _UnpaddedShard(DistributedSampler):

@@ -44,8 +44,12 @@ def with_final(curve: Iterable[dict], final: dict, final_epoch: int) -> list[dic
     pass, so its values stand for that epoch.
     """
     points = [p for p in curve if int(p["epoch"]) != final_epoch]
+    last = next((p for p in curve if int(p["epoch"]) == final_epoch), {})
+    kept = {k: v for k, v in last.items() if k != "epoch" and not k.startswith("test")}  # that epoch's val
     tested = {k: float(v) for k, v in final.items() if k.startswith("test") and not k.endswith("loss")}
-    return sorted(points + [{"epoch": final_epoch, **tested}], key=lambda p: int(p["epoch"]))
+    if not kept and not tested:
+        return sorted(points, key=lambda p: int(p["epoch"]))
+    return sorted(points + [{"epoch": final_epoch, **kept, **tested}], key=lambda p: int(p["epoch"]))
 
 
 def best_of(curve: list[dict]) -> dict:
@@ -60,10 +64,16 @@ def best_of(curve: list[dict]) -> dict:
     return out
 
 
-def describe(protocol: Protocol, ema: bool, total_epochs: int | None = None) -> str:
-    """One line: which number 'ours' is (rendered tables, dry runs)."""
+def describe(protocol: Protocol, ema: bool, total_epochs: int | None = None, split: str = "test") -> str:
+    """One line: which number 'ours' is (rendered tables, dry runs); ``split="val"``: a study's trial."""
     when = "best epoch's" if protocol.report == "best" else "final"
     model = "EMA" if protocol.report_model == "ema" else ("raw (not EMA)" if ema else "raw")
+    if split == "val":
+        span = f"{total_epochs} epochs, " if total_epochs else ""
+        return (
+            f"{when} validation accuracy of the {model} model ({span}validation split evaluated after every "
+            f"epoch; the test split never evaluated; protocol={protocol.name})"
+        )
     if protocol.test_every == 1:
         cadence = "test split evaluated after every epoch"
     elif protocol.test_every:
@@ -88,7 +98,7 @@ def evaluation_record(
             statistic=protocol.report,
             model=protocol.report_model,
             key=key,
-            description=describe(protocol, ema, final_epoch + 1),
+            description=describe(protocol, ema, final_epoch + 1, split=metric.partition("_")[0]),
         ),
         curve=curve,
     )

@@ -38,6 +38,7 @@ HUSKS = (
     "selection.safetensors",
     "adapter.safetensors",
     "checkpoints",
+    "data_split.json",
 )
 
 
@@ -58,7 +59,26 @@ def _user_errors() -> tuple[type, ...]:
 def is_user_error(err: BaseException) -> bool:
     import torch
 
-    return isinstance(err, (*_user_errors(), torch.OutOfMemoryError, MemoryError))
+    from grft.io import is_disk_full
+
+    return isinstance(err, (*_user_errors(), torch.OutOfMemoryError, MemoryError)) or is_disk_full(err)
+
+
+def mount_of(path: Path) -> Path:
+    """The mount point (the disk) that holds ``path``."""
+    path = Path(path).absolute()
+    while not path.exists() or (not os.path.ismount(path) and path.parent != path):
+        path = path.parent
+    return path
+
+
+def disk_full_line(err: BaseException) -> str:
+    written = getattr(err, "filename", None)
+    where = f"{mount_of(Path(written))} while writing {written}" if written else "the disk while writing run files"
+    return (
+        f"error: no space left on {where}; free space there (or point paths.runs at another disk) and launch "
+        "again: the run resumes from its last checkpoint"
+    )
 
 
 def first_line(err: BaseException) -> str:
@@ -77,6 +97,10 @@ def explain(err: BaseException, traceback_at: Path | None = None) -> str:
         )
     if isinstance(err, MemoryError):
         return "error: out of memory; lower batch_size (and eval_batch_size, probe.batch_size) or num_workers"
+    from grft.io import is_disk_full
+
+    if is_disk_full(err):
+        return disk_full_line(err)
     if is_user_error(err):
         return f"error: {first_line(err) or type(err).__name__}"
     frames = traceback.extract_tb(err.__traceback__)

@@ -24,10 +24,15 @@ from grft.probe import call_model, split_batch
 
 from ..methods import Method
 from ..models import ModelBundle
+from .data import probe_extent
 from .ema import TrainableEMA
 from .evaluation import EvalView, test_views, val_views
 from .metrics import TaskMetrics
 from .schedule import Protocol, epoch_scheduler, warmup_cosine
+
+
+class Diverged(ValueError):
+    """The training loss became NaN or inf; the message says where, and the fix (a lower ``lr``)."""
 
 
 @dataclass
@@ -68,7 +73,8 @@ class FineTuneModule(L.LightningModule):
         self.progress = progress
         self.model: nn.Module | None = None
         self.probe_seconds: float | None = None
-        self.probe_facts: dict | None = None  # what the method's probe returned (kept in checkpoints)
+        self.final_epoch: int | None = None  # the last trained epoch (from 0), set before the final test
+        self.probe_facts: dict | None = None  # the method's probe facts and the probe's extent (kept in checkpoints)
         self.ema: TrainableEMA | None = None
         ema = bool(settings.ema_decay)
         self.val_views: list[EvalView] = val_views(has_val, settings.protocol.test_every, ema)
@@ -87,6 +93,10 @@ class FineTuneModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.method.prepare(self.bundle)
+            # Train with the dropout and drop-path the model's config asks for, whatever mode its
+            # loader returned it in (transformers' from_pretrained returns eval mode; Lightning keeps
+            # a module's mode). Evaluation switches to eval mode and back on its own.
+            self.model.train()
             if self.settings.ema_decay:
                 self.ema = TrainableEMA(self.model, self.settings.ema_decay)
 
@@ -119,7 +129,9 @@ class FineTuneModule(L.LightningModule):
         start = time.perf_counter()
         was_training = self.model.training
         self.model.train()
-        self.probe_facts = self.method.probe(self.model, self.probe_loader(), self.progress)
+        loader = self.probe_loader()
+        # The method's facts, and how many batches and images the probe walked (all ranks together).
+        self.probe_facts = {**self.method.probe(self.model, loader, self.progress), **probe_extent(loader)}
         self.model.train(was_training)
         self.probe_seconds = time.perf_counter() - start
 
@@ -151,9 +163,10 @@ class FineTuneModule(L.LightningModule):
         extra = self.method.extra_loss(self.model)
         loss = task_loss if extra is None else task_loss + extra
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                "lower lr, check the data, or resume from the last checkpoint with other settings"
+            value = "NaN" if torch.isnan(loss) else "inf"
+            raise Diverged(
+                f"training diverged: the loss became {value} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"both counted from 0) with lr={self.settings.lr:g}; launch it with a lower lr (or check the data)"
             )
         self.log("train/loss", task_loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
         if extra is not None:
@@ -207,10 +220,12 @@ class FineTuneModule(L.LightningModule):
         self._use_ema(False)
         if self._eval_started is not None and not self.trainer.sanity_checking:
             self.eval_seconds += time.perf_counter() - self._eval_started
-        tested = {k: v for k, v in values.items() if k.startswith("test")}
-        if tested and not self.trainer.sanity_checking:
+        # The curve holds every split evaluated in training: test (protocol.test_every) and val (its best
+        # epoch is a study's objective under the reference protocol, grft_app.tune).
+        evaluated = {k: v for k, v in values.items() if k.startswith(("test", "val"))}
+        if evaluated and not self.trainer.sanity_checking:
             self.curve = [p for p in self.curve if p["epoch"] != self.current_epoch] + [
-                {"epoch": int(self.current_epoch), **tested}
+                {"epoch": int(self.current_epoch), **evaluated}
             ]
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -218,6 +233,8 @@ class FineTuneModule(L.LightningModule):
 
     def on_test_epoch_end(self):
         self._log_metrics(self.test_views)
+        if self.final_epoch is not None:  # the logger's test row: the epoch tested, not one past it
+            self.log("epoch", float(self.final_epoch))
         self._use_ema(False)
 
     def _use_ema(self, on: bool) -> None:

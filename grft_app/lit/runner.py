@@ -18,24 +18,40 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from grft.io import write_json_atomic
 from grft.tuner import current_selection
 
-from ..data import build_datasets
+from ..data import build_datasets, class_count
 from ..methods import make_method
-from ..models import build_model
-from ..record import Launch, Params, RunRecord, Timings, read_record, write_record
+from ..models import base_of_run
+from ..record import Budget, Launch, Params, RunRecord, Timings, read_record, write_record
+from ..tune.stages import FINAL, TRIAL, stage_of, tuning_of, with_val_in_train
+from .checkpoints import ChecksummedCheckpointIO
 from .data import TaskDataModule
 from .evaluation import best_of, evaluation_record, with_final
-from .lifecycle import LaunchClock, Preempted, check_checkpoint, code_facts, now, start_over
+from .lifecycle import (
+    Interrupted,
+    LaunchClock,
+    Preempted,
+    Stopped,
+    code_facts,
+    now,
+    resume_point,
+    start_over,
+    stop_signals,
+)
 from .lock import RunLock
-from .module import FineTuneModule
+from .module import Diverged, FineTuneModule
+from .outputs import check_outputs, output_checksums
 from .preflight import preflight
 from .progress import rich_progress, training_progress_bar
 from .resources import ResourceMonitor
-from .settings import ConfigError, check_numbers, method_settings, train_settings
+from .run_log import run_log
+from .settings import ConfigError, check_numbers, grft_config, is_auto_k, method_settings, train_settings
 from .sweep_summary import current_multirun
 
 log = logging.getLogger("grft")
+SPLIT_LISTING = "data_split.json"  # which file (or row) of your own data went to which split
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -70,12 +86,14 @@ def cluster_plugins() -> list:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-def grft_facts(cfg: DictConfig, used: tuple[str, ...]) -> dict:
-    """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key."""
+def grft_facts(cfg: DictConfig, used: tuple[str, ...], k: int | None = None) -> dict:
+    """GRFT's keys as the record shows them (``RunRecord`` fields): ``None`` where the method does not use the key.
+
+    ``k``: what ``k=auto`` resolved to (None before the model is built)."""
     values = {
         "selection": cfg.selection.kind,
         "norm": cfg.norm.kind,
-        "k": int(cfg.k),
+        "k": k if k is not None else (None if is_auto_k(cfg) else int(cfg.k)),
         "lambda": float(cfg["lambda"]),
         "regular_layers": cfg.regular_layers,
         "subsets": int(cfg.subsets),
@@ -116,25 +134,26 @@ def run_task(
 
     ``wait``: if another process holds the run, wait for it (then find it done) instead of failing.
     ``record_failure``: an error writes a record with ``status: failed`` and the error before it is
-    raised (a sweep's table then shows the failed cell).
+    raised (a sweep's table then shows the failed cell). A diverged run (NaN loss) is recorded so
+    in any case: its record says why and what to change.
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # other DDP ranks join the run that rank 0 holds
         return _run_task(cfg, Path(run_dir), extra_callbacks)
-    with RunLock(run_dir, wait=wait):
+    with RunLock(run_dir, wait=wait), run_log(Path(run_dir)):
         try:
             return _run_task(cfg, Path(run_dir), extra_callbacks)
         except Exception as err:
-            if record_failure:
+            if record_failure or isinstance(err, Diverged):
                 write_failed_record(cfg, Path(run_dir), err)
             raise
 
 
-def identity_facts(cfg: DictConfig) -> dict:
+def identity_facts(cfg: DictConfig, k: int | None = None) -> dict:
     """What a record says about its run whatever became of it (``RunRecord`` fields).
 
-    Task, method, settings, config, code.
+    Task, method, settings, config, code. ``k``: what ``k=auto`` resolved to.
     """
     from ..methods import method_class
 
@@ -144,7 +163,7 @@ def identity_facts(cfg: DictConfig) -> dict:
         "family": cfg.dataset.family,
         "model": cfg.model.name,
         "method": name,
-        **grft_facts(cfg, method_class(name).grft_keys),
+        **grft_facts(cfg, method_class(name).grft_keys, k),
         "seed": int(cfg.seed),
         "lr": float(cfg.lr),
         "batch_size": int(cfg.batch_size),
@@ -194,6 +213,25 @@ def launches_of(launches: list[dict]) -> list[Launch]:
     return [Launch(**launch) for launch in launches]
 
 
+def size_budget(cfg: DictConfig, bundle) -> Budget | None:
+    """``k=auto share=<percent>``: the largest k within the share, from the model's shapes (``grft.largest_k``)."""
+    if not is_auto_k(cfg):
+        return None
+    if str(cfg.method.name) != "grft":
+        raise ConfigError(
+            f"k=auto share=... sizes GRFT's k; method {cfg.method.name} has no k: set its own size instead "
+            "(e.g. method.r for lora) and drop k=auto share"
+        )
+    from grft import largest_k
+
+    try:
+        found = largest_k(bundle.model, grft_config(cfg, k=1), float(cfg.share), bundle.arch, what=str(cfg.model.name))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    log.info("k=auto: k=%d trains %.4f%% (share=%s%%)", found.k, found.percent, cfg.share)
+    return Budget(share=found.share, k=found.k, pct=found.percent)
+
+
 def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> RunRecord | None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -209,6 +247,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     else:
         previous = read_record(run_dir)
         if previous and previous.done:
+            check_outputs(previous, run_dir)  # a damaged or missing output is named, with force=true
             log.info("already done: %s (test %s); pass force=true to run it again", run_dir, previous.metrics)
             return previous
     check_numbers(cfg)
@@ -225,15 +264,30 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
             "in place, full-size masks) on every rank: use trainer=ddp"
         )
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    tiny = bool(cfg.model.get("tiny", False))
-    bundle = build_model(cfg.model, int(cfg.dataset.num_classes), pretrained=not tiny, tiny=tiny)
+    num_classes = class_count(cfg.dataset, cfg.data_dir)  # your own data: read from its files
+    bundle = base_of_run(cfg, num_classes)
+    budget = size_budget(cfg, bundle)
+    if budget is not None:
+        method = make_method(method_settings(cfg, budget.k))
+    stage = stage_of(cfg)
     splits = build_datasets(cfg.dataset, cfg.data_dir, bundle.inputs)
-    if splits.num_classes != int(cfg.dataset.num_classes):
+    if splits.num_classes != num_classes:
         raise ConfigError(
             f"dataset.num_classes={cfg.dataset.num_classes} but the data at {cfg.data_dir} "
             f"has {splits.num_classes} classes"
         )
+    if splits.split_listing is not None and rank_zero_only.rank == 0:
+        # which item went to which split, where the run chose them (a held-out share of train)
+        write_json_atomic(run_dir / SPLIT_LISTING, splits.split_listing)
+    if stage == FINAL:  # a study's final run: its own validation folder or file trains too
+        splits = with_val_in_train(splits)
     settings = train_settings(cfg, splits.metrics)
+    if stage == TRIAL and (splits.val is None or settings.protocol.test_every):
+        raise ConfigError(
+            "a study's trial is evaluated on a validation split only: it needs one (your data's val/ folder or "
+            "dataset.val file, or hydra.sweeper.val_fraction=0.1) and protocol.test_every=0; launch studies with "
+            "make tune"
+        )
     probe_cfg = cfg.probe
     datamodule = TaskDataModule(
         splits,
@@ -272,42 +326,51 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         trainer_args.setdefault("check_val_every_n_epoch", settings.protocol.test_every)
     trainer = L.Trainer(
         **trainer_args,
-        plugins=cluster_plugins(),
+        plugins=[*cluster_plugins(), ChecksummedCheckpointIO()],
         default_root_dir=str(run_dir),
         callbacks=callbacks,
         logger=make_loggers(cfg, run_dir) or False,
         enable_progress_bar=bool(cfg.progress),
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resumed = last.is_file()
+    last = resume_point(run_dir)
+    resumed = last is not None
     if resumed:
-        check_checkpoint(last)
         log.info("resuming from %s", last)
     started = now()
     clock.start(resumed)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
-        clock.stop("trained")
-        tested = trainer.test(module, datamodule=datamodule, verbose=False)
-        test_metrics = {k: v for per_loader in tested for k, v in per_loader.items()}
-    except SIGTERMException:
-        clock.stop("preempted")
+        with stop_signals(lambda: trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+            clock.stop("trained")
+            module.final_epoch = max(0, int(trainer.current_epoch) - 1)  # epochs are counted from 0
+            # A study's trial never evaluates the test split (grft_app.tune): its settings are chosen on val.
+            tested = trainer.test(module, datamodule=datamodule, verbose=False) if stage != TRIAL else []
+        test_metrics = {k: v for per_loader in tested for k, v in per_loader.items() if k != "epoch"}
+    except (SIGTERMException, Interrupted) as stop:
+        preempted = isinstance(stop, SIGTERMException)
+        status = "preempted" if preempted else "interrupted"
+        clock.stop(status)
         if trainer.is_global_zero:
             write_record(
                 run_dir,
                 RunRecord(
-                    **identity_facts(cfg),
+                    **identity_facts(cfg, budget.k if budget else None),
                     done=False,
-                    status="preempted",
+                    status=status,
                     resumed=resumed,
                     started_at=started,
-                    preempted_at=now(),
+                    preempted_at=now() if preempted else None,
+                    interrupted_at=None if preempted else now(),
                     launches=launches_of(clock.launches),
                     timings=Timings(train_s=clock.total_s),
                 ),
             )
-            log.warning("SIGTERM: stopped %s; launch it again to resume from its last end-of-epoch checkpoint", run_dir)
-        raise Preempted() from None
+            log.warning(
+                "%s: stopped %s; launch it again to resume from its last end-of-epoch checkpoint",
+                "SIGTERM" if preempted else "interrupted (Ctrl-C)",
+                run_dir,
+            )
+        raise (Preempted() if preempted else Stopped()) from None
     except BaseException:
         clock.stop("failed")
         raise
@@ -318,12 +381,18 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
     adapters = _save_adapters(method, module, run_dir)
     metrics = {k.replace("/", "_"): float(v) for k, v in test_metrics.items()}
     metrics.update({k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")})
-    final_epoch = max(0, int(trainer.current_epoch) - 1)
+    final_epoch = module.final_epoch
     curve = with_final(module.curve, metrics, final_epoch)
     metrics.update(best_of(curve))
     device = module.device
+    selection_file = _selection_file(method, module.model, run_dir)
+    reported_metric = f"val_{cfg.tune.get('metric') or 'acc'}" if stage == TRIAL else "test_acc"
+    evaluation = evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None, reported_metric)
+    if stage is not None:  # the study's objective: a trial's reported key, which the final run names
+        objective = evaluation.reported.key if stage == TRIAL else cfg.tune.get("objective")
+        evaluation.selected_on, evaluation.tuning = tuning_of(cfg, objective)
     record = RunRecord(
-        **identity_facts(cfg),
+        **identity_facts(cfg, budget.k if budget else None),
         metrics=metrics,
         params=Params(trainable=report.trainable, total=report.total, pct=report.percent),
         probe_facts=module.probe_facts,
@@ -339,15 +408,25 @@ def _run_task(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None) -> R
         memory_trace="memory.csv" if (run_dir / "memory.csv").is_file() else None,
         adapter_file=adapters.get("raw"),
         adapter_files=adapters,
-        evaluation=evaluation_record(settings.protocol, curve, final_epoch, module.ema is not None),
+        evaluation=evaluation,
+        budget=budget,
         resumed=resumed,
         launches=launches_of(clock.launches),
         started_at=started,
         finished_at=now(),
         done=True,
         status="done",
-        selection_file=_selection_file(method, module.model, run_dir),
+        selection_file=selection_file,
+        checksums=output_checksums(run_dir, [*adapters.values(), selection_file]),
+        class_names=list(splits.class_names) if splits.class_names is not None else None,
+        split_file=SPLIT_LISTING if splits.split_listing is not None else None,
     )
     write_record(run_dir, record)
-    log.info("test %s | trainable %.2f%% | record %s", metrics, report.percent, run_dir / "record.json")
+    log.info(
+        "%s %s | trainable %.2f%% | record %s",
+        "validation" if stage == TRIAL else "test",
+        metrics,
+        report.percent,
+        run_dir / "record.json",
+    )
     return record

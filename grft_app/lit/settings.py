@@ -2,45 +2,30 @@
 
 Also the run key: a short hash of everything that decides a run's result, so a run's directory is
 the same every time the same configuration is launched (re-launching resumes or skips it) and two
-different configurations never share one. Besides the config, the key holds the data's identity
-(the task folder's resolved path and a hash of its split files, ``grft_app.data.identity``) and the
-code version (``grft.__version__``: raise it when a change alters the numbers). The git commit is
-not in the key, so a run resumes across commits that do not change results; the record keeps it.
+different configurations never share one. Which settings count is ``grft_app.identity``'s rule
+(the tables match records by the same rule); besides them, the key holds the data's identity (the
+task folder's resolved path and a hash of its split files, ``grft_app.data.identity``) and the
+results version (``grft_app.identity.RESULTS_VERSION``: raised when a change alters the numbers,
+which the golden test notices). Neither ``grft.__version__`` nor the git commit is in the key, so a
+run resumes across commits that do not change results; the record keeps both.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from grft import __version__
 from grft.config import GRFTConfig
 
 from ..data.identity import data_identity
-from ..methods import MethodSettings, method_class
+from ..identity import run_key as identity_key
+from ..methods import MethodSettings
 from ..methods.probe_plan import TRAIN, ProbeSettings
-from .module import Protocol, TrainSettings
+from .schedule import Protocol
 
-# Keys that change where or how a run is shown or launched, not what it computes.
-NOT_IN_KEY = (
-    "paths",
-    "logger",
-    "data_dir",
-    "num_workers",
-    "cpu_threads",
-    "force",
-    "baselines",
-    "progress",
-    "tags",
-    "trace_memory_every",
-    "model.cache_dir",
-)
-
-
-GRFT_KEYS = ("k", "selection", "norm", "lambda", "regular_layers", "subsets")
+if TYPE_CHECKING:
+    from .module import TrainSettings
 
 
 class ConfigError(ValueError):
@@ -63,6 +48,7 @@ def check_recipe(cfg) -> None:
 
 
 def run_key(root: DictConfig) -> str:
+    """The run key of a composed config (``grft_app.identity.run_key`` of it resolved, with its data)."""
     container = OmegaConf.to_container(root, resolve=False)
     try:
         check_recipe(container)
@@ -74,21 +60,7 @@ def run_key(root: DictConfig) -> str:
     container.pop("hydra", None)
     container.pop("run_name", None)
     resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
-    resolved["data"] = data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir")))
-    resolved["code_version"] = __version__
-    for dotted in NOT_IN_KEY:
-        *parents, leaf = dotted.split(".")
-        node = resolved
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    # A baseline ignores GRFT's keys: the same baseline run serves every GRFT setting.
-    used = method_class(resolved["method"]["name"]).grft_keys
-    for key in GRFT_KEYS:
-        if key not in used:
-            resolved.pop(key, None)
-    return hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return identity_key(resolved, data_identity(resolved.get("dataset") or {}, str(resolved.get("data_dir"))))
 
 
 def register_resolvers() -> None:
@@ -98,10 +70,35 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("grft.sum", lambda *values: sum(int(v) for v in values))
 
 
-def grft_config(cfg: DictConfig) -> GRFTConfig:
+AUTO = "auto"
+
+
+def is_auto_k(cfg: DictConfig) -> bool:
+    """``k=auto``: k is the largest within ``share`` percent, sized from the model's shapes (``grft.largest_k``)."""
+    return str(cfg.get("k")).strip().lower() == AUTO
+
+
+def check_budget(cfg: DictConfig) -> None:
+    """``k=auto`` needs a ``share`` (a percent > 0), and a ``share`` needs ``k=auto``."""
+    share = cfg.get("share")
+    if is_auto_k(cfg):
+        try:
+            ok = share is not None and float(share) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"k=auto needs share=<percent> (the trainable budget, e.g. share=0.3), got share={share!r}"
+            )
+    elif share is not None:
+        raise ConfigError(f"share={share} sizes k only with k=auto; pass k=auto, or drop share")
+
+
+def grft_config(cfg: DictConfig, k: int | None = None) -> GRFTConfig:
+    """``k``: the k that ``k=auto`` resolved to (the config keeps ``auto``)."""
     try:
         return GRFTConfig(
-            k=_whole(cfg.k),
+            k=k if k is not None else (1 if is_auto_k(cfg) else _whole(cfg.k)),
             selection=str(cfg.selection.kind),
             norm=str(cfg.norm.kind),
             lam=float(cfg["lambda"]),
@@ -122,10 +119,10 @@ def _whole(value: Any) -> Any:
     return value
 
 
-def method_settings(cfg: DictConfig) -> MethodSettings:
+def method_settings(cfg: DictConfig, k: int | None = None) -> MethodSettings:
     options = OmegaConf.to_container(cfg.method, resolve=True)
     name = options.pop("name")
-    return MethodSettings(name=name, grft=grft_config(cfg), options=options, probe=probe_settings(cfg))
+    return MethodSettings(name=name, grft=grft_config(cfg, k), options=options, probe=probe_settings(cfg))
 
 
 def probe_settings(cfg: DictConfig) -> ProbeSettings:
@@ -157,8 +154,11 @@ NUMBERS = {
 def check_numbers(cfg: DictConfig) -> None:
     """``lr=abc``: one line naming the key, before anything reads it as a number."""
     check_recipe(cfg)
+    check_budget(cfg)
     for key, kind in NUMBERS.items():
         value = cfg.get(key)
+        if key == "k" and is_auto_k(cfg):
+            continue
         try:
             number = float(value)
             if kind is int and not number.is_integer():
@@ -210,6 +210,8 @@ def protocol_settings(cfg: DictConfig) -> Protocol:
 
 
 def train_settings(cfg: DictConfig, metrics: tuple[str, ...]) -> TrainSettings:
+    from .module import TrainSettings  # Lightning: imported only where training is set up
+
     for key in ("lr", "batch_size", "epochs"):
         if not float(cfg[key]) > 0:
             raise ConfigError(f"{key} must be > 0, got {cfg[key]!r}")

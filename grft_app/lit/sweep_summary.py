@@ -35,9 +35,16 @@ def describe(record: RunRecord, run_dir: Path) -> str:
     what = f"{record.task}/{record.method} seed={record.seed}"
     if record.method == "grft":
         what += f" {record.selection} k={record.k}"
-    if status == "done":
+    tuning = record.evaluation.tuning if record.evaluation is not None else None
+    if status == "done" and tuning is not None and tuning.stage == "trial":  # a study's trial: never tested
+        key = record.evaluation.reported.key
+        value = (record.metrics or {}).get(key)
+        result = f"{key} {value:.4f} (trial of study {tuning.study})" if value is not None else "done"
+    elif status == "done":
         acc = (record.metrics or {}).get("test_acc")
         result = f"test_acc {acc:.4f}" if acc is not None else "done"
+        if tuning is not None:
+            result += f" (final run of study {tuning.study})"
     else:
         result = f"{status}" + (f": {record.error}" if record.error else "")
     return f"  {what}: {result}  ({run_dir})"

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..models import ModelBundle
-from .base import Method, freeze_all, train_added
+from .base import CannotMerge, Method, freeze_all, train_added
 from .vit_only import parameter_like, require_vit
 
 PLACEMENTS = {"houlsby": ("attn", "mlp"), "pfeiffer": ("mlp",)}
@@ -64,6 +64,7 @@ class AdapterMethod(Method):
     """Bottleneck adapters (``method.bottleneck``, ``method.placement``) + head."""
 
     name = "adapter"
+    timm_vit_only = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         config = self.options_as(AdapterConfig)
@@ -71,6 +72,12 @@ class AdapterMethod(Method):
         freeze_all(model)
         added = add_adapters(model, config)
         return train_added(model, added.values(), bundle.arch.head)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise CannotMerge(
+            "method adapter adds bottleneck layers (a GELU between two linear maps) after its sublayers; no weight "
+            "of the base model can hold them, so the tuned model is not a plain model of its library"
+        )
 
 
 def add_adapters(model: nn.Module, config: AdapterConfig) -> dict[str, Bottleneck]:

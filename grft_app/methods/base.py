@@ -4,6 +4,12 @@ A method decides which parameters train (``prepare``), may look at the data befo
 (``probe``), may add to the loss (``extra_loss``) or edit gradients before the optimizer step, and
 saves what it trained (``save_adapter``). The LightningModule calls these hooks and nothing else,
 so every method runs under the same data, schedule and evaluation.
+
+After training, ``load_adapter`` puts a saved adapter onto a fresh base model (the model as it
+trained) and ``merge`` folds what the method added into the base model's own layers, so the result
+is a plain model of its library (``grft_app.trained`` rebuilds a run with these two, for
+``predict`` and ``export``). A method whose additions do not fold (new modules, new tokens) says
+why in ``CannotMerge``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ class MethodSettings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
 
 
+FORMAT = "grft-trained-tensors"
+
+
+class CannotMerge(ValueError):
+    """A method's trained additions cannot be folded into the base model's own layers; the message says why."""
+
+
 class Method:
     """Base: nothing trains but what ``prepare`` unfreezes; no probe, no extra loss."""
 
@@ -44,6 +57,8 @@ class Method:
     grft_keys: tuple[str, ...] = ()
     # Whether the method handles a head made of several modules (DistilBERT, DeBERTa-v2).
     several_head_modules = False
+    # Whether the method knows only timm's VisionTransformer layout (checked before the model loads).
+    timm_vit_only = False
 
     def __init__(self, settings: MethodSettings):
         self.settings = settings
@@ -139,10 +154,31 @@ class Method:
         return ParamReport(trainable, self.base_parameter_count)
 
     def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
-        """Write what the method trained (small file); ``None`` if the method has no adapter format."""
+        """Write what the method trained: every trainable parameter, and the BatchNorm running
+        statistics (a frozen BatchNorm still moves them in train mode), by their names in ``model``."""
+        from grft.adapter import running_statistics
         from grft.io import save_tensors
 
-        return save_tensors(path, {n: p for n, p in model.named_parameters() if p.requires_grad})
+        tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        tensors.update(running_statistics(model))
+        return save_tensors(path, tensors, {"format": FORMAT, "method": self.name})
+
+    # --- after training -------------------------------------------------------------------------
+    def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:
+        """The trained model: ``bundle`` (a fresh base, built as the run built it) prepared as for
+        training, then every tensor of the saved adapter (``save_adapter``) put in its place.
+
+        Strict: the file must hold exactly what ``prepare`` makes trainable (and the running
+        statistics), with the same shapes; anything else is an error naming the file.
+        """
+        model = self.prepare(bundle)
+        load_trained_tensors(model, path, self.name)
+        return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the method's additions into the base layers; returns a plain model of the base's
+        architecture. The base method adds nothing (it only chose which parameters train)."""
+        return model
 
     def checkpoint_keys(self, model: nn.Module) -> set[str] | None:
         """State-dict keys a checkpoint must keep; ``None`` keeps everything.
@@ -152,6 +188,64 @@ class Method:
         """
         keys = {n for n, p in model.named_parameters() if p.requires_grad}
         return keys
+
+
+def load_trained_tensors(model: nn.Module, path: str | Path, method: str) -> nn.Module:
+    """Copy a ``save_adapter`` file of the base layout into ``model`` (prepared by ``method``), checked first."""
+    from grft.adapter import running_statistics
+    from grft.io import load_tensors, read_metadata
+
+    meta = read_metadata(path)
+    if meta.get("format") not in (None, FORMAT) or meta.get("method", method) != method:
+        raise ValueError(
+            f"{path} is not an adapter of method {method} (its metadata says format {meta.get('format')!r}, "
+            f"method {meta.get('method')!r}); give the run directory it was saved in"
+        )
+    tensors = load_tensors(path)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    statistics = running_statistics(model)
+    unknown = sorted(set(tensors) - set(trained) - set(statistics))
+    absent = sorted(set(trained) - set(tensors))
+    if unknown or absent:
+        raise ValueError(
+            f"{path} does not fit this model: tensors with no place in it {unknown[:3]}, trained tensors the file "
+            f"lacks {absent[:3]}; it was saved from another base model or another method"
+        )
+    check_shapes(path, {n: tensors[n] for n in trained}, trained)
+    with torch.no_grad():
+        for name, value in trained.items():
+            value.copy_(tensors[name])
+    return load_running_statistics(model, tensors, path)
+
+
+def load_running_statistics(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
+    """Copy the BatchNorm running statistics of an adapter file into ``model``; a file without them is refused
+    (the model would not be the trained one)."""
+    from grft.adapter import running_statistics
+
+    statistics = running_statistics(model)
+    if not statistics:
+        return model
+    if not set(statistics) <= set(tensors):
+        raise ValueError(
+            f"{path} lacks the BatchNorm running statistics of this model (written before adapters kept them), so "
+            "the model it gives is not the trained one; train the run again with force=true"
+        )
+    check_shapes(path, {n: tensors[n] for n in statistics}, statistics)
+    with torch.no_grad():
+        for name, buffer in statistics.items():
+            buffer.copy_(tensors[name])
+    return model
+
+
+def check_shapes(path: str | Path, tensors: dict[str, torch.Tensor], places: dict[str, torch.Tensor]) -> None:
+    differ = [
+        f"{n} {tuple(t.shape)} vs {tuple(places[n].shape)}" for n, t in tensors.items() if t.shape != places[n].shape
+    ]
+    if differ:
+        raise ValueError(
+            f"{path}: tensor shapes differ from this model's (file vs model): {differ[:3]} (another number of classes?)"
+        )
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from grft.adapter import running_statistics
 from grft.config import GRFTConfig
 from grft.io import load_tensors, read_metadata, save_tensors
 from grft.probe import accumulate_gradients
@@ -42,7 +43,7 @@ from grft.selection import as_matrix, check_k, compact_index, rank
 from grft.targets import Architecture, detect_architecture, eligible_layers
 
 from ..models import ModelBundle
-from .base import Method, NoOptions, Progress, freeze_all, unfreeze
+from .base import Method, NoOptions, Progress, freeze_all, load_running_statistics, unfreeze
 
 log = logging.getLogger("grft")
 
@@ -136,6 +137,11 @@ class GPSMethod(Method):
     def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_gps(model, path, self.arch.head)
 
+    def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:
+        """The selected entries written into the fresh base's own layers: already plain, nothing to merge."""
+        self.arch = bundle.arch
+        return load_gps(bundle.model, path, bundle.arch)
+
     def checkpoint_keys(self, model: nn.Module) -> set[str]:
         return super().checkpoint_keys(model) | {f"{name}.{MASK}" for name in masked_layers(model)}
 
@@ -162,6 +168,7 @@ def save_gps(model: nn.Module, path: str | Path, head: str) -> Path:
         shapes[name] = list(layer.weight.shape)
     for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
         tensors[f"{head}.{pname}"] = p
+    tensors.update(running_statistics(model))  # a frozen BatchNorm still moves them in train mode
     meta = {"format": FORMAT, "head": head, "shapes": shapes}
     return save_tensors(path, tensors, meta)
 
@@ -186,4 +193,5 @@ def load_gps(model: nn.Module, path: str | Path, arch: Architecture | None = Non
             layer.bias.copy_(tensors[f"{name}.bias"])
     head = model.get_submodule(arch.head)
     head.load_state_dict({k[len(arch.head) + 1 :]: v for k, v in tensors.items() if k.startswith(arch.head + ".")})
+    load_running_statistics(model, tensors, path)
     return model

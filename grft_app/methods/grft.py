@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from grft.adapter import running_statistics, save_adapter
+from grft.adapter import load_adapter, running_statistics, save_adapter
 from grft.decay import add_slice_decay_grad_, decay_slices_
 from grft.penalty import penalty
 from grft.probe import select
-from grft.tuner import apply_selection, attach, has_selection, sliced_layers
+from grft.tuner import apply_selection, attach, has_selection, merge, sliced_layers
 
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
@@ -67,6 +67,14 @@ class GRFTMethod(Method):
 
     def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_adapter(model, path)
+
+    def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:
+        """The library's own loader: it checks the file's checksum and the base's fingerprint first."""
+        self.arch = bundle.arch
+        return load_adapter(bundle.model, path, arch=bundle.arch)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return merge(model)
 
     def checkpoint_keys(self, model: nn.Module) -> set[str]:
         keys = super().checkpoint_keys(model)

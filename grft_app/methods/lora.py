@@ -10,7 +10,9 @@ so the probe, the LightningModule and the checkpoints need nothing special. The 
 peft's ``modules_to_save``; the method unfreezes it itself.
 
 The adapter file holds peft's own LoRA state dict (``<module>.lora_A.weight``, ``.lora_B.weight``,
-as ``peft.get_peft_model_state_dict`` names them) plus the head, and the options as metadata.
+as ``peft.get_peft_model_state_dict`` names them) plus the head and any BatchNorm running
+statistics, and the options as metadata. Merging is peft's own: each LoRA layer folds
+``(alpha / r) B A`` into its base weight (``merge``) and gives its base layer back in its place.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from grft.adapter import running_statistics
 from grft.io import load_tensors, read_metadata, save_tensors
 
 from ..models import ModelBundle
-from .base import Method, freeze_all, unfreeze
+from .base import Method, freeze_all, load_running_statistics, unfreeze
 
 FORMAT = "grft-lora"
 VIT_TARGETS = ("qkv",)
 DECODER_TARGETS = ("q_proj", "v_proj")
+OTHER_TARGETS = (("query", "value"), ("q_lin", "v_lin"))
 
 
 @dataclass(frozen=True)
@@ -74,16 +78,30 @@ class LoRAMethod(Method):
     def save_adapter(self, model: nn.Module, path: Path) -> Path | None:
         return save_lora(model, path, self.config, self.arch.head)
 
+    def load_adapter(self, bundle: ModelBundle, path: Path) -> nn.Module:
+        self.arch = bundle.arch
+        return load_lora(bundle.model, path)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return merge_lora(model)
+
 
 def default_targets(model: nn.Module) -> tuple[str, ...]:
-    """The attention projections LoRA adapts by default: fused ``qkv`` (ViT) or ``q_proj`` + ``v_proj``."""
+    """The attention projections LoRA adapts by default: peft's own choice for a transformers model
+    type it knows (BERT's ``query``/``value``, GPT-2's ``c_attn``...), else fused ``qkv`` (timm ViT),
+    ``q_proj`` + ``v_proj`` (decoders), ``query`` + ``value`` (BERT-like) or ``q_lin`` + ``v_lin`` (DistilBERT)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in PEFT_TARGETS:
+        return tuple(PEFT_TARGETS[model_type])
     leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    for targets in (VIT_TARGETS, DECODER_TARGETS):
+    for targets in (VIT_TARGETS, DECODER_TARGETS, *OTHER_TARGETS):
         if set(targets) <= leaves:
             return targets
     raise ValueError(
-        "lora: found neither a 'qkv' nor 'q_proj'/'v_proj' linear layer; set method.targets=[...] to the "
-        "names of the linear layers to adapt"
+        "lora: found none of the usual attention projections (qkv, q_proj/v_proj, query/value, q_lin/v_lin); "
+        "set method.targets=[...] to the names of the linear layers to adapt"
     )
 
 
@@ -116,6 +134,7 @@ def lora_tensors(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
     tensors = dict(get_peft_model_state_dict(model))
     for pname, p in model.get_submodule(head).named_parameters():  # nested heads too (RoBERTa)
         tensors[f"{head}.{pname}"] = p
+    tensors.update(running_statistics(model))  # a frozen BatchNorm still moves them in train mode
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
@@ -132,8 +151,9 @@ def load_lora(model: nn.Module, path: str | Path) -> nn.Module:
     config, head = LoRAConfig(**meta["config"]), meta["head"]
     add_lora(model, config, head)
     tensors = load_tensors(path)
+    statistics = running_statistics(model)
     head_state = {k[len(head) + 1 :]: v for k, v in tensors.items() if k.startswith(head + ".")}
-    lora_state = {k: v for k, v in tensors.items() if not k.startswith(head + ".")}
+    lora_state = {k: v for k, v in tensors.items() if not k.startswith(head + ".") and k not in statistics}
     result = set_peft_model_state_dict(model, lora_state)
     if result.unexpected_keys:
         raise ValueError(f"{path}: LoRA tensors with no place in this model: {result.unexpected_keys[:5]}")
@@ -141,4 +161,16 @@ def load_lora(model: nn.Module, path: str | Path) -> nn.Module:
     if unfilled:
         raise ValueError(f"{path}: the file lacks LoRA tensors this model has: {unfilled[:5]}")
     model.get_submodule(head).load_state_dict(head_state)
+    return load_running_statistics(model, tensors, path)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRA layer into its base layer (peft's ``merge``) and put the base layer back in its place."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(safe_merge=True)  # safe: a non-finite merged weight is an error, not a model
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
     return model

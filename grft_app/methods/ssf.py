@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..models import ModelBundle
-from .base import Method, NoOptions, freeze_all, train_added
+from .base import CannotMerge, Method, NoOptions, freeze_all, train_added
 from .vit_only import parameter_like, require_vit
 
 INIT_STD = 0.02
@@ -27,6 +27,7 @@ class SSFMethod(Method):
     """A scale and a shift per feature after every linear layer and LayerNorm + head."""
 
     name = "ssf"
+    timm_vit_only = True
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
@@ -34,6 +35,9 @@ class SSFMethod(Method):
         freeze_all(model)
         added = add_ssf(model, bundle.arch.head)
         return train_added(model, added.values(), bundle.arch.head)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return fold_ssf(model)
 
 
 class ScaleShift(nn.Module):
@@ -86,3 +90,30 @@ def add_ssf(model: nn.Module, head: str, init_std: float = INIT_STD) -> dict[str
         module.register_forward_hook(_run_ssf)
         added[f"{name}.ssf"] = module.ssf
     return added
+
+
+@torch.no_grad()
+def fold_ssf(model: nn.Module) -> nn.Module:
+    """Fold every ScaleShift into the layer it follows and remove it: ``W' = diag(scale) W``,
+    ``b' = scale * b + shift`` (a conv scales each output channel, a LayerNorm its affine weight).
+
+    Every layer is checked first (a layer without a bias, or a LayerNorm without an affine
+    weight, has nowhere to hold the shift or the scale); on an error the model is unchanged.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(getattr(m, "ssf", None), ScaleShift)}
+    lacking = [name for name, m in layers.items() if getattr(m, "weight", None) is None or m.bias is None]
+    if lacking:
+        raise CannotMerge(
+            f"ssf: {lacking[:3]} have no bias (or no affine weight) to fold the scale and shift into, so the tuned "
+            "model is not a plain model of its library"
+        )
+    for layer in layers.values():
+        ssf = layer.ssf
+        scale = ssf.scale.to(layer.weight.dtype)
+        layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+        layer.bias.mul_(scale).add_(ssf.shift.to(layer.bias.dtype))
+        for key, hook in list(layer._forward_hooks.items()):
+            if hook is _run_ssf:
+                del layer._forward_hooks[key]
+        del layer.ssf
+    return model

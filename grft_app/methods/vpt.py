@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..models import ModelBundle
-from .base import Method, freeze_all, train_added
+from .base import CannotMerge, Method, freeze_all, train_added
 from .vit_only import parameter_like, require_vit
 
 
@@ -40,6 +40,7 @@ class VPTMethod(Method):
     """Prompt tokens (``method.length``; shallow: once before the blocks, deep: per block) + head."""
 
     name = "vpt"
+    timm_vit_only = True
     deep = False
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
@@ -48,6 +49,12 @@ class VPTMethod(Method):
         freeze_all(model)
         prompts = add_prompts(model, config.length, self.deep)
         return train_added(model, [prompts], bundle.arch.head)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise CannotMerge(
+            f"method {self.name} adds prompt tokens to the token sequence; no weight of the base model can hold "
+            "them, so the tuned model is not a plain model of its library"
+        )
 
 
 class VPTShallowMethod(VPTMethod):

@@ -151,11 +151,35 @@ def image_inputs(processor, cfg: Mapping) -> InputSpec:
     side = cfg.get("img_size") or size.get("height") or size.get("shortest_edge") or 224
     return InputSpec(
         kind="image",
+        processor=processor,
         img_size=int(side),
         mean=tuple(cfg.get("mean") or getattr(processor, "image_mean", None) or (0.5, 0.5, 0.5)),
         std=tuple(cfg.get("std") or getattr(processor, "image_std", None) or (0.5, 0.5, 0.5)),
         interpolation=str(cfg.get("interpolation") or RESAMPLE.get(getattr(processor, "resample", 3), "bicubic")),
     )
+
+
+def timm_vit(cfg: Mapping) -> bool:
+    """Whether the model is a timm VisionTransformer (what the ViT-only baselines need)."""
+    return False
+
+
+def input_kind(cfg: Mapping) -> str | None:
+    """``image`` or ``text`` from ``model.model_type`` or the model's config.json if it is here (a local
+    directory or the hub cache); ``None`` if only a download could say (then the data check after
+    loading says it)."""
+    model_type = cfg.get("model_type")
+    if not model_type:
+        from transformers import AutoConfig
+
+        try:
+            model_type = AutoConfig.from_pretrained(str(cfg["name"]), local_files_only=True).model_type
+        except (OSError, ValueError):
+            return None
+    try:
+        return "image" if is_vision(str(model_type)) else "text"
+    except ValueError:
+        return None
 
 
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):

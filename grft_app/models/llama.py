@@ -168,6 +168,15 @@ def load(cfg: Mapping, num_labels: int, weights: bool = True):
     return tokenizer, model
 
 
+def timm_vit(cfg: Mapping) -> bool:
+    """Whether the model is a timm VisionTransformer (what the ViT-only baselines need)."""
+    return False
+
+
+def input_kind(cfg: Mapping) -> str:
+    return "text"
+
+
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
     from . import ModelBundle
 

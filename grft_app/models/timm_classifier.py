@@ -117,16 +117,33 @@ def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
 
 
 def input_spec(model, cfg: Mapping) -> InputSpec:
-    """What the model was pre-trained on (its pretrained config), unless the config says otherwise."""
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    img_size = cfg.get("img_size") or (pcfg.get("input_size") or (3, 224, 224))[-1]
+    """What the model was pre-trained on, as timm resolves it (``resolve_model_data_config``: the
+    pretrained config's size, mean/std, interpolation, crop share), unless the config says otherwise."""
+    from timm.data import resolve_model_data_config
+
+    data = resolve_model_data_config(model)
     return InputSpec(
         kind="image",
-        img_size=int(img_size),
-        mean=tuple(cfg.get("mean") or pcfg.get("mean") or (0.485, 0.456, 0.406)),
-        std=tuple(cfg.get("std") or pcfg.get("std") or (0.229, 0.224, 0.225)),
-        interpolation=str(cfg.get("interpolation") or pcfg.get("interpolation") or "bicubic"),
+        img_size=int(cfg.get("img_size") or (cfg.get("kwargs") or {}).get("img_size") or data["input_size"][-1]),
+        in_chans=int(data["input_size"][0]),
+        mean=tuple(cfg.get("mean") or data["mean"]),
+        std=tuple(cfg.get("std") or data["std"]),
+        interpolation=str(cfg.get("interpolation") or data["interpolation"]),
+        crop_pct=float(data["crop_pct"]) if data.get("crop_pct") else None,
     )
+
+
+def timm_vit(cfg: Mapping) -> bool | None:
+    """Whether ``model.name`` builds a timm VisionTransformer (on the meta device: no memory, no download);
+    ``None`` for a name timm does not know (building it says so)."""
+    try:
+        return model_class(str(cfg["name"])) == "VisionTransformer"
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+def input_kind(cfg: Mapping) -> str:
+    return "image"
 
 
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):

@@ -36,6 +36,15 @@ def create(cfg: Mapping, num_classes: int, *, pretrained: bool):
     return model
 
 
+def timm_vit(cfg: Mapping) -> bool:
+    """Whether the model is a timm VisionTransformer (what the ViT-only baselines need)."""
+    return True
+
+
+def input_kind(cfg: Mapping) -> str:
+    return "image"
+
+
 def build(cfg: Mapping, num_classes: int, *, pretrained: bool = True, tiny: bool = False):
     import timm
 

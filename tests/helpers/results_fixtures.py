@@ -12,8 +12,9 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from experiments.paper.compose import Composer, run_dir
+from grft_app.identity import RESULTS_VERSION
 from grft_app.paths import ROOT
-from grft_app.record import Params, RunRecord, Timings, write_record
+from grft_app.record import CodeFacts, Params, RunRecord, Timings, write_record
 
 # Class counts of the paper's benchmarks (FGVC, VTAB-1k, GLUE): facts about the datasets.
 CLASSES = {
@@ -113,6 +114,7 @@ def write_fixture_record(
         timings=Timings(peak_mem_mb=1234.0),
         device="fixture",
         config=config,
+        code=CodeFacts(results_version=RESULTS_VERSION),
         finished_at=finished_at,
         done=True,
     )

@@ -1,0 +1,158 @@
+"""The whole GRFT cycle on one model, checked against the untouched base model, and its verdict.
+
+For rows and for columns: probe, ``attach`` (logits unchanged), one Adam step (only the selected
+slices, eligible biases and the head move), adapter save -> load onto a fresh base (same logits),
+``merge`` (same logits, same state-dict keys and layer types).
+
+The verdict is ``pass``; ``refused`` when grft declines the model with its own one-line
+``ValueError`` before changing it; or ``failed`` (any other exception, or a check that does not hold).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import grft
+from grft.targets import detect_architecture, eligible_layers, in_prefixes
+
+SELECTIONS = ("row", "column")
+GRFT_DIR = Path(grft.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # pass | refused | failed | unbuildable
+    reason: str = ""
+
+
+class CycleError(AssertionError):
+    """A check of the cycle that does not hold."""
+
+
+def inputs_of(batch):
+    return batch[0] if isinstance(batch, tuple) else {k: v for k, v in batch.items() if k != "labels"}
+
+
+def labels_of(batch) -> torch.Tensor:
+    return batch[1] if isinstance(batch, tuple) else batch["labels"]
+
+
+def forward(model, batch):
+    inputs = inputs_of(batch)
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return forward(model, batch)
+
+
+def out_in(layer, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as ``[out, in]``, written independently of grft: Conv1D stores ``[in, out]``."""
+    if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
+        return weight.t()
+    return weight.reshape(weight.shape[0], -1)
+
+
+def same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=0, atol=1e-5 * scale):
+        diff = (a - b).abs().max() if a.shape == b.shape else f"shapes {tuple(a.shape)} vs {tuple(b.shape)}"
+        raise CycleError(f"{what}: logits differ (max |diff| {diff})")
+
+
+def run_cycle(model, batch, selection: str, workdir: Path) -> None:
+    """One selection kind through the whole cycle; raises on any failure."""
+    model.eval()  # no dropout, no BatchNorm statistics updates: every difference comes from the step
+    base = copy.deepcopy(model)
+    arch = detect_architecture(model)
+    layers = eligible_layers(model, arch)
+    # A layer reachable under several names (CoaT's shared MLPs) has a state-dict key under each.
+    aliases = {alias: name for name, layer in layers.items() for alias, m in _all_named(model) if m is layer}
+    expected = logits(base, batch)
+
+    config = grft.GRFTConfig(k=1, selection=selection, norm="l2", lam=1e-3, regular_layers=1)
+    sel = grft.select(model, [batch], config)
+    grft.attach(model, sel, config)
+    same(logits(model, batch), expected, "attach")
+
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    out = forward(model, batch)
+    loss = F.cross_entropy(out.reshape(out.shape[0], -1), labels_of(batch))
+    (loss + grft.penalty(model)).backward()
+    optimizer.step()
+    tuned = logits(model, batch)
+
+    path = grft.save_adapter(model, workdir / f"adapter-{selection}.safetensors")
+    fresh = grft.load_adapter(copy.deepcopy(base), path)
+    same(logits(fresh, batch), tuned, "adapter save -> load")
+    del fresh
+
+    grft.merge(model)
+    if any(isinstance(m, grft.SlicedLayer) for m in model.modules()):
+        raise CycleError("merge left slice layers")
+    merged = model.state_dict()
+    if list(merged) != list(base.state_dict()):
+        raise CycleError("merge changed the state-dict keys")
+    for name, layer in layers.items():
+        if type(model.get_submodule(name)) is not type(layer):
+            raise CycleError(f"merge left {name} a {type(model.get_submodule(name)).__name__}")
+    same(logits(model, batch), tuned, "merge")
+
+    dim = 1 if selection == "row" else 0
+    chosen = {name: set(s.index.tolist()) for name, s in sel.layers.items()}
+    for key, before in base.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        owner = aliases.get(owner, owner)
+        after = merged[key]
+        if in_prefixes(owner, list(arch.heads)) or (owner in layers and leaf == "bias"):
+            continue  # the head and the eligible biases train in full
+        if owner in layers and leaf == "weight":
+            a, b = out_in(layers[owner], before), out_in(layers[owner], after)
+            lines = set(torch.nonzero((a != b).any(dim=dim)).flatten().tolist())
+            if not lines <= chosen[owner]:
+                raise CycleError(f"{owner}: changed outside its selected {selection}s")
+            continue
+        if not torch.equal(before, after):
+            raise CycleError(f"{key} is not trainable but changed")
+
+
+def _all_named(model):
+    return model.named_modules(remove_duplicate=False)
+
+
+def is_refusal(err: BaseException) -> bool:
+    """grft's own one-line ValueError, raised by grft (not from inside a model's forward/backward)."""
+    if not isinstance(err, ValueError) or isinstance(err, CycleError):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames or not Path(frames[-1].filename).resolve().is_relative_to(GRFT_DIR):
+        return False
+    inside_model = any(f.name in ("forward", "backward", "_call_impl") for f in frames)
+    return not inside_model and "\n" not in str(err).strip()
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def verdict(model, batch) -> Verdict:
+    """Rows, then columns, each on its own copy of ``model``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for selection in SELECTIONS:
+            try:
+                run_cycle(copy.deepcopy(model), batch, selection, Path(tmp))
+            except Exception as err:  # noqa: BLE001 - every failure is a verdict, the sweep goes on
+                if is_refusal(err):
+                    return Verdict("refused", str(err).strip())
+                return Verdict("failed", f"{selection}: {one_line(err)}")
+    return Verdict("pass")

@@ -1,0 +1,93 @@
+"""The sweep's table and the README section "Which models" made from it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .sweep import Row
+
+BEGIN = "<!-- models-coverage:begin (python -m experiments.models_coverage --readme writes this) -->"
+END = "<!-- models-coverage:end -->"
+LIBRARIES = ("timm", "transformers")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| library | family | model | verdict | reason |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        reason = r.reason.replace("|", "\\|")
+        lines.append(f"| {r.library} | {r.family} | {r.model} | {r.status} | {reason} |")
+    return "\n".join(lines)
+
+
+def totals(rows: list[Row]) -> dict[str, dict[str, int]]:
+    out = {}
+    for library in LIBRARIES:
+        mine = [r for r in rows if r.library == library]
+        counts = {s: sum(r.status == s for r in mine) for s in ("pass", "refused", "failed", "unbuildable")}
+        if mine:
+            out[library] = counts
+    return out
+
+
+def rate(counts: dict[str, int]) -> float:
+    built = counts["pass"] + counts["refused"] + counts["failed"]
+    return 100.0 * counts["pass"] / built if built else 0.0
+
+
+def summary(rows: list[Row], seconds: float, timed: str = "Wall time of the sweep") -> str:
+    lines = [
+        "| library | built | pass | refused | failed | pass rate | not buildable here |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for library, c in totals(rows).items():
+        built = c["pass"] + c["refused"] + c["failed"]
+        cells = [library, built, c["pass"], c["refused"], c["failed"], f"{rate(c):.1f}%", c["unbuildable"]]
+        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+    lines.append("")
+    lines.append(f"{timed}: {seconds / 60:.1f} min.")
+    return "\n".join(lines)
+
+
+def missing_line(rows: list[Row], expected: dict[str, int]) -> str:
+    """Say how many families or classes the log(s) lack (a sweep stopped before its end)."""
+    parts = []
+    for library, count in expected.items():
+        seen = sum(r.library == library for r in rows)
+        if seen < count:
+            parts.append(f"{count - seen} of the {count} {library} {'families' if library == 'timm' else 'classes'}")
+    return f"Not in the log(s), not yet run: {', '.join(parts)}." if parts else ""
+
+
+def readme_section(
+    rows: list[Row], seconds: float, versions: str, timed: str = "Wall time of the sweep", missing: str = ""
+) -> str:
+    refused = [r for r in rows if r.status == "refused"]
+    failed = [r for r in rows if r.status == "failed"]
+    unbuildable = [r for r in rows if r.status == "unbuildable"]
+    parts = [
+        BEGIN,
+        "",
+        f"The whole GRFT cycle (probe, attach, one Adam step, adapter save and load, merge; rows and columns) on "
+        f"the smallest model of every timm family and a tiny model of every transformers sequence and image "
+        f"classifier, built at random ({versions}):",
+        "",
+        summary(rows, seconds, timed),
+    ]
+    if missing:
+        parts += ["", missing]
+    for title, group in (("Refused", refused), ("Failed", failed), ("Not buildable here (not counted)", unbuildable)):
+        if group:
+            parts += ["", f"{title}:", ""]
+            parts += [f"- {r.library} {r.family} ({r.model}): {r.reason}" for r in group]
+    parts += ["", END]
+    return "\n".join(parts)
+
+
+def write_readme(readme: Path, section: str) -> None:
+    text = readme.read_text()
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    else:
+        raise ValueError(f"{readme} has no '{BEGIN}' ... '{END}' markers; add them where the section goes")
+    readme.write_text(text)

@@ -1,0 +1,1 @@
+"""grft's Hydra sweeper: an Optuna study on validation data (``hydra/sweeper=tune``, ``make tune``)."""
