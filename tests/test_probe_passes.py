@@ -267,6 +267,27 @@ def test_a_memory_budget_sets_the_passes_and_one_too_small_is_an_error():
         plan_passes(model, token_batches(), method.settings.grft, method.arch, ProbeSettings(memory=fixed / GB))
 
 
+def live_tensors() -> dict[int, int]:
+    import gc
+
+    gc.collect()
+    return {id(t): t.numel() for t in gc.get_objects() if torch.is_tensor(t)}
+
+
+def test_the_memory_plan_leaves_no_tensor_of_its_measuring_forwards_alive():
+    # Its forwards count what autograd saves; a saved tensor that links back to its graph would keep
+    # that graph (every activation) alive through training, where it counts as training memory.
+    from grft_app.methods.probe_plan import ProbeSettings, plan_passes
+
+    method, model = grft_method(ProbeSettings())
+    batches = token_batches()
+    before = live_tensors()
+    plan = plan_passes(model, batches, method.settings.grft, method.arch, method.settings.probe)
+    assert plan.training_activation_bytes > 0 and plan.probe_activation_bytes > 0
+    left = {i: n for i, n in live_tensors().items() if i not in before}
+    assert not left, f"{len(left)} tensors ({sum(left.values())} elements) outlived the plan"
+
+
 @pytest.mark.parametrize(
     "settings,match",
     [

@@ -94,7 +94,11 @@ def saved_bytes(model: nn.Module) -> Iterator[list[int]]:
         storage = t.untyped_storage()
         if storage.data_ptr() not in existing:
             seen[storage.data_ptr()] = storage.nbytes()
-        return t
+        # Detached: the same storage, kept as long as autograd would keep it, but no link back to
+        # the node that saves it. Returned as is, a tensor an operation saves as its own output
+        # would hold that node and the node it (a cycle through autograd's C++ graph, which
+        # Python's garbage collector cannot see): the whole measured graph would stay alive.
+        return t.detach()
 
     result = [0]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
