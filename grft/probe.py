@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -23,10 +24,17 @@ from .accumulation import FlatAccumulator
 from .architecture import Architecture, detect_architecture, pool_like_the_head
 from .checkpointing import checkpointed_blocks
 from .config import GRFTConfig
+from .heap import release_free_pages
 from .layers import SlicedLayer
 from .matrices import layer_matrix, weight_matrix
+from .passes import weight_groups
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
 from .targets import eligible_layers, nothing_to_slice
+
+try:  # numpy comes with torch's usual installs; its generator is replayed where it exists
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
 
 # loss_fn(model, batch) -> scalar, or None to skip a batch that carries no signal for the probe.
 LossFn = Callable[[nn.Module, object], torch.Tensor | None]
@@ -133,8 +141,9 @@ def has_positive_pair(labels: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def _gradients_on(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
-    """Only the eligible weights require grad while probing; everything is restored after."""
+def _probing(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
+    """No parameter requires grad and sliced layers compute with their plain weight while probing;
+    each pass turns on the gradients of its own group (``_gradients_of``). Everything is restored after."""
     saved = {p: p.requires_grad for p in model.parameters()}
     grads = {p: p.grad for p in model.parameters()}
     try:
@@ -142,7 +151,6 @@ def _gradients_on(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[No
             p.requires_grad_(False)
             p.grad = None
         for layer in layers.values():
-            layer.weight.requires_grad_(True)
             if isinstance(layer, SlicedLayer):
                 layer.grft_probing = True
         yield
@@ -154,6 +162,54 @@ def _gradients_on(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[No
         for p, flag in saved.items():
             p.requires_grad_(flag)
             p.grad = grads[p]
+
+
+@contextlib.contextmanager
+def _gradients_of(group: dict[str, nn.Module]) -> Iterator[None]:
+    """Only this group's weights require grad: autograd's graph starts at its lowest layer, so the
+    layers below run without one and backward stops there."""
+    try:
+        for layer in group.values():
+            layer.weight.requires_grad_(True)
+        yield
+    finally:
+        for layer in group.values():
+            layer.weight.requires_grad_(False)
+            layer.weight.grad = None
+
+
+@contextlib.contextmanager
+def _gradients_on(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
+    """The one-pass probe's state: every eligible weight requires grad (and nothing else)."""
+    with _probing(model, layers), _gradients_of(layers):
+        yield
+
+
+class RandomState:
+    """The random generators a probe pass draws from (torch's CPU and the model's device, Python's,
+    numpy's), captured once and restored before every later pass so it replays the first one's
+    draws: a DataLoader's shuffle and worker seeds, augmentation, dropout and drop-path."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.torch = torch.get_rng_state()
+        self.accelerator = self._module().get_rng_state(device) if self._module() is not None else None
+        self.python = random.getstate()
+        self.numpy = np.random.get_state() if np is not None else None
+
+    def _module(self):
+        if self.device.type == "cpu":
+            return None
+        module = torch.get_device_module(self.device.type)
+        return module if hasattr(module, "get_rng_state") else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch)
+        if self.accelerator is not None:
+            self._module().set_rng_state(self.accelerator, self.device)
+        random.setstate(self.python)
+        if self.numpy is not None:
+            np.random.set_state(self.numpy)
 
 
 def _distributed() -> bool:
@@ -205,6 +261,147 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.inf
 
 
+def gradient_groups(
+    model: nn.Module,
+    batches: Iterable,
+    config: GRFTConfig,
+    loss_fn: LossFn | None = None,
+    arch: Architecture | None = None,
+    progress: Progress | None = None,
+    low_memory: bool = True,
+    passes: int = 1,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``H`` of the eligible matrices, one group of layers per pass over ``batches`` (a generator).
+
+    Each pass yields its group's ``H`` (name -> summed gradient) and drops it before the next
+    pass starts, so the probe holds one group's sums at a time (``grft.passes``). Every pass
+    replays the first one: the random generators are put back to where the first pass started
+    (the loader's shuffle and worker seeds, augmentation, dropout draws), the subset choice
+    (``subsets > 1``) is made once, before the first pass, and each batch's probe loss must come
+    out the same bits in every pass (else the batches changed between passes: an error). Only
+    the group's weights require grad, so the layers below it run without a graph and backward
+    stops at its lowest layer. For float32/float64 weights each ``H`` is the one-pass probe's
+    bit for bit. See ``accumulate_gradients`` for ``low_memory``.
+    """
+    arch = arch or detect_architecture(model)
+    layers = eligible_layers(model, arch, config)
+    if not layers:
+        raise ValueError(nothing_to_slice(model, arch, config))
+    for name, layer in layers.items():
+        check_k(config.selection, config.k, tuple(weight_matrix(layer).shape), name)
+    groups = weight_groups(layers, passes)
+    if len(groups) > 1 and isinstance(batches, Iterator):  # (iter() of a DataLoader would draw a seed)
+        raise ValueError("passes > 1 walks the batches once per pass: pass a list or a DataLoader, not an iterator")
+    loss_fn = loss_fn or scl_probe_loss(arch, config.temperature)
+    device = next(model.parameters()).device
+    nonzero = False
+    with _probing(model, layers):
+        keep, total = None, None
+        if config.subsets > 1:
+            keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
+        start = RandomState(device) if len(groups) > 1 else None
+        first_losses: list[float] = []
+        for i, group in enumerate(groups):
+            if i > 0:
+                start.restore()
+            desc = "probe: gradients" + (f", pass {i + 1} of {len(groups)}" if len(groups) > 1 else "")
+            with _gradients_of(group):
+                grads = _one_pass(
+                    model,
+                    batches,
+                    group,
+                    loss_fn,
+                    arch,
+                    device,
+                    keep,
+                    total,
+                    progress,
+                    desc,
+                    low_memory,
+                    first_losses if i == 0 else None,
+                    None if i == 0 else first_losses,
+                )
+            nonzero = nonzero or any(bool(g.any()) for g in grads.values())
+            yield grads
+            del grads
+            if device.type == "cpu":
+                release_free_pages()  # the pass's and the ranking's freed heap pages, before the next group's sums
+    if not nonzero:
+        raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
+
+
+def _one_pass(
+    model, batches, group, loss_fn, arch, device, keep, total, progress, desc, low_memory, record, expect
+) -> dict[str, torch.Tensor]:
+    """One walk over the batches summing the gradients of ``group``'s weights; summed over ranks.
+
+    record: filled with each used batch's loss (the first pass); expect: the first pass's losses,
+    which this pass must reproduce exactly.
+    """
+    used = skipped = 0
+    position = -1
+    sums = FlatAccumulator({name: layer.weight for name, layer in group.items()}) if low_memory else None
+    with contextlib.ExitStack() as memory_savers:
+        if low_memory:
+            memory_savers.enter_context(sums)
+            memory_savers.enter_context(checkpointed_blocks(model, arch))
+        for position, batch in enumerate(_walk(batches, progress, desc, total)):
+            if keep is not None and position not in keep:
+                continue
+            loss = loss_fn(model, to_device(batch, device))
+            if loss is None:
+                skipped += 1
+                continue
+            if not torch.isfinite(loss):
+                raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
+            if not loss.requires_grad:
+                raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
+            _check_replay(float(loss.detach()), used, record, expect)
+            loss.backward()
+            del loss
+            used += 1
+    if expect is not None and used != len(expect):
+        raise ValueError(_NOT_REPLAYED.format(what=f"{used} batches with a loss instead of {len(expect)}"))
+    if _distributed():  # a rank may hold none of the chosen part's batches; the whole job may not
+        count = torch.tensor([used], device=device)
+        dist.all_reduce(count)
+        used = int(count)
+    if used == 0:
+        raise ValueError(NO_SIGNAL if skipped else "the probe got no batches: the data loader is empty")
+    if total is not None and position + 1 != total:
+        raise ValueError("the batches changed length between the two probe passes; pass a fixed list or loader")
+    if sums is not None:
+        grads = sums.sums
+        if _distributed():
+            sums.all_reduce()
+    else:
+        grads = {}
+        for name, layer in group.items():
+            g = layer.weight.grad
+            grads[name] = torch.zeros_like(layer.weight) if g is None else g.detach()
+        for layer in group.values():
+            layer.weight.grad = None
+        if _distributed():
+            for g in {id(g): g for g in grads.values()}.values():
+                dist.all_reduce(g)
+    return grads
+
+
+_NOT_REPLAYED = (
+    "probe pass 2 did not replay pass 1 ({what}): the probe batches or their random draws changed between "
+    "passes; give a fixed list or a DataLoader whose randomness comes from torch's, numpy's or Python's global "
+    "generator (or a seeded one), or set probe passes to 1"
+)
+
+
+def _check_replay(loss: float, j: int, record: list[float] | None, expect: list[float] | None) -> None:
+    if record is not None:
+        record.append(loss)
+    elif expect is not None and (j >= len(expect) or loss != expect[j]):
+        what = f"batch {j + 1}'s loss {loss!r} is not pass 1's" + (f" {expect[j]!r}" if j < len(expect) else "")
+        raise ValueError(_NOT_REPLAYED.format(what=what))
+
+
 def accumulate_gradients(
     model: nn.Module,
     batches: Iterable,
@@ -213,10 +410,13 @@ def accumulate_gradients(
     arch: Architecture | None = None,
     progress: Progress | None = None,
     low_memory: bool = True,
+    passes: int = 1,
 ) -> dict[str, torch.Tensor]:
     """``H`` per eligible matrix: the probe loss's gradient summed over the chosen batches.
 
-    Returns full-size gradients: this is the one place they exist, before training starts.
+    Returns full-size gradients of every eligible matrix at once (``passes > 1`` still computes
+    them group by group, ``gradient_groups``, but keeps them all: for tests and for callers that
+    need ``H`` itself; ``select`` ranks each group as it comes and keeps only indices).
     low_memory: checkpoint every block but the last while taking gradients
     (``grft.checkpointing``), so the probe holds one block's activations instead of all of them,
     hand the C heap's free pages back between blocks on CPU (``grft.heap``), and sum the
@@ -225,64 +425,11 @@ def accumulate_gradients(
     autograd's ``.grad``), at the price of one more forward pass of all blocks but the last per
     batch; half-precision weights are summed in float32.
     """
+    grads: dict[str, torch.Tensor] = {}
+    for group in gradient_groups(model, batches, config, loss_fn, arch, progress, low_memory, passes):
+        grads.update(group)
     arch = arch or detect_architecture(model)
-    layers = eligible_layers(model, arch, config)
-    if not layers:
-        raise ValueError(nothing_to_slice(model, arch, config))
-    for name, layer in layers.items():
-        check_k(config.selection, config.k, tuple(weight_matrix(layer).shape), name)
-    loss_fn = loss_fn or scl_probe_loss(arch, config.temperature)
-    device = next(model.parameters()).device
-    with _gradients_on(model, layers):
-        keep, total = None, None
-        if config.subsets > 1:
-            keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
-        used = skipped = 0
-        sums = FlatAccumulator({name: layer.weight for name, layer in layers.items()}) if low_memory else None
-        with contextlib.ExitStack() as memory_savers:
-            if low_memory:
-                memory_savers.enter_context(sums)
-                memory_savers.enter_context(checkpointed_blocks(model, arch))
-            for position, batch in enumerate(_walk(batches, progress, "probe: gradients", total)):
-                if keep is not None and position not in keep:
-                    continue
-                loss = loss_fn(model, to_device(batch, device))
-                if loss is None:
-                    skipped += 1
-                    continue
-                if not torch.isfinite(loss):
-                    raise ValueError(
-                        f"the probe loss is {float(loss)} on batch {position}; check the data and the model"
-                    )
-                if not loss.requires_grad:
-                    raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
-                loss.backward()
-                del loss
-                used += 1
-        if _distributed():  # a rank may hold none of the chosen part's batches; the whole job may not
-            count = torch.tensor([used], device=device)
-            dist.all_reduce(count)
-            used = int(count)
-        if used == 0:
-            raise ValueError(NO_SIGNAL if skipped else "the probe got no batches: the data loader is empty")
-        if total is not None and position + 1 != total:
-            raise ValueError("the batches changed length between the two probe passes; pass a fixed list or loader")
-        if sums is not None:
-            grads = sums.sums
-        else:
-            grads = {}
-            for name, layer in layers.items():
-                g = layer.weight.grad
-                grads[name] = torch.zeros_like(layer.weight) if g is None else g.detach()
-    if _distributed():
-        if sums is not None:
-            sums.all_reduce()
-        else:
-            for g in grads.values():
-                dist.all_reduce(g)
-    if all(not bool(g.any()) for g in grads.values()):
-        raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
-    return grads
+    return {name: grads[name] for name in eligible_layers(model, arch, config)}
 
 
 def rank_gradients(grads: dict[str, torch.Tensor], config: GRFTConfig) -> Selection:
@@ -302,18 +449,28 @@ def select(
     arch: Architecture | None = None,
     progress: Progress | None = None,
     low_memory: bool = True,
+    passes: int = 1,
 ) -> Selection:
     """Probe ``model`` on ``batches`` and return the slices to train.
 
     batches: any iterable of ``(inputs, labels)`` or dicts with ``labels`` (a DataLoader or a list);
-    with ``subsets > 1`` it is walked twice and must yield the same batches in the same order.
+    with ``subsets > 1`` or ``passes > 1`` it is walked more than once and must yield the same
+    batches in the same order (a DataLoader drawing from the global generators does: they are
+    replayed, see ``gradient_groups``).
     loss_fn: ``loss_fn(model, batch) -> scalar``; ``None`` is the paper's SCL probe.
     progress: optional ``progress(iterable, description, total) -> iterable`` (a progress bar).
     low_memory: see ``accumulate_gradients``; the selection is the same either way.
+    passes: walk the data this many times, summing the gradients of one group of layers per pass
+        (``grft.passes``): the gradient store holds one group instead of every matrix; the
+        selection is the same bits (``grft.passes.passes_within`` picks a count for a budget).
     Works on a plain model or on one already attached with placeholder slices.
     """
     arch = arch or detect_architecture(model)
-    grads = accumulate_gradients(model, batches, config, loss_fn, arch, progress, low_memory)
     layers = eligible_layers(model, arch, config)
-    # A Conv1D's gradient is stored [in, out] like its weight; rank its output neurons as rows.
-    return rank_gradients({name: layer_matrix(layers[name], g) for name, g in grads.items()}, config)
+    chosen: dict[str, LayerSelection] = {}
+    for grads in gradient_groups(model, batches, config, loss_fn, arch, progress, low_memory, passes):
+        # A Conv1D's gradient is stored [in, out] like its weight; rank its output neurons as rows.
+        group = rank_gradients({name: layer_matrix(layers[name], g) for name, g in grads.items()}, config)
+        chosen.update(group.layers)
+        del grads, group
+    return Selection(config.selection, config.k, {name: chosen[name] for name in layers})

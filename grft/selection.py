@@ -43,14 +43,16 @@ def rank(grad: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     row: the k rows with the largest ``S_i = sum_j H_ij^2`` (Eq. 4), sorted ascending, ``[k]``;
     column: the same over columns, ``[k]``; sparse (GPS): per row the k largest ``|H_ij|``, ``[out, k]``.
     """
-    h = as_matrix(grad).double()
-    check_k(kind, k, tuple(h.shape))
+    check_k(kind, k, tuple(as_matrix(grad).shape))
+    # One float64 copy, squared (or made absolute) in place: the same values as out of place, and
+    # the probe's transient memory while ranking is one matrix in float64, not two.
+    h = as_matrix(grad).to(torch.float64, copy=True)
     if kind == "row":
-        return h.square().sum(dim=1).topk(k).indices.sort().values
+        return h.square_().sum(dim=1).topk(k).indices.sort().values
     if kind == "column":
-        return h.square().sum(dim=0).topk(k).indices.sort().values
+        return h.square_().sum(dim=0).topk(k).indices.sort().values
     if kind == "sparse":
-        return h.abs().topk(k, dim=1).indices.sort(dim=1).values
+        return h.abs_().topk(k, dim=1).indices.sort(dim=1).values
     raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {kind!r}")
 
 

@@ -22,7 +22,8 @@ In the identity
   run serves every GRFT setting, in the run key and in the tables alike. A setting exposed after
   runs were recorded is out at the value those runs had (its ``recorded_default``: temperature
   0.07), so their keys and cells stay;
-- ``probe.*``, for a method that probes the data before training (GRFT, GPS);
+- ``probe.*`` but ``probe.memory`` and ``probe.passes`` (below), for a method that probes the data
+  before training (GRFT, GPS);
 - the optimisation: ``lr``, ``batch_size``, ``epochs``, ``warmup_epochs``, ``optimizer``,
   ``weight_decay``, ``augment.*``, ``protocol.*``, ``seed`` (the tables aggregate over seeds);
 - ``trainer.*`` but the keys below: ``precision`` (bf16 is another result, not the last bits),
@@ -54,6 +55,9 @@ Not in the identity
   ``model.name`` and ``model.family``, ``dataset.*``), and code that changes a run's numbers raises
   ``RESULTS_VERSION``; so moving a class to another module keeps every run key, and records written
   before the YAML named its code still match;
+- ``probe.memory``, ``probe.passes``: how many passes over the probe data GRFT's probe makes to
+  sum the gradients (one group of layers per pass, ``grft.passes``); the selection is the same bits
+  for any count, so they change the probe's memory and time only;
 - ``data_dir``: the data is in the run key by content instead (``grft_app.data.identity``: the
   task folder and a hash of its split files). The tables match records by their config alone: they
   may be rendered where the data is not, from a copy of the runs folder that holds one data folder's runs.
@@ -101,6 +105,8 @@ NOT_IDENTITY = (
     "model.local_files_only",
     "model.builder",
     "dataset.builder",
+    "probe.memory",
+    "probe.passes",
     "trainer.accelerator",
     "trainer.strategy",
     "trainer.deterministic",

@@ -30,6 +30,7 @@ Adam's weight decay is 0 in every arm, so the methods' own decay hooks have noth
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from torch import nn
 from grft.architecture import detect_architecture
 from grft_app.data.splits import InputSpec
 from grft_app.methods import Method, MethodSettings, make_method, method_class
+from grft_app.methods.probe_plan import ProbeSettings
 from grft_app.models import ModelBundle
 from grft_app.paths import CONF_DIR
 from grft_app.run.settings import method_settings
@@ -68,6 +70,7 @@ class Trainable:
     probe_s: wall seconds of the selection probe (0 if none). save: writes the arm's adapter file
     under a folder, returns it. moving: the entries training can change (the app's Params column;
     ``None``: every entry of ``params``). method: the app's method (``None`` for the floor).
+    probe_facts: what the method's probe returned (GRFT: its passes and their memory plan).
     """
 
     model: nn.Module
@@ -78,6 +81,7 @@ class Trainable:
     save: Callable[[Path], Path]
     moving: int | None = None
     method: Method | None = None
+    probe_facts: dict | None = None
 
 
 def arm_class(arm: str) -> type[Method] | None:
@@ -120,13 +124,15 @@ def arm_overrides(arm: str, model: str, k: int) -> list[str]:
     )
 
 
-def arm_settings(arm: str, model: str, k: int) -> MethodSettings:
-    """The app's settings object for ``arm`` on ``model``: what ``method_settings`` reads from the composed config."""
+def arm_settings(arm: str, model: str, k: int, probe: ProbeSettings | None = None) -> MethodSettings:
+    """The app's settings object for ``arm`` on ``model``: what ``method_settings`` reads from the composed
+    config; ``probe``: how GRFT's probe may spend memory (default: the app's, no more than the training peak)."""
     if arm == FLOOR:
         raise ValueError(f"arm {arm!r} is the benchmark's own, not a method of the app")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=arm_overrides(arm, model, k))
-    return method_settings(cfg)
+    settings = method_settings(cfg)
+    return settings if probe is None else dataclasses.replace(settings, probe=probe)
 
 
 def bundle_of(work: Workload) -> ModelBundle:
@@ -150,20 +156,23 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_app_method(arm: str, work: Workload, k: int) -> tuple[Method, nn.Module]:
+def build_app_method(arm: str, work: Workload, k: int, probe: ProbeSettings | None = None) -> tuple[Method, nn.Module]:
     """``arm``'s method from the app's factory, and ``work.model`` prepared by it (not probed yet)."""
-    method = make_method(arm_settings(arm, work.name, k))
+    method = make_method(arm_settings(arm, work.name, k, probe))
     model = method.prepare(bundle_of(work))
     method.check_training(SimpleNamespace(optimizer="adam", weight_decay=0.0))
     return method, model
 
 
-def prepare_app_method(arm: str, work: Workload, k: int, sync) -> Trainable:
+def prepare_app_method(arm: str, work: Workload, k: int, sync, probe: ProbeSettings | None = None) -> Trainable:
     """Build ``arm`` through the app's factory; run its probe (timed) if it has one."""
-    method, model = build_app_method(arm, work, k)
-    probe_s = 0.0
+    method, model = build_app_method(arm, work, k, probe)
+    probe_s, facts = 0.0, {}
     if method.needs_probe(model):
-        _, probe_s = _timed(lambda: method.probe(model, work.probe_batches), sync)
+        facts, probe_s = _timed(lambda: method.probe(model, work.probe_batches), sync)
+        plan = getattr(method, "last_plan", None)
+        if plan is not None:
+            facts = {**facts, "plan_s": plan.seconds}
 
     def save(folder: Path) -> Path:
         return method.save_adapter(model, folder / "adapter.safetensors")
@@ -177,6 +186,7 @@ def prepare_app_method(arm: str, work: Workload, k: int, sync) -> Trainable:
         save,
         method.param_report(model).trainable,
         method,
+        facts,
     )
 
 
@@ -200,9 +210,11 @@ def prepare_floor(work: Workload) -> Trainable:
     return Trainable(model, _trainable(model), None, None, 0.0, save)
 
 
-def prepare(arm: str, work: Workload, k: int, sync: Callable[[], None] = lambda: None) -> Trainable:
+def prepare(
+    arm: str, work: Workload, k: int, sync: Callable[[], None] = lambda: None, probe: ProbeSettings | None = None
+) -> Trainable:
     """Make ``work.model`` trainable the way ``arm`` does (runs its probe, if it has one)."""
     check_method(arm)
     if arm == FLOOR:
         return prepare_floor(work)
-    return prepare_app_method(arm, work, k, sync)
+    return prepare_app_method(arm, work, k, sync, probe)

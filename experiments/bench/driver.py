@@ -29,6 +29,7 @@ from .launch import WorkerError, interleave_command, parse, probe_time_command, 
 from .row import WorkerRow
 
 PROBE_JOB = "probe vs full"
+PAPER_EPOCHS = 110  # the paper's schedule: 100 epochs after 10 warm-up epochs (§4.1)
 CSV_COLUMNS = (
     "model",
     "method",
@@ -55,6 +56,12 @@ CSV_COLUMNS = (
     "probe_batch_x_full_step",
     "probe_batch_x_full_step_p25",
     "probe_batch_x_full_step_p75",
+    "probe_passes",
+    "probe_epochs",
+    "probe_share_110",
+    "probe_plan_s",
+    "probe_store_mb",
+    "probe_budget_mb",
     "total_params",
     "optimizer_state_bytes",
     "adapter_bytes",
@@ -146,6 +153,11 @@ def aggregate(records: list[dict], interleaved: list[dict] = (), probe_times: li
         ):
             values = [r[key] for r in runs if r.get(key) is not None]
             row[key] = statistics.median(values) if values else None
+        if row.get("probe_batch_s"):
+            # One probe over the training set (all its passes) in training epochs, and against the
+            # paper's 110-epoch run (100 + 10 warm-up).
+            row["probe_epochs"] = row["probe_batch_s"] / row["step_time_s"]
+            row["probe_share_110"] = row["probe_epochs"] / PAPER_EPOCHS
         rows.append(row)
     frame = pd.DataFrame(rows)
     if "k" in frame.columns:

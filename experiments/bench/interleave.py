@@ -29,6 +29,7 @@ from .worker import (
     check_workload_arguments,
     log,
     print_record,
+    probe_settings,
     timed_step,
 )
 
@@ -56,7 +57,7 @@ def prepare_arms(args: argparse.Namespace, device: torch.device, sync, autocast,
     arms = {}
     for method in args.methods:
         work, _, inputs, labels = build_workload(args, device)
-        trainable = prepare(method, work, args.k, sync)
+        trainable = prepare(method, work, args.k, sync, probe_settings(args))
         arms[method] = (trainable, torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0), inputs, labels)
         log(f"{args.model}/interleaved: {method} ready")
     for arm in arms.values():

@@ -18,7 +18,7 @@ from pathlib import Path
 from grft_app.paths import ROOT
 
 from . import names
-from .names import DEFAULT_ARMS, MODELS, add_llama_arguments
+from .names import DEFAULT_ARMS, MODELS, add_llama_arguments, add_probe_arguments
 
 # Steps per device: (warm-up, measured, interleaved rounds per model). A CPU ViT-B/16 step takes
 # seconds; the CPU Llama's (2 layers) a quarter of that, so it gets three times the rounds.
@@ -72,6 +72,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=2, help="GRFT rows/columns per matrix (GPS: entries per row)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every worker")
     add_llama_arguments(p)
+    add_probe_arguments(p)
     p.add_argument("--probe-batches", type=int, default=2)
     p.add_argument(
         "--repeats",
@@ -146,7 +147,9 @@ def common_options(args: argparse.Namespace) -> list[str]:
         str(args.seq_len),
         "--probe-batches",
         str(args.probe_batches),
-    ]
+        "--probe-memory",
+        str(args.probe_memory),
+    ] + (["--probe-passes", str(args.probe_passes)] if args.probe_passes is not None else [])
     return cmd + (["--tiny"] if args.tiny else [])
 
 

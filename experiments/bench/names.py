@@ -61,3 +61,15 @@ def arm_list(text: str) -> list[str]:
     for arm in arms:
         check_arm(arm)
     return arms
+
+
+def add_probe_arguments(parser) -> None:
+    """How GRFT's probe may spend memory (the app's ``probe.memory`` / ``probe.passes``)."""
+    parser.add_argument(
+        "--probe-memory",
+        default="train",
+        help="GRFT's probe budget: train (no more than the run's estimated training peak) or GB",
+    )
+    parser.add_argument(
+        "--probe-passes", type=int, default=None, help="force GRFT's probe passes (default: from --probe-memory)"
+    )

@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 import torch
+
+from grft_app.methods.probe_plan import plan_passes
 
 from . import device as devices
 from .arms import build_app_method, prepare
@@ -32,6 +35,7 @@ from .worker import (
     check_workload_arguments,
     log,
     print_record,
+    probe_settings,
     timed_step,
 )
 
@@ -64,7 +68,10 @@ def run(args: argparse.Namespace) -> dict:
     full_arm = (full, torch.optim.Adam(full.params, lr=args.lr, weight_decay=0.0), inputs, labels)
     probe_work, _, _, _ = build_workload(args, device)
     batch = probe_work.probe_batches[0]
-    method, model = build_app_method(f"grft_{args.selection}", probe_work, args.k)
+    method, model = build_app_method(f"grft_{args.selection}", probe_work, args.k, probe_settings(args))
+    # The passes a run would make on these batches, planned once (a run plans once, not per batch).
+    plan = plan_passes(model, probe_work.probe_batches, method.settings.grft, method.arch, method.settings.probe)
+    method.settings = replace(method.settings, probe=replace(method.settings.probe, passes=plan.passes))
     for _ in range(args.warmup):
         timed_step(*full_arm, autocast, sync)
         timed_probe_batch(method, model, batch, sync)
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> dict:
         "rounds": args.rounds,
         "device": devices.describe(device),
         "selection": args.selection,
+        "passes": plan.passes,
         "probe_batch_times": probe_times,
         "full_step_times": step_times,
     }

@@ -26,7 +26,11 @@ class WorkerRow:
     adapter_mb: float
     probe_s: float
     probe_batches: int  # 0: the method has no probe
-    probe_batch_s: float | None
+    probe_batch_s: float | None  # per batch, the memory plan's time left out
+    probe_plan_s: float | None  # GRFT's memory plan (two measuring forwards, once per run)
+    probe_passes: int | None  # GRFT's passes over the probe data (one group of layers each)
+    probe_store_mb: float | None  # GRFT's gradient sums for every eligible matrix (held one group at a time)
+    probe_budget_mb: float | None  # the probe's budget (probe.memory); None with forced passes
     build_peak_mb: float
     prepare_peak_mb: float
     whole_run_peak_mb: float

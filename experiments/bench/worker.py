@@ -29,7 +29,7 @@ from . import device as devices
 from .arms import Trainable, check_method, prepare, probes, reads_k
 from .memory import MB, Memory, Sampler, compact_allocator, trim_allocator
 from .models import LLAMA_LAYERS, MODELS, build, call
-from .names import DEFAULT_ARMS, add_llama_arguments
+from .names import DEFAULT_ARMS, add_llama_arguments, add_probe_arguments
 from .row import WorkerRow
 
 
@@ -44,12 +44,21 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     p.add_argument("--probe-batches", type=int, default=2)
     add_llama_arguments(p)
+    add_probe_arguments(p)
     p.add_argument("--tiny", action="store_true", help="toy-sized models (tests)")
     p.add_argument("--lr", type=float, default=1e-4)
 
 
+def probe_settings(args: argparse.Namespace):
+    """The app's ``ProbeSettings`` from ``--probe-memory`` / ``--probe-passes`` (a bad value: ValueError)."""
+    from grft_app.methods.probe_plan import ProbeSettings
+
+    return ProbeSettings(memory=args.probe_memory, passes=args.probe_passes)
+
+
 def check_workload_arguments(args: argparse.Namespace, counts: tuple[str, ...]) -> None:
     devices.check_precision(args.precision)
+    probe_settings(args)
     for name in ("batch", "threads", "probe_batches", "seq_len", "k") + counts:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -162,7 +171,7 @@ def run(args: argparse.Namespace) -> WorkerRow:
     memory.reset()
 
     mark("probe" if probes(args.method) else "setup")  # Fig. 3 shades the probe
-    trainable = prepare(args.method, work, args.k, sync)
+    trainable = prepare(args.method, work, args.k, sync, probe_settings(args))
     optimizer = torch.optim.Adam(trainable.params, lr=args.lr, weight_decay=0.0)
     trainable_params = trainable.moving if trainable.moving is not None else sum(p.numel() for p in trainable.params)
     gc.collect()
@@ -191,6 +200,7 @@ def run(args: argparse.Namespace) -> WorkerRow:
     live_peak = measure_live_peak(memory, trainable, optimizer, inputs, labels, autocast, peak)
 
     state_bytes = optimizer_state_bytes(optimizer)
+    facts = trainable.probe_facts or {}
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         adapter_bytes = trainable.save(Path(scratch)).stat().st_size
     quartiles = statistics.quantiles(wall, n=4, method="inclusive") if len(wall) > 1 else [wall[0]] * 3
@@ -204,7 +214,14 @@ def run(args: argparse.Namespace) -> WorkerRow:
         "adapter_mb": adapter_bytes / MB,
         "probe_s": trainable.probe_s,
         "probe_batches": args.probe_batches if trainable.probe_s else 0,
-        "probe_batch_s": trainable.probe_s / args.probe_batches if trainable.probe_s else None,
+        # The memory plan (two forwards on one batch, once per run) is left out of the per-batch time.
+        "probe_batch_s": (trainable.probe_s - facts.get("plan_s", 0.0)) / args.probe_batches
+        if trainable.probe_s
+        else None,
+        "probe_plan_s": facts.get("plan_s"),
+        "probe_passes": facts.get("passes"),
+        "probe_store_mb": facts.get("store_mb"),
+        "probe_budget_mb": facts.get("budget_mb"),
         "build_peak_mb": build_peak,
         "prepare_peak_mb": prepare_peak,
         "whole_run_peak_mb": whole_run_peak,

@@ -26,13 +26,15 @@ from grft.config import GRFTConfig
 from grft.report import ParamReport
 
 from ..models import ModelBundle
+from .probe_plan import ProbeSettings
 
 Progress = Callable[[Iterable, str, int | None], Iterable]
 
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """The method's Hydra group (``options``: everything in it but ``name`` and ``_target_``) and the GRFT keys.
+    """The method's Hydra group (``options``: everything in it but ``name`` and ``_target_``), the GRFT
+    keys, and how the probe may spend memory (``probe``: ``probe.memory``, ``probe.passes``).
 
     ``target``: the class the group's ``_target_`` names (``None``: the one ``conf/method/<name>.yaml``
     names). A ``_target_`` left in ``options`` (the group as Hydra composed it) moves there.
@@ -49,6 +51,8 @@ class MethodSettings:
             target = options.pop("_target_")
             object.__setattr__(self, "options", options)
             object.__setattr__(self, "target", self.target or target)
+
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
 
 
 FORMAT = "grft-trained-tensors"

@@ -17,6 +17,7 @@ from grft.tuner import apply_selection, attach, current_selection, has_selection
 from ..grft_settings import KEYS as GRFT_KEYS
 from ..models import ModelBundle
 from .base import Method, NoOptions, Progress
+from .probe_plan import plan_passes
 
 
 class GRFTMethod(Method):
@@ -25,6 +26,7 @@ class GRFTMethod(Method):
     several_head_modules = True
     shardable = False
     sizes_k_by_share = True
+    last_plan = None  # the probe's memory plan (probe_plan.Plan), once it has run
 
     def configure(self, bundle: ModelBundle) -> nn.Module:
         self.options_as(NoOptions)
@@ -35,9 +37,13 @@ class GRFTMethod(Method):
         return not has_selection(model)
 
     def probe(self, model: nn.Module, batches: Iterable, progress: Progress | None = None) -> dict:
-        selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress)
+        """Select with as many passes over the probe data as ``probe.memory``/``probe.passes`` ask
+        (``probe_plan``); the selection is the same for any number of passes."""
+        plan = plan_passes(model, batches, self.settings.grft, self.arch, self.settings.probe)
+        self.last_plan = plan  # its time, for the benchmark (the facts hold no timings)
+        selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress, passes=plan.passes)
         apply_selection(model, selection)
-        return {"layers": len(selection), "selected_entries": selection.slice_numel()}
+        return {"layers": len(selection), "selected_entries": selection.slice_numel(), **plan.facts()}
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return penalty(model)

@@ -25,6 +25,7 @@ from ..identity import run_key as identity_key
 from ..lit.schedule import Protocol
 from ..lit.train_settings import TrainSettings
 from ..methods import MethodSettings
+from ..methods.probe_plan import TRAIN, ProbeSettings
 
 
 class ConfigError(ValueError):
@@ -115,7 +116,20 @@ def grft_config(cfg: DictConfig, k: int | None = None) -> GRFTConfig:
 def method_settings(cfg: DictConfig, k: int | None = None) -> MethodSettings:
     options = OmegaConf.to_container(cfg.method, resolve=True)
     name = options.pop("name")
-    return MethodSettings(name=name, grft=grft_config(cfg, k), options=options)
+    return MethodSettings(name=name, grft=grft_config(cfg, k), options=options, probe=probe_settings(cfg))
+
+
+def probe_settings(cfg: DictConfig) -> ProbeSettings:
+    """``probe.memory`` / ``probe.passes``, checked; the training batch scales the memory estimate."""
+    probe = cfg.get("probe") or {}
+    try:
+        return ProbeSettings(
+            memory=probe.get("memory", TRAIN),
+            passes=probe.get("passes"),
+            train_batch_size=int(cfg.batch_size) if probe.get("batch_size") is not None else None,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 NUMBERS = {

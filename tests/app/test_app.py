@@ -41,12 +41,14 @@ def test_smoke_runs_write_a_complete_record(tmp_path, selection, norm):
     }[selection]
     shapes = [selection_file[name].shape for name in selection_file]
     # debug=smoke probes 8 batches of 4 (probe.max_batches).
-    assert saved["probe_facts"] == {
+    facts = saved["probe_facts"]
+    assert {key: facts[key] for key in ("layers", "selected_entries", "batches", "images")} == {
         "layers": len(shapes),
         "selected_entries": sum(per_layer(*s) for s in shapes),
         "batches": 8,
         "images": 32,
     }
+    assert facts["passes"] >= 1 and facts["passes_from"] == "probe.memory=train"  # the default budget
     # The adapter on a fresh base model reproduces the run's tuned model.
     assert (run_dir / saved["adapter_file"]).stat().st_size > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -137,6 +137,15 @@ def test_what_once_split_the_two_rules_now_leaves_a_baseline_in_its_run_and_its_
     assert index.find(other, "test_acc", 1.0).n == 1
 
 
+@pytest.mark.parametrize("change", ["probe.passes=2", "probe.memory=3", "probe.memory=0.5"])
+def test_the_probes_passes_leave_a_grft_run_in_its_run_and_its_cell(tmp_path, change):
+    # The passes change how the probe sums its gradients, not the sums (the selection is the same
+    # bits, tests/test_probe_passes.py): the same run, resumed or skipped, and the same table cell.
+    base, other = make_cfg(tmp_path), make_cfg(tmp_path, change)
+    assert run_dir_of(base) == run_dir_of(other)
+    assert RecordIndex([record_of(base)]).find(other, "test_acc", 1.0).n == 1
+
+
 @pytest.mark.parametrize("change", ["trainer.precision=bf16-mixed", "probe.max_batches=3", "k=9"])
 def test_a_setting_that_changes_the_numbers_is_another_run_and_another_cell(tmp_path, change):
     base, other = make_cfg(tmp_path), make_cfg(tmp_path, change)
