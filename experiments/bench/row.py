@@ -27,10 +27,6 @@ class WorkerRow:
     probe_s: float
     probe_batches: int  # 0: the method has no probe
     probe_batch_s: float | None  # per batch, the memory plan's time left out
-    probe_plan_s: float | None  # GRFT's memory plan (two measuring forwards, once per run)
-    probe_passes: int | None  # GRFT's passes over the probe data (one group of layers each)
-    probe_store_mb: float | None  # GRFT's gradient sums for every eligible matrix (held one group at a time)
-    probe_budget_mb: float | None  # the probe's budget (probe.memory); None with forced passes
     build_peak_mb: float
     prepare_peak_mb: float
     whole_run_peak_mb: float
@@ -57,6 +53,11 @@ class WorkerRow:
     load_avg_1m: float
     torch: str
     step_times: list[float]
+    # GRFT's probe plan (None for the other methods, and in rows written before the probe had passes):
+    probe_plan_s: float | None = None  # the memory plan (two measuring forwards, once per run)
+    probe_passes: int | None = None  # passes over the probe data (one group of layers each)
+    probe_store_mb: float | None = None  # the gradient sums of every eligible matrix (held a group at a time)
+    probe_budget_mb: float | None = None  # the probe's budget (probe.memory); None with forced passes
 
     def to_line(self) -> str:
         return json.dumps(asdict(self))

@@ -34,6 +34,7 @@ from grft.config import GRFTConfig
 from grft.heap import release_free_pages
 from grft.passes import largest_weight_bytes, max_passes, passes_within, store_bytes
 from grft.probe import RandomState, call_model, scl_probe_loss, split_batch, to_device
+from grft.selection import RANK_CHUNK_ELEMENTS
 from grft.targets import eligible_layers
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,8 @@ def training_activation_bytes(model: nn.Module, batch: object) -> int:
 def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn.Module], arch: Architecture, config):
     """Bytes the low-memory probe holds for backward on one batch, its store left out: the saved
     tensors of one forward (the last block's inside, the head, the loss), the block inputs the
-    checkpointed blocks keep, and one weight-sized gradient before it is summed (or the ranking's
-    float64 copy of one matrix, twice the bytes of its float32 sum, after the pass). A block
+    checkpointed blocks keep, one weight-sized gradient before it is summed, and the ranking's
+    float64 chunk. A block
     recomputed in backward replaces the last block's inside, freed by then."""
     blocks = [model.get_submodule(n) for n in block_names(model, arch)]
     kept: list[torch.Tensor] = []
@@ -155,9 +156,9 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
                 layer.grft_probing = False
         for p, flag in saved.items():
             p.requires_grad_(flag)
-    # The ranking's float64 copy of one matrix (grft.selection.rank) comes after the passes'
-    # backward, but next to the group's sums: counted with the largest weight's per-batch gradient.
-    return counted[0] + inputs + 2 * largest_weight_bytes(layers)
+    # One weight-sized gradient exists before it is summed (the largest weight's, at worst); the
+    # ranking afterwards converts a fixed number of elements at a time (grft.selection).
+    return counted[0] + inputs + largest_weight_bytes(layers) + RANK_CHUNK_ELEMENTS * 8
 
 
 @dataclass

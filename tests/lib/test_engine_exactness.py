@@ -235,3 +235,15 @@ def test_scl_equals_loop_implementation_of_khosla_eq2():
     flipped = labels.clone()
     flipped[0] = (flipped[0] + 1) % 4
     assert not math.isclose(float(grft.supervised_contrastive_loss(features, flipped, 0.07)), float(ref), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["row", "column", "sparse"])
+def test_ranking_a_matrix_of_many_chunks_equals_brute_force(kind, monkeypatch):
+    """The ranking converts a fixed number of rows at a time; with chunks of a few rows (and one that
+    ends short) it still picks what a plain Python sum of squares over each whole row/column picks."""
+    import grft.selection as selection
+
+    monkeypatch.setattr(selection, "RANK_CHUNK_ELEMENTS", 3 * 9)  # 3 rows of 9 per chunk: 4 chunks, the last of 2
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(11, 9, generator=g)
+    assert selection.rank(h, kind, 3).tolist() == brute_force_rank(h, kind, 3)
