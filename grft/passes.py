@@ -7,7 +7,8 @@ training itself adds. Summed for one group of layers per pass, the store holds o
 passes replay the same batches (``grft.probe``), so every matrix's ``H`` is the same sum.
 
 Groups are contiguous in module order (bottom to top), so a pass's backward stops at its group's
-lowest layer. A weight shared by several layers is one unit (it has one gradient). The split
+lowest layer, and (``grft.boundaries``) a pass below the top one need not run past its group's
+highest block. A weight shared by several layers is one unit (it has one gradient). The split
 minimises the largest group's bytes for a given number of passes; ``passes_within`` gives the
 fewest passes whose largest group fits a byte budget.
 """

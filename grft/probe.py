@@ -21,8 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .accumulation import FlatAccumulator
-from .architecture import Architecture, detect_architecture, pool_like_the_head
-from .checkpointing import checkpointed_blocks
+from .architecture import Architecture, block_names, detect_architecture, pool_like_the_head
+from .boundaries import (
+    BoundaryGradients,
+    NoLoss,
+    StopForward,
+    capture_gradient,
+    chain_segments,
+    checksum,
+    kept_gradients_folder,
+    stop_after,
+)
+from .checkpointing import _hidden_state, checkpointed_blocks
 from .config import GRFTConfig
 from .heap import release_free_pages
 from .layers import SlicedLayer
@@ -274,14 +284,19 @@ def gradient_groups(
     """``H`` of the eligible matrices, one group of layers per pass over ``batches`` (a generator).
 
     Each pass yields its group's ``H`` (name -> summed gradient) and drops it before the next
-    pass starts, so the probe holds one group's sums at a time (``grft.passes``). Every pass
-    replays the first one: the random generators are put back to where the first pass started
-    (the loader's shuffle and worker seeds, augmentation, dropout draws), the subset choice
-    (``subsets > 1``) is made once, before the first pass, and each batch's probe loss must come
-    out the same bits in every pass (else the batches changed between passes: an error). Only
-    the group's weights require grad, so the layers below it run without a graph and backward
-    stops at its lowest layer. For float32/float64 weights each ``H`` is the one-pass probe's
-    bit for bit. See ``accumulate_gradients`` for ``low_memory``.
+    pass starts, so the probe holds one group's sums at a time (``grft.passes``). The passes run
+    from the top group down. Every pass replays the first one: the random generators are put back
+    to where the first pass started and, after each batch, to where the first pass left them (the
+    loader's shuffle and worker seeds, augmentation, dropout draws); the subset choice
+    (``subsets > 1``) is made once, before the first pass. Only the group's weights require
+    grad, so the layers below it run without a graph and backward stops at its lowest layer.
+    Where the blocks form a chain (``grft.boundaries``), a pass below the top one runs the
+    network only up to its group's highest block and back-propagates from there the gradient the
+    pass above kept; elsewhere it starts from the loss. Either way each batch must reproduce the
+    first pass exactly (the loss's bits, or the hidden state's where a pass starts at a block;
+    else the batches changed between passes: an error). For float32/float64 weights each ``H``
+    is the one-pass probe's bit for bit. ``model.grft_probe_passes`` records where each pass
+    started. See ``accumulate_gradients`` for ``low_memory``.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)
@@ -295,73 +310,176 @@ def gradient_groups(
     loss_fn = loss_fn or scl_probe_loss(arch, config.temperature)
     device = next(model.parameters()).device
     nonzero = False
-    with _probing(model, layers):
+    with _probing(model, layers), contextlib.ExitStack() as stack:
         keep, total = None, None
         if config.subsets > 1:
             keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
-        start = RandomState(device) if len(groups) > 1 else None
-        first_losses: list[float] = []
-        for i, group in enumerate(groups):
+        plan = [_PassPlan(group) for group in reversed(groups)]  # top group first
+        blocks = [model.get_submodule(n) for n in block_names(model, arch)] if len(groups) > 1 else []
+        if len(groups) > 1:
+            segments = _chain(model, blocks, layers, batches, loss_fn, device, keep)
+            if segments is not None:
+                folder = stack.enter_context(kept_gradients_folder())
+                _plan_starts(plan, segments, len(blocks), folder)
+        model.grft_probe_passes = [p.describe(block_names(model, arch) if blocks else []) for p in plan]
+        first = _FirstPass(
+            RandomState(device) if len(groups) > 1 else None,
+            sorted({p.start for p in plan if p.start is not None}),
+        )
+        for i, step in enumerate(plan):
             if i > 0:
-                start.restore()
-            desc = "probe: gradients" + (f", pass {i + 1} of {len(groups)}" if len(groups) > 1 else "")
-            with _gradients_of(group):
+                first.start.restore()
+            desc = "probe: gradients" + (f", pass {i + 1} of {len(plan)}" if len(plan) > 1 else "")
+            with _gradients_of(step.group):
                 grads = _one_pass(
-                    model,
-                    batches,
-                    group,
-                    loss_fn,
-                    arch,
-                    device,
-                    keep,
-                    total,
-                    progress,
-                    desc,
-                    low_memory,
-                    first_losses if i == 0 else None,
-                    None if i == 0 else first_losses,
+                    model, batches, step, blocks, loss_fn, arch, device, keep, total, progress, desc, low_memory, first
                 )
+            later = plan[i + 1].kept_in if i + 1 < len(plan) else None
+            if step.kept_in is not None and step.kept_in is not later:
+                step.kept_in.drop()  # no later pass starts there
             nonzero = nonzero or any(bool(g.any()) for g in grads.values())
             yield grads
             del grads
             if device.type == "cpu":
                 release_free_pages()  # the pass's and the ranking's freed heap pages, before the next group's sums
+    if len(plan) > 1 and first.with_path == 0:
+        raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
     if not nonzero:
         raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
 
 
-def _one_pass(
-    model, batches, group, loss_fn, arch, device, keep, total, progress, desc, low_memory, record, expect
-) -> dict[str, torch.Tensor]:
-    """One walk over the batches summing the gradients of ``group``'s weights; summed over ranks.
+class _PassPlan:
+    """One pass: its group, the block whose output it starts from (None: the loss), the kept
+    gradients it reads there and the ones it writes for the next pass (None: none)."""
 
-    record: filled with each used batch's loss (the first pass); expect: the first pass's losses,
-    which this pass must reproduce exactly.
+    def __init__(self, group: dict[str, nn.Module]):
+        self.group = group
+        self.start: int | None = None
+        self.capture: int | None = None
+        self.kept_in: BoundaryGradients | None = None
+        self.kept_out: BoundaryGradients | None = None
+
+    def describe(self, names: list[str]) -> str:
+        return "loss" if self.start is None else f"gradient kept at {names[self.start]}"
+
+
+def _plan_starts(plan: list[_PassPlan], segments: dict[str, int], n_blocks: int, folder) -> None:
+    """Each pass below the top starts at its group's highest block (unless its group reaches past
+    the last block); the pass before it keeps the gradient there, or already started there."""
+    for above, below in zip(plan, plan[1:], strict=False):
+        top = max(segments[name] for name in below.group)
+        if top >= n_blocks:  # the group holds a layer after the last block: from the loss
+            continue
+        below.start = top
+        if above.start == top:
+            below.kept_in = above.kept_in  # the same boundary: its gradients serve again
+        else:
+            above.capture = top
+            above.kept_out = BoundaryGradients(top, folder / f"block{top}")
+            below.kept_in = above.kept_out
+
+
+class _FirstPass:
+    """What the first pass leaves for the others to replay: each used batch's loss, the random
+    state after each batch, and the hidden state's checksum at every block a later pass starts from."""
+
+    def __init__(self, start: RandomState | None, boundaries: list[int]):
+        self.start = start
+        self.boundaries = boundaries
+        self.losses: list[float] = []
+        self.used: list[int] = []
+        self.after: dict[int, RandomState] = {}
+        self.checksums: dict[tuple[int, int], float] = {}
+        self.done = False
+        self.with_path = 0  # batches whose loss reached the pass's group, over every pass
+
+
+def _chain(model, blocks, layers, batches, loss_fn, device, keep) -> dict[str, int] | None:
+    """``chain_segments`` on the first probe batch with a loss, its random draws undone after."""
+    if len(blocks) < 2:
+        return None
+    state = RandomState(device)
+    try:
+        for position, batch in enumerate(batches):
+            if keep is not None and position not in keep:
+                continue
+            batch = to_device(batch, device)
+            try:
+                return chain_segments(model, blocks, layers, lambda b=batch: loss_fn(model, b))
+            except NoLoss:
+                continue  # a batch with nothing to contrast: try the next
+        return None
+    finally:
+        state.restore()
+
+
+def _one_pass(
+    model, batches, step, blocks, loss_fn, arch, device, keep, total, progress, desc, low_memory, first
+) -> dict[str, torch.Tensor]:
+    """One walk over the batches summing the gradients of ``step.group``'s weights; summed over ranks.
+
+    The first pass records what the later ones must reproduce (``_FirstPass``); a later pass checks it.
     """
+    recording = not first.done
     used = skipped = 0
     position = -1
+    group = step.group
     sums = FlatAccumulator({name: layer.weight for name, layer in group.items()}) if low_memory else None
     with contextlib.ExitStack() as memory_savers:
         if low_memory:
             memory_savers.enter_context(sums)
             memory_savers.enter_context(checkpointed_blocks(model, arch))
+        kept: dict = {}
+        if step.capture is not None:
+            memory_savers.enter_context(capture_gradient(blocks[step.capture], kept))
+        seen: list = []
+        if recording:
+            for block in first.boundaries:
+                memory_savers.enter_context(_recording(blocks[block], block, seen))
         for position, batch in enumerate(_walk(batches, progress, desc, total)):
             if keep is not None and position not in keep:
+                _after_batch(first, position, recording)
                 continue
-            loss = loss_fn(model, to_device(batch, device))
-            if loss is None:
-                skipped += 1
+            if not recording and step.start is not None and (used >= len(first.used) or first.used[used] != position):
+                _after_batch(first, position, recording)  # the first pass found no loss here
                 continue
-            if not torch.isfinite(loss):
-                raise ValueError(f"the probe loss is {float(loss)} on batch {position}; check the data and the model")
-            if not loss.requires_grad:
-                raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
-            _check_replay(float(loss.detach()), used, record, expect)
-            loss.backward()
-            del loss
+            kept.clear()
+            seen.clear()
+            if step.start is None:
+                loss = loss_fn(model, to_device(batch, device))
+                if loss is None:
+                    skipped += 1
+                    _after_batch(first, position, recording)
+                    continue
+                if not torch.isfinite(loss):
+                    raise ValueError(
+                        f"the probe loss is {float(loss)} on batch {position}; check the data and the model"
+                    )
+                if not loss.requires_grad and first.start is None:
+                    raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
+                _check_replay(first, float(loss.detach()), used, position, recording)
+                for block, value in seen:
+                    first.checksums[(block, position)] = value
+                if loss.requires_grad:  # else none of this group's weights reaches the loss: their H is zero
+                    loss.backward()
+                    first.with_path += 1
+                del loss
+            else:
+                hidden = _forward_to(model, blocks[step.start], loss_fn, to_device(batch, device))
+                expected = first.checksums.get((step.start, position))
+                if expected is None or checksum(hidden) != expected:
+                    raise ValueError(_NOT_REPLAYED.format(what=f"batch {used + 1}'s hidden state at the pass's start"))
+                torch.autograd.backward(hidden, step.kept_in.get(position, hidden.device))
+                del hidden
+            if step.capture is not None:
+                # No gradient reached the boundary: the loss does not depend on it (a zero gradient).
+                step.kept_out.put(position, kept["grad"] if "grad" in kept else torch.zeros_like(kept["hidden"]))
             used += 1
-    if expect is not None and used != len(expect):
-        raise ValueError(_NOT_REPLAYED.format(what=f"{used} batches with a loss instead of {len(expect)}"))
+            _after_batch(first, position, recording)
+    if recording:
+        first.done = True
+    elif used != len(first.used):
+        raise ValueError(_NOT_REPLAYED.format(what=f"{used} batches with a loss instead of {len(first.used)}"))
     if _distributed():  # a rank may hold none of the chosen part's batches; the whole job may not
         count = torch.tensor([used], device=device)
         dist.all_reduce(count)
@@ -387,6 +505,45 @@ def _one_pass(
     return grads
 
 
+def _forward_to(model: nn.Module, block: nn.Module, loss_fn: LossFn, batch) -> torch.Tensor:
+    """The hidden state leaving ``block``: the model runs up to it and no further."""
+    try:
+        with stop_after(block):
+            loss_fn(model, batch)
+    except StopForward as stop:
+        if stop.hidden is None or not stop.hidden.requires_grad:
+            raise ValueError(_NOT_REPLAYED.format(what="no gradient path to the pass's start block")) from None
+        return stop.hidden
+    raise ValueError(_NOT_REPLAYED.format(what="the model did not run the pass's start block"))
+
+
+@contextlib.contextmanager
+def _recording(block: nn.Module, index: int, seen: list) -> Iterator[None]:
+    """The first pass notes the hidden state's checksum leaving each block a later pass starts at."""
+
+    def note(_module, _args, out):
+        hidden = _hidden_state(out)
+        if hidden is not None:
+            seen.append((index, checksum(hidden)))
+
+    handle = block.register_forward_hook(note)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _after_batch(first: _FirstPass, position: int, recording: bool) -> None:
+    """Random state after each batch: the first pass notes it, later passes (whose forward may stop
+    early and draw less) are put back to it, so the next batch is drawn as in the first pass."""
+    if first.start is None:
+        return
+    if recording:
+        first.after[position] = RandomState(first.start.device)
+    elif position in first.after:
+        first.after[position].restore()
+
+
 _NOT_REPLAYED = (
     "probe pass 2 did not replay pass 1 ({what}): the probe batches or their random draws changed between "
     "passes; give a fixed list or a DataLoader whose randomness comes from torch's, numpy's or Python's global "
@@ -394,11 +551,14 @@ _NOT_REPLAYED = (
 )
 
 
-def _check_replay(loss: float, j: int, record: list[float] | None, expect: list[float] | None) -> None:
-    if record is not None:
-        record.append(loss)
-    elif expect is not None and (j >= len(expect) or loss != expect[j]):
-        what = f"batch {j + 1}'s loss {loss!r} is not pass 1's" + (f" {expect[j]!r}" if j < len(expect) else "")
+def _check_replay(first: _FirstPass, loss: float, j: int, position: int, recording: bool) -> None:
+    if recording:
+        first.losses.append(loss)
+        first.used.append(position)
+    elif j >= len(first.losses) or loss != first.losses[j]:
+        what = f"batch {j + 1}'s loss {loss!r} is not pass 1's" + (
+            f" {first.losses[j]!r}" if j < len(first.losses) else ""
+        )
         raise ValueError(_NOT_REPLAYED.format(what=what))
 
 

@@ -1,8 +1,10 @@
 """The whole GRFT cycle on one model, checked against the untouched base model, and its verdict.
 
-For rows and for columns: probe, ``attach`` (logits unchanged), one Adam step (only the selected
-slices, eligible biases and the head move), adapter save -> load onto a fresh base (same logits),
-``merge`` (same logits, same state-dict keys and layer types).
+First the probe in up to three passes (``grft.passes``; top group first, from a gradient kept at a
+block boundary where the blocks form a chain, ``grft.boundaries``) must sum the one-pass probe's
+gradients bit for bit. Then for rows and for columns: probe, ``attach`` (logits unchanged), one
+Adam step (only the selected slices, eligible biases and the head move), adapter save -> load onto
+a fresh base (same logits), ``merge`` (same logits, same state-dict keys and layer types).
 
 The verdict is ``pass``; ``refused`` when grft declines the model with its own one-line
 ``ValueError`` before changing it; or ``failed`` (any other exception, or a check that does not hold).
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 import grft
 from grft.architecture import detect_architecture, in_prefixes
+from grft.passes import max_passes
 from grft.targets import eligible_layers
 
 SELECTIONS = ("row", "column")
@@ -154,9 +157,30 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
+def check_passes(model, batch) -> str:
+    """The probe in up to three passes sums the one-pass probe's gradients bit for bit; says how the
+    passes started (``probe passes: 3; from a kept gradient: 2``)."""
+    model.eval()
+    config = grft.GRFTConfig(k=1)
+    one = grft.accumulate_gradients(model, [batch], config)
+    passes = min(3, max_passes(eligible_layers(model, detect_architecture(model), config)))
+    several = grft.accumulate_gradients(model, [batch], config, passes=passes)
+    for name, h in one.items():
+        if not torch.equal(h, several[name]):
+            raise CycleError(f"probe in {passes} passes: {name}'s summed gradient is not the one-pass probe's")
+    kept = sum(where != "loss" for where in getattr(model, "grft_probe_passes", []))
+    return f"probe passes: {passes}; from a kept gradient: {kept if passes > 1 else 0}"
+
+
 def verdict(model, batch) -> Verdict:
-    """Rows, then columns, each on its own copy of ``model``."""
+    """The probe in passes, then rows, then columns, each on its own copy of ``model``."""
     with tempfile.TemporaryDirectory() as tmp:
+        try:
+            passes = check_passes(copy.deepcopy(model), batch)
+        except Exception as err:  # noqa: BLE001 - every failure is a verdict, the sweep goes on
+            if is_refusal(err):
+                return Verdict("refused", str(err).strip())
+            return Verdict("failed", f"passes: {one_line(err)}")
         for selection in SELECTIONS:
             try:
                 run_cycle(copy.deepcopy(model), batch, selection, Path(tmp))
@@ -164,4 +188,4 @@ def verdict(model, batch) -> Verdict:
                 if is_refusal(err):
                     return Verdict("refused", str(err).strip())
                 return Verdict("failed", f"{selection}: {one_line(err)}")
-    return Verdict("pass")
+    return Verdict("pass", passes)

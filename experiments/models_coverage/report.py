@@ -45,8 +45,22 @@ def summary(rows: list[Row], seconds: float, timed: str = "Wall time of the swee
         cells = [library, built, c["pass"], c["refused"], c["failed"], f"{rate(c):.1f}%", c["unbuildable"]]
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     lines.append("")
+    lines.append(passes_line(rows))
+    lines.append("")
     lines.append(f"{timed}: {seconds / 60:.1f} min.")
     return "\n".join(lines)
+
+
+def passes_line(rows: list[Row]) -> str:
+    """How the probe's passes started on the models that pass (the cycle's ``check_passes`` reason)."""
+    passed = [r for r in rows if r.status == "pass"]
+    kept = [r for r in passed if re.search(r"from a kept gradient: [1-9]", r.reason)]
+    several = [r for r in passed if re.search(r"probe passes: ([2-9]|\d\d)", r.reason)]
+    return (
+        f"The probe in up to three passes summed the one-pass probe's gradients bit for bit on every model that "
+        f"passes ({len(several)} with more than one eligible weight); on {len(kept)} of them the passes below the "
+        f"top started from a gradient kept at a block boundary (the blocks form a chain), on the others from the loss."
+    )
 
 
 def missing_line(rows: list[Row], expected: dict[str, int]) -> str:
@@ -68,7 +82,8 @@ def readme_section(
     parts = [
         BEGIN,
         "",
-        f"The whole GRFT cycle (probe, attach, one Adam step, adapter save and load, merge; rows and columns) on "
+        f"The whole GRFT cycle (the probe in one and in up to three passes, attach, one Adam step, adapter save "
+        f"and load, merge; rows and columns) on "
         f"the smallest model of every timm family and a tiny model of every transformers sequence and image "
         f"classifier, built at random ({versions}):",
         "",

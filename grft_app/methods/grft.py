@@ -43,7 +43,14 @@ class GRFTMethod(Method):
         self.last_plan = plan  # its time, for the benchmark (the facts hold no timings)
         selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress, passes=plan.passes)
         apply_selection(model, selection)
-        return {"layers": len(selection), "selected_entries": selection.slice_numel(), **plan.facts()}
+        starts = getattr(model, "grft_probe_passes", [])
+        return {
+            "layers": len(selection),
+            "selected_entries": selection.slice_numel(),
+            **plan.facts(),
+            # Passes that ran only up to their group, from the gradient the pass above kept (grft.boundaries).
+            "passes_from_kept_gradient": sum(where != "loss" for where in starts),
+        }
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return penalty(model)

@@ -118,34 +118,64 @@ def test_batches_that_change_between_passes_are_an_error():
         probe(model, iter(batches), passes=2)
 
 
-def test_each_pass_builds_a_graph_only_from_its_group_up():
+def _block_of(name: str) -> int:
+    return int(name.split(".")[1]) if name.startswith("blocks.") else -1  # the patch embedding: below block 0
+
+
+def test_passes_run_top_down_and_each_below_the_top_runs_only_up_to_its_group():
     model, batches = workload("vit")  # patch embedding + 3 blocks of 4 weights: 13 weights
-    needs_grad: list[list[bool]] = []
+    runs: list[list[tuple[int, bool]]] = []  # per pass and batch: (block, its input needs grad)
     hooks = [
-        block.register_forward_pre_hook(lambda _m, args: needs_grad[-1].append(bool(args[0].requires_grad)))
-        for block in model.blocks
+        block.register_forward_pre_hook(
+            lambda _m, args, i=i: runs[-1].append((i, bool(args[0].requires_grad))) if runs else None
+        )
+        for i, block in enumerate(model.blocks)
     ]
     passes_seen = []
 
     def progress(iterable, description, total=None):
         passes_seen.append(description)
         for item in iterable:
-            needs_grad.append([])
+            runs.append([])
             yield item
 
     try:
-        cfg = grft.GRFTConfig(k=2)
-        grft.accumulate_gradients(model, batches[:1], cfg, progress=progress, passes=3, low_memory=False)
+        grft.accumulate_gradients(model, batches[:1], grft.GRFTConfig(k=2), progress=progress, passes=3)
     finally:
         for h in hooks:
             h.remove()
     assert passes_seen == [f"probe: gradients, pass {i} of 3" for i in (1, 2, 3)]
-    groups = weight_groups(grft.eligible_layers(model, grft.detect_architecture(model)), 3)
-    for group, flags in zip(groups, needs_grad, strict=True):
-        lowest_block = min(int(n.split(".")[1]) for n in group if n.startswith("blocks."))
-        # A block's input needs grad only above the group's lowest layer (patch embedding: block 0 up).
-        first = 0 if "patch_embed.proj" in group else lowest_block + 1
-        assert flags == [b >= first for b in range(len(model.blocks))], (list(group), flags)
+    groups = list(reversed(weight_groups(grft.eligible_layers(model, grft.detect_architecture(model)), 3)))
+    tops = [max(max(_block_of(n) for n in g), 0) for g in groups]
+    assert model.grft_probe_passes == ["loss"] + [f"gradient kept at blocks.{t}" for t in tops[1:]]
+    for p, (group, ran) in enumerate(zip(groups, runs, strict=True)):
+        last = len(model.blocks) - 1 if p == 0 else tops[p]  # a pass below the top stops at its group's top block
+        # A block's input needs grad above the group's lowest layer, and above the block whose
+        # output gradient this pass keeps for the next one (if that lies lower).
+        first = min(_block_of(n) for n in group) + 1
+        if p + 1 < len(groups) and tops[p + 1] < tops[p]:
+            first = min(first, tops[p + 1] + 1)
+        assert ran == [(b, b >= first) for b in range(last + 1)], (p, list(group), ran)
+
+
+def test_a_network_whose_head_reads_an_earlier_block_is_probed_from_the_loss_in_every_pass():
+    model, batches = workload("vit")
+    stash = {}
+    model.blocks[0].register_forward_hook(lambda _m, _a, out: stash.update(first=out))
+    model.norm.register_forward_hook(lambda _m, _a, out: out + 0.5 * stash["first"])  # a skip past the chain
+    one = probe(model, batches, passes=1)
+    three = probe(model, batches, passes=3)
+    assert model.grft_probe_passes == ["loss"] * 3
+    for n in one:
+        assert torch.equal(one[n], three[n]), n
+
+
+@pytest.mark.parametrize("name", ["vit", "llama"])
+def test_the_passes_below_the_top_start_from_a_kept_gradient(name):
+    model, batches = workload(name)
+    probe(model, batches, passes=3)
+    assert model.grft_probe_passes[0] == "loss"
+    assert all(where.startswith("gradient kept at ") for where in model.grft_probe_passes[1:])
 
 
 # --- the split ------------------------------------------------------------------------------------
@@ -303,3 +333,33 @@ def test_bad_probe_settings_are_one_line_errors(settings, match):
 
     with pytest.raises(ValueError, match=match):
         ProbeSettings(**settings)
+
+
+def test_the_kept_gradients_live_in_a_temporary_folder_removed_after_the_probe_or_an_error(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, batches = workload("vit")
+    during = []
+
+    def progress(iterable, description, total=None):
+        during.append(sorted(p.name for p in tmp_path.glob("grft-probe-*/*/*.pt")))
+        yield from iterable
+
+    grft.accumulate_gradients(model, batches, grft.GRFTConfig(k=2), progress=progress, passes=3)
+    assert during[0] == [] and during[1] == [f"{i}.pt" for i in range(len(batches))]  # one per batch
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="did not replay pass 1"):
+        probe(model, Drifting(batches), passes=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pass_whose_group_never_reaches_the_loss_sums_zeros_as_the_one_pass_probe_does():
+    model, batches = workload("vit")
+    model.unused = torch.nn.Linear(24, 24)  # eligible, registered last (the top group), read by nothing
+    assert "unused" in grft.eligible_layers(model, grft.detect_architecture(model))
+    one = probe(model, batches, passes=1)
+    three = probe(model, batches, passes=3)
+    assert not one["unused"].any()
+    for n in one:
+        assert torch.equal(one[n], three[n]), n
