@@ -135,13 +135,15 @@ def chain_segments(
             elif ref in weights:
                 if owner.setdefault(weights[ref], segment) != segment:  # a weight read in two segments
                     return None
-    if len(owner) != len({id(layer.weight) for layer in layers.values()}):
-        # A weight no segment reads gets no gradient at all; it is left out of the shortcut.
-        return None
-    order = [owner[weights[id(layer.weight)]] for layer in layers.values()]
-    if order != sorted(order):
-        return None
-    return {name: owner[weights[id(layer.weight)]] for name, layer in layers.items()}
+    # A weight no segment reads (an unused head, a pooler the classifier skips) gets no gradient in
+    # any pass; it joins the segment of the layer before it in module order.
+    segments_of: dict[str, int] = {}
+    previous = 0
+    for name, layer in layers.items():
+        previous = owner.get(weights[id(layer.weight)], previous)
+        segments_of[name] = previous
+    order = list(segments_of.values())
+    return segments_of if order == sorted(order) else None
 
 
 class BoundaryGradients:

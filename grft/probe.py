@@ -469,7 +469,8 @@ def _one_pass(
                 expected = first.checksums.get((step.start, position))
                 if expected is None or checksum(hidden) != expected:
                     raise ValueError(_NOT_REPLAYED.format(what=f"batch {used + 1}'s hidden state at the pass's start"))
-                torch.autograd.backward(hidden, step.kept_in.get(position, hidden.device))
+                if hidden.requires_grad:  # else none of this group's weights reaches it: their H is zero
+                    torch.autograd.backward(hidden, step.kept_in.get(position, hidden.device))
                 del hidden
             if step.capture is not None:
                 # No gradient reached the boundary: the loss does not depend on it (a zero gradient).
@@ -511,8 +512,8 @@ def _forward_to(model: nn.Module, block: nn.Module, loss_fn: LossFn, batch) -> t
         with stop_after(block):
             loss_fn(model, batch)
     except StopForward as stop:
-        if stop.hidden is None or not stop.hidden.requires_grad:
-            raise ValueError(_NOT_REPLAYED.format(what="no gradient path to the pass's start block")) from None
+        if stop.hidden is None:
+            raise ValueError(_NOT_REPLAYED.format(what="no hidden state leaving the pass's start block")) from None
         return stop.hidden
     raise ValueError(_NOT_REPLAYED.format(what="the model did not run the pass's start block"))
 
@@ -546,7 +547,8 @@ def _after_batch(first: _FirstPass, position: int, recording: bool) -> None:
 
 _NOT_REPLAYED = (
     "probe pass 2 did not replay pass 1 ({what}): the probe batches or their random draws changed between "
-    "passes; give a fixed list or a DataLoader whose randomness comes from torch's, numpy's or Python's global "
+    "passes, or the model computes other bits when fewer of its tensors need gradients (a kernel chosen by "
+    "requires_grad); give a fixed list or a DataLoader whose randomness comes from torch's, numpy's or Python's global "
     "generator (or a seeded one), or set probe passes to 1"
 )
 
