@@ -14,7 +14,7 @@ DATA_TASKS := $(if $(TASKS),--tasks $(TASKS))
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-seeds overhead test test-fast test-all models-coverage lint format data-vtab data-fgvc data-glue data-check bench bench-fig3
+.PHONY: help install run run-seeds overhead test test-fast test-all models-coverage lint format data-vtab data-fgvc data-glue data-check bench bench-whole-run bench-fig3
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -152,6 +152,11 @@ tune: install ## choose settings on validation data (Optuna study), then train t
 # --- Benchmark (experiments/bench/README.md) ---------------------------------------------------------
 bench: install ## GRFT vs full, GPS, LoRA, linear, floor (time, memory, state, files) + Fig. 3 -> results/bench/
 	$(PYTHON) -m experiments.bench $(BENCH_ARGS)
+
+WHOLE_RUN = --methods lora,grft_row,grft_column,gps --steps 1 --warmup 1 --interleave none --probe-rounds 0 --no-fig3 --probe-batches 4
+bench-whole-run: install ## whole-run peaks and probe passes: ViT and CPU Llama, then the 16-layer Llama-3.2-1B shape -> results/bench/whole_run/
+	$(PYTHON) -m experiments.bench --models vit,llama $(WHOLE_RUN) --out results/bench/whole_run/cpu_shapes $(BENCH_ARGS)
+	$(PYTHON) -m experiments.bench --models llama --llama-shape 1b --batch 4 $(WHOLE_RUN) --out results/bench/whole_run/llama_1b $(BENCH_ARGS)
 
 bench-fig3: install ## only the Fig. 3 memory-over-time trace (GRFT, GPS, LoRA) -> results/bench/fig3_memory.*
 	$(PYTHON) -m experiments.bench.memory_trace $(BENCH_ARGS)

@@ -224,3 +224,22 @@ def checksum(hidden: torch.Tensor) -> float:
     """A float64 sum of a hidden state: a later pass that starts from a boundary must see the first
     pass's value there (else the batches or their random draws changed between passes)."""
     return float(hidden.detach().to(torch.float64).sum())
+
+
+@contextlib.contextmanager
+def cut_inputs(blocks: list[nn.Module]) -> Iterator[None]:
+    """Each of ``blocks`` reads its input as a new leaf (the same values, needing a gradient where
+    the input did): backward stops there, so the layers below it, whose weights require grad only so
+    that every operation runs as in the one-pass probe, get no backward pass."""
+
+    def cut(_module, args):
+        if args and torch.is_tensor(args[0]) and args[0].requires_grad:
+            return (args[0].detach().requires_grad_(True), *args[1:])
+        return None
+
+    handles = [block.register_forward_pre_hook(cut) for block in blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

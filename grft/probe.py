@@ -29,6 +29,7 @@ from .boundaries import (
     capture_gradient,
     chain_segments,
     checksum,
+    cut_inputs,
     kept_gradients_folder,
     stop_after,
 )
@@ -175,17 +176,32 @@ def _probing(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _gradients_of(group: dict[str, nn.Module]) -> Iterator[None]:
-    """Only this group's weights require grad: autograd's graph starts at its lowest layer, so the
-    layers below run without one and backward stops there."""
+def _gradients_of(group: dict[str, nn.Module], above: dict[str, nn.Module] | None = None) -> Iterator[None]:
+    """This group's weights require grad, so autograd's graph starts at its lowest layer: the layers
+    below run without one and backward stops there. ``above``: the eligible layers after the group
+    (module order) require grad too, their gradients dropped as soon as they exist, so autograd
+    back-propagates through them by the same kernels as in the one-pass probe (a frozen weight's
+    layer may compute its input's gradient by another route, whose last bits differ: CaiT)."""
+    others = [layer.weight for name, layer in (above or {}).items() if name not in group]
+    others = list({id(w): w for w in others if all(w is not layer.weight for layer in group.values())}.values())
+    handles = []
     try:
         for layer in group.values():
             layer.weight.requires_grad_(True)
+        for weight in others:
+            weight.requires_grad_(True)
+            handles.append(weight.register_post_accumulate_grad_hook(_drop_grad))
         yield
     finally:
-        for layer in group.values():
-            layer.weight.requires_grad_(False)
-            layer.weight.grad = None
+        for h in handles:
+            h.remove()
+        for weight in [*(layer.weight for layer in group.values()), *others]:
+            weight.requires_grad_(False)
+            weight.grad = None
+
+
+def _drop_grad(weight: torch.Tensor) -> None:
+    weight.grad = None
 
 
 @contextlib.contextmanager
@@ -317,7 +333,15 @@ def gradient_groups(
         plan = [_PassPlan(group) for group in reversed(groups)]  # top group first
         blocks = [model.get_submodule(n) for n in block_names(model, arch)] if len(groups) > 1 else []
         if len(groups) > 1:
-            segments = _chain(model, blocks, layers, batches, loss_fn, device, keep)
+            segments = _first_batch(
+                lambda m, ls, f: chain_segments(m, blocks, ls, f) if len(blocks) > 1 else None,
+                model,
+                layers,
+                batches,
+                loss_fn,
+                device,
+                keep,
+            )
             if segments is not None:
                 folder = stack.enter_context(kept_gradients_folder())
                 _plan_starts(plan, segments, len(blocks), folder)
@@ -330,7 +354,11 @@ def gradient_groups(
             if i > 0:
                 first.start.restore()
             desc = "probe: gradients" + (f", pass {i + 1} of {len(plan)}" if len(plan) > 1 else "")
-            with _gradients_of(step.group):
+            # Every eligible weight requires grad, as in the one-pass probe (a kernel may be chosen by
+            # requires_grad: CaiT's backward, Doge's forward); only the group's gradients are kept, and
+            # the blocks from the group's lowest (or the kept boundary, if lower) down are cut off.
+            cut = blocks[: _lowest_block(step, segments if blocks else None) + 1]
+            with _gradients_of(step.group, layers if len(plan) > 1 else None), cut_inputs(cut):
                 grads = _one_pass(
                     model, batches, step, blocks, loss_fn, arch, device, keep, total, progress, desc, low_memory, first
                 )
@@ -346,6 +374,15 @@ def gradient_groups(
         raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
     if not nonzero:
         raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
+
+
+def _lowest_block(step: _PassPlan, segments: dict[str, int] | None) -> int:
+    """The last block to cut off in this pass: the group's lowest block, or the kept boundary's block
+    if lower (its output must stay in the graph); -1: none (the group reaches below the first block)."""
+    if segments is None:
+        return -1
+    lowest = min(segments[name] for name in step.group) - 1  # segment b's layers sit in block b
+    return min(lowest, step.capture) if step.capture is not None else lowest
 
 
 class _PassPlan:
@@ -394,10 +431,8 @@ class _FirstPass:
         self.with_path = 0  # batches whose loss reached the pass's group, over every pass
 
 
-def _chain(model, blocks, layers, batches, loss_fn, device, keep) -> dict[str, int] | None:
-    """``chain_segments`` on the first probe batch with a loss, its random draws undone after."""
-    if len(blocks) < 2:
-        return None
+def _first_batch(check, model, layers, batches, loss_fn, device, keep):
+    """``check(model, layers, forward)`` on the first probe batch with a loss, its random draws undone after."""
     state = RandomState(device)
     try:
         for position, batch in enumerate(batches):
@@ -405,12 +440,18 @@ def _chain(model, blocks, layers, batches, loss_fn, device, keep) -> dict[str, i
                 continue
             batch = to_device(batch, device)
             try:
-                return chain_segments(model, blocks, layers, lambda b=batch: loss_fn(model, b))
+                return check(model, layers, lambda b=batch: _needs_loss(loss_fn(model, b)))
             except NoLoss:
                 continue  # a batch with nothing to contrast: try the next
         return None
     finally:
         state.restore()
+
+
+def _needs_loss(loss):
+    if loss is None:
+        raise NoLoss()
+    return loss
 
 
 def _one_pass(

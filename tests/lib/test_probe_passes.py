@@ -150,12 +150,9 @@ def test_passes_run_top_down_and_each_below_the_top_runs_only_up_to_its_group():
     assert model.grft_probe_passes == ["loss"] + [f"gradient kept at blocks.{t}" for t in tops[1:]]
     for p, (group, ran) in enumerate(zip(groups, runs, strict=True)):
         last = len(model.blocks) - 1 if p == 0 else tops[p]  # a pass below the top stops at its group's top block
-        # A block's input needs grad above the group's lowest layer, and above the block whose
-        # output gradient this pass keeps for the next one (if that lies lower).
-        first = min(_block_of(n) for n in group) + 1
-        if p + 1 < len(groups) and tops[p + 1] < tops[p]:
-            first = min(first, tops[p + 1] + 1)
-        assert ran == [(b, b >= first) for b in range(last + 1)], (p, list(group), ran)
+        # Every eligible weight requires grad, as in the one-pass probe: every block's input needs a
+        # gradient (the patch embedding is eligible); the blocks below the group are cut off instead.
+        assert ran == [(b, True) for b in range(last + 1)], (p, list(group), ran)
 
 
 def test_a_network_whose_head_reads_an_earlier_block_is_probed_from_the_loss_in_every_pass():
@@ -363,3 +360,27 @@ def test_a_pass_whose_group_never_reaches_the_loss_sums_zeros_as_the_one_pass_pr
     assert not one["unused"].any()
     for n in one:
         assert torch.equal(one[n], three[n]), n
+
+
+def test_a_pass_back_propagates_no_further_than_one_block_below_its_group():
+    """The weights below the group require grad (so every kernel runs as in the one-pass probe), but
+    the blocks below are cut off: their layers get no backward pass."""
+    model, batches = workload("vit")
+    backward_reached: list[set[int]] = []
+    for i, block in enumerate(model.blocks):
+        block.register_full_backward_pre_hook(
+            lambda _m, _g, i=i: backward_reached[-1].add(i) if backward_reached else None
+        )
+
+    def progress(iterable, description, total=None):
+        for item in iterable:
+            backward_reached.append(set())
+            yield item
+
+    grft.accumulate_gradients(model, batches[:1], grft.GRFTConfig(k=2), progress=progress, passes=6)
+    groups = list(reversed(weight_groups(grft.eligible_layers(model, grft.detect_architecture(model)), 6)))
+    for group, reached in zip(groups, backward_reached, strict=True):
+        lowest = max(min(_block_of(n) for n in group), 0)
+        # (A pass's start block ends the forward in its forward hook, before its backward hook is set.)
+        assert min(reached, default=lowest) >= lowest - 1, (list(group), reached)
+    assert 0 not in backward_reached[0]  # the top group lies in the last block: the first block is cut off
