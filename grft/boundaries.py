@@ -71,6 +71,22 @@ def _references(root) -> set[int]:
     return found
 
 
+@contextlib.contextmanager
+def eligible_weights_only(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
+    """Inside the block the eligible weights, and no other parameter, require grad (as in the
+    one-pass probe); every parameter's flag is restored after."""
+    saved = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in layers.values():
+            layer.weight.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+
+
 def chain_segments(
     model: nn.Module, blocks: list[nn.Module], layers: dict[str, nn.Module], forward
 ) -> dict[str, int] | None:
@@ -101,14 +117,13 @@ def chain_segments(
 
     weights = {id(layer.weight): name for name, layer in layers.items()}
     handles = [block.register_forward_hook(cutter(i)) for i, block in enumerate(blocks)]
-    saved = {p: p.requires_grad for p in model.parameters()}
     try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for layer in layers.values():
-            layer.weight.requires_grad_(True)
         # The graph without its saved tensors: its shape is all that is read.
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda _t: None, lambda _t: None):
+        with (
+            eligible_weights_only(model, layers),
+            torch.enable_grad(),
+            torch.autograd.graph.saved_tensors_hooks(lambda _t: None, lambda _t: None),
+        ):
             try:
                 loss = forward()
             except RuntimeError:  # e.g. an in-place operation on a block's output, now a leaf: not cut here
@@ -123,8 +138,6 @@ def chain_segments(
     finally:
         for h in handles:
             h.remove()
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
     leaf_ids = {id(leaf): i for i, leaf in enumerate(leaves)}
     owner: dict[str, int] = {}
     for segment, refs in enumerate(segments):

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from grft.architecture import Architecture, block_names
+from grft.boundaries import eligible_weights_only
 from grft.checkpointing import checkpointed_blocks
 from grft.config import GRFTConfig
 from grft.heap import release_free_pages
@@ -136,15 +137,16 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
         b.register_forward_pre_hook(lambda _m, args: kept.extend(a for a in args if torch.is_tensor(a)))
         for b in blocks[1:]
     ]
-    saved = {p: p.requires_grad for p in model.parameters()}
     try:
-        for p in model.parameters():
-            p.requires_grad_(False)
         for layer in layers.values():
-            layer.weight.requires_grad_(True)
             if hasattr(layer, "grft_probing"):
                 layer.grft_probing = True
-        with torch.enable_grad(), checkpointed_blocks(model, arch), saved_bytes(model) as counted:
+        with (
+            eligible_weights_only(model, layers),
+            torch.enable_grad(),
+            checkpointed_blocks(model, arch),
+            saved_bytes(model) as counted,
+        ):
             loss = scl_probe_loss(arch, config.temperature)(model, batch)
             inputs = tensor_bytes(kept)
             del loss
@@ -154,8 +156,6 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
         for layer in layers.values():
             if hasattr(layer, "grft_probing"):
                 layer.grft_probing = False
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
     # One weight-sized gradient exists before it is summed (the largest weight's, at worst); the
     # ranking afterwards converts a fixed number of elements at a time (grft.selection).
     return counted[0] + inputs + largest_weight_bytes(layers) + RANK_CHUNK_ELEMENTS * 8
