@@ -204,11 +204,14 @@ def stop_after(block: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def capture_gradient(block: nn.Module, sink: dict) -> Iterator[None]:
-    """Puts in ``sink`` the hidden state leaving ``block`` (``"hidden"``) and the gradient that
-    reaches it in backward (``"grad"``; absent if none does).
+    """Puts in ``sink`` the hidden state leaving ``block`` (``"hidden"``) and a dict that receives
+    the gradient reaching it in backward (``"received"``, whose ``"grad"`` is absent if none does).
 
     Where nothing below the output needs a gradient in this pass, the output is made a leaf that
     requires one, so backward reaches it (through the blocks between it and the pass's group).
+    The hook writes to a dict of its own, not to ``sink``: ``sink`` holds the hidden state, which
+    holds the hook, and a cycle through a tensor's hooks is one Python's garbage collector cannot
+    see; it would keep the batch's hidden state and its autograd graph alive after the probe.
     """
 
     def hook(_module, _args, out):
@@ -218,12 +221,9 @@ def capture_gradient(block: nn.Module, sink: dict) -> Iterator[None]:
         if not hidden.requires_grad:
             hidden = hidden.detach().requires_grad_(True)
             out = _with_hidden(out, hidden)
-        sink["hidden"] = hidden
-
-        def keep(grad: torch.Tensor) -> None:
-            sink["grad"] = grad.detach().clone()
-
-        hidden.register_hook(keep)
+        received: dict[str, torch.Tensor] = {}
+        sink["hidden"], sink["received"] = hidden, received
+        hidden.register_hook(lambda grad: received.__setitem__("grad", grad.detach().clone()))
         return out
 
     handle = block.register_forward_hook(hook)

@@ -12,6 +12,8 @@ the gradients are the plain probe's, bit for bit; it costs one more forward pass
 The last block is the exception: backward starts with it, so recomputing it would rebuild at once
 what its forward pass just freed, and the probe's peak (every block's input plus one block's
 inside) is the same either way; keeping its activations saves that block's second forward pass.
+The same holds for the block a probe pass stops after (``last``), whose backward starts from a
+kept gradient.
 
 On CPU the heap's free pages are handed back to the system after each block's forward pass and
 before each block's backward (``grft.heap``): the probe's mix of tensor sizes otherwise leaves
@@ -107,14 +109,17 @@ def _probe_forward(forward, recompute: bool, name: str, record: dict[str, str]):
 
 
 @contextlib.contextmanager
-def checkpointed_blocks(model: nn.Module, arch: Architecture) -> Iterator[int]:
+def checkpointed_blocks(model: nn.Module, arch: Architecture, last: int | None = None) -> Iterator[int]:
     """Inside the block, every block of ``arch.blocks`` but the last recomputes its activations in backward.
 
-    Yields the number of blocks checkpointed; the model is exactly as before on exit, but for
-    ``model.grft_probe_blocks``: block name -> how the probe ran it (checkpointed, or plain and why).
+    ``last``: the index of the last block the forward pass runs, where a probe pass stops early
+    (``grft.boundaries``); it and the blocks after it run plainly. Yields the number of blocks
+    checkpointed; the model is exactly as before on exit, but for ``model.grft_probe_blocks``:
+    block name -> how the probe ran it (checkpointed, or plain and why).
     """
     names = block_names(model, arch)  # one list, or a staged model's
     blocks = [model.get_submodule(name) for name in names]
+    last = len(blocks) - 1 if last is None else last
     config = getattr(model, "config", None)
     cache = getattr(config, "use_cache", None)
     record: dict[str, str] = {}
@@ -126,8 +131,8 @@ def checkpointed_blocks(model: nn.Module, arch: Architecture) -> Iterator[int]:
         for i, (name, block) in enumerate(zip(names, blocks, strict=True)):
             had_own = "forward" in vars(block)
             patched.append((block, had_own, vars(block).get("forward")))
-            block.forward = _probe_forward(block.forward, i < len(blocks) - 1, name, record)
-        yield max(len(blocks) - 1, 0)
+            block.forward = _probe_forward(block.forward, i < last, name, record)
+        yield max(min(last, len(blocks) - 1), 0)
     finally:
         for block, had_own, own in patched:
             if had_own:

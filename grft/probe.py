@@ -176,32 +176,21 @@ def _probing(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _gradients_of(group: dict[str, nn.Module], above: dict[str, nn.Module] | None = None) -> Iterator[None]:
-    """This group's weights require grad, so autograd's graph starts at its lowest layer: the layers
-    below run without one and backward stops there. ``above``: the eligible layers after the group
-    (module order) require grad too, their gradients dropped as soon as they exist, so autograd
-    back-propagates through them by the same kernels as in the one-pass probe (a frozen weight's
-    layer may compute its input's gradient by another route, whose last bits differ: CaiT)."""
-    others = [layer.weight for name, layer in (above or {}).items() if name not in group]
-    others = list({id(w): w for w in others if all(w is not layer.weight for layer in group.values())}.values())
-    handles = []
+def _gradients_of(group: dict[str, nn.Module], others: dict[str, nn.Module] | None = None) -> Iterator[None]:
+    """This group's weights require grad, and so do the weights of ``others`` (the pass's other
+    eligible layers), so that every operation runs by the same kernel as in the one-pass probe (a
+    frozen weight's layer may compute its input's gradient by another route, whose last bits
+    differ: CaiT; a forward may branch on ``requires_grad``: Doge). A pass's backward asks for the
+    group's gradients only (``_targets``): the others' are never computed."""
+    weights = [layer.weight for layer in [*group.values(), *(others or {}).values()]]
     try:
-        for layer in group.values():
-            layer.weight.requires_grad_(True)
-        for weight in others:
+        for weight in weights:
             weight.requires_grad_(True)
-            handles.append(weight.register_post_accumulate_grad_hook(_drop_grad))
         yield
     finally:
-        for h in handles:
-            h.remove()
-        for weight in [*(layer.weight for layer in group.values()), *others]:
+        for weight in weights:
             weight.requires_grad_(False)
             weight.grad = None
-
-
-def _drop_grad(weight: torch.Tensor) -> None:
-    weight.grad = None
 
 
 @contextlib.contextmanager
@@ -304,8 +293,8 @@ def gradient_groups(
     from the top group down. Every pass replays the first one: the random generators are put back
     to where the first pass started and, after each batch, to where the first pass left them (the
     loader's shuffle and worker seeds, augmentation, dropout draws); the subset choice
-    (``subsets > 1``) is made once, before the first pass. Only the group's weights require
-    grad, so the layers below it run without a graph and backward stops at its lowest layer.
+    (``subsets > 1``) is made once, before the first pass. Backward computes the group's gradients
+    only, and stops at its lowest layer (the blocks below are cut off at their input).
     Where the blocks form a chain (``grft.boundaries``), a pass below the top one runs the
     network only up to its group's highest block and back-propagates from there the gradient the
     pass above kept; elsewhere it starts from the loss. Either way each batch must reproduce the
@@ -355,13 +344,17 @@ def gradient_groups(
                 first.start.restore()
             desc = "probe: gradients" + (f", pass {i + 1} of {len(plan)}" if len(plan) > 1 else "")
             # Every eligible weight requires grad, as in the one-pass probe (a kernel may be chosen by
-            # requires_grad: CaiT's backward, Doge's forward); only the group's gradients are kept, and
-            # the blocks from the group's lowest (or the kept boundary, if lower) down are cut off.
+            # requires_grad: CaiT's backward, Doge's forward); only the group's gradients are computed,
+            # and the blocks from the group's lowest (or the kept boundary, if lower) down are cut off.
             cut = blocks[: _lowest_block(step, segments if blocks else None) + 1]
-            with _gradients_of(step.group, layers if len(plan) > 1 else None), cut_inputs(cut):
+            with _gradients_of(step.group, layers), cut_inputs(cut):
                 grads = _one_pass(
                     model, batches, step, blocks, loss_fn, arch, device, keep, total, progress, desc, low_memory, first
                 )
+            if i == 0:
+                ways = getattr(model, "grft_probe_blocks", None)
+            elif ways is not None:  # the first pass ran every block (from the loss): its record says how
+                model.grft_probe_blocks = ways
             later = plan[i + 1].kept_in if i + 1 < len(plan) else None
             if step.kept_in is not None and step.kept_in is not later:
                 step.kept_in.drop()  # no later pass starts there
@@ -469,7 +462,7 @@ def _one_pass(
     with contextlib.ExitStack() as memory_savers:
         if low_memory:
             memory_savers.enter_context(sums)
-            memory_savers.enter_context(checkpointed_blocks(model, arch))
+            memory_savers.enter_context(checkpointed_blocks(model, arch, last=step.start))
         kept: dict = {}
         if step.capture is not None:
             memory_savers.enter_context(capture_gradient(blocks[step.capture], kept))
@@ -502,7 +495,7 @@ def _one_pass(
                 for block, value in seen:
                     first.checksums[(block, position)] = value
                 if loss.requires_grad:  # else none of this group's weights reaches the loss: their H is zero
-                    loss.backward()
+                    torch.autograd.backward(loss, inputs=_targets(group, kept))
                     first.with_path += 1
                 del loss
             else:
@@ -511,11 +504,14 @@ def _one_pass(
                 if expected is None or checksum(hidden) != expected:
                     raise ValueError(_NOT_REPLAYED.format(what=f"batch {used + 1}'s hidden state at the pass's start"))
                 if hidden.requires_grad:  # else none of this group's weights reaches it: their H is zero
-                    torch.autograd.backward(hidden, step.kept_in.get(position, hidden.device))
+                    kept_grad = step.kept_in.get(position, hidden.device)
+                    torch.autograd.backward(hidden, kept_grad, inputs=_targets(group, kept))
                 del hidden
             if step.capture is not None:
                 # No gradient reached the boundary: the loss does not depend on it (a zero gradient).
-                step.kept_out.put(position, kept["grad"] if "grad" in kept else torch.zeros_like(kept["hidden"]))
+                received = kept["received"]
+                grad = received["grad"] if "grad" in received else torch.zeros_like(kept["hidden"])
+                step.kept_out.put(position, grad)
             used += 1
             _after_batch(first, position, recording)
     if recording:
@@ -545,6 +541,15 @@ def _one_pass(
             for g in {id(g): g for g in grads.values()}.values():
                 dist.all_reduce(g)
     return grads
+
+
+def _targets(group: dict[str, nn.Module], kept: dict) -> list[torch.Tensor]:
+    """What a pass's backward computes gradients for: the group's weights, and the boundary whose
+    gradient it keeps for the next pass. Autograd then runs only the nodes on a path to them: the
+    other eligible weights require grad (so every kernel is the one-pass probe's) but their
+    gradients are never computed, and each node's input gradient is the same operation as before."""
+    weights = list({id(layer.weight): layer.weight for layer in group.values()}.values())
+    return weights + ([kept["hidden"]] if "hidden" in kept else [])
 
 
 def _forward_to(model: nn.Module, block: nn.Module, loss_fn: LossFn, batch) -> torch.Tensor:

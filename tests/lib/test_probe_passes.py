@@ -6,7 +6,10 @@
   2-rank CPU DDP (gloo), against the 2-rank one-pass probe.
 - A shuffled DataLoader with a random augmentation replays too (its draws come from the global
   generator, put back before each pass); batches that change between passes are an error.
-- Each pass's backward stops at its group: the blocks below it run without a graph.
+- Each pass's backward stops at its group: the blocks below it run without a graph; it computes
+  the gradients of its group's weights and of no other (they require grad all the same); the
+  start block of a pass from a kept gradient is not recomputed (the record of how each block ran
+  is the one-pass probe's); nothing of a pass's graph outlives the probe.
 - The split: contiguous groups in module order, exactly ``passes`` of them, the largest as small
   as any contiguous split can make it (brute force), a shared weight in one group.
 - The app: ``probe.passes`` forces the count, ``probe.memory`` sets it from a budget (a budget
@@ -384,3 +387,37 @@ def test_a_pass_back_propagates_no_further_than_one_block_below_its_group():
         # (A pass's start block ends the forward in its forward hook, before its backward hook is set.)
         assert min(reached, default=lowest) >= lowest - 1, (list(group), reached)
     assert 0 not in backward_reached[0]  # the top group lies in the last block: the first block is cut off
+
+
+def test_a_pass_computes_the_gradients_of_its_group_and_of_no_other_weight():
+    model, batches = workload("vit")
+    layers = grft.eligible_layers(model, grft.detect_architecture(model))
+    computed: list[set[str]] = []
+    for name, layer in layers.items():
+        layer.weight.register_post_accumulate_grad_hook(
+            lambda _w, name=name: computed[-1].add(name) if computed else None
+        )
+
+    def progress(iterable, description, total=None):
+        computed.append(set())
+        yield from iterable
+
+    grft.accumulate_gradients(model, batches[:1], grft.GRFTConfig(k=2), progress=progress, passes=6)
+    groups = list(reversed(weight_groups(layers, 6)))
+    assert computed == [set(group) for group in groups]
+
+
+def test_the_probe_in_passes_leaves_no_graph_alive_and_records_the_blocks_as_one_pass_does():
+    # A hook on a kept boundary that referred back to its own hidden state once kept the last
+    # batch's graph (a block's activations) alive through training.
+    import gc
+
+    model, batches = workload("llama")
+    grft.select(model, batches, grft.GRFTConfig(k=2), passes=1)
+    one_pass_record = dict(model.grft_probe_blocks)
+    grft.select(model, batches, grft.GRFTConfig(k=2), passes=4)
+    assert all(where.startswith("gradient kept") for where in model.grft_probe_passes[1:])
+    gc.collect()
+    alive = [t for t in gc.get_objects() if torch.is_tensor(t) and t.grad_fn is not None]
+    assert not alive, [tuple(t.shape) for t in alive]
+    assert model.grft_probe_blocks == one_pass_record
