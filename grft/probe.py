@@ -35,6 +35,7 @@ from .boundaries import (
 )
 from .checkpointing import _hidden_state, checkpointed_blocks
 from .config import GRFTConfig
+from .direct_sums import DirectSums, plain_linear
 from .heap import release_free_pages
 from .layers import SlicedLayer
 from .matrices import layer_matrix, weight_matrix
@@ -459,10 +460,14 @@ def _one_pass(
     position = -1
     group = step.group
     sums = FlatAccumulator({name: layer.weight for name, layer in group.items()}) if low_memory else None
+    direct = None
     with contextlib.ExitStack() as memory_savers:
         if low_memory:
             memory_savers.enter_context(sums)
             memory_savers.enter_context(checkpointed_blocks(model, arch, last=step.start))
+            summed_directly = _outside_checkpointed_blocks(model, arch, group, step.start)
+            if summed_directly:
+                direct = memory_savers.enter_context(DirectSums(summed_directly, sums.sums))
         kept: dict = {}
         if step.capture is not None:
             memory_savers.enter_context(capture_gradient(blocks[step.capture], kept))
@@ -479,6 +484,8 @@ def _one_pass(
                 continue
             kept.clear()
             seen.clear()
+            if direct is not None:
+                direct.done()
             if step.start is None:
                 loss = loss_fn(model, to_device(batch, device))
                 if loss is None:
@@ -495,7 +502,7 @@ def _one_pass(
                 for block, value in seen:
                     first.checksums[(block, position)] = value
                 if loss.requires_grad:  # else none of this group's weights reaches the loss: their H is zero
-                    torch.autograd.backward(loss, inputs=_targets(group, kept))
+                    torch.autograd.backward(loss, inputs=_targets(group, kept, direct, loss))
                     first.with_path += 1
                 del loss
             else:
@@ -505,7 +512,7 @@ def _one_pass(
                     raise ValueError(_NOT_REPLAYED.format(what=f"batch {used + 1}'s hidden state at the pass's start"))
                 if hidden.requires_grad:  # else none of this group's weights reaches it: their H is zero
                     kept_grad = step.kept_in.get(position, hidden.device)
-                    torch.autograd.backward(hidden, kept_grad, inputs=_targets(group, kept))
+                    torch.autograd.backward(hidden, kept_grad, inputs=_targets(group, kept, direct, hidden))
                 del hidden
             if step.capture is not None:
                 # No gradient reached the boundary: the loss does not depend on it (a zero gradient).
@@ -543,13 +550,28 @@ def _one_pass(
     return grads
 
 
-def _targets(group: dict[str, nn.Module], kept: dict) -> list[torch.Tensor]:
-    """What a pass's backward computes gradients for: the group's weights, and the boundary whose
-    gradient it keeps for the next pass. Autograd then runs only the nodes on a path to them: the
-    other eligible weights require grad (so every kernel is the one-pass probe's) but their
+def _targets(group: dict[str, nn.Module], kept: dict, direct: DirectSums | None, root: torch.Tensor) -> list:
+    """What a pass's backward computes gradients for: the group's weights (or, for the layers that
+    sum their weight's gradient directly, ``grft.direct_sums``, their outputs), and the boundary
+    whose gradient it keeps for the next pass. Autograd then runs only the nodes on a path to them:
+    the other eligible weights require grad (so every kernel is the one-pass probe's) but their
     gradients are never computed, and each node's input gradient is the same operation as before."""
     weights = list({id(layer.weight): layer.weight for layer in group.values()}.values())
+    if direct is not None:
+        others = [w for w in weights if all(w is not layer.weight for layer in direct.layers.values())]
+        weights = direct.targets([root.grad_fn], others)
     return weights + ([kept["hidden"]] if "hidden" in kept else [])
+
+
+def _outside_checkpointed_blocks(
+    model: nn.Module, arch: Architecture, group: dict[str, nn.Module], start: int | None
+) -> dict[str, nn.Module]:
+    """The group's plain Linear layers that run outside the blocks this pass checkpoints (those
+    before its start block, or before the last block where it starts from the loss)."""
+    blocks = [model.get_submodule(n) for n in block_names(model, arch)]
+    last = len(blocks) - 1 if start is None else start
+    checkpointed = {id(m) for block in blocks[:last] for m in block.modules()}
+    return {n: layer for n, layer in group.items() if plain_linear(layer) and id(layer) not in checkpointed}
 
 
 def _forward_to(model: nn.Module, block: nn.Module, loss_fn: LossFn, batch) -> torch.Tensor:
