@@ -514,6 +514,8 @@ def _one_pass(
                     kept_grad = step.kept_in.get(position, hidden.device)
                     torch.autograd.backward(hidden, kept_grad, inputs=_targets(group, kept, direct, hidden))
                 del hidden
+            if device.type == "cpu":
+                release_free_pages()  # the batch's freed activations, before the next batch's forward
             if step.capture is not None:
                 # No gradient reached the boundary: the loss does not depend on it (a zero gradient).
                 received = kept["received"]
