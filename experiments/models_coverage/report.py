@@ -56,10 +56,20 @@ def passes_line(rows: list[Row]) -> str:
     passed = [r for r in rows if r.status == "pass"]
     kept = [r for r in passed if re.search(r"from a kept gradient: [1-9]", r.reason)]
     several = [r for r in passed if re.search(r"probe passes: ([2-9]|\d\d)", r.reason)]
+    checked = [r for r in passed if "autograd's sums:" in r.reason]
+    differ = [r.model for r in checked if "autograd's sums: equal" not in r.reason]
+    autograd = (
+        f" The low-memory probe's sums (checkpointed blocks, Linear weights' gradients added in blocks of rows) "
+        f"were plain autograd's bit for bit on {len(checked) - len(differ)} of the {len(checked)} models checked"
+        + (f"; they differed on {', '.join(differ)}." if differ else ".")
+        if checked
+        else ""
+    )
     return (
         f"The probe in up to three passes summed the one-pass probe's gradients bit for bit on every model that "
         f"passes ({len(several)} with more than one eligible weight); on {len(kept)} of them the passes below the "
         f"top started from a gradient kept at a block boundary (the blocks form a chain), on the others from the loss."
+        + autograd
     )
 
 
