@@ -9,7 +9,8 @@ through the whole probe; that is the minimum. What this module avoids is everyth
   a few hundred MB of resident memory above the live tensors); one large buffer is mapped apart.
 - each weight's per-batch gradient is added into its sum by a post-accumulate-grad hook the moment
   autograd has produced it, and released there, so no second weight-sized copy waits for the
-  end of the backward pass.
+  end of the backward pass. A plain Linear layer outside the checkpointed blocks does not even make
+  it whole: its gradient goes into the sum a block of rows at a time (``grft.direct_sums``).
 - under torch.distributed the sum over ranks is one ``all_reduce`` per buffer, not one per matrix.
 
 The sum is taken in the weight's dtype promoted to at least float32. For float32 and float64

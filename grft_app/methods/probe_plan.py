@@ -156,8 +156,10 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
         for layer in layers.values():
             if hasattr(layer, "grft_probing"):
                 layer.grft_probing = False
-    # One weight-sized gradient exists before it is summed (the largest weight's, at worst); the
-    # ranking afterwards converts a fixed number of elements at a time (grft.selection).
+    # One weight-sized gradient exists before it is summed (the largest weight's, at worst: a plain
+    # Linear outside the checkpointed blocks adds its gradient in blocks of rows, grft.direct_sums,
+    # so this overstates what those need); the ranking afterwards converts a fixed number of
+    # elements at a time (grft.selection).
     return counted[0] + inputs + largest_weight_bytes(layers) + RANK_CHUNK_ELEMENTS * 8
 
 
