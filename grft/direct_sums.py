@@ -23,18 +23,22 @@ Where it is safe, and only there (elsewhere the weight's gradient comes from aut
 - it sits outside the checkpointed blocks: there autograd keeps ``x`` for the weight's gradient
   anyway, so holding it until backward costs nothing (inside a checkpointed block it would);
 - its weight is reached once in this batch's graph, by this one call (a layer called twice, or a
-  weight tied to another use, is left to autograd, which adds the uses up before the sum does).
+  weight tied to another use, is left to autograd, which adds the uses up before the sum does);
+- the model did not change the output in place afterwards, itself or through a view (its version
+  counter tells; Swin-V2 scales a projection's output in place, NaFlexViT, Longformer and RoCBert
+  add to one: with such an edit the gradient a hook on the output receives is not the layer's).
 
 The hook that receives ``g`` is registered on the layer's output as the layer returns it, and the
 pass's backward asks for the gradient at that output (its gradient edge, so nothing is stored in
-``.grad``): a model that edits the output in place afterwards does not change what the hook gets.
+``.grad``). The output is held until backward for the version check: most outputs are kept by
+autograd anyway (the next operation saves them), the others are a layer's output, not a weight.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import get_gradient_edge
 
 from .layers import SlicedLinear
 
@@ -76,12 +80,19 @@ def add_weight_gradient(total: torch.Tensor, grad_output: torch.Tensor, x: torch
 
 
 class _Call:
-    """One call of a layer in the current batch: its output's gradient edge, and its input."""
+    """One call of a layer in the current batch: its output (and the output's version then), the
+    output's gradient edge, and its input."""
 
-    def __init__(self, edge: GradientEdge, x: torch.Tensor):
-        self.edge = edge
+    def __init__(self, out: torch.Tensor, x: torch.Tensor):
+        self.out = out
+        self.version = out._version
+        self.edge = get_gradient_edge(out)
         self.x = x
         self.direct = False  # set before backward: whether the hook adds into the sum
+
+    def edited(self) -> bool:
+        """Whether the model changed the output in place after the layer (or through a view of it)."""
+        return self.out._version != self.version
 
 
 def _counts_of_weight_edges(roots: list, weights: set[int]) -> dict[int, int]:
@@ -140,7 +151,7 @@ class DirectSums:
             if not (torch.is_tensor(x) and torch.is_tensor(out) and out.requires_grad and out.grad_fn is not None):
                 self.calls.setdefault(name, []).append(None)  # a call this cannot follow: autograd's
                 return None
-            call = _Call(get_gradient_edge(out), x)
+            call = _Call(out, x)
             ok = (
                 x.is_contiguous()
                 and x.dtype == out.dtype == layer.weight.dtype
@@ -164,7 +175,8 @@ class DirectSums:
         left: dict[int, torch.Tensor] = {id(w): w for w in other_weights}
         for name, layer in self.layers.items():
             calls = self.calls.get(name, [])
-            if len(calls) == 1 and calls[0] is not None and counts.get(id(layer.weight)) == 1:
+            single = len(calls) == 1 and calls[0] is not None and not calls[0].edited()
+            if single and counts.get(id(layer.weight)) == 1:
                 calls[0].direct = True
                 out.append(calls[0].edge)
             else:
@@ -179,5 +191,5 @@ class DirectSums:
         for calls in self.calls.values():
             for call in calls:
                 if call is not None:
-                    call.edge = call.x = None
+                    call.edge = call.x = call.out = None
         self.calls.clear()

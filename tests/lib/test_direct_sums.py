@@ -6,7 +6,8 @@
   dense product (to rounding).
 - In a probe pass, the plain Linear layers outside the checkpointed blocks sum directly (autograd
   accumulates no gradient for their weights); a layer called twice, a weight shared by two layers,
-  and an output edited in place after the layer still give the plain probe's ``H`` bit for bit.
+  and an output edited in place through a view after the layer go through autograd, and every
+  sum is the plain probe's bit for bit.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class QuirkyBlock(nn.Module):
 
     def forward(self, x):
         h = self.edited(x)
-        h.mul_(1.5)
+        h[:, :3].mul_(1.5)  # through a view, as Swin-V2 scales a projection's output
         h = torch.tanh(self.twice(torch.tanh(self.twice(h))))
         h = torch.tanh(self.left(h)) + torch.tanh(self.right(h))
         return self.plain(h)
@@ -118,9 +119,10 @@ def test_a_layer_called_twice_a_shared_weight_and_an_edited_output_give_the_plai
         assert low.keys() == plain.keys()
         for n in plain:
             assert torch.equal(low[n], plain[n]), (passes, n)
-    # The edited and the plain layer summed directly; the twice-called and the shared weight did not.
-    assert {"block.twice.weight", "block.left.weight"} <= accumulated
-    assert not {"block.edited.weight", "block.plain.weight"} & accumulated
+    # Only the plain layer summed directly; the edited output, the twice-called layer and the shared
+    # weight went through autograd.
+    assert {"block.edited.weight", "block.twice.weight", "block.left.weight"} <= accumulated
+    assert "block.plain.weight" not in accumulated
 
 
 @pytest.mark.parametrize("name", ["vit", "llama"])
