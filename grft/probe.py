@@ -568,8 +568,9 @@ def _targets(group: dict[str, nn.Module], kept: dict, direct: DirectSums | None,
 def _outside_checkpointed_blocks(
     model: nn.Module, arch: Architecture, group: dict[str, nn.Module], start: int | None
 ) -> dict[str, nn.Module]:
-    """The group's plain Linear layers that run outside the blocks this pass checkpoints (those
-    before its start block, or before the last block where it starts from the loss)."""
+    """The group's plain Linear layers outside the blocks this pass checkpoints (the blocks before
+    its start block, or before the last block where it starts from the loss): those may sum their
+    weight's gradient directly (``grft.direct_sums``)."""
     blocks = [model.get_submodule(n) for n in block_names(model, arch)]
     last = len(blocks) - 1 if start is None else start
     checkpointed = {id(m) for block in blocks[:last] for m in block.modules()}
