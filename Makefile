@@ -153,11 +153,13 @@ tune: install ## choose settings on validation data (Optuna study), then train t
 bench: install ## GRFT vs full, GPS, LoRA, linear, floor (time, memory, state, files) + Fig. 3 -> results/bench/
 	$(PYTHON) -m experiments.bench $(BENCH_ARGS)
 
-# Full fine-tuning is left out at 16 layers: its fp32 weights, gradients and Adam state alone are about 20 GB.
+# Full fine-tuning is left out at 16 layers by default: its fp32 weights, gradients and Adam state alone
+# are about 20 GB. On a machine with room: make bench-whole-run WHOLE_RUN_1B=full,lora,grft_row,grft_column,gps
 WHOLE_RUN = --steps 1 --warmup 1 --interleave none --probe-rounds 0 --no-fig3 --probe-batches 4
+WHOLE_RUN_1B ?= lora,grft_row,grft_column,gps
 bench-whole-run: install ## whole-run peaks and probe passes: ViT and CPU Llama, then the 16-layer Llama-3.2-1B shape -> results/bench/whole_run/
 	$(PYTHON) -m experiments.bench --models vit,llama --methods full,lora,grft_row,grft_column,gps $(WHOLE_RUN) --out results/bench/whole_run/cpu_shapes $(BENCH_ARGS)
-	$(PYTHON) -m experiments.bench --models llama --llama-shape 1b --batch 4 --methods lora,grft_row,grft_column,gps $(WHOLE_RUN) --out results/bench/whole_run/llama_1b $(BENCH_ARGS)
+	$(PYTHON) -m experiments.bench --models llama --llama-shape 1b --batch 4 --methods $(WHOLE_RUN_1B) $(WHOLE_RUN) --out results/bench/whole_run/llama_1b $(BENCH_ARGS)
 
 bench-fig3: install ## only the Fig. 3 memory-over-time trace (GRFT, GPS, LoRA) -> results/bench/fig3_memory.*
 	$(PYTHON) -m experiments.bench.memory_trace $(BENCH_ARGS)
