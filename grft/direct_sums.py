@@ -41,10 +41,11 @@ from torch import nn
 from torch.autograd.graph import get_gradient_edge
 
 from .layers import SlicedLinear
+from .selection import RANK_CHUNK_ELEMENTS
 
-# Entries of one block of the batch's gradient (4 MiB in float32), as the ranking's chunk; blocks
+# Entries of one block of the batch's gradient: the ranking's chunk (4 MiB in float32); blocks
 # hold whole multiples of ROW_ALIGNMENT rows (row_blocks).
-BLOCK_ELEMENTS = 1 << 20
+BLOCK_ELEMENTS = RANK_CHUNK_ELEMENTS
 ROW_ALIGNMENT = 64
 DIRECT_DTYPES = (torch.float32, torch.float64)
 
