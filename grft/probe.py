@@ -37,6 +37,7 @@ from .checkpointing import _hidden_state, checkpointed_blocks
 from .config import GRFTConfig
 from .direct_sums import DirectSums, plain_linear
 from .heap import release_free_pages
+from .kept_inputs import InputRecorder, KeptInputs, standing_in
 from .layers import SlicedLayer
 from .matrices import layer_matrix, weight_matrix
 from .passes import weight_groups
@@ -219,6 +220,21 @@ class RandomState:
         module = torch.get_device_module(self.device.type)
         return module if hasattr(module, "get_rng_state") else None
 
+    def same_as(self, other: RandomState | None) -> bool:
+        """Whether both captured the same states (nothing drew in between)."""
+        if other is None or not torch.equal(self.torch, other.torch) or self.python != other.python:
+            return False
+        if (self.accelerator is None) != (other.accelerator is None):
+            return False
+        if self.accelerator is not None and not torch.equal(self.accelerator, other.accelerator):
+            return False
+        if self.numpy is None or other.numpy is None:
+            return self.numpy is None and other.numpy is None
+        return all(
+            bool(np.array_equal(a, b)) if isinstance(a, np.ndarray) else a == b
+            for a, b in zip(self.numpy, other.numpy, strict=True)
+        )
+
     def restore(self) -> None:
         torch.set_rng_state(self.torch)
         if self.accelerator is not None:
@@ -335,11 +351,16 @@ def gradient_groups(
             if segments is not None:
                 folder = stack.enter_context(kept_gradients_folder())
                 _plan_starts(plan, segments, len(blocks), folder)
+                _plan_entries(plan, segments, folder)
         model.grft_probe_passes = [p.describe(block_names(model, arch) if blocks else []) for p in plan]
         first = _FirstPass(
             RandomState(device) if len(groups) > 1 else None,
             sorted({p.start for p in plan if p.start is not None}),
         )
+        kept_inputs = {p.entry: p.kept_input for p in plan if p.kept_input is not None}
+        if kept_inputs:
+            first.inputs = InputRecorder(blocks, kept_inputs, lambda: RandomState(device))
+            first.kept_inputs = kept_inputs
         for i, step in enumerate(plan):
             if i > 0:
                 first.start.restore()
@@ -352,6 +373,7 @@ def gradient_groups(
                 grads = _one_pass(
                     model, batches, step, blocks, loss_fn, arch, device, keep, total, progress, desc, low_memory, first
                 )
+            model.grft_probe_skipped = [p.skipped for p in plan[: i + 1]]
             if i == 0:
                 ways = getattr(model, "grft_probe_blocks", None)
             elif ways is not None:  # the first pass ran every block (from the loss): its record says how
@@ -359,6 +381,13 @@ def gradient_groups(
             later = plan[i + 1].kept_in if i + 1 < len(plan) else None
             if step.kept_in is not None and step.kept_in is not later:
                 step.kept_in.drop()  # no later pass starts there
+            for entry, kept_input in list(first.kept_inputs.items()):
+                if i == 0 and first.inputs is not None and not first.inputs.usable:
+                    kept_input.drop()  # a block a stand-in cannot replace: every pass starts at the first block
+                    del first.kept_inputs[entry]
+                elif all(p.entry != entry for p in plan[i + 1 :]):
+                    kept_input.drop()  # no later pass enters there
+                    del first.kept_inputs[entry]
             nonzero = nonzero or any(bool(g.any()) for g in grads.values())
             yield grads
             del grads
@@ -368,6 +397,20 @@ def gradient_groups(
         raise ValueError(NO_GRADIENT_PATH.format(model=type(model).__name__))
     if not nonzero:
         raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
+
+
+def _plan_entries(plan: list[_PassPlan], segments: dict[str, int], folder) -> None:
+    """Each pass that starts from a kept gradient enters at the block above the ones it cuts off,
+    from the hidden state the first pass keeps there (``grft.kept_inputs``); one store per entry."""
+    stores: dict[int, KeptInputs] = {}
+    for step in plan[1:]:
+        entry = _lowest_block(step, segments) + 1
+        if step.start is None or entry < 1:
+            continue
+        step.entry = entry
+        if entry not in stores:
+            stores[entry] = KeptInputs(entry, folder / f"input{entry}")
+        step.kept_input = stores[entry]
 
 
 def _lowest_block(step: _PassPlan, segments: dict[str, int] | None) -> int:
@@ -389,6 +432,9 @@ class _PassPlan:
         self.capture: int | None = None
         self.kept_in: BoundaryGradients | None = None
         self.kept_out: BoundaryGradients | None = None
+        self.entry = 0  # the first block this pass runs (those below stand in with a kept input)
+        self.skipped = 0  # the blocks that stood in when it ran (0: it ran from the first block)
+        self.kept_input: KeptInputs | None = None
 
     def describe(self, names: list[str]) -> str:
         return "loss" if self.start is None else f"gradient kept at {names[self.start]}"
@@ -423,6 +469,8 @@ class _FirstPass:
         self.checksums: dict[tuple[int, int], float] = {}
         self.done = False
         self.with_path = 0  # batches whose loss reached the pass's group, over every pass
+        self.inputs: InputRecorder | None = None  # records the kept inputs during the first pass
+        self.kept_inputs: dict[int, KeptInputs] = {}  # entry block -> its kept inputs
 
 
 def _first_batch(check, model, layers, batches, loss_fn, device, keep):
@@ -475,6 +523,12 @@ def _one_pass(
         if recording:
             for block in first.boundaries:
                 memory_savers.enter_context(_recording(blocks[block], block, seen))
+            if first.inputs is not None:
+                memory_savers.enter_context(first.inputs.recording())
+        stand_in = None
+        if not recording and step.kept_input is not None and step.entry in first.kept_inputs:
+            stand_in = memory_savers.enter_context(standing_in(blocks, step.entry, first.inputs.forms))
+        step.skipped = step.entry if stand_in is not None else 0
         for position, batch in enumerate(_walk(batches, progress, desc, total)):
             if keep is not None and position not in keep:
                 _after_batch(first, position, recording)
@@ -486,6 +540,8 @@ def _one_pass(
             seen.clear()
             if direct is not None:
                 direct.done()
+            if recording and first.inputs is not None:
+                first.inputs.position = position
             if step.start is None:
                 loss = loss_fn(model, to_device(batch, device))
                 if loss is None:
@@ -506,7 +562,11 @@ def _one_pass(
                     first.with_path += 1
                 del loss
             else:
+                if stand_in is not None:
+                    stand_in["hidden"], stand_in["random"] = step.kept_input.get(position, device)
                 hidden = _forward_to(model, blocks[step.start], loss_fn, to_device(batch, device))
+                if stand_in is not None:
+                    stand_in.clear()
                 expected = first.checksums.get((step.start, position))
                 if expected is None or checksum(hidden) != expected:
                     raise ValueError(_NOT_REPLAYED.format(what=f"batch {used + 1}'s hidden state at the pass's start"))
@@ -525,6 +585,8 @@ def _one_pass(
             _after_batch(first, position, recording)
     if recording:
         first.done = True
+        if first.inputs is not None:
+            first.inputs.check(first.used)
     elif used != len(first.used):
         raise ValueError(_NOT_REPLAYED.format(what=f"{used} batches with a loss instead of {len(first.used)}"))
     if _distributed():  # a rank may hold none of the chosen part's batches; the whole job may not

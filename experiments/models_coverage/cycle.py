@@ -1,7 +1,8 @@
 """The whole GRFT cycle on one model, checked against the untouched base model, and its verdict.
 
-First the probe in up to three passes (``grft.passes``; top group first, from a gradient kept at a
-block boundary where the blocks form a chain, ``grft.boundaries``) must sum the one-pass probe's
+First the probe in up to three passes and in up to eight (``grft.passes``; top group first, from a
+gradient kept at a block boundary where the blocks form a chain, ``grft.boundaries``, the blocks
+below a group standing in with a kept input, ``grft.kept_inputs``) must sum the one-pass probe's
 gradients bit for bit. Then for rows and for columns: probe, ``attach`` (logits unchanged), one
 Adam step (only the selected slices, eligible biases and the head move), adapter save -> load onto
 a fresh base (same logits), ``merge`` (same logits, same state-dict keys and layer types).
@@ -27,6 +28,7 @@ from grft.passes import max_passes
 from grft.targets import eligible_layers
 
 SELECTIONS = ("row", "column")
+DEEP_PASSES = 8  # enough passes that some groups lie above the first block (their passes skip it)
 GRFT_DIR = Path(grft.__file__).resolve().parent
 
 
@@ -158,22 +160,32 @@ def one_line(err: BaseException) -> str:
 
 
 def check_passes(model, batch) -> str:
-    """The probe in up to three passes sums the one-pass probe's gradients bit for bit; says how the
-    passes started and whether the (low-memory) probe's sums are plain autograd's bit for bit
-    (``probe passes: 3; from a kept gradient: 2; autograd's sums: equal``)."""
+    """The probe in up to three passes, and in up to eight, sums the one-pass probe's gradients bit
+    for bit; says how the passes started, in how many of the eight-pass probe's passes the blocks
+    below the group stood in with a kept input (``grft.kept_inputs``), and whether the (low-memory)
+    probe's sums are plain autograd's bit for bit (``probe passes: 3 and 8; from a kept gradient: 2;
+    from a kept input: 4; autograd's sums: equal``)."""
     model.eval()
     config = grft.GRFTConfig(k=1)
     one = grft.accumulate_gradients(model, [batch], config)
-    passes = min(3, max_passes(eligible_layers(model, detect_architecture(model), config)))
-    several = grft.accumulate_gradients(model, [batch], config, passes=passes)
-    for name, h in one.items():
-        if not torch.equal(h, several[name]):
-            raise CycleError(f"probe in {passes} passes: {name}'s summed gradient is not the one-pass probe's")
-    kept = sum(where != "loss" for where in getattr(model, "grft_probe_passes", []))
+    most = max_passes(eligible_layers(model, detect_architecture(model), config))
+    counts = sorted({min(3, most), min(DEEP_PASSES, most)})
+    kept = skipped = 0
+    for passes in counts:
+        several = grft.accumulate_gradients(model, [batch], config, passes=passes)
+        for name, h in one.items():
+            if not torch.equal(h, several[name]):
+                raise CycleError(f"probe in {passes} passes: {name}'s summed gradient is not the one-pass probe's")
+        if passes == min(3, most):
+            kept = sum(where != "loss" for where in getattr(model, "grft_probe_passes", [])) if passes > 1 else 0
+        skipped = sum(n > 0 for n in getattr(model, "grft_probe_skipped", [])) if passes > 1 else 0
     plain = grft.accumulate_gradients(model, [batch], config, low_memory=False)
     differ = sum(not torch.equal(h, plain[name]) for name, h in one.items())
     autograd = "equal" if not differ else f"{differ} of {len(one)} differ"
-    return f"probe passes: {passes}; from a kept gradient: {kept if passes > 1 else 0}; autograd's sums: {autograd}"
+    return (
+        f"probe passes: {' and '.join(str(c) for c in counts)}; from a kept gradient: {kept}; "
+        f"from a kept input: {skipped}; autograd's sums: {autograd}"
+    )
 
 
 def verdict(model, batch) -> Verdict:

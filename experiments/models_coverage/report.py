@@ -55,6 +55,8 @@ def passes_line(rows: list[Row]) -> str:
     """How the probe's passes started on the models that pass (the cycle's ``check_passes`` reason)."""
     passed = [r for r in rows if r.status == "pass"]
     kept = [r for r in passed if re.search(r"from a kept gradient: [1-9]", r.reason)]
+    skipped = [r for r in passed if re.search(r"from a kept input: [1-9]", r.reason)]
+    deep = [r for r in passed if re.search(r"probe passes: \d+ and \d+", r.reason)]
     several = [r for r in passed if re.search(r"probe passes: ([2-9]|\d\d)", r.reason)]
     checked = [r for r in passed if "autograd's sums:" in r.reason]
     differ = [r.model for r in checked if "autograd's sums: equal" not in r.reason]
@@ -69,6 +71,13 @@ def passes_line(rows: list[Row]) -> str:
         f"The probe in up to three passes summed the one-pass probe's gradients bit for bit on every model that "
         f"passes ({len(several)} with more than one eligible weight); on {len(kept)} of them the passes below the "
         f"top started from a gradient kept at a block boundary (the blocks form a chain), on the others from the loss."
+        + (
+            f" In up to eight passes ({len(deep)} models with more than three eligible weights) the sums were the same "
+            f"bits, and on {len(skipped)} of them passes skipped the blocks below their group, starting from the "
+            f"hidden state the first pass kept."
+            if deep
+            else ""
+        )
         + autograd
     )
 
