@@ -23,6 +23,7 @@ starts at the first block, as before.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,8 @@ import torch
 from torch import nn
 
 from .checkpointing import _hidden_state
+
+log = logging.getLogger(__name__)
 
 
 def _shape_of(out: object) -> tuple | None:
@@ -87,17 +90,51 @@ class KeptInputs:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def spread(entries: list[int], count: int) -> list[int]:
+    """``count`` of the sorted ``entries``, evenly spaced, the highest among them."""
+    n = len(entries)
+    return entries if count >= n else [entries[round((i + 1) * n / count) - 1] for i in range(count)]
+
+
+def best_entry(entry: int, kept: dict[int, KeptInputs]) -> int | None:
+    """The highest kept entry at or below ``entry`` (the blocks from there up to ``entry`` run, cut
+    off from backward), or None."""
+    below = [e for e in kept if e <= entry]
+    return max(below) if below else None
+
+
 class InputRecorder:
     """In the first pass: what every block returns (can a stand-in replace it?), and per batch the
-    hidden state and random state entering each block of ``kept`` (entry block -> its store)."""
+    hidden state and random state entering each block of ``kept`` (entry block -> its store).
 
-    def __init__(self, blocks: list[nn.Module], kept: dict[int, KeptInputs], capture_random_state):
+    The disk: each entry keeps one hidden state per batch, so ``batches`` of them (None: unknown,
+    nothing is kept). On the first batch the entries are thinned, evenly, to as many as fit in
+    ``free_bytes`` (the folder's free space, less ``reserve`` sets of hidden states for the boundary
+    gradients and a tenth for everything else), its hidden state's size taken for every batch's; a
+    pass then enters at the highest kept entry at or below its own, running the blocks between
+    (``best_entry``).
+    """
+
+    def __init__(
+        self,
+        blocks: list[nn.Module],
+        kept: dict[int, KeptInputs],
+        capture_random_state,
+        batches: int | None,
+        free_bytes: int,
+        reserve: int = 2,
+    ):
         self.blocks = blocks
         self.kept = kept
         self.capture_random_state = capture_random_state
+        self.batches = batches
+        self.free_bytes = free_bytes
+        self.reserve = reserve
+        self.dropped: list[int] = []  # entries thinned out for the disk
+        self._sized = False  # the entries were fitted to the disk (on the first hidden state seen)
         self.forms: list[tuple | None] = [None] * len(blocks)
         self.usable = bool(kept)
-        self.signature: tuple | None = None  # the hidden states' (shape, dtype): one for all blocks
+        self.signature: tuple | None = None  # the batch's hidden states' (shape, dtype): one for all blocks
         self.position = -1  # the batch being recorded; set before its forward
         self._at_first_block: object | None = None
 
@@ -105,7 +142,7 @@ class InputRecorder:
     def recording(self) -> Iterator[InputRecorder]:
         handles = [self.blocks[0].register_forward_pre_hook(self._first_block_entered)]
         handles += [block.register_forward_hook(self._returned(i)) for i, block in enumerate(self.blocks)]
-        handles += [self.blocks[e].register_forward_pre_hook(self._entered(e)) for e in self.kept]
+        handles += [self.blocks[e].register_forward_pre_hook(self._entered(e)) for e in list(self.kept)]
         try:
             yield self
         finally:
@@ -114,6 +151,7 @@ class InputRecorder:
 
     def _first_block_entered(self, _module, _args) -> None:
         self._at_first_block = self.capture_random_state()
+        self.signature = None  # batches may differ in shape (padding to each batch's longest text)
 
     def _returned(self, index: int):
         def note(_module, _args, out):
@@ -127,14 +165,42 @@ class InputRecorder:
             elif signature != self.signature:
                 self.usable = False
             self.forms[index] = form
+            if self.usable and not self._sized and hidden is not None:
+                self._sized = True
+                self._fit_the_disk(hidden)
             if self.usable and index + 1 in self.kept:
                 self.kept[index + 1].put(self.position, hidden)
 
         return note
 
+    def _fit_the_disk(self, hidden: torch.Tensor) -> None:
+        """Thins the entries to what the disk holds: one hidden state per batch and entry."""
+        if self.batches is None:
+            self.usable = False
+            return
+        per_entry = hidden.element_size() * hidden.numel() * self.batches
+        room = self.free_bytes * 0.9 - self.reserve * per_entry
+        fits = max(0, int(room // per_entry)) if per_entry else len(self.kept)
+        entries = sorted(self.kept)
+        chosen = set(spread(entries, fits)) if fits else set()
+        for entry in entries:
+            if entry not in chosen:
+                self.kept.pop(entry).drop()
+                self.dropped.append(entry)
+        if not self.kept:
+            self.usable = False
+        elif self.dropped:
+            log.info(
+                "probe: kept inputs at %d of %d blocks (the disk holds %.1f GB of them); the other passes run the "
+                "blocks between",
+                len(self.kept),
+                len(entries),
+                max(room, 0) / 2**30,
+            )
+
     def _entered(self, entry: int):
         def note(_module, _args):
-            if not self.usable:
+            if not self.usable or entry not in self.kept:
                 return
             state = self.capture_random_state()
             if not state.same_as(self._at_first_block):  # the blocks below drew: the entry block starts from here

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -37,7 +38,7 @@ from .checkpointing import _hidden_state, checkpointed_blocks
 from .config import GRFTConfig
 from .direct_sums import DirectSums, plain_linear
 from .heap import release_free_pages
-from .kept_inputs import InputRecorder, KeptInputs, standing_in
+from .kept_inputs import InputRecorder, KeptInputs, best_entry, standing_in
 from .layers import SlicedLayer
 from .matrices import layer_matrix, weight_matrix
 from .passes import weight_groups
@@ -314,11 +315,13 @@ def gradient_groups(
     only, and stops at its lowest layer (the blocks below are cut off at their input).
     Where the blocks form a chain (``grft.boundaries``), a pass below the top one runs the
     network only up to its group's highest block and back-propagates from there the gradient the
-    pass above kept; elsewhere it starts from the loss. Either way each batch must reproduce the
-    first pass exactly (the loss's bits, or the hidden state's where a pass starts at a block;
-    else the batches changed between passes: an error). For float32/float64 weights each ``H``
-    is the one-pass probe's bit for bit. ``model.grft_probe_passes`` records where each pass
-    started. See ``accumulate_gradients`` for ``low_memory``.
+    pass above kept, and the blocks below its group stand in with the hidden state the first pass
+    kept where they enter it (``grft.kept_inputs``); elsewhere it starts from the loss. Either
+    way each batch must reproduce the first pass exactly (the loss's bits, or the hidden state's
+    where a pass starts at a block; else the batches changed between passes: an error). For
+    float32/float64 weights each ``H`` is the one-pass probe's bit for bit.
+    ``model.grft_probe_passes`` records where each pass started, ``model.grft_probe_skipped`` how
+    many blocks stood in for each. See ``accumulate_gradients`` for ``low_memory``.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)
@@ -359,7 +362,9 @@ def gradient_groups(
         )
         kept_inputs = {p.entry: p.kept_input for p in plan if p.kept_input is not None}
         if kept_inputs:
-            first.inputs = InputRecorder(blocks, kept_inputs, lambda: RandomState(device))
+            count = len(keep) if keep is not None else (len(batches) if hasattr(batches, "__len__") else None)
+            free = shutil.disk_usage(next(iter(kept_inputs.values())).folder).free
+            first.inputs = InputRecorder(blocks, kept_inputs, lambda: RandomState(device), count, free)
             first.kept_inputs = kept_inputs
         for i, step in enumerate(plan):
             if i > 0:
@@ -385,7 +390,7 @@ def gradient_groups(
                 if i == 0 and first.inputs is not None and not first.inputs.usable:
                     kept_input.drop()  # a block a stand-in cannot replace: every pass starts at the first block
                     del first.kept_inputs[entry]
-                elif all(p.entry != entry for p in plan[i + 1 :]):
+                elif all(best_entry(p.entry, first.kept_inputs) != entry for p in plan[i + 1 :]):
                     kept_input.drop()  # no later pass enters there
                     del first.kept_inputs[entry]
             nonzero = nonzero or any(bool(g.any()) for g in grads.values())
@@ -526,9 +531,10 @@ def _one_pass(
             if first.inputs is not None:
                 memory_savers.enter_context(first.inputs.recording())
         stand_in = None
-        if not recording and step.kept_input is not None and step.entry in first.kept_inputs:
-            stand_in = memory_savers.enter_context(standing_in(blocks, step.entry, first.inputs.forms))
-        step.skipped = step.entry if stand_in is not None else 0
+        entry = best_entry(step.entry, first.kept_inputs) if not recording and step.entry > 0 else None
+        if entry is not None:
+            stand_in = memory_savers.enter_context(standing_in(blocks, entry, first.inputs.forms))
+        step.skipped = entry or 0
         for position, batch in enumerate(_walk(batches, progress, desc, total)):
             if keep is not None and position not in keep:
                 _after_batch(first, position, recording)
@@ -563,7 +569,7 @@ def _one_pass(
                 del loss
             else:
                 if stand_in is not None:
-                    stand_in["hidden"], stand_in["random"] = step.kept_input.get(position, device)
+                    stand_in["hidden"], stand_in["random"] = first.kept_inputs[entry].get(position, device)
                 hidden = _forward_to(model, blocks[step.start], loss_fn, to_device(batch, device))
                 if stand_in is not None:
                     stand_in.clear()

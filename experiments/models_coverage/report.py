@@ -101,8 +101,8 @@ def readme_section(
     parts = [
         BEGIN,
         "",
-        f"The whole GRFT cycle (the probe in one and in up to three passes, attach, one Adam step, adapter save "
-        f"and load, merge; rows and columns) on "
+        f"The whole GRFT cycle (the probe in one, in up to three and in up to eight passes, attach, one Adam "
+        f"step, adapter save and load, merge; rows and columns) on "
         f"the smallest model of every timm family and a tiny model of every transformers sequence and image "
         f"classifier, built at random ({versions}):",
         "",

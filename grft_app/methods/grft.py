@@ -50,6 +50,8 @@ class GRFTMethod(Method):
             **plan.facts(),
             # Passes that ran only up to their group, from the gradient the pass above kept (grft.boundaries).
             "passes_from_kept_gradient": sum(where != "loss" for where in starts),
+            # Passes whose blocks below their group stood in with a kept hidden state (grft.kept_inputs).
+            "passes_from_kept_input": sum(n > 0 for n in getattr(model, "grft_probe_skipped", [])),
         }
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
