@@ -109,6 +109,24 @@ def _probe_forward(forward, recompute: bool, name: str, record: dict[str, str]):
 
 
 @contextlib.contextmanager
+def replaced_forwards(replacements: list[tuple[nn.Module, object]]) -> Iterator[None]:
+    """Each ``(module, forward)``: the module's ``forward`` is ``forward`` inside the block; its
+    own (an instance attribute it had, or its class's) is back on exit."""
+    patched = []
+    try:
+        for module, forward in replacements:
+            patched.append((module, "forward" in vars(module), vars(module).get("forward")))
+            module.forward = forward
+        yield
+    finally:
+        for module, had_own, own in reversed(patched):
+            if had_own:
+                module.forward = own
+            else:
+                del module.forward
+
+
+@contextlib.contextmanager
 def checkpointed_blocks(model: nn.Module, arch: Architecture, last: int | None = None) -> Iterator[int]:
     """Inside the block, every block of ``arch.blocks`` but the last recomputes its activations in backward.
 
@@ -124,20 +142,15 @@ def checkpointed_blocks(model: nn.Module, arch: Architecture, last: int | None =
     cache = getattr(config, "use_cache", None)
     record: dict[str, str] = {}
     model.grft_probe_blocks = record
-    patched = []
+    wrapped = [
+        (block, _probe_forward(block.forward, i < last, name, record))
+        for i, (name, block) in enumerate(zip(names, blocks, strict=True))
+    ]
     try:
         if cache:
             config.use_cache = False
-        for i, (name, block) in enumerate(zip(names, blocks, strict=True)):
-            had_own = "forward" in vars(block)
-            patched.append((block, had_own, vars(block).get("forward")))
-            block.forward = _probe_forward(block.forward, i < last, name, record)
-        yield max(min(last, len(blocks) - 1), 0)
+        with replaced_forwards(wrapped):
+            yield max(min(last, len(blocks) - 1), 0)
     finally:
-        for block, had_own, own in patched:
-            if had_own:
-                block.forward = own
-            else:
-                del block.forward
         if cache:
             config.use_cache = cache

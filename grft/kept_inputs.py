@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpointing import _hidden_state
+from .checkpointing import _hidden_state, replaced_forwards
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ class KeptInputs:
     """The hidden state entering block ``entry`` (the output of block ``entry - 1``) per probe
     batch, and the random state there where the blocks below drew from it; kept on disk."""
 
-    def __init__(self, entry: int, folder: Path):
-        self.entry = entry
+    def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -219,7 +218,6 @@ def standing_in(blocks: list[nn.Module], entry: int, forms: list[tuple]) -> Iter
     """Blocks ``0 .. entry - 1`` return ``slot["hidden"]`` without computing; the random state in
     ``slot["random"]`` (if any) is restored as block ``entry`` starts. Fill ``slot`` per batch."""
     slot: dict = {}
-    patched = []
 
     def stand_in(index: int):
         def forward(*_args, **_kwargs):
@@ -231,20 +229,10 @@ def standing_in(blocks: list[nn.Module], entry: int, forms: list[tuple]) -> Iter
         if slot.get("random") is not None:
             slot["random"].restore()
 
+    handle = blocks[entry].register_forward_pre_hook(enter)
     try:
-        for i in range(entry):
-            block = blocks[i]
-            patched.append((block, "forward" in vars(block), vars(block).get("forward")))
-            block.forward = stand_in(i)
-        handle = blocks[entry].register_forward_pre_hook(enter)
-        try:
+        with replaced_forwards([(blocks[i], stand_in(i)) for i in range(entry)]):
             yield slot
-        finally:
-            handle.remove()
     finally:
-        for block, had_own, own in reversed(patched):
-            if had_own:
-                block.forward = own
-            else:
-                del block.forward
+        handle.remove()
         slot.clear()

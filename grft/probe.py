@@ -337,6 +337,7 @@ def gradient_groups(
     nonzero = False
     with _probing(model, layers), contextlib.ExitStack() as stack:
         keep, total = None, None
+        kept_inputs: dict[int, KeptInputs] = {}
         if config.subsets > 1:
             keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
         plan = [_PassPlan(group) for group in reversed(groups)]  # top group first
@@ -354,18 +355,16 @@ def gradient_groups(
             if segments is not None:
                 folder = stack.enter_context(kept_gradients_folder())
                 _plan_starts(plan, segments, len(blocks), folder)
-                _plan_entries(plan, segments, folder)
+                kept_inputs = _plan_entries(plan, segments, folder)
         model.grft_probe_passes = [p.describe(block_names(model, arch) if blocks else []) for p in plan]
         first = _FirstPass(
             RandomState(device) if len(groups) > 1 else None,
             sorted({p.start for p in plan if p.start is not None}),
         )
-        kept_inputs = {p.entry: p.kept_input for p in plan if p.kept_input is not None}
         if kept_inputs:
             count = len(keep) if keep is not None else (len(batches) if hasattr(batches, "__len__") else None)
-            free = shutil.disk_usage(next(iter(kept_inputs.values())).folder).free
+            free = shutil.disk_usage(folder).free
             first.inputs = InputRecorder(blocks, kept_inputs, lambda: RandomState(device), count, free)
-            first.kept_inputs = kept_inputs
         for i, step in enumerate(plan):
             if i > 0:
                 first.start.restore()
@@ -404,18 +403,17 @@ def gradient_groups(
         raise ValueError("the probe produced an all-zero gradient; check that the loss depends on the model")
 
 
-def _plan_entries(plan: list[_PassPlan], segments: dict[str, int], folder) -> None:
+def _plan_entries(plan: list[_PassPlan], segments: dict[str, int], folder) -> dict[int, KeptInputs]:
     """Each pass that starts from a kept gradient enters at the block above the ones it cuts off,
-    from the hidden state the first pass keeps there (``grft.kept_inputs``); one store per entry."""
+    from the hidden state the first pass keeps there (``grft.kept_inputs``): one store per entry."""
     stores: dict[int, KeptInputs] = {}
     for step in plan[1:]:
         entry = _lowest_block(step, segments) + 1
-        if step.start is None or entry < 1:
-            continue
-        step.entry = entry
-        if entry not in stores:
-            stores[entry] = KeptInputs(entry, folder / f"input{entry}")
-        step.kept_input = stores[entry]
+        if step.start is not None and entry >= 1:
+            step.entry = entry
+            if entry not in stores:
+                stores[entry] = KeptInputs(folder / f"input{entry}")
+    return stores
 
 
 def _lowest_block(step: _PassPlan, segments: dict[str, int] | None) -> int:
@@ -439,7 +437,6 @@ class _PassPlan:
         self.kept_out: BoundaryGradients | None = None
         self.entry = 0  # the first block this pass runs (those below stand in with a kept input)
         self.skipped = 0  # the blocks that stood in when it ran (0: it ran from the first block)
-        self.kept_input: KeptInputs | None = None
 
     def describe(self, names: list[str]) -> str:
         return "loss" if self.start is None else f"gradient kept at {names[self.start]}"
@@ -475,7 +472,11 @@ class _FirstPass:
         self.done = False
         self.with_path = 0  # batches whose loss reached the pass's group, over every pass
         self.inputs: InputRecorder | None = None  # records the kept inputs during the first pass
-        self.kept_inputs: dict[int, KeptInputs] = {}  # entry block -> its kept inputs
+
+    @property
+    def kept_inputs(self) -> dict[int, KeptInputs]:
+        """Entry block -> its kept inputs (those the disk holds and later passes still need)."""
+        return self.inputs.kept if self.inputs is not None else {}
 
 
 def _first_batch(check, model, layers, batches, loss_fn, device, keep):

@@ -21,6 +21,7 @@ from torch import nn
 
 import grft
 import grft.probe
+from grft.passes import weight_groups
 
 Usage = collections.namedtuple("Usage", "total used free")
 
@@ -66,6 +67,10 @@ def test_passes_above_the_first_block_skip_the_blocks_below_and_sum_the_one_pass
     # A control: other dropout draws change H, so the equality is not vacuous.
     other = probe(model, batches, passes=6, subsets=subsets, seed=8)
     assert name == "llama" or any(not torch.equal(one[n], other[n]) for n in one)
+
+
+def groups_of(model, passes: int) -> list[dict]:
+    return weight_groups(grft.eligible_layers(model, grft.detect_architecture(model)), passes)
 
 
 class Block(nn.Module):
@@ -117,6 +122,9 @@ def test_the_kept_inputs_are_thinned_to_what_the_disk_holds(monkeypatch, entries
         free = int((2 + entries_that_fit + 0.5) * per_entry / 0.9)
         monkeypatch.setattr(grft.probe.shutil, "disk_usage", lambda _path: Usage(10**12, 0, free))
     six = probe(model, batches, passes=6)
+    if entries_that_fit is None:
+        # One weight per pass, top down: each pass below the top enters at its own weight's block.
+        assert skipped == [0] + [int(next(iter(g)).split(".")[1]) for g in reversed(groups_of(model, 6))][1:]
     assert model.grft_probe_skipped == skipped
     for n in one:
         assert torch.equal(one[n], six[n]), n
