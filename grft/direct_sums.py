@@ -36,6 +36,8 @@ autograd anyway (the next operation saves them), the others are a layer's output
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.autograd.graph import get_gradient_edge
@@ -50,10 +52,12 @@ ROW_ALIGNMENT = 64
 DIRECT_DTYPES = (torch.float32, torch.float64)
 
 
-def plain_linear(layer: nn.Module) -> bool:
-    """Whether ``layer``'s forward is ``F.linear(x, weight, bias)`` (while probing, for a sliced layer)."""
+def plain_linear(layer: nn.Module, probing: bool | None = None) -> bool:
+    """Whether ``layer``'s forward is ``F.linear(x, weight, bias)`` (a sliced layer's, while probing:
+    now, or with ``probing=True`` once the probe runs)."""
+    probing = layer.grft_probing if probing is None and isinstance(layer, SlicedLinear) else probing
     return type(layer).forward is nn.Linear.forward or (
-        isinstance(layer, SlicedLinear) and type(layer).forward is SlicedLinear.forward and layer.grft_probing
+        isinstance(layer, SlicedLinear) and type(layer).forward is SlicedLinear.forward and bool(probing)
     )
 
 
@@ -78,6 +82,10 @@ def add_weight_gradient(total: torch.Tensor, grad_output: torch.Tensor, x: torch
     x = x.reshape(-1, x.shape[-1])
     for start, stop in row_blocks(g.shape[1], x.shape[1]):
         total[start:stop].add_(g[:, start:stop].t().mm(x))
+
+
+def _adder(total: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    return lambda g, x: add_weight_gradient(total, g, x)
 
 
 class _Call:
@@ -123,14 +131,15 @@ class DirectSums:
     ``sums`` (name -> the weight-shaped sum) where that is safe, and the backward targets.
 
     ``layers``: the group's layers that may sum directly (plain Linear, outside the checkpointed
-    blocks); ``sums``: the weight-shaped sums of ``grft.accumulation.FlatAccumulator``.
+    blocks); ``sums``: per layer, the weight-shaped sum of ``grft.accumulation.FlatAccumulator``,
+    or a callable ``sink(g, x)`` that takes the batch's factors instead (``grft.deferred_sums``).
     Use as a context manager around the pass; call ``targets`` after each forward, before backward,
     and ``done`` after each backward.
     """
 
-    def __init__(self, layers: dict[str, nn.Module], sums: dict[str, torch.Tensor]):
+    def __init__(self, layers: dict[str, nn.Module], sums: dict[str, torch.Tensor | Callable]):
         self.layers = layers
-        self.sums = sums
+        self.sinks = {name: _adder(sums[name]) if torch.is_tensor(sums[name]) else sums[name] for name in layers}
         self.calls: dict[str, list[_Call]] = {}
         self._handles = []
 
@@ -161,8 +170,13 @@ class DirectSums:
             )
             self.calls.setdefault(name, []).append(call if ok else None)
             if ok:
-                total = self.sums[name]
-                out.register_hook(lambda grad: add_weight_gradient(total, grad, call.x) if call.direct else None)
+                sink = self.sinks[name]
+
+                def take(grad: torch.Tensor) -> None:
+                    if call.direct:
+                        sink(grad, call.x)
+
+                out.register_hook(take)
             return None
 
         return record

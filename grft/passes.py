@@ -18,31 +18,63 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .deferred_sums import deferrable, part_bounds
+
 
 def store_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype the probe sums a weight's gradient in (at least float32, ``grft.accumulation``)."""
     return torch.promote_types(weight.dtype, torch.float32)
 
 
-def _units(layers: dict[str, nn.Module]) -> list[tuple[list[str], int]]:
-    """(layer names, store bytes) per distinct weight, in the order of its first layer."""
-    units: dict[int, tuple[list[str], int]] = {}
+def deferred_bounds(layers: dict[str, nn.Module], part_bytes: float | None) -> dict[str, list[tuple[int, int]]]:
+    """Row blocks (``grft.deferred_sums.part_bounds``) of every weight whose sum is larger than
+    ``part_bytes`` and can be summed after its pass (Linear, Conv2d), by the weight's first layer."""
+    if part_bytes is None:
+        return {}
+    out: dict[str, list[tuple[int, int]]] = {}
+    seen: set[int] = set()
+    for name, layer in layers.items():
+        w = layer.weight
+        if id(w) in seen:
+            continue
+        seen.add(id(w))
+        if w.numel() * store_dtype(w).itemsize > part_bytes and deferrable(layer):
+            out[name] = part_bounds(w.shape, part_bytes, store_dtype(w).itemsize)
+    return out
+
+
+def _units(layers: dict[str, nn.Module], part_bytes: float | None = None) -> list[tuple[list[str], int, bool]]:
+    """(layer names, store bytes, deferred) per distinct weight, in the order of its first layer.
+
+    A deferred weight (``deferred_bounds``) holds nothing during its pass and its largest block of
+    rows after it; it is counted at that block's bytes and ends its group, so it sits in the pass's
+    top block, whose layers sum their gradient directly (no weight-sized gradient while probing).
+    """
+    deferred = deferred_bounds(layers, part_bytes)
+    units: dict[int, tuple[list[str], int, bool]] = {}
     for name, layer in layers.items():
         w = layer.weight
         if id(w) not in units:
-            units[id(w)] = ([], w.numel() * store_dtype(w).itemsize)
+            size = w.numel() * store_dtype(w).itemsize
+            if name in deferred:
+                width = size // max(1, w.shape[0])
+                size = max(stop - start for start, stop in deferred[name]) * width
+            units[id(w)] = ([], size, name in deferred)
         units[id(w)][0].append(name)
     return list(units.values())
 
 
 def store_bytes(layers: dict[str, nn.Module]) -> int:
     """Bytes of the sums the probe holds for ``layers`` at once."""
-    return sum(size for _, size in _units(layers))
+    return sum(
+        w.numel() * store_dtype(w).itemsize
+        for w in {id(layer.weight): layer.weight for layer in layers.values()}.values()
+    )
 
 
 def largest_weight_bytes(layers: dict[str, nn.Module]) -> int:
     """Bytes of the largest single sum: the smallest group any split can reach."""
-    return max(size for _, size in _units(layers))
+    return max(size for _, size, _ in _units(layers))
 
 
 def max_passes(layers: dict[str, nn.Module]) -> int:
@@ -50,8 +82,9 @@ def max_passes(layers: dict[str, nn.Module]) -> int:
     return len(_units(layers))
 
 
-def _split(units: list[tuple[list[str], int]], capacity: int, groups: int | None) -> list[list[int]] | None:
-    """Greedy contiguous split with at most ``capacity`` bytes per group (None: a unit is larger).
+def _split(units: list[tuple[list[str], int, bool]], capacity: int, groups: int | None) -> list[list[int]] | None:
+    """Greedy contiguous split with at most ``capacity`` bytes per group (None: a unit is larger);
+    a deferred unit closes its group.
 
     With ``groups``, a group is also closed early when the units left are only just enough to
     give every remaining group one, so exactly ``groups`` come out (if there are that many units).
@@ -59,7 +92,7 @@ def _split(units: list[tuple[list[str], int]], capacity: int, groups: int | None
     out: list[list[int]] = []
     current: list[int] = []
     filled = 0
-    for i, (_, size) in enumerate(units):
+    for i, (_, size, _) in enumerate(units):
         if size > capacity:
             return None
         left = len(units) - i
@@ -69,17 +102,23 @@ def _split(units: list[tuple[list[str], int]], capacity: int, groups: int | None
             current, filled = [], 0
         current.append(i)
         filled += size
+        if units[i][2]:
+            out.append(current)
+            current, filled = [], 0
     if current:
         out.append(current)
     return out
 
 
-def weight_groups(layers: dict[str, nn.Module], passes: int) -> list[dict[str, nn.Module]]:
+def weight_groups(
+    layers: dict[str, nn.Module], passes: int, part_bytes: float | None = None
+) -> list[dict[str, nn.Module]]:
     """``layers`` in ``passes`` contiguous groups whose largest store is as small as it can be.
 
-    Raises if there are fewer distinct weights than passes.
+    ``part_bytes``: weights with a larger sum are deferred (``deferred_bounds``). Raises if there
+    are fewer distinct weights than passes, or more deferred weights.
     """
-    units = _units(layers)
+    units = _units(layers, part_bytes)
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes must be a whole number >= 1, got {passes!r}")
     if passes > len(units):
@@ -87,7 +126,13 @@ def weight_groups(layers: dict[str, nn.Module], passes: int) -> list[dict[str, n
             f"passes={passes} but the probe has only {len(units)} eligible weight(s) to spread over them; "
             f"use at most {len(units)} passes"
         )
-    sizes = [size for _, size in units]
+    fewest = len(_split(units, sum(size for _, size, _ in units), None))
+    if passes < fewest:
+        raise ValueError(
+            f"passes={passes} but {fewest} passes are the fewest with the weights summed after their pass "
+            f"(those over {part_bytes} bytes) each ending one; use at least {fewest} passes"
+        )
+    sizes = [size for _, size, _ in units]
     low, high = max(sizes), sum(sizes)
     while low < high:  # the smallest capacity that splits into at most `passes` groups
         mid = (low + high) // 2
@@ -99,8 +144,8 @@ def weight_groups(layers: dict[str, nn.Module], passes: int) -> list[dict[str, n
     return [{name: layers[name] for i in group for name in units[i][0]} for group in split]
 
 
-def passes_within(layers: dict[str, nn.Module], budget_bytes: float) -> int | None:
-    """The fewest passes whose largest group's store fits ``budget_bytes``; None if no split does
-    (one weight's sum alone is larger)."""
-    split = _split(_units(layers), int(budget_bytes), None) if budget_bytes >= 1 else None
+def passes_within(layers: dict[str, nn.Module], budget_bytes: float, part_bytes: float | None = None) -> int | None:
+    """The fewest passes whose largest group's store fits ``budget_bytes`` (with the weights over
+    ``part_bytes`` deferred); None if no split does (one weight's sum alone is larger)."""
+    split = _split(_units(layers, part_bytes), int(budget_bytes), None) if budget_bytes >= 1 else None
     return None if split is None else len(split)

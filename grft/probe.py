@@ -15,6 +15,7 @@ import math
 import random
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -36,12 +37,13 @@ from .boundaries import (
 )
 from .checkpointing import _hidden_state, checkpointed_blocks
 from .config import GRFTConfig
+from .deferred_sums import DeferredSums, RowParts
 from .direct_sums import DirectSums, plain_linear
 from .heap import release_free_pages
 from .kept_inputs import InputRecorder, KeptInputs, best_entry, standing_in
 from .layers import SlicedLayer
 from .matrices import layer_matrix, weight_matrix
-from .passes import weight_groups
+from .passes import deferred_bounds, weight_groups
 from .selection import LayerSelection, Selection, as_matrix, check_k, rank
 from .targets import eligible_layers, nothing_to_slice
 
@@ -303,7 +305,8 @@ def gradient_groups(
     progress: Progress | None = None,
     low_memory: bool = True,
     passes: int = 1,
-) -> Iterator[dict[str, torch.Tensor]]:
+    part_bytes: float | None = None,
+) -> Iterator[dict[str, torch.Tensor | RowParts]]:
     """``H`` of the eligible matrices, one group of layers per pass over ``batches`` (a generator).
 
     Each pass yields its group's ``H`` (name -> summed gradient) and drops it before the next
@@ -322,6 +325,9 @@ def gradient_groups(
     float32/float64 weights each ``H`` is the one-pass probe's bit for bit.
     ``model.grft_probe_passes`` records where each pass started, ``model.grft_probe_skipped`` how
     many blocks stood in for each. See ``accumulate_gradients`` for ``low_memory``.
+    ``part_bytes`` (with ``low_memory``): a weight whose sum is larger is deferred
+    (``grft.deferred_sums``): its ``H`` comes as ``RowParts``, made a block of rows at a time after
+    its pass, each block about ``part_bytes`` at most.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)
@@ -329,7 +335,9 @@ def gradient_groups(
         raise ValueError(nothing_to_slice(model, arch, config))
     for name, layer in layers.items():
         check_k(config.selection, config.k, tuple(weight_matrix(layer).shape), name)
-    groups = weight_groups(layers, passes)
+    part_bytes = part_bytes if low_memory else None
+    groups = weight_groups(layers, passes, part_bytes)
+    deferred = deferred_bounds(layers, part_bytes)
     if len(groups) > 1 and isinstance(batches, Iterator):  # (iter() of a DataLoader would draw a seed)
         raise ValueError("passes > 1 walks the batches once per pass: pass a list or a DataLoader, not an iterator")
     loss_fn = loss_fn or scl_probe_loss(arch, config.temperature)
@@ -341,6 +349,11 @@ def gradient_groups(
         if config.subsets > 1:
             keep, total = _choose_part(model, batches, loss_fn, device, config.subsets, config.seed, progress)
         plan = [_PassPlan(group) for group in reversed(groups)]  # top group first
+        if deferred:
+            deferred_folder = stack.enter_context(kept_gradients_folder())
+            for i, step in enumerate(plan):
+                step.deferred = {name: deferred[name] for name in step.group if name in deferred}
+                step.deferred_folder = deferred_folder / f"pass{i}"
         blocks = [model.get_submodule(n) for n in block_names(model, arch)] if len(groups) > 1 else []
         if len(groups) > 1:
             segments = _first_batch(
@@ -392,9 +405,11 @@ def gradient_groups(
                 elif all(best_entry(p.entry, first.kept_inputs) != entry for p in plan[i + 1 :]):
                     kept_input.drop()  # no later pass enters there
                     del first.kept_inputs[entry]
-            nonzero = nonzero or any(bool(g.any()) for g in grads.values())
             yield grads
+            nonzero = nonzero or any(bool(g.nonzero if isinstance(g, RowParts) else g.any()) for g in grads.values())
             del grads
+            if step.deferred:
+                shutil.rmtree(step.deferred_folder, ignore_errors=True)
             if device.type == "cpu":
                 release_free_pages()  # the pass's and the ranking's freed heap pages, before the next group's sums
     if len(plan) > 1 and first.with_path == 0:
@@ -436,6 +451,8 @@ class _PassPlan:
         self.kept_in: BoundaryGradients | None = None
         self.kept_out: BoundaryGradients | None = None
         self.entry = 0  # the first block this pass runs (those below stand in with a kept input)
+        self.deferred: dict[str, list[tuple[int, int]]] = {}  # the group's deferred weights: their row blocks
+        self.deferred_folder = None  # where their per-batch factors are kept
         self.skipped = 0  # the blocks that stood in when it ran (0: it ran from the first block)
 
     def describe(self, names: list[str]) -> str:
@@ -513,15 +530,24 @@ def _one_pass(
     used = skipped = 0
     position = -1
     group = step.group
-    sums = FlatAccumulator({name: layer.weight for name, layer in group.items()}) if low_memory else None
+    deferred = {id(group[name].weight) for name in step.deferred}
+    sums = FlatAccumulator({n: layer.weight for n, layer in group.items() if id(layer.weight) not in deferred})
+    sums = sums if low_memory else None
+    later_layers = {n: layer for n, layer in group.items() if id(layer.weight) in deferred}
+    later = DeferredSums(later_layers, step.deferred, step.deferred_folder) if later_layers else None
     direct = None
     with contextlib.ExitStack() as memory_savers:
         if low_memory:
             memory_savers.enter_context(sums)
+            if later is not None:
+                memory_savers.enter_context(later)
             memory_savers.enter_context(checkpointed_blocks(model, arch, last=step.start))
             summed_directly = _outside_checkpointed_blocks(model, arch, group, step.start)
             if summed_directly:
-                direct = memory_savers.enter_context(DirectSums(summed_directly, sums.sums))
+                sinks = {
+                    name: later.sink(name) if name in later_layers else sums.sums[name] for name in summed_directly
+                }
+                direct = memory_savers.enter_context(DirectSums(summed_directly, sinks))
         kept: dict = {}
         if step.capture is not None:
             memory_savers.enter_context(capture_gradient(blocks[step.capture], kept))
@@ -549,6 +575,8 @@ def _one_pass(
                 direct.done()
             if recording and first.inputs is not None:
                 first.inputs.position = position
+            if later is not None:
+                later.position = position
             if step.start is None:
                 loss = loss_fn(model, to_device(batch, device))
                 if loss is None:
@@ -605,9 +633,12 @@ def _one_pass(
     if total is not None and position + 1 != total:
         raise ValueError("the batches changed length between the two probe passes; pass a fixed list or loader")
     if sums is not None:
-        grads = sums.sums
+        grads = dict(sums.sums)
         if _distributed():
             sums.all_reduce()
+        if later is not None:
+            grads.update({name: later.parts(name) for name in group if name not in grads})
+        grads = {name: grads[name] for name in group}
     else:
         grads = {}
         for name, layer in group.items():
@@ -713,6 +744,7 @@ def accumulate_gradients(
     progress: Progress | None = None,
     low_memory: bool = True,
     passes: int = 1,
+    part_bytes: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """``H`` per eligible matrix: the probe loss's gradient summed over the chosen batches.
 
@@ -728,8 +760,8 @@ def accumulate_gradients(
     batch; half-precision weights are summed in float32.
     """
     grads: dict[str, torch.Tensor] = {}
-    for group in gradient_groups(model, batches, config, loss_fn, arch, progress, low_memory, passes):
-        grads.update(group)
+    for group in gradient_groups(model, batches, config, loss_fn, arch, progress, low_memory, passes, part_bytes):
+        grads.update({name: g.whole() if isinstance(g, RowParts) else g for name, g in group.items()})
     arch = arch or detect_architecture(model)
     return {name: grads[name] for name in eligible_layers(model, arch, config)}
 
@@ -752,6 +784,7 @@ def select(
     progress: Progress | None = None,
     low_memory: bool = True,
     passes: int = 1,
+    part_bytes: float | None = None,
 ) -> Selection:
     """Probe ``model`` on ``batches`` and return the slices to train.
 
@@ -765,14 +798,23 @@ def select(
     passes: walk the data this many times, summing the gradients of one group of layers per pass
         (``grft.passes``): the gradient store holds one group instead of every matrix; the
         selection is the same bits (``grft.passes.passes_within`` picks a count for a budget).
+    part_bytes: a weight whose gradient sum is larger is summed and ranked after its pass, a block
+        of rows of about this many bytes at a time (``grft.deferred_sums``); the same bits again.
     Works on a plain model or on one already attached with placeholder slices.
     """
     arch = arch or detect_architecture(model)
     layers = eligible_layers(model, arch, config)
     chosen: dict[str, LayerSelection] = {}
-    for grads in gradient_groups(model, batches, config, loss_fn, arch, progress, low_memory, passes):
+    for grads in gradient_groups(model, batches, config, loss_fn, arch, progress, low_memory, passes, part_bytes):
         # A Conv1D's gradient is stored [in, out] like its weight; rank its output neurons as rows.
-        group = rank_gradients({name: layer_matrix(layers[name], g) for name, g in grads.items()}, config)
+        whole = {name: layer_matrix(layers[name], g) for name, g in grads.items() if not isinstance(g, RowParts)}
+        group = rank_gradients(whole, config)
         chosen.update(group.layers)
+        parts = {name: g for name, g in grads.items() if isinstance(g, RowParts)}
+        ranked: dict[Path, LayerSelection] = {}  # a weight shared by several layers is ranked once
+        for name, g in parts.items():
+            if g.folder not in ranked:
+                ranked[g.folder] = g.select(config.selection, config.k)
+            chosen[name] = ranked[g.folder]
         del grads, group
     return Selection(config.selection, config.k, {name: chosen[name] for name in layers})

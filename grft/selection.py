@@ -44,11 +44,67 @@ def check_k(kind: str, k: int, shape: tuple[int, int], name: str = "matrix") -> 
 RANK_CHUNK_ELEMENTS = 1 << 20
 
 
+def chunk_rows(width: int) -> int:
+    """Rows of H per float64 chunk for a matrix ``width`` columns wide (``RANK_CHUNK_ELEMENTS``)."""
+    return max(1, RANK_CHUNK_ELEMENTS // max(1, width))
+
+
 def _row_chunks(h: torch.Tensor) -> Iterator[torch.Tensor]:
     """``h`` in float64, a fixed number of whole rows at a time."""
-    rows = max(1, RANK_CHUNK_ELEMENTS // max(1, h.shape[1]))
+    rows = chunk_rows(h.shape[1])
     for start in range(0, h.shape[0], rows):
         yield h[start : start + rows].to(torch.float64)
+
+
+class Ranking:
+    """Eq. 4-5 for one matrix whose ``H`` arrives a block of whole rows at a time, top to bottom.
+
+    Why: a matrix too large for the probe's memory budget is summed a block of rows at a time
+    (``grft.deferred_sums``); its ranking must be the same bits as ranking the whole ``H`` at once.
+    It is, because every block starts on a chunk boundary (``chunk_rows``): the chunks are then the
+    whole matrix's, a row's score comes from its own chunk, and a column's partial sums are added
+    in the same row order.
+    """
+
+    def __init__(self, kind: str, k: int, shape: tuple[int, int]):
+        if kind not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {kind!r}")
+        check_k(kind, k, tuple(shape))
+        self.kind, self.k, self.shape = kind, k, tuple(shape)
+        self.next_row = 0
+        self._parts: list[torch.Tensor] = []  # row scores, or sparse indices, per chunk
+        self._columns: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        """The next block of ``H``'s rows (a weight-shaped block; its matrix view is used)."""
+        h = as_matrix(rows)
+        if h.shape[1] != self.shape[1] or self.next_row + h.shape[0] > self.shape[0]:
+            raise ValueError(
+                f"a block of shape {tuple(h.shape)} does not continue a {self.shape} matrix at row {self.next_row}"
+            )
+        if self.next_row % chunk_rows(self.shape[1]):
+            raise ValueError(
+                f"a block must start on a chunk boundary ({chunk_rows(self.shape[1])} rows); got row {self.next_row}"
+            )
+        for chunk in _row_chunks(h):
+            if self.kind == "row":
+                self._parts.append(chunk.square_().sum(dim=1))
+            elif self.kind == "column":
+                part = chunk.square_().sum(dim=0)
+                self._columns = part if self._columns is None else self._columns.add_(part)
+            else:
+                self._parts.append(chunk.abs_().topk(self.k, dim=1).indices)
+        self.next_row += h.shape[0]
+
+    def indices(self) -> torch.Tensor:
+        """The chosen indices, once every row has been added."""
+        if self.next_row != self.shape[0]:
+            raise ValueError(f"the ranking got {self.next_row} of the matrix's {self.shape[0]} rows")
+        if self.kind == "row":
+            return torch.cat(self._parts).topk(self.k).indices.sort().values
+        if self.kind == "column":
+            return self._columns.topk(self.k).indices.sort().values
+        return torch.cat(self._parts).sort(dim=1).values
 
 
 def rank(grad: torch.Tensor, kind: str, k: int) -> torch.Tensor:
@@ -59,20 +115,11 @@ def rank(grad: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     The squares are taken in float64 (exact for float32 ``H``), on ``RANK_CHUNK_ELEMENTS`` of
     ``H`` at a time; a column's sum adds the chunks' partial sums in row order.
     """
-    h = as_matrix(grad)
-    check_k(kind, k, tuple(h.shape))
-    if kind == "row":
-        scores = torch.cat([chunk.square_().sum(dim=1) for chunk in _row_chunks(h)])
-        return scores.topk(k).indices.sort().values
-    if kind == "column":
-        scores = None
-        for chunk in _row_chunks(h):
-            part = chunk.square_().sum(dim=0)
-            scores = part if scores is None else scores.add_(part)
-        return scores.topk(k).indices.sort().values
-    if kind == "sparse":
-        return torch.cat([chunk.abs_().topk(k, dim=1).indices for chunk in _row_chunks(h)]).sort(dim=1).values
-    raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {kind!r}")
+    if kind not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {kind!r}")
+    ranking = Ranking(kind, k, tuple(as_matrix(grad).shape))
+    ranking.add(grad)
+    return ranking.indices()
 
 
 @dataclass

@@ -62,6 +62,7 @@ CSV_COLUMNS = (
     "probe_plan_s",
     "probe_store_mb",
     "probe_budget_mb",
+    "probe_deferred_over_mb",
     "total_params",
     "optimizer_state_bytes",
     "adapter_bytes",

@@ -113,7 +113,7 @@ def memory_table(part: pd.DataFrame) -> str:
 
 def whole_run_table(part: pd.DataFrame) -> str:
     """Each phase's peak and the whole run's against LoRA's, full fine-tuning's and GPS's; the
-    probe's passes, and its time in training epochs, in the paper's 110 epochs and in full steps."""
+    probe's passes (and the size over which a weight's sum waits until after its pass), and its time in training epochs, in the paper's 110 epochs and in full steps."""
     part = with_ratios(part)
     rows = []
     for _, r in part.iterrows():
@@ -130,6 +130,7 @@ def whole_run_table(part: pd.DataFrame) -> str:
                 "×full": _fmt(r.get("whole_run_peak_mb_x_full"), 3),
                 "×GPS": _fmt(r.get("whole_run_peak_mb_x_gps"), 3),
                 "probe passes": "–" if passes is None or passes != passes else f"{int(passes)}",
+                "sums deferred over MB": _fmt(r.get("probe_deferred_over_mb"), 1),
                 "probe s": _fmt(r["probe_s"], 1),
                 "probe s/batch": _fmt(r.get("probe_batch_s"), 2),
                 "probe ÷ epoch": _fmt(r.get("probe_epochs"), 2),

@@ -58,6 +58,7 @@ class WorkerRow:
     probe_passes: int | None = None  # passes over the probe data (one group of layers each)
     probe_store_mb: float | None = None  # the gradient sums of every eligible matrix (held a group at a time)
     probe_budget_mb: float | None = None  # the probe's budget (probe.memory); None with forced passes
+    probe_deferred_over_mb: float | None = None  # weights with a larger sum are summed after their pass (None: none)
 
     def to_line(self) -> str:
         return json.dumps(asdict(self))

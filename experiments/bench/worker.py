@@ -222,6 +222,7 @@ def run(args: argparse.Namespace) -> WorkerRow:
         "probe_passes": facts.get("passes"),
         "probe_store_mb": facts.get("store_mb"),
         "probe_budget_mb": facts.get("budget_mb"),
+        "probe_deferred_over_mb": facts.get("deferred_over_mb"),
         "build_peak_mb": build_peak,
         "prepare_peak_mb": prepare_peak,
         "whole_run_peak_mb": whole_run_peak,

@@ -41,7 +41,15 @@ class GRFTMethod(Method):
         (``probe_plan``); the selection is the same for any number of passes."""
         plan = plan_passes(model, batches, self.settings.grft, self.arch, self.settings.probe)
         self.last_plan = plan  # its time, for the benchmark (the facts hold no timings)
-        selection = select(model, batches, self.settings.grft, arch=self.arch, progress=progress, passes=plan.passes)
+        selection = select(
+            model,
+            batches,
+            self.settings.grft,
+            arch=self.arch,
+            progress=progress,
+            passes=plan.passes,
+            part_bytes=plan.part_bytes,
+        )
         apply_selection(model, selection)
         starts = getattr(model, "grft_probe_passes", [])
         return {

@@ -32,8 +32,9 @@ from grft.architecture import Architecture, block_names
 from grft.boundaries import eligible_weights_only
 from grft.checkpointing import checkpointed_blocks
 from grft.config import GRFTConfig
+from grft.direct_sums import BLOCK_ELEMENTS, plain_linear
 from grft.heap import release_free_pages
-from grft.passes import largest_weight_bytes, max_passes, passes_within, store_bytes
+from grft.passes import largest_weight_bytes, max_passes, passes_within, store_bytes, store_dtype
 from grft.probe import RandomState, call_model, scl_probe_loss, split_batch, to_device
 from grft.selection import RANK_CHUNK_ELEMENTS
 from grft.targets import eligible_layers
@@ -126,10 +127,9 @@ def training_activation_bytes(model: nn.Module, batch: object) -> int:
 
 
 def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn.Module], arch: Architecture, config):
-    """Bytes the low-memory probe holds for backward on one batch, its store left out: the saved
-    tensors of one forward (the last block's inside, the head, the loss), the block inputs the
-    checkpointed blocks keep, one weight-sized gradient before it is summed, and the ranking's
-    float64 chunk. A block
+    """Bytes the low-memory probe holds for backward on one batch, its store and the gradients on
+    their way into it left out (``transient_bytes``): the saved tensors of one forward (the last
+    block's inside, the head, the loss) and the block inputs the checkpointed blocks keep. A block
     recomputed in backward replaces the last block's inside, freed by then."""
     blocks = [model.get_submodule(n) for n in block_names(model, arch)]
     kept: list[torch.Tensor] = []
@@ -156,11 +156,32 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
         for layer in layers.values():
             if hasattr(layer, "grft_probing"):
                 layer.grft_probing = False
-    # One weight-sized gradient exists before it is summed (the largest weight's, at worst: a plain
-    # Linear outside the checkpointed blocks adds its gradient in blocks of rows, grft.direct_sums,
-    # so this overstates what those need); the ranking afterwards converts a fixed number of
-    # elements at a time (grft.selection).
-    return counted[0] + inputs + largest_weight_bytes(layers) + RANK_CHUNK_ELEMENTS * 8
+    return counted[0] + inputs
+
+
+def transient_bytes(layers: dict[str, nn.Module], part_bytes: float | None = None) -> int:
+    """What a pass holds besides its store and activations, at most: a batch's gradient of one
+    weight before it is summed, and the ranking's float64 chunk (``grft.selection``).
+
+    Without deferred sums: the largest weight's whole gradient (autograd's; a plain Linear outside
+    the checkpointed blocks adds its gradient in blocks of rows, ``grft.direct_sums``, so this
+    overstates what those need). With ``part_bytes`` (``grft.deferred_sums``): a plain Linear larger
+    than that is deferred, ends its group and sums directly, a block of rows at a time; any other
+    layer's gradient may still come whole from autograd, but a plain Linear's is then at most
+    ``part_bytes``: ``part_bytes`` plus what ``deferred_transient_bytes`` counts bounds it.
+    """
+    if part_bytes is None:
+        return largest_weight_bytes(layers) + RANK_CHUNK_ELEMENTS * 8
+    return int(part_bytes) + deferred_transient_bytes(layers)
+
+
+def deferred_transient_bytes(layers: dict[str, nn.Module]) -> int:
+    """With deferred sums, the transient that does not shrink with ``part_bytes``: the largest
+    gradient of a layer that is not a plain Linear (autograd's, whole), a block of rows of a plain
+    Linear's, or the ranking's float64 chunk."""
+    others = [layer.weight for layer in layers.values() if not plain_linear(layer, probing=True)]
+    whole = max((w.numel() * store_dtype(w).itemsize for w in others), default=0)
+    return max(whole, BLOCK_ELEMENTS * 8, RANK_CHUNK_ELEMENTS * 8)
 
 
 @dataclass
@@ -177,6 +198,7 @@ class Plan:
     trainable_state_bytes: int | None = None
     training_activation_bytes: int | None = None
     probe_activation_bytes: int | None = None
+    part_bytes: float | None = None  # weights with a larger sum are summed after their pass (grft.deferred_sums)
 
     def facts(self) -> dict:
         mb = lambda v: None if v is None else round(v / 2**20, 1)  # noqa: E731
@@ -187,6 +209,7 @@ class Plan:
             "budget_mb": mb(self.budget_bytes),
             "estimated_training_activations_mb": mb(self.training_activation_bytes),
             "estimated_probe_activations_mb": mb(self.probe_activation_bytes),
+            "deferred_over_mb": mb(self.part_bytes),
         }
 
 
@@ -228,7 +251,15 @@ def plan_passes(
         budget = settings.memory * GB
         reason = f"probe.memory={settings.memory:g} GB"
     room = budget - model_bytes - probe_act
-    passes = passes_within(layers, room)
+    part_bytes = None
+    passes = passes_within(layers, room - transient_bytes(layers))
+    if passes is None:
+        # No group fits with whole sums, not even one weight: the weights over part_bytes are summed
+        # after their pass (grft.deferred_sums). A group's store and a batch's gradient are then
+        # each at most part_bytes: half of what the other transients leave.
+        part_bytes = (room - deferred_transient_bytes(layers)) / 2
+        passes = passes_within(layers, part_bytes, part_bytes) if part_bytes >= 1 else None
+        part_bytes = part_bytes if passes is not None else None
     if passes is None:
         if settings.memory != TRAIN:
             raise ValueError(
@@ -244,8 +275,14 @@ def plan_passes(
             passes,
         )
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # Every rank must split the same way: the smallest part any rank needs, the most passes.
+        least = torch.tensor([math.inf if part_bytes is None else part_bytes], device=device, dtype=torch.float64)
+        dist.all_reduce(least, op=dist.ReduceOp.MIN)
+        if math.isfinite(float(least)) and part_bytes != float(least):
+            part_bytes = float(least)
+            passes = passes_within(layers, part_bytes, part_bytes) or max_passes(layers)
         most = torch.tensor([passes], device=device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         passes = int(most)
     seconds = time.perf_counter() - started
-    return Plan(passes, reason, store, budget, seconds, model_bytes, state, train_act, probe_act)
+    return Plan(passes, reason, store, budget, seconds, model_bytes, state, train_act, probe_act, part_bytes)

@@ -282,20 +282,21 @@ def test_the_app_records_the_passes_and_selects_the_same_with_any_count():
 
 
 def test_a_memory_budget_sets_the_passes_and_one_too_small_is_an_error():
-    from grft_app.methods.probe_plan import GB, ProbeSettings, plan_passes
+    from grft_app.methods.probe_plan import GB, ProbeSettings, plan_passes, transient_bytes
 
     method, model = grft_method(ProbeSettings())
     default = plan_passes(model, token_batches(), method.settings.grft, method.arch, method.settings.probe)
     assert default.passes >= 1 and default.reason == "probe.memory=train"
-    fixed = default.model_bytes + default.probe_activation_bytes  # what the probe needs besides its store
     layers = grft.eligible_layers(model, method.arch, method.settings.grft)
+    bare = default.model_bytes + default.probe_activation_bytes
+    fixed = bare + transient_bytes(layers)  # what the probe needs besides its store
     for store in (store_bytes(layers), store_bytes(layers) // 2, 4 * 32 * 64):
         plan = plan_passes(
             model, token_batches(), method.settings.grft, method.arch, ProbeSettings(memory=(fixed + store) / GB)
         )
-        assert plan.passes == passes_within(layers, store)
+        assert plan.passes == passes_within(layers, store) and plan.part_bytes is None
     with pytest.raises(ValueError, match="raise probe.memory or set probe.passes"):
-        plan_passes(model, token_batches(), method.settings.grft, method.arch, ProbeSettings(memory=fixed / GB))
+        plan_passes(model, token_batches(), method.settings.grft, method.arch, ProbeSettings(memory=bare / GB))
 
 
 def live_tensors() -> dict[int, int]:
