@@ -113,7 +113,8 @@ def memory_table(part: pd.DataFrame) -> str:
 
 def whole_run_table(part: pd.DataFrame) -> str:
     """Each phase's peak and the whole run's against LoRA's, full fine-tuning's and GPS's; the
-    probe's passes (and the size over which a weight's sum waits until after its pass), and its time in training epochs, in the paper's 110 epochs and in full steps."""
+    probe's passes (and the size over which a weight's sum waits until after its pass), and its time
+    in training epochs, in the paper's 110 epochs and in full steps."""
     part = with_ratios(part)
     rows = []
     for _, r in part.iterrows():

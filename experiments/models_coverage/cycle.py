@@ -2,8 +2,9 @@
 
 First the probe in up to three passes and in up to eight (``grft.passes``; top group first, from a
 gradient kept at a block boundary where the blocks form a chain, ``grft.boundaries``, the blocks
-below a group standing in with a kept input, ``grft.kept_inputs``) must sum the one-pass probe's
-gradients bit for bit. Then for rows and for columns: probe, ``attach`` (logits unchanged), one
+below a group standing in with a kept input, ``grft.kept_inputs``), and with every Linear and
+Conv2d weight's sum deferred to after its pass (``grft.deferred_sums``), must sum the one-pass
+probe's gradients bit for bit. Then for rows and for columns: probe, ``attach`` (logits unchanged), one
 Adam step (only the selected slices, eligible biases and the head move), adapter save -> load onto
 a fresh base (same logits), ``merge`` (same logits, same state-dict keys and layer types).
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 import grft
 from grft.architecture import detect_architecture, in_prefixes
-from grft.passes import max_passes
+from grft.passes import deferred_bounds, max_passes, passes_within
 from grft.targets import eligible_layers
 
 SELECTIONS = ("row", "column")
@@ -161,10 +162,12 @@ def one_line(err: BaseException) -> str:
 
 def check_passes(model, batch) -> str:
     """The probe in up to three passes, and in up to eight, sums the one-pass probe's gradients bit
-    for bit; says how the passes started, in how many of the eight-pass probe's passes the blocks
-    below the group stood in with a kept input (``grft.kept_inputs``), and whether the (low-memory)
-    probe's sums are plain autograd's bit for bit (``probe passes: 3 and 8; from a kept gradient: 2;
-    from a kept input: 4; autograd's sums: equal``)."""
+    for bit, and so does the probe with every Linear and Conv2d weight's sum deferred to after its
+    pass (``grft.deferred_sums``); says how the passes started, in how many of the eight-pass probe's
+    passes the blocks below the group stood in with a kept input (``grft.kept_inputs``), how many
+    weights were deferred, and whether the (low-memory) probe's sums are plain autograd's bit for bit
+    (``probe passes: 3 and 8; from a kept gradient: 2; from a kept input: 4; deferred sums: 14;
+    autograd's sums: equal``)."""
     model.eval()
     config = grft.GRFTConfig(k=1)
     one = grft.accumulate_gradients(model, [batch], config)
@@ -179,12 +182,21 @@ def check_passes(model, batch) -> str:
         if passes == min(3, most):
             kept = sum(where != "loss" for where in getattr(model, "grft_probe_passes", [])) if passes > 1 else 0
         skipped = sum(n > 0 for n in getattr(model, "grft_probe_skipped", [])) if passes > 1 else 0
+    layers = eligible_layers(model, detect_architecture(model), config)
+    deferred = len(deferred_bounds(layers, 1))
+    if deferred:  # every Linear and Conv2d weight's sum made after its pass (grft.deferred_sums)
+        later = grft.accumulate_gradients(
+            model, [batch], config, passes=passes_within(layers, 1 << 62, 1), part_bytes=1
+        )
+        for name, h in one.items():
+            if not torch.equal(h, later[name]):
+                raise CycleError(f"probe with deferred sums: {name}'s summed gradient is not the one-pass probe's")
     plain = grft.accumulate_gradients(model, [batch], config, low_memory=False)
     differ = sum(not torch.equal(h, plain[name]) for name, h in one.items())
     autograd = "equal" if not differ else f"{differ} of {len(one)} differ"
     return (
         f"probe passes: {' and '.join(str(c) for c in counts)}; from a kept gradient: {kept}; "
-        f"from a kept input: {skipped}; autograd's sums: {autograd}"
+        f"from a kept input: {skipped}; deferred sums: {deferred}; autograd's sums: {autograd}"
     )
 
 

@@ -58,6 +58,7 @@ def passes_line(rows: list[Row]) -> str:
     skipped = [r for r in passed if re.search(r"from a kept input: [1-9]", r.reason)]
     deep = [r for r in passed if re.search(r"probe passes: \d+ and \d+", r.reason)]
     several = [r for r in passed if re.search(r"probe passes: ([2-9]|\d\d)", r.reason)]
+    deferred = [r for r in passed if re.search(r"deferred sums: [1-9]", r.reason)]
     checked = [r for r in passed if "autograd's sums:" in r.reason]
     differ = [r.model for r in checked if "autograd's sums: equal" not in r.reason]
     autograd = (
@@ -76,6 +77,12 @@ def passes_line(rows: list[Row]) -> str:
             f"bits, and on {len(skipped)} of them passes skipped the blocks below their group, starting from the "
             f"hidden state the first pass kept."
             if deep
+            else ""
+        )
+        + (
+            f" With every Linear and Conv2d weight's sum made after its pass from gradient factors kept on disk "
+            f"({len(deferred)} models), the sums were the same bits again."
+            if deferred
             else ""
         )
         + autograd
