@@ -117,7 +117,13 @@ class DeferredSums:
         if path.exists():
             raise ValueError(f"the probe's deferred weight {name!r} got a second gradient in one batch")
         # A view would save its whole storage; a contiguous copy of just the tensor is written.
-        torch.save({k: _own_storage(v.detach()) for k, v in tensors.items()}, path)
+        try:
+            torch.save({k: _own_storage(v.detach()) for k, v in tensors.items()}, path)
+        except OSError as err:
+            raise OSError(
+                f"the probe could not keep the gradient factors of {name!r} in {self.folder} ({err}): free disk "
+                "space there or point TMPDIR at a larger disk, or raise probe.memory so that no sum is deferred"
+            ) from err
 
     def parts(self, name: str) -> RowParts:
         """``H`` of ``name``'s weight, a block of rows at a time (read from the kept factors)."""
