@@ -16,6 +16,12 @@ same row blocks) or the same slice of autograd's gradient; block boundaries fall
 of ``grft.direct_sums`` and on the ranking's chunks (``part_rows``), so the ranking is the same
 bits too. Only Linear and Conv2d weights (whose rows are the matrix's rows) are deferred;
 transformers' ``Conv1D`` stores its matrix transposed, and stays whole.
+
+A deferred weight ends its pass's group (``grft.passes``), so it sits in the top block the pass
+runs plainly and a plain Linear's gradient reaches the disk as ``(g, x)``, never whole. Where it
+comes whole anyway (a Conv2d; a layer called twice; a pass from the loss whose group lies below the
+last block, where the blocks do not form a chain and the weight's block is checkpointed), the pass
+holds that one gradient while it is written, as the probe without deferral would.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ of rows at a time (``grft.deferred_sums``), gives the one-pass probe's ``H`` and
 - The probe with deferred weights: ``H`` equal to the plain (autograd) probe's bit for bit and
   every index equal, on a chain of blocks whose MLP weights split into several blocks of rows
   (both ways a batch's gradient reaches the disk: ``(g, x)`` of a direct sum, autograd's whole
-  gradient for the Conv2d stem), on the tiny Llama and the tiny ViT (every weight deferred), and
+  gradient for the Conv2d stem), on the tiny Llama and the tiny ViT with dropout and drop-path (every weight deferred; subsets 1
+  and 2), and
   under 2-rank CPU DDP; a pass holds no sum of its deferred weight.
-- The split: a deferred weight ends its group; too few passes for that is an error naming the fix.
+- The split: a deferred weight ends its group; too few passes for that is an error naming the fix,
+  and so is a disk too full to keep the factors.
 - The app's plan defers where no group fits with whole sums, and its selection is the one-pass one.
 """
 
@@ -167,14 +169,15 @@ def test_deferred_weights_give_the_plain_probes_gradients_and_indices(small_bloc
         assert one == grft.rank_gradients(plain, cfg)
 
 
+@pytest.mark.parametrize("subsets", [1, 2])
 @pytest.mark.parametrize("name", ["vit", "llama"])
-def test_every_weight_deferred_on_the_tiny_models_gives_the_one_pass_selection(name):
+def test_every_weight_deferred_on_the_tiny_models_gives_the_one_pass_selection(name, subsets):
     model, batches = workload(name)
     layers = grft.eligible_layers(model, grft.detect_architecture(model), grft.GRFTConfig(k=2))
     passes = passes_within(layers, 10**9, 1)  # every weight deferred: each ends its own group
     assert passes == len({id(layer.weight) for layer in layers.values()})
     for kind in KINDS:
-        cfg = grft.GRFTConfig(k=2, selection=kind)
+        cfg = grft.GRFTConfig(k=2, selection=kind, subsets=subsets)
         torch.manual_seed(3)
         one = grft.select(model, batches, cfg)
         torch.manual_seed(3)
@@ -271,3 +274,15 @@ def test_the_plan_defers_where_no_group_fits_with_whole_sums(small_blocks):
     assert grft.select(model, batches, cfg, passes=plan.passes, part_bytes=plan.part_bytes) == one
     with pytest.raises(ValueError, match="raise probe.memory or set probe.passes"):
         plan_passes(model, batches, cfg, arch, ProbeSettings(memory=(fixed + deferred_transient_bytes(layers)) / GB))
+
+
+def test_a_full_disk_while_keeping_factors_is_an_error_naming_the_fix(small_blocks, monkeypatch):
+    model, batches = chain_workload()
+
+    def full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(deferred_sums.torch, "save", full)
+    layers = grft.eligible_layers(model, grft.detect_architecture(model), grft.GRFTConfig(k=2))
+    with pytest.raises(OSError, match="TMPDIR"):
+        grft.select(model, batches, grft.GRFTConfig(k=2), passes=passes_within(layers, 10**9, 20000), part_bytes=20000)
