@@ -124,7 +124,7 @@ class DeferredSums:
             raise ValueError(f"the probe's deferred weight {name!r} got a second gradient in one batch")
         # A view would save its whole storage; a contiguous copy of just the tensor is written.
         try:
-            torch.save({k: _own_storage(v.detach()) for k, v in tensors.items()}, path)
+            _write({k: _own_storage(v.detach()) for k, v in tensors.items()}, path)
         except OSError as err:
             raise OSError(
                 f"the probe could not keep the gradient factors of {name!r} in {self.folder} ({err}): free disk "
@@ -138,6 +138,10 @@ class DeferredSums:
 
     def drop(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _write(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    torch.save(tensors, path)
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ of rows at a time (``grft.deferred_sums``), gives the one-pass probe's ``H`` and
 - The probe with deferred weights: ``H`` equal to the plain (autograd) probe's bit for bit and
   every index equal, on a chain of blocks whose MLP weights split into several blocks of rows
   (both ways a batch's gradient reaches the disk: ``(g, x)`` of a direct sum, autograd's whole
-  gradient for the Conv2d stem), on the tiny Llama and the tiny ViT with dropout and drop-path (every weight deferred; subsets 1
-  and 2), and
-  under 2-rank CPU DDP; a pass holds no sum of its deferred weight.
+  gradient for the Conv2d stem), on the tiny Llama and the tiny ViT with dropout and drop-path
+  (every weight deferred; subsets 1 and 2), and under 2-rank CPU DDP; a pass holds no sum of its
+  deferred weight.
 - The split: a deferred weight ends its group; too few passes for that is an error naming the fix,
   and so is a disk too full to keep the factors.
 - The app's plan defers where no group fits with whole sums, and its selection is the one-pass one.
@@ -282,7 +282,7 @@ def test_a_full_disk_while_keeping_factors_is_an_error_naming_the_fix(small_bloc
     def full(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(deferred_sums.torch, "save", full)
+    monkeypatch.setattr(deferred_sums, "_write", full)
     layers = grft.eligible_layers(model, grft.detect_architecture(model), grft.GRFTConfig(k=2))
     with pytest.raises(OSError, match="TMPDIR"):
         grft.select(model, batches, grft.GRFTConfig(k=2), passes=passes_within(layers, 10**9, 20000), part_bytes=20000)
