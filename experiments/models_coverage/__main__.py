@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--library", choices=("timm", "transformers", "all"), default="all")
     parser.add_argument("--only", help="comma-separated timm modules or transformers classes")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per model")
     parser.add_argument("--log", type=Path, default=DEFAULT_LOG, help="JSON lines, one verdict per model")
     parser.add_argument("--render", type=Path, nargs="+", help="table from these logs, no run (last wins)")
     parser.add_argument("--readme", action="store_true", help="rewrite README's 'Which models' section")

@@ -2,9 +2,9 @@
 
 First the probe in up to three passes and in up to eight (``grft.passes``; top group first, from a
 gradient kept at a block boundary where the blocks form a chain, ``grft.boundaries``, the blocks
-below a group standing in with a kept input, ``grft.kept_inputs``), and with every Linear and
-Conv2d weight's sum deferred to after its pass (``grft.deferred_sums``), must sum the one-pass
-probe's gradients bit for bit. Then for rows and for columns: probe, ``attach`` (logits unchanged), one
+below a group standing in with a kept input, ``grft.kept_inputs``), and with the largest Linear
+and Conv2d weights' sums deferred to after their pass (``grft.deferred_sums``), must sum the
+one-pass probe's gradients bit for bit. Then for rows and for columns: probe, ``attach`` (logits unchanged), one
 Adam step (only the selected slices, eligible biases and the head move), adapter save -> load onto
 a fresh base (same logits), ``merge`` (same logits, same state-dict keys and layer types).
 
@@ -160,14 +160,28 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
+def deferral_threshold(layers) -> int:
+    """A size over which about ``DEEP_PASSES`` of the largest weights are deferred: each deferred
+    weight takes a pass of its own, so deferring every weight would cost a pass per weight. Every
+    weight of the largest size is deferred even where there are more of them."""
+    sizes = sorted((layer.weight.numel() * 4 for layer in layers.values()), reverse=True)
+    distinct = sorted(set(sizes), reverse=True)
+    chosen = distinct[0]
+    for size in distinct:
+        if sum(s >= size for s in sizes) > DEEP_PASSES:
+            break
+        chosen = size
+    return chosen - 1
+
+
 def check_passes(model, batch) -> str:
     """The probe in up to three passes, and in up to eight, sums the one-pass probe's gradients bit
-    for bit, and so does the probe with every Linear and Conv2d weight's sum deferred to after its
-    pass (``grft.deferred_sums``); says how the passes started, in how many of the eight-pass probe's
-    passes the blocks below the group stood in with a kept input (``grft.kept_inputs``), how many
-    weights were deferred, and whether the (low-memory) probe's sums are plain autograd's bit for bit
-    (``probe passes: 3 and 8; from a kept gradient: 2; from a kept input: 4; deferred sums: 14;
-    autograd's sums: equal``)."""
+    for bit, and so does the probe with the largest Linear and Conv2d weights' sums deferred to
+    after their pass (``grft.deferred_sums``, ``deferral_threshold``); says how the passes started,
+    in how many of the eight-pass probe's passes the blocks below the group stood in with a kept
+    input (``grft.kept_inputs``), how many weights were deferred, and whether the (low-memory)
+    probe's sums are plain autograd's bit for bit (``probe passes: 3 and 8; from a kept gradient:
+    2; from a kept input: 4; deferred sums: 7; autograd's sums: equal``)."""
     model.eval()
     config = grft.GRFTConfig(k=1)
     one = grft.accumulate_gradients(model, [batch], config)
@@ -183,11 +197,11 @@ def check_passes(model, batch) -> str:
             kept = sum(where != "loss" for where in getattr(model, "grft_probe_passes", [])) if passes > 1 else 0
         skipped = sum(n > 0 for n in getattr(model, "grft_probe_skipped", [])) if passes > 1 else 0
     layers = eligible_layers(model, detect_architecture(model), config)
-    deferred = len(deferred_bounds(layers, 1))
-    if deferred:  # every Linear and Conv2d weight's sum made after its pass (grft.deferred_sums)
-        later = grft.accumulate_gradients(
-            model, [batch], config, passes=passes_within(layers, 1 << 62, 1), part_bytes=1
-        )
+    part = deferral_threshold(layers)
+    deferred = len(deferred_bounds(layers, part))
+    if deferred:  # the largest Linear and Conv2d weights' sums made after their pass (grft.deferred_sums)
+        passes = passes_within(layers, 1 << 62, part)
+        later = grft.accumulate_gradients(model, [batch], config, passes=passes, part_bytes=part)
         for name, h in one.items():
             if not torch.equal(h, later[name]):
                 raise CycleError(f"probe with deferred sums: {name}'s summed gradient is not the one-pass probe's")

@@ -80,8 +80,8 @@ def passes_line(rows: list[Row]) -> str:
             else ""
         )
         + (
-            f" With every Linear and Conv2d weight's sum made after its pass from gradient factors kept on disk "
-            f"({len(deferred)} models), the sums were the same bits again."
+            f" With the sums of the largest Linear and Conv2d weights (about eight per model) made after their pass "
+            f"from gradient factors kept on disk ({len(deferred)} models), the sums were the same bits again."
             if deferred
             else ""
         )
