@@ -26,7 +26,27 @@ import torch.distributed as dist
 from torch import nn
 
 
-class FlatAccumulator:
+class GradientTakers:
+    """A context manager that hands each weight's gradient, once autograd has made it, to its
+    taker (``_taker(name)``, a post-accumulate-grad hook) for the weights in ``self._weights``."""
+
+    _weights: dict[str, nn.Parameter]
+
+    def _taker(self, name: str):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._handles = [w.register_post_accumulate_grad_hook(self._taker(n)) for n, w in self._weights.items()]
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+
+class FlatAccumulator(GradientTakers):
     """Sums each weight's gradient into a view of a flat buffer; use as a context manager."""
 
     def __init__(self, weights: dict[str, nn.Parameter]):
@@ -52,19 +72,9 @@ class FlatAccumulator:
         self._weights = {name: weights[name] for name in first.values()}
         self._handles = []
 
-    def __enter__(self) -> FlatAccumulator:
-        for name, w in self._weights.items():
-            self._handles.append(w.register_post_accumulate_grad_hook(self._adder(self.sums[name])))
-        return self
+    def _taker(self, name: str):
+        total = self.sums[name]
 
-    def __exit__(self, *exc) -> bool:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        return False
-
-    @staticmethod
-    def _adder(total: torch.Tensor):
         def add(weight: torch.Tensor) -> None:
             total.add_(weight.grad)
             weight.grad = None

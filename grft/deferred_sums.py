@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .accumulation import GradientTakers
 from .direct_sums import row_blocks
 from .layers import is_conv1d
 from .selection import LayerSelection, Ranking, chunk_rows
@@ -71,7 +72,7 @@ def part_bounds(shape: torch.Size | tuple[int, ...], part_bytes: float, itemsize
     return list(zip(bounds, [*bounds[1:], rows], strict=True))
 
 
-class DeferredSums:
+class DeferredSums(GradientTakers):
     """The per-batch gradient factors of a pass's deferred weights, kept on disk; use as a context
     manager around the pass. Set ``position`` before each batch. ``sink(name)`` is where
     ``grft.direct_sums`` sends ``(g, x)``; a batch that goes through autograd instead leaves its
@@ -84,7 +85,7 @@ class DeferredSums:
         self.names = {
             name: first[id(layer.weight)] for name, layer in layers.items()
         }  # name -> its weight's first name
-        self.weights = {name: layers[name].weight for name in first.values()}
+        self.weights = self._weights = {name: layers[name].weight for name in first.values()}
         self.bounds = bounds
         self.folder = folder
         self.position = 0
@@ -93,21 +94,10 @@ class DeferredSums:
         for path in self._folders.values():
             path.mkdir(parents=True, exist_ok=True)
 
-    def __enter__(self) -> DeferredSums:
-        for name, weight in self.weights.items():
-            self._handles.append(weight.register_post_accumulate_grad_hook(self._keeper(name)))
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        return False
-
     def _path(self, name: str) -> Path:
         return self._folders[self.names[name]] / f"{self.position}.pt"
 
-    def _keeper(self, name: str):
+    def _taker(self, name: str):
         def keep(weight: torch.Tensor) -> None:
             self._save(name, {"grad": weight.grad})
             weight.grad = None
