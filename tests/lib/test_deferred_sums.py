@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from test_probe_memory import workload
 from torch import nn
 
@@ -33,6 +31,7 @@ import grft.direct_sums as direct_sums
 import grft.selection as selection
 from grft.deferred_sums import part_bounds
 from grft.passes import deferred_bounds, passes_within, weight_groups
+from helpers.two_ranks import on_two_ranks
 
 KINDS = ("row", "column", "sparse")
 
@@ -219,30 +218,18 @@ def test_a_deferred_weight_ends_its_group_and_too_few_passes_is_an_error(small_b
 # --- 2-rank CPU DDP -------------------------------------------------------------------------------
 
 
-def _rank_main(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        direct_sums.BLOCK_ELEMENTS = selection.RANK_CHUNK_ELEMENTS = 64 * 64
-        model, batches = chain_workload()
-        mine = batches[rank::world]
-        layers = grft.eligible_layers(model, grft.detect_architecture(model), grft.GRFTConfig(k=2))
-        passes = passes_within(layers, 10**9, 20000)
-        results = {
-            "one": gradients(model, mine),
-            "deferred": gradients(model, mine, passes=passes, part_bytes=20000),
-        }
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
+def _deferred_on_my_shard(rank: int, world: int) -> dict:
+    direct_sums.BLOCK_ELEMENTS = selection.RANK_CHUNK_ELEMENTS = 64 * 64
+    model, batches = chain_workload()
+    mine = batches[rank::world]
+    layers = grft.eligible_layers(model, grft.detect_architecture(model), grft.GRFTConfig(k=2))
+    passes = passes_within(layers, 10**9, 20000)
+    return {"one": gradients(model, mine), "deferred": gradients(model, mine, passes=passes, part_bytes=20000)}
 
 
 @pytest.mark.process
 def test_two_rank_ddp_probe_with_deferred_weights_gives_the_one_pass_gradients(tmp_path):
-    out = tmp_path / "grads.pt"
-    mp.spawn(_rank_main, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2, join=True)
-    ddp = torch.load(out)
+    ddp = on_two_ranks(_deferred_on_my_shard, tmp_path)
     for n in ddp["one"]:
         assert torch.equal(ddp["one"][n], ddp["deferred"][n]), n
 

@@ -23,14 +23,13 @@ import itertools
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from test_probe_memory import token_batches, workload
 from torch.utils.data import DataLoader, Dataset
 
 import grft
 from grft.passes import passes_within, store_bytes, weight_groups
 from helpers.models import make_tiny_vit
+from helpers.two_ranks import on_two_ranks
 
 KINDS = ("row", "column", "sparse")
 
@@ -221,24 +220,15 @@ def test_a_shared_weight_is_one_unit_and_too_many_passes_is_an_error():
 # --- 2-rank CPU DDP -------------------------------------------------------------------------------
 
 
-def _rank_main(rank: int, world: int, init: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        model, batches = workload("vit")
-        mine = batches[rank::world]  # round-robin shards, as grft_app.lit's probe loader gives them
-        results = {passes: probe(model.eval(), mine, passes=passes, subsets=2) for passes in (1, 3)}
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
+def _passes_on_my_shard(rank: int, world: int) -> dict:
+    model, batches = workload("vit")
+    mine = batches[rank::world]  # round-robin shards, as grft_app.lit's probe loader gives them
+    return {passes: probe(model.eval(), mine, passes=passes, subsets=2) for passes in (1, 3)}
 
 
 @pytest.mark.process
 def test_two_rank_ddp_probe_in_three_passes_gives_the_one_pass_gradients(tmp_path):
-    out = tmp_path / "grads.pt"
-    mp.spawn(_rank_main, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2, join=True)
-    ddp = torch.load(out)
+    ddp = on_two_ranks(_passes_on_my_shard, tmp_path)
     for n in ddp[1]:
         assert torch.equal(ddp[1][n], ddp[3][n]), n
     model, batches = workload("vit")
