@@ -108,8 +108,9 @@ def readme_section(
     parts = [
         BEGIN,
         "",
-        f"The whole GRFT cycle (the probe in one, in up to three and in up to eight passes, attach, one Adam "
-        f"step, adapter save and load, merge; rows and columns) on "
+        f"The whole GRFT cycle (the probe in one, in up to three and in up to eight passes, and with the largest "
+        f"weights' sums deferred to after their pass, attach, one Adam step, adapter save and load, merge; rows "
+        f"and columns) on "
         f"the smallest model of every timm family and a tiny model of every transformers sequence and image "
         f"classifier, built at random ({versions}):",
         "",
