@@ -13,7 +13,7 @@ probe then holds one block of ``H``, never the whole sum.
 Exact: a block of ``H`` is the same additions as in the whole sum (zeros, then each batch in
 order), each batch's block the same products (``grft.direct_sums.add_weight_gradient`` over the
 same row blocks) or the same slice of autograd's gradient; block boundaries fall on the row blocks
-of ``grft.direct_sums`` and on the ranking's chunks (``part_rows``), so the ranking is the same
+of ``grft.direct_sums`` and on the ranking's chunks (``part_bounds``), so the ranking is the same
 bits too. Only Linear and Conv2d weights (whose rows are the matrix's rows) are deferred;
 transformers' ``Conv1D`` stores its matrix transposed, and stays whole.
 
@@ -27,7 +27,6 @@ holds that one gradient while it is written, as the probe without deferral would
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -85,12 +84,11 @@ class DeferredSums(GradientTakers):
         self.names = {
             name: first[id(layer.weight)] for name, layer in layers.items()
         }  # name -> its weight's first name
-        self.weights = self._weights = {name: layers[name].weight for name in first.values()}
+        self._weights = {name: layers[name].weight for name in first.values()}
         self.bounds = bounds
         self.folder = folder
         self.position = 0
-        self._handles = []
-        self._folders = {name: folder / str(i) for i, name in enumerate(self.weights)}
+        self._folders = {name: folder / str(i) for i, name in enumerate(self._weights)}
         for path in self._folders.values():
             path.mkdir(parents=True, exist_ok=True)
 
@@ -124,10 +122,7 @@ class DeferredSums(GradientTakers):
     def parts(self, name: str) -> RowParts:
         """``H`` of ``name``'s weight, a block of rows at a time (read from the kept factors)."""
         first = self.names[name]
-        return RowParts(self.weights[first], self.bounds[first], self._folders[first])
-
-    def drop(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        return RowParts(self._weights[first], self.bounds[first], self._folders[first])
 
 
 def _write(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -31,6 +31,8 @@ def deferred_bounds(layers: dict[str, nn.Module], part_bytes: float | None) -> d
     ``part_bytes`` and can be summed after its pass (Linear, Conv2d), by the weight's first layer."""
     if part_bytes is None:
         return {}
+    if isinstance(part_bytes, bool) or not isinstance(part_bytes, (int, float)) or not part_bytes > 0:
+        raise ValueError(f"part_bytes must be a number of bytes > 0, or None to defer no sum; got {part_bytes!r}")
     out: dict[str, list[tuple[int, int]]] = {}
     seen: set[int] = set()
     for name, layer in layers.items():

@@ -531,8 +531,8 @@ def _one_pass(
     position = -1
     group = step.group
     deferred = {id(group[name].weight) for name in step.deferred}
-    sums = FlatAccumulator({n: layer.weight for n, layer in group.items() if id(layer.weight) not in deferred})
-    sums = sums if low_memory else None
+    summed = {n: layer.weight for n, layer in group.items() if id(layer.weight) not in deferred}
+    sums = FlatAccumulator(summed) if low_memory else None
     later_layers = {n: layer for n, layer in group.items() if id(layer.weight) in deferred}
     later = DeferredSums(later_layers, step.deferred, step.deferred_folder) if later_layers else None
     direct = None

@@ -115,8 +115,6 @@ def rank(grad: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     The squares are taken in float64 (exact for float32 ``H``), on ``RANK_CHUNK_ELEMENTS`` of
     ``H`` at a time; a column's sum adds the chunks' partial sums in row order.
     """
-    if kind not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {kind!r}")
     ranking = Ranking(kind, k, tuple(as_matrix(grad).shape))
     ranking.add(grad)
     return ranking.indices()

@@ -159,20 +159,13 @@ def probe_activation_bytes(model: nn.Module, batch: object, layers: dict[str, nn
     return counted[0] + inputs
 
 
-def transient_bytes(layers: dict[str, nn.Module], part_bytes: float | None = None) -> int:
-    """What a pass holds besides its store and activations, at most: a batch's gradient of one
-    weight before it is summed, and the ranking's float64 chunk (``grft.selection``).
-
-    Without deferred sums: the largest weight's whole gradient (autograd's; a plain Linear outside
-    the checkpointed blocks adds its gradient in blocks of rows, ``grft.direct_sums``, so this
-    overstates what those need). With ``part_bytes`` (``grft.deferred_sums``): a plain Linear larger
-    than that is deferred, ends its group and sums directly, a block of rows at a time; any other
-    layer's gradient may still come whole from autograd, but a plain Linear's is then at most
-    ``part_bytes``: ``part_bytes`` plus what ``deferred_transient_bytes`` counts bounds it.
-    """
-    if part_bytes is None:
-        return largest_weight_bytes(layers) + RANK_CHUNK_ELEMENTS * 8
-    return int(part_bytes) + deferred_transient_bytes(layers)
+def transient_bytes(layers: dict[str, nn.Module]) -> int:
+    """What a pass with whole sums holds besides its store and activations, at most: the largest
+    weight's whole gradient before it is summed (autograd's; a plain Linear outside the checkpointed
+    blocks adds its gradient in blocks of rows, ``grft.direct_sums``, so this overstates what those
+    need), and the ranking's float64 chunk (``grft.selection``). With deferred sums a plain Linear's
+    gradient is at most the part size instead (``deferred_transient_bytes``)."""
+    return largest_weight_bytes(layers) + RANK_CHUNK_ELEMENTS * 8
 
 
 def deferred_transient_bytes(layers: dict[str, nn.Module]) -> int:

@@ -273,3 +273,11 @@ def test_a_full_disk_while_keeping_factors_is_an_error_naming_the_fix(small_bloc
     layers = grft.eligible_layers(model, grft.detect_architecture(model), grft.GRFTConfig(k=2))
     with pytest.raises(OSError, match="TMPDIR"):
         grft.select(model, batches, grft.GRFTConfig(k=2), passes=passes_within(layers, 10**9, 20000), part_bytes=20000)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), True, "64MB"])
+def test_a_part_size_that_is_not_a_positive_number_is_an_error(bad):
+    model, _ = chain_workload()
+    layers = grft.eligible_layers(model, grft.detect_architecture(model), grft.GRFTConfig(k=2))
+    with pytest.raises(ValueError, match="part_bytes must be a number of bytes > 0"):
+        deferred_bounds(layers, bad)
